@@ -1,0 +1,206 @@
+//! Conversions between wire messages (`pb`) and the replicated model (`state`).
+//!
+//! Client input is turned into a [`JobSpec`] here, with defaults applied, and checked with the
+//! state machine's own validation ([`JobSpec::validate`]), so there is one rule for what a valid job
+//! is. Names of states on the wire are the lower-case names of the model's enums.
+
+use std::str::FromStr;
+
+use tonic::Status;
+use uuid::Uuid;
+
+use super::pb;
+use crate::state::{
+    Attempt, AttemptState, Executor, ExecutorState, Job, JobSpec, JobState, Rejection, Resources, Task, TaskCounts,
+    TaskState,
+};
+
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 1000;
+
+/// A client's job spec with defaults filled in, validated. Errors are `INVALID_ARGUMENT`.
+pub fn job_spec_from_pb(spec: Option<pb::JobSpec>) -> Result<JobSpec, Status> {
+    let s = spec.ok_or_else(|| Status::invalid_argument("spec is required"))?;
+    let resources = match s.resources {
+        None => Resources { slots: 1, cpu_millis: 0, memory_mib: 0 },
+        Some(r) => Resources { slots: r.slots, cpu_millis: r.cpu_millis, memory_mib: r.memory_mib },
+    };
+    let spec = JobSpec {
+        command: s.command,
+        args: s.args,
+        env: s.env.into_iter().collect(),
+        shell: s.shell,
+        task_count: s.task_count,
+        resources,
+        constraints: s.constraints.into_iter().collect(),
+        max_attempts: if s.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { s.max_attempts },
+        retry_backoff_ms: if s.retry_backoff_ms == 0 { DEFAULT_RETRY_BACKOFF_MS } else { s.retry_backoff_ms },
+        timeout_ms: s.timeout_ms,
+        priority: s.priority,
+    };
+    spec.validate().map_err(|e| Status::invalid_argument(format!("invalid job spec: {e}")))?;
+    Ok(spec)
+}
+
+pub fn job_spec_to_pb(s: &JobSpec) -> pb::JobSpec {
+    pb::JobSpec {
+        command: s.command.clone(),
+        args: s.args.clone(),
+        env: s.env.clone().into_iter().collect(),
+        shell: s.shell,
+        task_count: s.task_count,
+        resources: Some(resources_to_pb(s.resources)),
+        constraints: s.constraints.clone().into_iter().collect(),
+        max_attempts: s.max_attempts,
+        retry_backoff_ms: s.retry_backoff_ms,
+        timeout_ms: s.timeout_ms,
+        priority: s.priority,
+    }
+}
+
+pub fn resources_to_pb(r: Resources) -> pb::Resources {
+    pb::Resources { slots: r.slots, cpu_millis: r.cpu_millis, memory_mib: r.memory_mib }
+}
+
+pub fn resources_from_pb(r: Option<pb::Resources>) -> Resources {
+    r.map(|r| Resources { slots: r.slots, cpu_millis: r.cpu_millis, memory_mib: r.memory_mib }).unwrap_or_default()
+}
+
+/// Parses a job id given by a client.
+pub fn parse_job_id(s: &str) -> Result<Uuid, Status> {
+    Uuid::from_str(s.trim()).map_err(|_| Status::invalid_argument(format!("invalid job id {s:?}: not a UUID")))
+}
+
+pub fn job_state_name(s: JobState) -> &'static str {
+    match s {
+        JobState::Pending => "pending",
+        JobState::Running => "running",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
+/// Parses a job state filter; unknown names are `INVALID_ARGUMENT`.
+pub fn parse_job_state(s: &str) -> Result<JobState, Status> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "pending" => JobState::Pending,
+        "running" => JobState::Running,
+        "succeeded" => JobState::Succeeded,
+        "failed" => JobState::Failed,
+        "cancelled" | "canceled" => JobState::Cancelled,
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "unknown job state {other:?} (expected pending, running, succeeded, failed or cancelled)"
+            )))
+        }
+    })
+}
+
+pub fn task_state_name(s: TaskState) -> &'static str {
+    match s {
+        TaskState::Pending => "pending",
+        TaskState::Assigned => "assigned",
+        TaskState::Running => "running",
+        TaskState::Succeeded => "succeeded",
+        TaskState::Failed => "failed",
+        TaskState::Lost => "lost",
+        TaskState::Cancelled => "cancelled",
+    }
+}
+
+pub fn attempt_state_name(s: AttemptState) -> &'static str {
+    match s {
+        AttemptState::Assigned => "assigned",
+        AttemptState::Running => "running",
+        AttemptState::Succeeded => "succeeded",
+        AttemptState::Failed => "failed",
+        AttemptState::Lost => "lost",
+        AttemptState::Cancelled => "cancelled",
+    }
+}
+
+pub fn executor_state_name(s: ExecutorState) -> &'static str {
+    match s {
+        ExecutorState::Alive => "alive",
+        ExecutorState::Draining => "draining",
+        ExecutorState::Left => "left",
+        ExecutorState::Dead => "dead",
+    }
+}
+
+fn counts_to_pb(c: TaskCounts) -> pb::TaskCounts {
+    pb::TaskCounts {
+        pending: c.pending,
+        assigned: c.assigned,
+        running: c.running,
+        succeeded: c.succeeded,
+        failed: c.failed,
+        lost: c.lost,
+        cancelled: c.cancelled,
+    }
+}
+
+fn attempt_to_pb(a: &Attempt) -> pb::Attempt {
+    pb::Attempt {
+        number: a.number,
+        token: a.token,
+        executor: a.executor.clone(),
+        state: attempt_state_name(a.state).to_string(),
+        assigned_at_ms: a.assigned_at,
+        started_at_ms: a.started_at.unwrap_or(0),
+        finished_at_ms: a.finished_at.unwrap_or(0),
+        has_exit_code: a.exit_code.is_some(),
+        exit_code: a.exit_code.unwrap_or(0),
+        error: a.error.clone().unwrap_or_default(),
+    }
+}
+
+fn task_to_pb(t: &Task) -> pb::Task {
+    pb::Task {
+        index: t.index,
+        state: task_state_name(t.state).to_string(),
+        attempts: t.attempts.iter().map(attempt_to_pb).collect(),
+    }
+}
+
+/// A job on the wire; `with_tasks` includes every task and attempt (GetJob), else counts only.
+pub fn job_to_pb(j: &Job, with_tasks: bool) -> pb::Job {
+    pb::Job {
+        id: j.id.to_string(),
+        name: j.name.clone(),
+        idempotency_key: j.idempotency_key.clone(),
+        spec: Some(job_spec_to_pb(&j.spec)),
+        state: job_state_name(j.state).to_string(),
+        created_at_ms: j.created_at,
+        updated_at_ms: j.updated_at,
+        finished_at_ms: j.finished_at.unwrap_or(0),
+        counts: Some(counts_to_pb(j.counts())),
+        tasks: if with_tasks { j.tasks.iter().map(task_to_pb).collect() } else { Vec::new() },
+    }
+}
+
+pub fn executor_to_pb(e: &Executor, used: Resources, running: u32) -> pb::ExecutorInfo {
+    pb::ExecutorInfo {
+        id: e.id.clone(),
+        addr: e.addr.clone(),
+        state: executor_state_name(e.state).to_string(),
+        capacity: Some(resources_to_pb(e.capacity)),
+        used: Some(resources_to_pb(used)),
+        labels: e.labels.clone().into_iter().collect(),
+        epoch: e.epoch,
+        running,
+    }
+}
+
+/// How a state-machine rejection reaches a client.
+pub fn rejection_to_status(r: &Rejection) -> Status {
+    match r {
+        Rejection::JobNotFound(_) | Rejection::TaskNotFound(..) | Rejection::ExecutorNotFound(_) => {
+            Status::not_found(r.to_string())
+        }
+        Rejection::InvalidSpec(_) => Status::invalid_argument(r.to_string()),
+        Rejection::DuplicateJobId(_) => Status::already_exists(r.to_string()),
+        _ => Status::failed_precondition(r.to_string()),
+    }
+}

@@ -1,0 +1,131 @@
+//! CLI commands around executors: running one, listing and draining them, reading task output.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::output::{json, table, Format};
+use super::{st, ExecutorCmd, ExecutorRunArgs};
+use crate::api::pb::executor_service_client::ExecutorServiceClient;
+use crate::api::pb::worker_service_client::WorkerServiceClient;
+use crate::api::pb;
+use crate::client::{parse_masters, Client};
+use crate::executor::ExecutorConfig;
+
+pub async fn run(a: ExecutorRunArgs) -> anyhow::Result<()> {
+    let masters = parse_masters(a.m.masters.as_deref().unwrap_or_default())?;
+    let cfg = ExecutorConfig {
+        masters,
+        slots: a.slots,
+        cpu_millis: a.cpu,
+        memory_mib: a.memory,
+        labels: a.labels.into_iter().collect(),
+        work_dir: a.work_dir,
+        listen: a.listen,
+        advertise: a.advertise,
+    };
+    let (trigger, shutdown) = crate::shutdown::channel();
+    tokio::spawn(async move {
+        crate::shutdown::signal().await;
+        trigger.fire();
+    });
+    crate::executor::run(cfg, shutdown).await
+}
+
+pub async fn list_executors(client: &Client) -> Result<Vec<pb::ExecutorInfo>, tonic::Status> {
+    let r = client
+        .call(|c| async move { ExecutorServiceClient::new(c).list_executors(pb::ListExecutorsRequest { consistency: 0 }).await })
+        .await?;
+    Ok(r.executors)
+}
+
+pub async fn command(cmd: ExecutorCmd) -> anyhow::Result<i32> {
+    match cmd {
+        ExecutorCmd::List { out, m } => {
+            let execs = list_executors(&m.client()?).await.map_err(st)?;
+            match out.format {
+                Format::Json => json(&execs)?,
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = execs
+                        .iter()
+                        .map(|e| {
+                            let cap = e.capacity.unwrap_or_default();
+                            let used = e.used.unwrap_or_default();
+                            let mut labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                            labels.sort();
+                            vec![
+                                e.id.clone(),
+                                e.addr.clone(),
+                                e.state.clone(),
+                                format!("{}/{}", used.slots, cap.slots),
+                                e.running.to_string(),
+                                e.epoch.to_string(),
+                                labels.join(","),
+                            ]
+                        })
+                        .collect();
+                    println!("{}", table(&["ID", "ADDRESS", "STATE", "SLOTS", "RUNNING", "EPOCH", "LABELS"], &rows));
+                }
+            }
+            Ok(0)
+        }
+        ExecutorCmd::Drain { id, m } => {
+            let client = m.client()?;
+            client
+                .call(|c| {
+                    let id = id.clone();
+                    async move { ExecutorServiceClient::new(c).drain_executor(pb::DrainExecutorRequest { executor_id: id }).await }
+                })
+                .await
+                .map_err(st)?;
+            println!("{id} draining");
+            Ok(0)
+        }
+    }
+}
+
+/// Streams a task's stdout (or stderr) from the executor that ran the chosen attempt.
+pub async fn logs(client: &Client, job_id: &str, task: u32, attempt: Option<u32>, stderr: bool) -> anyhow::Result<()> {
+    let job = client.get_job(job_id, false).await.map_err(st)?;
+    let t = job.tasks.iter().find(|t| t.index == task).with_context(|| format!("job {job_id} has no task {task}"))?;
+    let a = match attempt {
+        Some(n) => t.attempts.iter().find(|a| a.number == n).with_context(|| format!("task {task} has no attempt {n}"))?,
+        None => t
+            .attempts
+            .iter()
+            .rev()
+            .find(|a| a.started_at_ms != 0)
+            .or(t.attempts.last())
+            .with_context(|| format!("task {task} of job {job_id} has not run yet"))?,
+    };
+    let execs = list_executors(client).await.map_err(st)?;
+    let exec = execs.iter().find(|e| e.id == a.executor).with_context(|| format!("executor {} is unknown", a.executor))?;
+    let chan = crate::raft::network::channel(&exec.addr)?;
+    let mut worker = WorkerServiceClient::new(chan).max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
+    let mut offset = 0u64;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let mut req = tonic::Request::new(pb::ReadOutputRequest {
+            job_id: job_id.to_string(),
+            task_index: task,
+            attempt: a.number,
+            stderr,
+            offset,
+            max_bytes: 0,
+        });
+        req.set_timeout(Duration::from_secs(10));
+        let r = worker
+            .read_output(req)
+            .await
+            .map_err(|s| anyhow::anyhow!("reading output from executor {} at {}: {}", exec.id, exec.addr, super::status_line(&s)))?
+            .into_inner();
+        out.write_all(&r.data)?;
+        offset += r.data.len() as u64;
+        if r.eof || r.data.is_empty() {
+            break;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,501 @@
+//! The `triad` command line (SPEC "Command line"): argument parsing and one function per
+//! command. Errors reach the user as one line on stderr and a non-zero exit status.
+
+pub mod dev;
+pub mod executors;
+pub mod output;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tonic::Status;
+
+use crate::api::pb;
+use crate::client::{parse_masters, Client};
+use output::{age, json, table, Format};
+
+#[derive(Parser, Debug)]
+#[command(name = "triad", version, about = "A fault-tolerant job scheduler: Raft masters, executors, a CLI.")]
+pub struct Cli {
+    /// Log format of long-running commands (master, executor).
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MastersArg {
+    /// Masters to talk to (host:port,...); any one will do.
+    #[arg(long, env = "TRIAD_MASTERS", global = true, hide_env_values = true)]
+    pub masters: Option<String>,
+}
+
+impl MastersArg {
+    fn client(&self) -> anyhow::Result<Client> {
+        let list = self.masters.as_deref().unwrap_or_default();
+        Client::new(parse_masters(list)?)
+    }
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct OutputArg {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Start a local cluster on loopback (each master its own process) until Ctrl-C.
+    Dev {
+        #[arg(long, default_value_t = 3)]
+        masters: u32,
+        #[arg(long, default_value_t = 2)]
+        executors: u32,
+        #[arg(long, default_value = "./triad-dev")]
+        data_dir: PathBuf,
+        /// First master's port; masters take consecutive ports.
+        #[arg(long, default_value_t = 7101)]
+        base_port: u16,
+    },
+    /// Run one master from a TOML config.
+    Master {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run an executor (with no subcommand), or list / drain executors.
+    #[command(args_conflicts_with_subcommands = true)]
+    Executor {
+        #[command(subcommand)]
+        cmd: Option<ExecutorCmd>,
+        #[command(flatten)]
+        run: ExecutorRunArgs,
+    },
+    /// Jobs: submit, get, list, cancel, logs, wait.
+    #[command(subcommand)]
+    Job(JobCmd),
+    /// The masters: status and membership.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCmd {
+    /// Submit a job and print its id.
+    Submit(SubmitArgs),
+    /// Show one job with its tasks.
+    Get {
+        id: String,
+        /// Read the local replica instead of a linearizable read through the leader.
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        out: OutputArg,
+        #[command(flatten)]
+        m: MastersArg,
+    },
+    /// List jobs.
+    List {
+        /// Only jobs in this state (pending, running, succeeded, failed, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        out: OutputArg,
+        #[command(flatten)]
+        m: MastersArg,
+    },
+    /// Cancel a job; its running attempts are killed.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        m: MastersArg,
+    },
+    /// Print a task's output, read from the executor that ran it.
+    Logs {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        task: u32,
+        /// Attempt number (default: the latest that started).
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Print stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        #[command(flatten)]
+        m: MastersArg,
+    },
+    /// Wait for a job to finish; exit status 0 only if it succeeded.
+    Wait {
+        id: String,
+        #[command(flatten)]
+        m: MastersArg,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// Number of tasks (partitions).
+    #[arg(long, default_value_t = 1)]
+    pub tasks: u32,
+    /// Slots each task needs.
+    #[arg(long, default_value_t = 1)]
+    pub slots: u32,
+    /// CPU millis each task needs.
+    #[arg(long, default_value_t = 0)]
+    pub cpu: u32,
+    /// Memory (MiB) each task needs.
+    #[arg(long, default_value_t = 0)]
+    pub memory: u64,
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Delay before a failed task is retried (e.g. 500ms, 2s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub backoff: Option<Duration>,
+    /// Per-attempt timeout (e.g. 30s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Executor label every task requires (k=v); repeatable.
+    #[arg(long = "constraint", value_parser = parse_kv)]
+    pub constraints: Vec<(String, String)>,
+    /// Environment variable for every attempt (K=V); repeatable.
+    #[arg(long = "env", value_parser = parse_kv)]
+    pub env: Vec<(String, String)>,
+    #[arg(long, default_value_t = 0)]
+    pub priority: i32,
+    /// Retrying with the same key returns the same job (default: a fresh key per invocation).
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Run CMD through /bin/sh -c.
+    #[arg(long)]
+    pub shell: bool,
+    /// Wait for the job to finish and exit with its outcome.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub m: MastersArg,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecutorRunArgs {
+    /// Task slots offered.
+    #[arg(long, default_value_t = 4)]
+    pub slots: u32,
+    /// CPU millis offered.
+    #[arg(long, default_value_t = 4000)]
+    pub cpu: u32,
+    /// Memory offered, MiB.
+    #[arg(long, default_value_t = 4096)]
+    pub memory: u64,
+    /// Label (k=v) that job constraints can select on; repeatable.
+    #[arg(long = "label", value_parser = parse_kv)]
+    pub labels: Vec<(String, String)>,
+    /// Where the executor keeps its id and its attempts' output.
+    #[arg(long, default_value = "./triad-executor")]
+    pub work_dir: PathBuf,
+    /// Address of its worker API.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// Address the leader reaches it at (defaults to the bound address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    #[command(flatten)]
+    pub m: MastersArg,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExecutorCmd {
+    /// Executors with state and load.
+    List {
+        #[command(flatten)]
+        out: OutputArg,
+        #[command(flatten)]
+        m: MastersArg,
+    },
+    /// Stop placing work on an executor; it finishes what it runs, then leaves.
+    Drain {
+        id: String,
+        #[command(flatten)]
+        m: MastersArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Every master: id, address, role, term, last log and applied index, reachable or not.
+    Status {
+        #[command(flatten)]
+        out: OutputArg,
+        #[command(flatten)]
+        m: MastersArg,
+    },
+    /// Add a master at runtime (learner first, then voter).
+    AddMaster {
+        id: u64,
+        addr: String,
+        #[command(flatten)]
+        m: MastersArg,
+    },
+    /// Remove a master at runtime.
+    RemoveMaster {
+        id: u64,
+        #[command(flatten)]
+        m: MastersArg,
+    },
+}
+
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// A gRPC status as one line for a human.
+pub fn status_line(s: &Status) -> String {
+    format!("{} ({:?})", s.message(), s.code())
+}
+
+fn st(s: Status) -> anyhow::Error {
+    anyhow::anyhow!(status_line(&s))
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIAD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+/// Runs a parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Cmd::Dev { masters, executors, data_dir, base_port } => {
+            dev::run(dev::DevArgs { masters, executors, data_dir, base_port }).await?;
+            Ok(0)
+        }
+        Cmd::Master { config } => {
+            init_logging(cli.log_format);
+            let cfg = crate::master::config::MasterConfig::load(&config)?;
+            let (trigger, shutdown) = crate::shutdown::channel();
+            tokio::spawn(async move {
+                crate::shutdown::signal().await;
+                trigger.fire();
+            });
+            crate::master::run(cfg, shutdown).await?;
+            Ok(0)
+        }
+        Cmd::Executor { cmd: Some(cmd), .. } => executors::command(cmd).await,
+        Cmd::Executor { cmd: None, run } => {
+            init_logging(cli.log_format);
+            executors::run(run).await?;
+            Ok(0)
+        }
+        Cmd::Job(cmd) => job(cmd).await,
+        Cmd::Cluster(cmd) => cluster(cmd).await,
+    }
+}
+
+async fn job(cmd: JobCmd) -> anyhow::Result<i32> {
+    match cmd {
+        JobCmd::Submit(a) => {
+            let client = a.m.client()?;
+            let (command, args) = a.command.split_first().context("a command is required after --")?;
+            let req = pb::SubmitJobRequest {
+                name: a.name.clone(),
+                idempotency_key: a.idempotency_key.clone().unwrap_or_default(),
+                spec: Some(pb::JobSpec {
+                    command: command.clone(),
+                    args: args.to_vec(),
+                    env: a.env.iter().cloned().collect(),
+                    shell: a.shell,
+                    task_count: a.tasks,
+                    resources: Some(pb::Resources { slots: a.slots, cpu_millis: a.cpu, memory_mib: a.memory }),
+                    constraints: a.constraints.iter().cloned().collect(),
+                    max_attempts: a.max_attempts,
+                    retry_backoff_ms: a.backoff.map_or(0, |d| d.as_millis() as u64),
+                    timeout_ms: a.timeout.map_or(0, |d| d.as_millis() as u64),
+                    priority: a.priority,
+                }),
+            };
+            let r = client.submit_job(req).await.map_err(st)?;
+            println!("{}", r.job_id);
+            if a.wait {
+                return wait_job(&client, &r.job_id).await;
+            }
+            Ok(0)
+        }
+        JobCmd::Get { id, stale, out, m } => {
+            let j = m.client()?.get_job(&id, stale).await.map_err(st)?;
+            match out.format {
+                Format::Json => json(&j)?,
+                Format::Table => print_job(&j),
+            }
+            Ok(0)
+        }
+        JobCmd::List { state, stale, out, m } => {
+            let jobs = m.client()?.list_all_jobs(state.as_deref().unwrap_or(""), stale).await.map_err(st)?;
+            match out.format {
+                Format::Json => json(&jobs)?,
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = jobs
+                        .iter()
+                        .map(|j| {
+                            let c = j.counts.unwrap_or_default();
+                            let total = j.spec.as_ref().map_or(0, |s| s.task_count);
+                            vec![j.id.clone(), j.name.clone(), j.state.clone(), format!("{}/{}", c.succeeded, total), age(j.created_at_ms)]
+                        })
+                        .collect();
+                    println!("{}", table(&["ID", "NAME", "STATE", "DONE", "CREATED"], &rows));
+                }
+            }
+            Ok(0)
+        }
+        JobCmd::Cancel { id, m } => {
+            let r = m.client()?.cancel_job(&id).await.map_err(st)?;
+            println!("{id} {}", r.state);
+            Ok(0)
+        }
+        JobCmd::Logs { id, task, attempt, stderr, m } => {
+            executors::logs(&m.client()?, &id, task, attempt, stderr).await?;
+            Ok(0)
+        }
+        JobCmd::Wait { id, m } => wait_job(&m.client()?, &id).await,
+    }
+}
+
+fn print_job(j: &pb::Job) {
+    let spec = j.spec.clone().unwrap_or_default();
+    let c = j.counts.unwrap_or_default();
+    println!("id:        {}", j.id);
+    println!("name:      {}", j.name);
+    println!("state:     {}", j.state);
+    println!("command:   {} {}", spec.command, spec.args.join(" "));
+    println!("tasks:     {} (pending {}, assigned {}, running {}, succeeded {}, failed {}, cancelled {})",
+        spec.task_count, c.pending, c.assigned, c.running, c.succeeded, c.failed, c.cancelled);
+    println!("created:   {}", age(j.created_at_ms));
+    if j.finished_at_ms != 0 {
+        println!("finished:  {}", age(j.finished_at_ms));
+    }
+    let rows: Vec<Vec<String>> = j
+        .tasks
+        .iter()
+        .map(|t| {
+            let a = t.attempts.last();
+            vec![
+                t.index.to_string(),
+                t.state.clone(),
+                t.attempts.len().to_string(),
+                a.map_or("-".into(), |a| a.executor.clone()),
+                a.map_or("-".into(), |a| a.token.to_string()),
+                a.and_then(|a| a.has_exit_code.then(|| a.exit_code.to_string())).unwrap_or_else(|| "-".into()),
+                a.map_or(String::new(), |a| a.error.clone()),
+            ]
+        })
+        .collect();
+    println!("\n{}", table(&["TASK", "STATE", "ATTEMPTS", "EXECUTOR", "TOKEN", "EXIT", "ERROR"], &rows));
+}
+
+/// Polls the job until it is terminal; exit status 0 only when it succeeded. On a terminal, a
+/// progress bar shows finished tasks.
+pub async fn wait_job(client: &Client, id: &str) -> anyhow::Result<i32> {
+    use std::io::IsTerminal;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} tasks ({elapsed})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        b
+    });
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let j = client.get_job(id, false).await.map_err(st)?;
+        if let Some(b) = &bar {
+            let c = j.counts.unwrap_or_default();
+            b.set_length(j.spec.as_ref().map_or(0, |s| s.task_count as u64));
+            b.set_position((c.succeeded + c.failed + c.cancelled) as u64);
+            b.set_message(format!("{} {} (running {})", &j.id[..8.min(j.id.len())], j.state, c.running));
+            b.tick();
+        }
+        if matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled") {
+            if let Some(b) = &bar {
+                b.finish();
+            }
+        }
+        match j.state.as_str() {
+            "succeeded" => return Ok(0),
+            "failed" | "cancelled" => {
+                eprintln!("job {id} {}", j.state);
+                return Ok(1);
+            }
+            _ => {}
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
+}
+
+async fn cluster(cmd: ClusterCmd) -> anyhow::Result<i32> {
+    match cmd {
+        ClusterCmd::Status { out, m } => {
+            let s = m.client()?.cluster_status().await.map_err(st)?;
+            match out.format {
+                Format::Json => json(&s)?,
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = s
+                        .masters
+                        .iter()
+                        .map(|n| {
+                            vec![
+                                n.id.to_string(),
+                                n.addr.clone(),
+                                n.role.clone(),
+                                if n.reachable { n.term.to_string() } else { "-".into() },
+                                if n.reachable { n.last_log_index.to_string() } else { "-".into() },
+                                if n.reachable { n.applied_index.to_string() } else { "-".into() },
+                                if n.reachable { "yes".into() } else { format!("no: {}", n.error) },
+                            ]
+                        })
+                        .collect();
+                    println!("{}", table(&["ID", "ADDRESS", "ROLE", "TERM", "LAST LOG", "APPLIED", "REACHABLE"], &rows));
+                    if s.leader_id != 0 {
+                        println!("\nleader: master {} at {}", s.leader_id, s.leader_addr);
+                    } else {
+                        println!("\nleader: none");
+                    }
+                }
+            }
+            Ok(0)
+        }
+        ClusterCmd::AddMaster { id, addr, m } => {
+            let r = m.client()?.add_master(id, &addr).await.map_err(st)?;
+            println!("voters {:?} learners {:?}", r.voters, r.learners);
+            Ok(0)
+        }
+        ClusterCmd::RemoveMaster { id, m } => {
+            let r = m.client()?.remove_master(id).await.map_err(st)?;
+            println!("voters {:?} learners {:?}", r.voters, r.learners);
+            Ok(0)
+        }
+    }
+}

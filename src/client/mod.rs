@@ -1,0 +1,195 @@
+//! The client library: knows the list of masters, sticks to one that answers, moves to the next on
+//! failure, and retries retryable failures within a bound. Writes are safe to retry because
+//! every submission carries an idempotency key (generated here when the caller gives none) and
+//! cancels are idempotent in the state machine.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::api::pb::cluster_service_client::ClusterServiceClient;
+use crate::api::pb::job_service_client::JobServiceClient;
+use crate::api::{pb, MAX_MESSAGE_BYTES};
+use crate::raft::network::channel;
+
+/// Per-attempt deadline of a client call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(6);
+/// Total time a call keeps retrying retryable failures (leader elections take ~1 s).
+pub const RETRY_FOR: Duration = Duration::from_secs(20);
+
+pub struct Client {
+    masters: Vec<String>,
+    channels: Vec<Channel>,
+    /// Index of the master that answered last.
+    preferred: AtomicUsize,
+    pub call_timeout: Duration,
+    pub retry_for: Duration,
+}
+
+/// Failures worth retrying against another (or the same) master.
+pub fn retryable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted)
+        || (s.code() == Code::Unknown && s.message().contains("transport"))
+}
+
+/// Parses `a:p,b:p,c:p`.
+pub fn parse_masters(list: &str) -> anyhow::Result<Vec<String>> {
+    let masters: Vec<String> = list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    if masters.is_empty() {
+        bail!("no masters given: pass --masters host:port,... or set TRIAD_MASTERS");
+    }
+    Ok(masters)
+}
+
+impl Client {
+    pub fn new(masters: Vec<String>) -> anyhow::Result<Self> {
+        if masters.is_empty() {
+            bail!("no masters given: pass --masters host:port,... or set TRIAD_MASTERS");
+        }
+        let channels = masters
+            .iter()
+            .map(|m| channel(m).with_context(|| format!("bad master address {m:?}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Client { masters, channels, preferred: AtomicUsize::new(0), call_timeout: CALL_TIMEOUT, retry_for: RETRY_FOR })
+    }
+
+    pub fn masters(&self) -> &[String] {
+        &self.masters
+    }
+
+    /// Calls `f` against masters in turn until it succeeds, fails for good, or `retry_for` passes.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.retry_for;
+        let mut backoff = Duration::from_millis(20);
+        let mut tried_since_backoff = 0;
+        loop {
+            let idx = self.preferred.load(Ordering::Relaxed) % self.channels.len();
+            let result = match tokio::time::timeout(self.call_timeout, f(self.channels[idx].clone())).await {
+                Ok(r) => r,
+                Err(_) => Err(Status::deadline_exceeded(format!("master {} did not answer within {:?}", self.masters[idx], self.call_timeout))),
+            };
+            match result {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if retryable(&s) && Instant::now() < deadline => {
+                    tracing::debug!(master = %self.masters[idx], error = %s, "retrying");
+                    let _ = self.preferred.compare_exchange(idx, idx + 1, Ordering::Relaxed, Ordering::Relaxed);
+                    tried_since_backoff += 1;
+                    // Back off once every master has been tried: the cluster is electing.
+                    if tried_since_backoff >= self.channels.len() {
+                        tried_since_backoff = 0;
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        tokio::time::sleep(backoff.min(left)).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                    }
+                }
+                Err(s) => return Err(s),
+            }
+        }
+    }
+
+    fn jobs(c: Channel) -> JobServiceClient<Channel> {
+        JobServiceClient::new(c).max_decoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Submits a job; retries reuse the idempotency key, so at most one job is created.
+    pub async fn submit_job(&self, mut req: pb::SubmitJobRequest) -> Result<pb::SubmitJobResponse, Status> {
+        if req.idempotency_key.is_empty() {
+            req.idempotency_key = uuid::Uuid::new_v4().to_string();
+        }
+        self.call(|c| {
+            let req = req.clone();
+            async move { Self::jobs(c).submit_job(req).await }
+        })
+        .await
+    }
+
+    pub async fn get_job(&self, id: &str, stale: bool) -> Result<pb::Job, Status> {
+        let req = pb::GetJobRequest { job_id: id.to_string(), consistency: consistency(stale) };
+        let r = self.call(|c| {
+            let req = req.clone();
+            async move { Self::jobs(c).get_job(req).await }
+        });
+        r.await?.job.ok_or_else(|| Status::internal("empty GetJob response"))
+    }
+
+    pub async fn list_jobs(&self, state: &str, page_size: u32, page_token: &str, stale: bool) -> Result<pb::ListJobsResponse, Status> {
+        let req = pb::ListJobsRequest {
+            state: state.to_string(),
+            page_size,
+            page_token: page_token.to_string(),
+            consistency: consistency(stale),
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { Self::jobs(c).list_jobs(req).await }
+        })
+        .await
+    }
+
+    /// Every job (all pages), optionally filtered by state.
+    pub async fn list_all_jobs(&self, state: &str, stale: bool) -> Result<Vec<pb::Job>, Status> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self.list_jobs(state, 1000, &token, stale).await?;
+            out.extend(page.jobs);
+            if page.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    pub async fn cancel_job(&self, id: &str) -> Result<pb::CancelJobResponse, Status> {
+        let req = pb::CancelJobRequest { job_id: id.to_string() };
+        self.call(|c| {
+            let req = req.clone();
+            async move { Self::jobs(c).cancel_job(req).await }
+        })
+        .await
+    }
+
+    pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, Status> {
+        self.call(|c| async move { ClusterServiceClient::new(c).cluster_status(pb::ClusterStatusRequest {}).await }).await
+    }
+
+    pub async fn add_master(&self, id: u64, addr: &str) -> Result<pb::MembershipResponse, Status> {
+        let req = pb::AddMasterRequest { id, addr: addr.to_string() };
+        self.call(|c| {
+            let req = req.clone();
+            async move { ClusterServiceClient::new(c).add_master(req).await }
+        })
+        .await
+    }
+
+    pub async fn remove_master(&self, id: u64) -> Result<pb::MembershipResponse, Status> {
+        self.call(|c| async move { ClusterServiceClient::new(c).remove_master(pb::RemoveMasterRequest { id }).await }).await
+    }
+}
+
+/// One master's own status, asked directly (no retry, no failover).
+pub async fn node_status(addr: &str, timeout: Duration, with_digest: bool) -> Result<pb::MasterStatus, Status> {
+    let chan = channel(addr).map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?;
+    let mut req = tonic::Request::new(pb::NodeStatusRequest { with_digest });
+    req.set_timeout(timeout);
+    match tokio::time::timeout(timeout, ClusterServiceClient::new(chan).node_status(req)).await {
+        Ok(r) => r.map(|r| r.into_inner()),
+        Err(_) => Err(Status::deadline_exceeded(format!("{addr} did not answer within {timeout:?}"))),
+    }
+}
+
+fn consistency(stale: bool) -> i32 {
+    if stale {
+        pb::ReadConsistency::Stale as i32
+    } else {
+        pb::ReadConsistency::Linearizable as i32
+    }
+}

@@ -1,0 +1,348 @@
+//! An executor: registers with the cluster, heartbeats to the leader, runs the attempts the leader
+//! starts on it (through [`runner::Runner`]) and reports their start and exit, fenced by token.
+//!
+//! Invariants:
+//! - **Self-fencing**: when no heartbeat has been acknowledged for `SELF_FENCE_FRACTION` of the
+//!   leader's TTL, every attempt is killed; the leader will have declared this executor dead (or
+//!   is about to) and rescheduled the work, so the old attempt must not keep running.
+//! - A report is retried until the leader gives a final answer; a stale-token answer kills the
+//!   attempt.
+//! - An attempt assigned under an older registration epoch is refused (the executor restarted).
+//! - On SIGTERM or drain: take no new work, hand back or finish what runs, deregister, clean up.
+
+pub mod runner;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::pb::executor_service_client::ExecutorServiceClient;
+use crate::api::pb::{self, report_task_request::Kind};
+use crate::api::pb::worker_service_server::WorkerServiceServer;
+use crate::client::Client;
+use crate::shutdown::{self, Shutdown};
+use runner::{AttemptEvent, EventKind, ExitStatus, Runner};
+
+/// Attempts are killed once heartbeats have gone unacknowledged for this fraction of the TTL,
+/// leaving the rest of the TTL as margin for clock-rate differences and the kill itself.
+pub const SELF_FENCE_FRACTION: f64 = 0.6;
+/// Grace between SIGTERM and SIGKILL when stopping an attempt.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long a stopping executor keeps trying to deliver its last reports and to deregister.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    pub masters: Vec<String>,
+    pub slots: u32,
+    pub cpu_millis: u32,
+    pub memory_mib: u64,
+    pub labels: BTreeMap<String, String>,
+    pub work_dir: PathBuf,
+    /// Address the worker API binds.
+    pub listen: String,
+    /// Address the leader reaches the worker API at (defaults to the bound address).
+    pub advertise: Option<String>,
+}
+
+/// State shared by the executor's tasks.
+pub struct Agent {
+    pub id: String,
+    pub addr: String,
+    cfg: ExecutorConfig,
+    client: Client,
+    /// Short-deadline client for heartbeats (a heartbeat is never worth waiting long for).
+    hb_client: Client,
+    pub runner: Runner,
+    /// Current registration epoch (0 before the first registration).
+    pub epoch: AtomicU64,
+    /// No new work is accepted.
+    pub draining: AtomicBool,
+    last_ack: Mutex<Instant>,
+    ttl: Mutex<Duration>,
+    heartbeat: Mutex<Duration>,
+}
+
+/// Loads the executor's stable id from its work dir, creating it on first start.
+fn load_or_create_id(dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = dir.join("executor-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        _ => {
+            let id = format!("exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+            Ok(id)
+        }
+    }
+}
+
+/// Runs an executor until `shutdown` fires (or it finishes draining).
+pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.work_dir).with_context(|| format!("creating work dir {}", cfg.work_dir.display()))?;
+    let id = load_or_create_id(&cfg.work_dir)?;
+    let listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let bound = listener.local_addr()?;
+    let addr = cfg.advertise.clone().unwrap_or_else(|| bound.to_string());
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let runner = Runner::new(cfg.work_dir.clone(), events_tx);
+    let client = Client::new(cfg.masters.clone())?;
+    let mut hb_client = Client::new(cfg.masters.clone())?;
+    hb_client.call_timeout = Duration::from_millis(800);
+    hb_client.retry_for = Duration::from_millis(800);
+    let agent = Arc::new(Agent {
+        id: id.clone(),
+        addr: addr.clone(),
+        cfg: cfg.clone(),
+        client,
+        hb_client,
+        runner,
+        epoch: AtomicU64::new(0),
+        draining: AtomicBool::new(false),
+        last_ack: Mutex::new(Instant::now()),
+        ttl: Mutex::new(Duration::from_secs(5)),
+        heartbeat: Mutex::new(Duration::from_secs(1)),
+    });
+    tracing::info!(%id, %addr, work_dir = %cfg.work_dir.display(), "executor starting");
+
+    // The executor's own stop signal: external shutdown, or the end of a drain.
+    let (stop_trigger, stop) = shutdown::channel();
+    {
+        let (mut ext, t) = (shutdown.clone(), stop_trigger.clone());
+        tokio::spawn(async move {
+            ext.wait().await;
+            t.fire();
+        });
+    }
+    let mut server_stop = stop.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(WorkerServiceServer::new(worker::Worker { agent: agent.clone() }))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { server_stop.wait().await });
+    let server = tokio::spawn(server);
+
+    let (reports_done_tx, reports_done) = tokio::sync::oneshot::channel();
+    tokio::spawn(report_loop(agent.clone(), events_rx, stop.clone(), reports_done_tx));
+
+    let mut stop_wait = stop.clone();
+    tokio::select! {
+        r = agent.register() => r?,
+        _ = stop_wait.wait() => {}
+    }
+    if !stop.is_fired() {
+        heartbeat_loop(agent.clone(), stop.clone(), stop_trigger.clone()).await;
+    }
+
+    // Hand back what still runs: kill it; the reports (LOST) let the leader reschedule at once.
+    tracing::info!("executor stopping: handing back {} attempts", agent.runner.live_tokens().len());
+    agent.draining.store(true, Ordering::SeqCst);
+    agent.runner.stop_all(STOP_GRACE).await;
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, reports_done).await;
+    let epoch = agent.epoch.load(Ordering::SeqCst);
+    if epoch > 0 {
+        let req = pb::DeregisterRequest { executor_id: agent.id.clone(), epoch };
+        let dereg = agent.client.call(|c| {
+            let req = req.clone();
+            async move { ExecutorServiceClient::new(c).deregister(req).await }
+        });
+        match tokio::time::timeout(FAREWELL_TIMEOUT, dereg).await {
+            Ok(Ok(_)) => tracing::info!("deregistered"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "deregistration failed"),
+            Err(_) => tracing::warn!("deregistration timed out"),
+        }
+    }
+    let r = agent.runner.clone();
+    let _ = tokio::task::spawn_blocking(move || r.cleanup_job_dirs()).await;
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, server).await;
+    Ok(())
+}
+
+impl Agent {
+    /// Registers (retrying until it succeeds); a new epoch invalidates every older attempt.
+    async fn register(&self) -> anyhow::Result<()> {
+        let req = pb::RegisterRequest {
+            executor_id: self.id.clone(),
+            addr: self.addr.clone(),
+            capacity: Some(pb::Resources { slots: self.cfg.slots, cpu_millis: self.cfg.cpu_millis, memory_mib: self.cfg.memory_mib }),
+            labels: self.cfg.labels.clone().into_iter().collect(),
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let r = self
+                .client
+                .call(|c| {
+                    let req = req.clone();
+                    async move { ExecutorServiceClient::new(c).register(req).await }
+                })
+                .await;
+            match r {
+                Ok(r) => {
+                    self.epoch.store(r.epoch, Ordering::SeqCst);
+                    *self.ttl.lock().expect("poisoned") = Duration::from_millis(r.ttl_ms.max(100));
+                    *self.heartbeat.lock().expect("poisoned") = Duration::from_millis(r.heartbeat_ms.clamp(50, 60_000));
+                    *self.last_ack.lock().expect("poisoned") = Instant::now();
+                    tracing::info!(epoch = r.epoch, "registered");
+                    return Ok(());
+                }
+                Err(e) if e.code() == tonic::Code::InvalidArgument => anyhow::bail!("registration refused: {}", e.message()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "registration failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    fn running(&self) -> Vec<pb::RunningAttempt> {
+        let live = self.runner.live_tokens();
+        live.into_iter()
+            .filter_map(|t| self.runner.get(t))
+            .map(|a| pb::RunningAttempt { job_id: a.job_id, task_index: a.task_index, token: a.token })
+            .collect()
+    }
+
+    fn stop_in_background(self: &Arc<Self>, token: u64) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if me.runner.stop(token, STOP_GRACE).await {
+                tracing::info!(token, "killed an attempt the leader does not recognise");
+            }
+        });
+    }
+}
+
+async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shutdown::Trigger) {
+    loop {
+        let interval = *agent.heartbeat.lock().expect("poisoned");
+        tokio::select! {
+            _ = stop.wait() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        // Self-fence before talking to anyone: after a pause the old attempts must die first.
+        let since_ack = agent.last_ack.lock().expect("poisoned").elapsed();
+        let ttl = *agent.ttl.lock().expect("poisoned");
+        if since_ack > ttl.mul_f64(SELF_FENCE_FRACTION) && !agent.runner.live_tokens().is_empty() {
+            tracing::warn!(since_ack_ms = since_ack.as_millis() as u64, "no heartbeat acknowledged: self-fencing, killing all attempts");
+            for t in agent.runner.live_tokens() {
+                agent.stop_in_background(t);
+            }
+        }
+        let req = pb::HeartbeatRequest {
+            executor_id: agent.id.clone(),
+            epoch: agent.epoch.load(Ordering::SeqCst),
+            attempts: agent.running(),
+        };
+        let r = agent
+            .hb_client
+            .call(|c| {
+                let req = req.clone();
+                async move { ExecutorServiceClient::new(c).heartbeat(req).await }
+            })
+            .await;
+        let resp = match r {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "heartbeat failed");
+                continue;
+            }
+        };
+        *agent.last_ack.lock().expect("poisoned") = Instant::now();
+        for t in &resp.kill_tokens {
+            agent.stop_in_background(*t);
+        }
+        if resp.reregister {
+            tracing::warn!("the leader does not know this executor (declared dead?): registering again");
+            for t in agent.runner.live_tokens() {
+                agent.stop_in_background(t);
+            }
+            tokio::select! {
+                r = agent.register() => if let Err(e) = r { tracing::error!(error = %e, "re-registration failed"); stop_trigger.fire(); return; },
+                _ = stop.wait() => return,
+            }
+        }
+        if resp.draining && !agent.draining.swap(true, Ordering::SeqCst) {
+            tracing::info!("draining: finishing running attempts, then leaving");
+        }
+        if agent.draining.load(Ordering::SeqCst) && agent.runner.live_tokens().is_empty() {
+            stop_trigger.fire();
+            return;
+        }
+    }
+}
+
+/// Turns runner events into task reports, each retried until the leader answers for good.
+async fn report_loop(
+    agent: Arc<Agent>,
+    mut events: mpsc::UnboundedReceiver<AttemptEvent>,
+    stop: Shutdown,
+    done: tokio::sync::oneshot::Sender<()>,
+) {
+    loop {
+        // After stop, deliver what is queued (the hand-back reports) and finish.
+        let ev = if stop.is_fired() {
+            match tokio::time::timeout(STOP_GRACE * 2, events.recv()).await {
+                Ok(Some(ev)) => ev,
+                _ => break,
+            }
+        } else {
+            match events.recv().await {
+                Some(ev) => ev,
+                None => break,
+            }
+        };
+        let Some(info) = agent.runner.get(ev.token) else { continue };
+        let (kind, exit_code, error) = match &ev.kind {
+            EventKind::Started { .. } => (Kind::Started, 0, String::new()),
+            EventKind::Finished { status } => match status {
+                ExitStatus::Exited(c) => (Kind::Finished, *c, String::new()),
+                ExitStatus::Signaled(s) => (Kind::Finished, 128 + s, format!("killed by signal {s}")),
+                ExitStatus::TimedOut => (Kind::Finished, 124, "timed out".to_string()),
+                ExitStatus::Killed => (Kind::Lost, 0, "stopped by the executor".to_string()),
+                ExitStatus::SpawnFailed(m) => (Kind::Finished, 127, format!("could not start: {m}")),
+            },
+        };
+        let req = pb::ReportTaskRequest {
+            executor_id: agent.id.clone(),
+            job_id: info.job_id.clone(),
+            task_index: info.task_index,
+            token: ev.token,
+            kind: kind as i32,
+            exit_code,
+            error,
+        };
+        let deadline = Instant::now() + if stop.is_fired() { FAREWELL_TIMEOUT } else { Duration::from_secs(3600) };
+        while Instant::now() < deadline {
+            let r = agent
+                .client
+                .call(|c| {
+                    let req = req.clone();
+                    async move { ExecutorServiceClient::new(c).report_task(req).await }
+                })
+                .await;
+            match r {
+                Ok(resp) => {
+                    if resp.kill {
+                        agent.stop_in_background(ev.token);
+                    }
+                    break;
+                }
+                Err(e) if e.code() == tonic::Code::InvalidArgument || e.code() == tonic::Code::NotFound => {
+                    tracing::warn!(token = ev.token, error = %e, "report refused for good");
+                    break;
+                }
+                Err(e) => tracing::debug!(token = ev.token, error = %e, "report failed; retrying"),
+            }
+        }
+        if matches!(ev.kind, EventKind::Finished { .. }) {
+            agent.runner.forget(ev.token);
+        }
+    }
+    let _ = done.send(());
+}

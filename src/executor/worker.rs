@@ -1,0 +1,84 @@
+//! The worker API an executor serves: the leader starts and stops attempts; clients read output.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use super::runner::{AttemptSpec, RunnerError};
+use super::{Agent, STOP_GRACE};
+use crate::api::pb;
+use crate::api::pb::worker_service_server::WorkerService;
+
+/// Largest output chunk one ReadOutput returns.
+const MAX_READ: usize = 4 << 20;
+
+pub struct Worker {
+    pub agent: Arc<Agent>,
+}
+
+#[tonic::async_trait]
+impl WorkerService for Worker {
+    async fn start_attempt(&self, req: Request<pb::StartAttemptRequest>) -> Result<Response<pb::StartAttemptResponse>, Status> {
+        let r = req.into_inner();
+        if self.agent.draining.load(Ordering::SeqCst) {
+            return Err(Status::failed_precondition("executor is draining"));
+        }
+        let epoch = self.agent.epoch.load(Ordering::SeqCst);
+        if r.epoch != epoch {
+            return Err(Status::failed_precondition(format!("stale executor epoch {} (current {epoch})", r.epoch)));
+        }
+        let spec = AttemptSpec {
+            job_id: r.job_id,
+            task_index: r.task_index,
+            task_count: r.task_count,
+            attempt: r.attempt,
+            token: r.token,
+            command: r.command,
+            args: r.args,
+            env: r.env.into_iter().collect(),
+            shell: r.shell,
+            timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
+            range_start: r.range_start,
+            range_end: r.range_end,
+        };
+        match self.agent.runner.start(spec).await {
+            Ok(pid) => Ok(Response::new(pb::StartAttemptResponse { pid })),
+            // Idempotent: the leader retried a start that had already worked.
+            Err(RunnerError::AlreadyExists { pid, .. }) => Ok(Response::new(pb::StartAttemptResponse { pid: pid.unwrap_or(0) })),
+            Err(e @ (RunnerError::InvalidSpec { .. } | RunnerError::DirInUse { .. })) => Err(Status::invalid_argument(e.to_string())),
+            // A spawn failure is reported as the attempt's exit (127), not as a dispatch failure.
+            Err(RunnerError::Spawn { .. } | RunnerError::Prepare { .. }) => Ok(Response::new(pb::StartAttemptResponse { pid: 0 })),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+
+    async fn stop_attempt(&self, req: Request<pb::StopAttemptRequest>) -> Result<Response<pb::StopAttemptResponse>, Status> {
+        let was_running = self.agent.runner.stop(req.into_inner().token, STOP_GRACE).await;
+        Ok(Response::new(pb::StopAttemptResponse { was_running }))
+    }
+
+    async fn query_attempt(&self, req: Request<pb::QueryAttemptRequest>) -> Result<Response<pb::QueryAttemptResponse>, Status> {
+        let token = req.into_inner().token;
+        Ok(Response::new(match self.agent.runner.get(token) {
+            None => pb::QueryAttemptResponse::default(),
+            Some(a) => pb::QueryAttemptResponse {
+                known: true,
+                running: a.status.is_none(),
+                pid: a.pid.unwrap_or(0),
+                status: a.status.map(|s| format!("{s:?}")).unwrap_or_else(|| "running".into()),
+            },
+        }))
+    }
+
+    async fn read_output(&self, req: Request<pb::ReadOutputRequest>) -> Result<Response<pb::ReadOutputResponse>, Status> {
+        let r = req.into_inner();
+        let max = if r.max_bytes == 0 { MAX_READ } else { (r.max_bytes as usize).min(MAX_READ) };
+        match self.agent.runner.read_output(&r.job_id, r.task_index, r.attempt, r.stderr, r.offset, max).await {
+            Ok((data, eof)) => Ok(Response::new(pb::ReadOutputResponse { data, eof })),
+            Err(e @ RunnerError::OutputNotFound { .. }) => Err(Status::not_found(e.to_string())),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+}

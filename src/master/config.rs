@@ -1,0 +1,173 @@
+//! A master's TOML configuration. Every option has a default except the node's id, addresses,
+//! data dir and peers; `TRIAD_*` environment variables override the file (see [`MasterConfig::load`]).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterConfig {
+    /// This master's Raft node id (unique in the cluster, never reused).
+    pub id: u64,
+    /// Address the gRPC server binds (clients, executors and peers all use it).
+    pub listen: String,
+    /// Address peers and clients reach this master at; defaults to `listen`.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Where the Raft log, vote and snapshots live (a sled database).
+    pub data_dir: PathBuf,
+    /// Initialise a new cluster from `peers` on first start. Set false on a master that joins an
+    /// existing cluster through `triad cluster add-master`.
+    #[serde(default = "default_true")]
+    pub bootstrap: bool,
+    /// The initial voters (including this master), used only by `bootstrap`.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+    #[serde(default)]
+    pub raft: RaftTimings,
+    #[serde(default)]
+    pub executors: ExecutorTimings,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub id: u64,
+    pub addr: String,
+}
+
+/// Raft timings and log retention.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTimings {
+    /// Leader heartbeat to followers.
+    pub heartbeat_ms: u64,
+    /// A follower starts an election after a random timeout in [min, max).
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Take a snapshot after this many applied entries since the last one.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind the latest snapshot (for slow followers).
+    pub keep_logs: u64,
+    /// How long a request waits for a leader before failing UNAVAILABLE.
+    pub leader_wait_ms: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        RaftTimings {
+            heartbeat_ms: 100,
+            election_min_ms: 400,
+            election_max_ms: 800,
+            snapshot_every: 20_000,
+            keep_logs: 1_000,
+            leader_wait_ms: 3_000,
+        }
+    }
+}
+
+/// Executor liveness and dispatch timings, used by the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorTimings {
+    /// An executor not heard from for this long is declared dead.
+    pub ttl_ms: u64,
+    /// The heartbeat interval executors are told to use.
+    pub heartbeat_ms: u64,
+}
+
+impl Default for ExecutorTimings {
+    fn default() -> Self {
+        ExecutorTimings { ttl_ms: 5_000, heartbeat_ms: 1_000 }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl MasterConfig {
+    /// Reads a config file, applies `TRIAD_MASTER_*` overrides and checks it.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let mut cfg: MasterConfig = toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Environment overrides: `TRIAD_MASTER_ID`, `_LISTEN`, `_ADVERTISE`, `_DATA_DIR`, `_BOOTSTRAP`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        if let Some(v) = get("TRIAD_MASTER_ID") {
+            self.id = v.parse().with_context(|| format!("TRIAD_MASTER_ID={v:?} is not a number"))?;
+        }
+        if let Some(v) = get("TRIAD_MASTER_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = get("TRIAD_MASTER_ADVERTISE") {
+            self.advertise = Some(v);
+        }
+        if let Some(v) = get("TRIAD_MASTER_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = get("TRIAD_MASTER_BOOTSTRAP") {
+            self.bootstrap = v.parse().with_context(|| format!("TRIAD_MASTER_BOOTSTRAP={v:?} is not true/false"))?;
+        }
+        Ok(())
+    }
+
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.id == 0 {
+            bail!("id must be > 0");
+        }
+        if self.bootstrap && !self.peers.iter().any(|p| p.id == self.id) {
+            bail!("bootstrap is on but peers does not list this master (id {})", self.id);
+        }
+        let r = &self.raft;
+        if r.election_min_ms <= r.heartbeat_ms || r.election_max_ms <= r.election_min_ms {
+            bail!("raft timings must satisfy heartbeat_ms < election_min_ms < election_max_ms");
+        }
+        Ok(())
+    }
+
+    pub fn advertise_addr(&self) -> &str {
+        self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    pub fn leader_wait(&self) -> Duration {
+        Duration::from_millis(self.raft.leader_wait_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_minimal_config_with_defaults_and_env_overrides() {
+        let mut cfg: MasterConfig = toml::from_str(
+            r#"id = 1
+               listen = "127.0.0.1:7101"
+               data_dir = "d"
+               peers = [{ id = 1, addr = "127.0.0.1:7101" }]"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.raft.heartbeat_ms, 100);
+        assert_eq!(cfg.advertise_addr(), "127.0.0.1:7101");
+        cfg.apply_env(|k| (k == "TRIAD_MASTER_ADVERTISE").then(|| "10.0.0.1:7101".to_string())).unwrap();
+        assert_eq!(cfg.advertise_addr(), "10.0.0.1:7101");
+        cfg.check().unwrap();
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_timings() {
+        assert!(toml::from_str::<MasterConfig>("id = 1\nlisten = \"a\"\ndata_dir = \"d\"\nbogus = 1").is_err());
+        let mut cfg: MasterConfig =
+            toml::from_str("id = 1\nlisten = \"a\"\ndata_dir = \"d\"\npeers = [{ id = 1, addr = \"a\" }]").unwrap();
+        cfg.raft.election_min_ms = 50;
+        assert!(cfg.check().is_err());
+    }
+}

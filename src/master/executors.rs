@@ -1,0 +1,235 @@
+//! ExecutorService: what executors call on the leader (register, heartbeat, task reports) and the
+//! operator's executor commands (list, drain).
+//!
+//! Registration, reports and drains are Raft commands; heartbeats only touch leader memory
+//! ([`Liveness`]) and answer with reconciliation: attempts the executor runs that are not the
+//! current live attempt of their task (stale fencing token, cancelled, reassigned) must be killed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+
+use super::liveness::Liveness;
+use super::node::{forwarded, is_forwarded, now_ms, LocalError, Node};
+use crate::api::convert::{executor_to_pb, rejection_to_status, resources_from_pb};
+use crate::api::pb::executor_service_client::ExecutorServiceClient;
+use crate::api::pb::executor_service_server::ExecutorService;
+use crate::api::pb::{self, report_task_request::Kind};
+use crate::master::config::ExecutorTimings;
+use crate::state::{Command, ExecutorState, Outcome, Rejection, State};
+
+pub struct Executors {
+    pub node: Arc<Node>,
+    pub liveness: Arc<Liveness>,
+    pub timings: ExecutorTimings,
+}
+
+fn client(c: tonic::transport::Channel) -> ExecutorServiceClient<tonic::transport::Channel> {
+    ExecutorServiceClient::new(c)
+}
+
+/// The tokens among `reported` that are not their task's current live attempt on `executor`.
+pub fn stale_tokens(state: &State, executor: &str, reported: &[pb::RunningAttempt]) -> Vec<u64> {
+    reported
+        .iter()
+        .filter(|a| {
+            let current = uuid::Uuid::parse_str(&a.job_id)
+                .ok()
+                .and_then(|id| state.job(&id))
+                .and_then(|j| j.tasks.get(a.task_index as usize))
+                .and_then(|t| t.current().filter(|c| t.state.is_live() && c.token == a.token && c.executor == executor));
+            current.is_none()
+        })
+        .map(|a| a.token)
+        .collect()
+}
+
+impl Executors {
+    async fn register_local(&self, r: &pb::RegisterRequest) -> Result<pb::RegisterResponse, LocalError> {
+        let cmd = Command::RegisterExecutor {
+            id: r.executor_id.clone(),
+            addr: r.addr.clone(),
+            capacity: resources_from_pb(r.capacity),
+            labels: r.labels.clone().into_iter().collect(),
+            now: now_ms(),
+        };
+        match self.node.write_one(cmd).await? {
+            Ok(Outcome::Registered { epoch }) => {
+                self.liveness.seen(&r.executor_id, Instant::now());
+                tracing::info!(executor = %r.executor_id, addr = %r.addr, epoch, "executor registered");
+                Ok(pb::RegisterResponse { epoch, ttl_ms: self.timings.ttl_ms, heartbeat_ms: self.timings.heartbeat_ms })
+            }
+            Ok(o) => Err(Status::internal(format!("unexpected outcome {o:?}")).into()),
+            Err(r) => Err(rejection_to_status(&r).into()),
+        }
+    }
+
+    fn heartbeat_local(&self, h: &pb::HeartbeatRequest) -> pb::HeartbeatResponse {
+        let applied = self.node.applied.read().expect("poisoned");
+        let state = &applied.state;
+        let current = state.executor(&h.executor_id).filter(|e| e.epoch == h.epoch);
+        match current.map(|e| e.state) {
+            Some(s @ (ExecutorState::Alive | ExecutorState::Draining)) => {
+                self.liveness.seen(&h.executor_id, Instant::now());
+                pb::HeartbeatResponse {
+                    kill_tokens: stale_tokens(state, &h.executor_id, &h.attempts),
+                    reregister: false,
+                    draining: s == ExecutorState::Draining,
+                }
+            }
+            // Unknown, dead, left, or an older epoch: everything it runs is stale; register anew.
+            _ => pb::HeartbeatResponse {
+                kill_tokens: h.attempts.iter().map(|a| a.token).collect(),
+                reregister: true,
+                draining: false,
+            },
+        }
+    }
+
+    async fn report_local(&self, r: &pb::ReportTaskRequest) -> Result<pb::ReportTaskResponse, LocalError> {
+        let job = crate::api::convert::parse_job_id(&r.job_id)?;
+        let (index, token, now) = (r.task_index, r.token, now_ms());
+        let cmd = match Kind::try_from(r.kind).map_err(|_| Status::invalid_argument(format!("unknown report kind {}", r.kind)))? {
+            Kind::Started => Command::TaskStarted { job, index, token, now },
+            Kind::Finished => Command::TaskFinished {
+                job,
+                index,
+                token,
+                exit_code: r.exit_code,
+                error: (!r.error.is_empty()).then(|| r.error.clone()),
+                now,
+            },
+            Kind::Lost => Command::TaskLost { job, index, token, reason: r.error.clone(), now },
+        };
+        Ok(match self.node.write_one(cmd).await? {
+            Ok(_) => pb::ReportTaskResponse { accepted: true, kill: false, message: String::new() },
+            Err(rej @ Rejection::StaleToken { .. }) => {
+                tracing::info!(executor = %r.executor_id, job = %r.job_id, task = index, token, "fenced: {rej}");
+                pb::ReportTaskResponse { accepted: true, kill: true, message: rej.to_string() }
+            }
+            // Final either way (job gone, task terminal): the executor stops retrying.
+            Err(rej) => pb::ReportTaskResponse { accepted: true, kill: false, message: rej.to_string() },
+        })
+    }
+
+    fn list_local(&self) -> pb::ListExecutorsResponse {
+        let applied = self.node.applied.read().expect("poisoned");
+        let state = &applied.state;
+        let live = state.live_attempts();
+        let executors = state
+            .executors()
+            .map(|e| {
+                let running = live.iter().filter(|a| a.executor == e.id).count() as u32;
+                executor_to_pb(e, state.used_resources(&e.id), running)
+            })
+            .collect();
+        pb::ListExecutorsResponse { executors }
+    }
+
+    async fn simple_write(&self, cmd: Command) -> Result<(), LocalError> {
+        match self.node.write_one(cmd).await? {
+            Ok(_) => Ok(()),
+            Err(r) => Err(rejection_to_status(&r).into()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ExecutorService for Executors {
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        if msg.executor_id.is_empty() || msg.addr.is_empty() {
+            return Err(Status::invalid_argument("executor_id and addr are required"));
+        }
+        let r = self
+            .node
+            .on_leader(fwd, || self.register_local(&msg), |c| {
+                let m = msg.clone();
+                async move { client(c).register(forwarded(m)).await }
+            })
+            .await?;
+        Ok(Response::new(r))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        let r = self
+            .node
+            .on_leader(fwd, || async { Ok(self.heartbeat_local(&msg)) }, |c| {
+                let m = msg.clone();
+                async move { client(c).heartbeat(forwarded(m)).await }
+            })
+            .await?;
+        Ok(Response::new(r))
+    }
+
+    async fn report_task(&self, req: Request<pb::ReportTaskRequest>) -> Result<Response<pb::ReportTaskResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        let r = self
+            .node
+            .on_leader(fwd, || self.report_local(&msg), |c| {
+                let m = msg.clone();
+                async move { client(c).report_task(forwarded(m)).await }
+            })
+            .await?;
+        Ok(Response::new(r))
+    }
+
+    async fn list_executors(&self, req: Request<pb::ListExecutorsRequest>) -> Result<Response<pb::ListExecutorsResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        if msg.consistency == pb::ReadConsistency::Stale as i32 {
+            return Ok(Response::new(self.list_local()));
+        }
+        let local = || async {
+            self.node.linearize().await?;
+            Ok(self.list_local())
+        };
+        let r = self
+            .node
+            .on_leader(fwd, local, |c| {
+                let m = msg.clone();
+                async move { client(c).list_executors(forwarded(m)).await }
+            })
+            .await?;
+        Ok(Response::new(r))
+    }
+
+    async fn drain_executor(&self, req: Request<pb::DrainExecutorRequest>) -> Result<Response<pb::DrainExecutorResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        let local = || async {
+            self.simple_write(Command::DrainExecutor { id: msg.executor_id.clone(), now: now_ms() }).await?;
+            Ok(pb::DrainExecutorResponse {})
+        };
+        let r = self
+            .node
+            .on_leader(fwd, local, |c| {
+                let m = msg.clone();
+                async move { client(c).drain_executor(forwarded(m)).await }
+            })
+            .await?;
+        Ok(Response::new(r))
+    }
+
+    async fn deregister(&self, req: Request<pb::DeregisterRequest>) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        let local = || async {
+            self.simple_write(Command::DeregisterExecutor { id: msg.executor_id.clone(), now: now_ms() }).await?;
+            Ok(pb::DeregisterResponse {})
+        };
+        let r = self
+            .node
+            .on_leader(fwd, local, |c| {
+                let m = msg.clone();
+                async move { client(c).deregister(forwarded(m)).await }
+            })
+            .await?;
+        Ok(Response::new(r))
+    }
+}

@@ -1,0 +1,352 @@
+//! Leader-only duties, started when this master wins leadership and stopped when it loses it:
+//!
+//! - **liveness monitor**: declares an executor dead (a Raft command) once it has been silent for
+//!   the TTL; the state machine then marks its attempts lost and the tasks pending again;
+//! - **scheduler**: feeds a snapshot of the state to the pure planner and commits its placements
+//!   through Raft *before* any executor hears of them (each with a fresh fencing token);
+//! - **dispatcher**: starts committed assignments on their executors, retrying with backoff, and
+//!   stops the attempts of cancelled or failed jobs.
+//!
+//! A new leader first confirms its leadership (read-index) and gives every executor a full fresh
+//! TTL before it may declare any dead. Everything the duties know that is not in the replicated
+//! state (last-seen times, dispatch retries) is rebuilt from scratch by each new leader.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use tokio::sync::mpsc;
+use tonic::Code;
+
+use super::liveness::Liveness;
+use super::node::{now_ms, LocalError, Node};
+use crate::api::pb::worker_service_client::WorkerServiceClient;
+use crate::api::pb;
+use crate::master::config::ExecutorTimings;
+use crate::scheduler::{self, ExecutorView, PendingTask, PlanInput};
+use crate::shutdown::{self, Shutdown};
+use crate::state::{AttemptState, Command, ExecutorState, State, Token};
+
+/// Most placements committed in one Raft entry.
+const MAX_PLACEMENTS_PER_ROUND: usize = 2000;
+/// Deadline of one StartAttempt/StopAttempt call.
+const DISPATCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// A start that failed this many times is given up: the attempt is reported lost.
+const MAX_START_TRIES: u32 = 6;
+/// The duties loop runs at least this often even when nothing is applied.
+const TICK: Duration = Duration::from_millis(100);
+/// Cancelled attempts younger than this are stopped by a new leader too (older ones are
+/// reconciled by heartbeats anyway).
+const STOP_HORIZON_MS: u64 = 10 * 60 * 1000;
+
+/// Watches Raft leadership and runs the duties exactly while this master leads.
+pub async fn watch(node: Arc<Node>, liveness: Arc<Liveness>, timings: ExecutorTimings, mut stop: Shutdown) {
+    let mut rx = node.raft.metrics();
+    let mut running: Option<(u64, shutdown::Trigger, tokio::task::JoinHandle<()>)> = None;
+    loop {
+        let (leading, term) = {
+            let m = rx.borrow_and_update();
+            (m.state == ServerState::Leader && m.current_leader == Some(node.id), m.current_term)
+        };
+        let keep = matches!(&running, Some((t, _, h)) if leading && *t == term && !h.is_finished());
+        if !keep {
+            if let Some((t, trigger, _)) = running.take() {
+                tracing::info!(term = t, "leader duties stopping");
+                trigger.fire();
+            }
+            if leading {
+                tracing::info!(term, "leader duties starting");
+                let (trigger, sd) = shutdown::channel();
+                let h = tokio::spawn(run(node.clone(), liveness.clone(), timings.clone(), sd));
+                running = Some((term, trigger, h));
+            }
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { break },
+            _ = stop.wait() => break,
+        }
+    }
+    if let Some((_, trigger, _)) = running {
+        trigger.fire();
+    }
+}
+
+/// What a dispatch task reports back to the loop.
+enum DispatchResult {
+    Started(Token),
+    /// Retry later.
+    Failed(Token, String),
+    /// The executor refused for good (stale epoch, draining): the attempt is lost.
+    Refused(Token, String),
+}
+
+struct Pending {
+    tries: u32,
+    next_try: Instant,
+    in_flight: bool,
+}
+
+struct Duties {
+    node: Arc<Node>,
+    liveness: Arc<Liveness>,
+    ttl: Duration,
+    starts: HashMap<Token, Pending>,
+    stopped: HashSet<Token>,
+    tx: mpsc::UnboundedSender<DispatchResult>,
+}
+
+async fn run(node: Arc<Node>, liveness: Arc<Liveness>, timings: ExecutorTimings, mut stop: Shutdown) {
+    // Confirm leadership with a quorum and catch up with everything committed before acting.
+    if node.linearize().await.is_err() {
+        return;
+    }
+    {
+        let applied = node.applied.read().expect("poisoned");
+        let ids: Vec<_> = applied.state.executors().map(|e| e.id.clone()).collect();
+        liveness.reset(&ids, Instant::now());
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut d = Duties {
+        node: node.clone(),
+        liveness,
+        ttl: Duration::from_millis(timings.ttl_ms),
+        starts: HashMap::new(),
+        stopped: HashSet::new(),
+        tx,
+    };
+    let mut applied_rx = node.raft.metrics();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait() => return,
+            _ = tick.tick() => {}
+            r = applied_rx.changed() => if r.is_err() { return },
+            Some(res) = rx.recv() => d.on_result(res),
+        }
+        while let Ok(res) = rx.try_recv() {
+            d.on_result(res);
+        }
+        if let Err(LocalError::NotLeader) = d.round().await {
+            return;
+        }
+    }
+}
+
+impl Duties {
+    fn on_result(&mut self, res: DispatchResult) {
+        match res {
+            DispatchResult::Started(token) => {
+                if let Some(p) = self.starts.get_mut(&token) {
+                    p.in_flight = false;
+                    // Keep the entry until the Started report lands, with no further tries.
+                    p.next_try = Instant::now() + Duration::from_secs(3600);
+                }
+            }
+            DispatchResult::Failed(token, why) => {
+                if let Some(p) = self.starts.get_mut(&token) {
+                    p.in_flight = false;
+                    p.tries += 1;
+                    p.next_try = Instant::now() + Duration::from_millis(100 << p.tries.min(6));
+                    tracing::debug!(token, tries = p.tries, "start failed: {why}");
+                }
+            }
+            DispatchResult::Refused(token, why) => {
+                if let Some(p) = self.starts.get_mut(&token) {
+                    p.in_flight = false;
+                    p.tries = MAX_START_TRIES;
+                    tracing::info!(token, "start refused: {why}");
+                }
+            }
+        }
+    }
+
+    /// One pass: liveness, placement, dispatch. Returns NotLeader when leadership is gone.
+    async fn round(&mut self) -> Result<(), LocalError> {
+        let now = Instant::now();
+        let wall = now_ms();
+        let node = self.node.clone();
+        let (dead, placements, to_start, to_stop, to_lose) = {
+            let applied = node.applied.read().expect("poisoned");
+            let state = &applied.state;
+            let dead: Vec<Command> = state
+                .executors()
+                .filter(|e| matches!(e.state, ExecutorState::Alive | ExecutorState::Draining))
+                .filter(|e| !self.liveness.is_fresh(&e.id, self.ttl, now))
+                .map(|e| Command::ExecutorDead { id: e.id.clone(), epoch: e.epoch, now: wall })
+                .collect();
+            let plan = scheduler::plan(&planner_input(state, &self.liveness, self.ttl, now, wall), MAX_PLACEMENTS_PER_ROUND);
+            let (to_start, to_stop) = self.dispatch_work(state, wall);
+            // Starts given up on: report the attempt lost so the task is retried elsewhere.
+            let to_lose: Vec<Command> = self
+                .starts
+                .iter()
+                .filter(|(_, p)| !p.in_flight && p.tries >= MAX_START_TRIES)
+                .filter_map(|(token, _)| to_start_lookup(state, *token))
+                .map(|(job, index, token)| Command::TaskLost {
+                    job,
+                    index,
+                    token,
+                    reason: "the executor could not start the attempt".into(),
+                    now: wall,
+                })
+                .collect();
+            (dead, plan.assignments, to_start, to_stop, to_lose)
+        };
+        for cmd in &dead {
+            if let Command::ExecutorDead { id, .. } = cmd {
+                tracing::warn!(executor = %id, ttl_ms = self.ttl.as_millis() as u64, "executor silent past its TTL: declaring it dead");
+            }
+        }
+        let mut commands = dead;
+        commands.extend(to_lose);
+        if !placements.is_empty() {
+            commands.push(Command::AssignTasks { assignments: placements, now: wall });
+        }
+        if !commands.is_empty() {
+            self.node.write(commands).await?;
+        }
+        for req in to_start {
+            self.start(req);
+        }
+        for (addr, token) in to_stop {
+            self.stop(addr, token);
+        }
+        Ok(())
+    }
+
+    /// Assigned attempts to (re)start, and cancelled attempts to stop, per the state.
+    fn dispatch_work(&mut self, state: &State, wall: u64) -> (Vec<(String, pb::StartAttemptRequest)>, Vec<(String, Token)>) {
+        let now = Instant::now();
+        let mut to_start = Vec::new();
+        let mut assigned = HashSet::new();
+        for a in state.live_attempts() {
+            if a.state != crate::state::TaskState::Assigned {
+                continue;
+            }
+            assigned.insert(a.token);
+            let p = self.starts.entry(a.token).or_insert(Pending { tries: 0, next_try: now, in_flight: false });
+            if p.in_flight || p.tries >= MAX_START_TRIES || p.next_try > now {
+                continue;
+            }
+            if let Some(req) = start_request(state, &a.job, a.index) {
+                p.in_flight = true;
+                to_start.push(req);
+            }
+        }
+        // Forget attempts that started, finished or were lost.
+        self.starts.retain(|t, _| assigned.contains(t));
+
+        let mut to_stop = Vec::new();
+        for job in state.jobs_recently_finished(wall.saturating_sub(STOP_HORIZON_MS)) {
+            for task in &job.tasks {
+                for a in &task.attempts {
+                    if a.state == AttemptState::Cancelled && a.started_at.is_some() && self.stopped.insert(a.token) {
+                        if let Some(e) = state.executor(&a.executor) {
+                            to_stop.push((e.addr.clone(), a.token));
+                        }
+                    }
+                }
+            }
+        }
+        (to_start, to_stop)
+    }
+
+    fn start(&self, (addr, req): (String, pb::StartAttemptRequest)) {
+        let tx = self.tx.clone();
+        let channels = self.node.channels.clone();
+        tokio::spawn(async move {
+            let token = req.token;
+            let res = async {
+                let chan = channels.get(&addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                let mut r = tonic::Request::new(req);
+                r.set_timeout(DISPATCH_TIMEOUT);
+                tokio::time::timeout(DISPATCH_TIMEOUT, WorkerServiceClient::new(chan).start_attempt(r))
+                    .await
+                    .map_err(|_| tonic::Status::deadline_exceeded("start timed out"))?
+            }
+            .await;
+            let _ = tx.send(match res {
+                Ok(_) => DispatchResult::Started(token),
+                Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::InvalidArgument) => {
+                    DispatchResult::Refused(token, s.message().to_string())
+                }
+                Err(s) => DispatchResult::Failed(token, s.message().to_string()),
+            });
+        });
+    }
+
+    fn stop(&self, addr: String, token: Token) {
+        let channels = self.node.channels.clone();
+        tokio::spawn(async move {
+            let Ok(chan) = channels.get(&addr) else { return };
+            let mut r = tonic::Request::new(pb::StopAttemptRequest { token });
+            r.set_timeout(DISPATCH_TIMEOUT);
+            // Best effort: heartbeat reconciliation kills it later if this is lost.
+            let _ = tokio::time::timeout(DISPATCH_TIMEOUT, WorkerServiceClient::new(chan).stop_attempt(r)).await;
+        });
+    }
+}
+
+fn to_start_lookup(state: &State, token: Token) -> Option<(crate::state::JobId, u32, Token)> {
+    state.live_attempts().into_iter().find(|a| a.token == token).map(|a| (a.job, a.index, a.token))
+}
+
+/// The StartAttempt call for the current attempt of a task, with the executor's address.
+fn start_request(state: &State, job_id: &crate::state::JobId, index: u32) -> Option<(String, pb::StartAttemptRequest)> {
+    let job = state.job(job_id)?;
+    let task = job.tasks.get(index as usize)?;
+    let attempt = task.current()?;
+    let exec = state.executor(&attempt.executor)?;
+    let (start, end) = crate::state::task_range(index, job.spec.task_count);
+    Some((
+        exec.addr.clone(),
+        pb::StartAttemptRequest {
+            job_id: job.id.to_string(),
+            task_index: index,
+            task_count: job.spec.task_count,
+            attempt: attempt.number,
+            token: attempt.token,
+            command: job.spec.command.clone(),
+            args: job.spec.args.clone(),
+            env: job.spec.env.clone().into_iter().collect(),
+            shell: job.spec.shell,
+            timeout_ms: job.spec.timeout_ms,
+            range_start: uuid::Uuid::from_u128(start).to_string(),
+            range_end: uuid::Uuid::from_u128(end).to_string(),
+            epoch: exec.epoch,
+        },
+    ))
+}
+
+/// The planner's view of the state: placeable executors are alive and heard from within the TTL.
+pub fn planner_input(state: &State, liveness: &Liveness, ttl: Duration, now: Instant, wall: u64) -> PlanInput {
+    let executors = state
+        .executors()
+        .filter(|e| e.state != ExecutorState::Left && e.state != ExecutorState::Dead)
+        .map(|e| ExecutorView {
+            id: e.id.clone(),
+            capacity: e.capacity,
+            used: state.used_resources(&e.id),
+            labels: e.labels.clone(),
+            placeable: e.state == ExecutorState::Alive && liveness.is_fresh(&e.id, ttl, now),
+        })
+        .collect();
+    let pending = state
+        .pending_tasks(wall)
+        .into_iter()
+        .filter_map(|(job_id, index)| {
+            let job = state.job(&job_id)?;
+            Some(PendingTask {
+                job: job_id,
+                index,
+                priority: job.spec.priority,
+                seq: job.seq,
+                demand: job.spec.resources,
+                constraints: job.spec.constraints.clone(),
+            })
+        })
+        .collect();
+    PlanInput { executors, pending }
+}

@@ -1,0 +1,159 @@
+//! A master: one openraft node with its sled store, serving the client API (jobs, cluster), the
+//! Raft RPCs, gRPC health and reflection on one address.
+//!
+//! Lifecycle: open the store, start Raft, serve, bootstrap the cluster on first start when
+//! configured, then run until shutdown; on shutdown stop serving (bounded) and stop Raft.
+
+pub mod cluster;
+pub mod config;
+pub mod executors;
+pub mod jobs;
+pub mod leader;
+pub mod liveness;
+pub mod node;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::{BasicNode, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::pb::cluster_service_server::ClusterServiceServer;
+use crate::api::pb::executor_service_server::ExecutorServiceServer;
+use crate::api::pb::job_service_server::JobServiceServer;
+use crate::api::pb::raft_service_server::RaftServiceServer;
+use crate::api::{pb, MAX_MESSAGE_BYTES};
+use crate::raft::network::{Channels, Network};
+use crate::raft::service::RaftServer;
+use crate::raft::Raft;
+use crate::shutdown::Shutdown;
+use config::MasterConfig;
+use node::Node;
+
+/// How long a graceful stop may take before in-flight requests are dropped.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+fn raft_config(cfg: &MasterConfig) -> anyhow::Result<openraft::Config> {
+    let r = &cfg.raft;
+    let c = openraft::Config {
+        cluster_name: "triad".into(),
+        heartbeat_interval: r.heartbeat_ms,
+        election_timeout_min: r.election_min_ms,
+        election_timeout_max: r.election_max_ms,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_every),
+        max_in_snapshot_log_to_keep: r.keep_logs,
+        purge_batch_size: 256,
+        max_payload_entries: 512,
+        snapshot_max_chunk_size: 4 * 1024 * 1024,
+        ..Default::default()
+    };
+    c.validate().context("invalid raft timings")
+}
+
+/// Runs a master until `shutdown` fires.
+pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let db = crate::store::open(&cfg.data_dir).with_context(|| format!("opening store in {}", cfg.data_dir.display()))?;
+    let (log_store, sm_store) = crate::store::open_stores(&db).context("opening raft stores")?;
+    let applied = sm_store.applied();
+    let channels = Channels::default();
+    let network = Network { channels: channels.clone() };
+    let raft = Raft::new(cfg.id, Arc::new(raft_config(&cfg)?), network, log_store, sm_store)
+        .await
+        .context("starting raft")?;
+
+    let addr = cfg.advertise_addr().to_string();
+    let node = Arc::new(Node::new(cfg.id, addr.clone(), raft.clone(), applied, channels, cfg.leader_wait()));
+
+    let listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    tracing::info!(id = cfg.id, listen = %cfg.listen, advertise = %addr, data_dir = %cfg.data_dir.display(), "master starting");
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building reflection service")?;
+    tokio::spawn(health::track(raft.clone(), health_reporter, shutdown.clone()));
+    let liveness = std::sync::Arc::new(liveness::Liveness::default());
+    let duties = tokio::spawn(leader::watch(node.clone(), liveness.clone(), cfg.executors.clone(), shutdown.clone()));
+
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            RaftServiceServer::new(RaftServer { raft: raft.clone() })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(JobServiceServer::new(jobs::Jobs { node: node.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(ClusterServiceServer::new(cluster::Cluster { node: node.clone() }))
+        .add_service(ExecutorServiceServer::new(executors::Executors {
+            node: node.clone(),
+            liveness,
+            timings: cfg.executors.clone(),
+        }));
+    let mut stop = shutdown.clone();
+    let serving = tokio::spawn(server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { stop.wait().await }));
+
+    if cfg.bootstrap && !raft.is_initialized().await.context("reading raft state")? {
+        let members: BTreeMap<u64, BasicNode> = cfg.peers.iter().map(|p| (p.id, BasicNode { addr: p.addr.clone() })).collect();
+        // Every bootstrapping master proposes the same initial membership; openraft accepts it
+        // once and the others' identical proposals are refused harmlessly.
+        if let Err(e) = raft.initialize(members).await {
+            tracing::info!(error = %e, "cluster already initialised by a peer");
+        }
+    }
+
+    shutdown.wait().await;
+    tracing::info!(id = cfg.id, "master stopping");
+    match tokio::time::timeout(STOP_GRACE, serving).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error while stopping"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+        Err(_) => tracing::warn!("server did not stop within {STOP_GRACE:?}"),
+    }
+    let _ = tokio::time::timeout(STOP_GRACE, duties).await;
+    if tokio::time::timeout(STOP_GRACE, raft.shutdown()).await.is_err() {
+        tracing::warn!("raft did not stop within {STOP_GRACE:?}");
+    }
+    db.flush_async().await.context("final flush")?;
+    Ok(())
+}
+
+mod health {
+    //! gRPC health: SERVING only while this master sees a leader (it is part of a working quorum).
+
+    use openraft::ServerState;
+    use tonic_health::server::HealthReporter;
+    use tonic_health::ServingStatus;
+
+    use crate::api::pb::job_service_server::JobServiceServer;
+    use crate::raft::Raft;
+    use crate::shutdown::Shutdown;
+
+    pub async fn track(raft: Raft, reporter: HealthReporter, mut shutdown: Shutdown) {
+        let mut rx = raft.metrics();
+        let mut last = None;
+        loop {
+            let healthy = {
+                let m = rx.borrow_and_update();
+                m.current_leader.is_some() && m.state != ServerState::Shutdown && m.state != ServerState::Candidate
+            };
+            if last != Some(healthy) {
+                let status = if healthy { ServingStatus::Serving } else { ServingStatus::NotServing };
+                reporter.set_service_status("", status).await;
+                reporter.set_service_status(<JobServiceServer<crate::master::jobs::Jobs> as tonic::server::NamedService>::NAME, status).await;
+                last = Some(healthy);
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = shutdown.wait() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The master's shared context: its Raft handle, applied state and peer channels, plus the two
+//! mechanisms every client-facing service uses: **routing** (serve here if this master leads,
+//! forward one hop to the leader otherwise, wait a bounded time while there is none) and the
+//! **write path** (propose commands through Raft on the leader).
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
+use tonic::transport::Channel;
+use tonic::Status;
+
+use crate::api::FORWARDED_HEADER;
+use crate::raft::network::Channels;
+use crate::raft::{NodeId, Raft, RaftMetrics, Request, Response};
+use crate::state::{Command, Outcome, Rejection};
+use crate::store::SharedApplied;
+
+/// Deadline of a request forwarded to the leader.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Node {
+    pub id: NodeId,
+    pub addr: String,
+    pub raft: Raft,
+    /// The local replica's applied state (stale unless read-indexed).
+    pub applied: SharedApplied,
+    pub channels: Channels,
+    /// How long a request waits for a leader to exist.
+    pub leader_wait: Duration,
+    /// The last leader this node saw, for error messages while there is none.
+    last_leader: Mutex<Option<(NodeId, String)>>,
+}
+
+/// Where a request is served.
+pub enum Route {
+    /// This master is the leader.
+    Local,
+    /// Forward to the leader over this channel.
+    Leader(Channel),
+}
+
+/// Why a leader-side handler could not finish here.
+pub enum LocalError {
+    /// Leadership moved (or was never here): route again.
+    NotLeader,
+    Status(Status),
+}
+
+impl From<Status> for LocalError {
+    fn from(s: Status) -> Self {
+        LocalError::Status(s)
+    }
+}
+
+/// Milliseconds since the Unix epoch, read on the leader and carried inside commands.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Was this request forwarded by another master?
+pub fn is_forwarded<T>(req: &tonic::Request<T>) -> bool {
+    req.metadata().contains_key(FORWARDED_HEADER)
+}
+
+/// Wraps a message for forwarding to the leader: marked, with a deadline.
+pub fn forwarded<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+    r.set_timeout(FORWARD_TIMEOUT);
+    r
+}
+
+impl Node {
+    pub fn new(id: NodeId, addr: String, raft: Raft, applied: SharedApplied, channels: Channels, leader_wait: Duration) -> Self {
+        Node { id, addr, raft, applied, channels, leader_wait, last_leader: Mutex::new(None) }
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The address of a member (voter or learner) from the current membership.
+    pub fn member_addr(&self, m: &RaftMetrics, id: NodeId) -> Option<String> {
+        m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+
+    /// Decides where a request is served, waiting until `deadline` for a leader to exist.
+    /// A forwarded request is never forwarded again (it fails UNAVAILABLE and the client retries).
+    pub async fn route(&self, forwarded: bool, deadline: Instant) -> Result<Route, Status> {
+        let mut rx = self.raft.metrics();
+        loop {
+            let m = rx.borrow_and_update().clone();
+            match m.current_leader {
+                Some(l) if l == self.id && m.state == ServerState::Leader => return Ok(Route::Local),
+                Some(l) if l != self.id => {
+                    if let Some(addr) = self.member_addr(&m, l) {
+                        *self.last_leader.lock().expect("poisoned") = Some((l, addr.clone()));
+                        if forwarded {
+                            return Err(Status::unavailable(format!(
+                                "master {} is not the leader (leader is master {l} at {addr}); retry",
+                                self.id
+                            )));
+                        }
+                        let chan = self.channels.get(&addr).map_err(|e| Status::unavailable(format!("leader {addr}: {e}")))?;
+                        return Ok(Route::Leader(chan));
+                    }
+                }
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= deadline || tokio::time::timeout(deadline - now, rx.changed()).await.is_err() {
+                return Err(self.no_leader());
+            }
+        }
+    }
+
+    fn no_leader(&self) -> Status {
+        let last = match &*self.last_leader.lock().expect("poisoned") {
+            Some((id, addr)) => format!("last known leader: master {id} at {addr}"),
+            None => "no leader seen yet".to_string(),
+        };
+        Status::unavailable(format!(
+            "no leader (no quorum reachable from master {}) after waiting {} ms; {last}",
+            self.id,
+            self.leader_wait.as_millis()
+        ))
+    }
+
+    /// Runs `local` on the leader, or `remote` against the leader's channel, re-routing when
+    /// leadership moves, all within the leader-wait bound.
+    pub async fn on_leader<T, L, LF, R, RF>(&self, forwarded: bool, local: L, remote: R) -> Result<T, Status>
+    where
+        L: Fn() -> LF,
+        LF: Future<Output = Result<T, LocalError>>,
+        R: Fn(Channel) -> RF,
+        RF: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.leader_wait;
+        loop {
+            match self.route(forwarded, deadline).await? {
+                Route::Leader(chan) => return remote(chan).await.map(|r| r.into_inner()),
+                Route::Local => match local().await {
+                    Ok(v) => return Ok(v),
+                    Err(LocalError::Status(s)) => return Err(s),
+                    Err(LocalError::NotLeader) => {
+                        if Instant::now() >= deadline {
+                            return Err(self.no_leader());
+                        }
+                        // Leadership is moving; the metrics watch in `route` wakes us when it lands.
+                        tokio::task::yield_now().await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Proposes commands in one Raft entry; resolves once committed and applied here.
+    pub async fn write(&self, commands: Vec<Command>) -> Result<Response, LocalError> {
+        match self.raft.client_write(Request { commands }).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(LocalError::NotLeader),
+            Err(RaftError::APIError(e)) => Err(LocalError::Status(Status::failed_precondition(e.to_string()))),
+            Err(RaftError::Fatal(e)) => Err(LocalError::Status(Status::unavailable(format!("raft stopped: {e}")))),
+        }
+    }
+
+    /// Proposes one command and returns its outcome.
+    pub async fn write_one(&self, command: Command) -> Result<Result<Outcome, Rejection>, LocalError> {
+        let mut resp = self.write(vec![command]).await?;
+        resp.results.pop().ok_or_else(|| LocalError::Status(Status::internal("empty apply result")))
+    }
+
+    /// Read-index: confirms leadership with a quorum and waits until the read point is applied
+    /// here. After it returns Ok, `applied` reflects every write acknowledged before the call.
+    pub async fn linearize(&self) -> Result<(), LocalError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(_)) => Err(LocalError::NotLeader),
+            Err(RaftError::Fatal(e)) => Err(LocalError::Status(Status::unavailable(format!("raft stopped: {e}")))),
+        }
+    }
+}

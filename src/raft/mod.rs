@@ -1,0 +1,47 @@
+//! openraft glue: the type configuration, the wire codec, the tonic network between masters and
+//! the server side of the Raft RPCs.
+//!
+//! Invariants: every outgoing Raft RPC has a deadline (openraft's TTL for the call); a channel per
+//! peer is cached and rebuilt only when the peer's address changes; payloads are versioned binary.
+
+pub mod codec;
+pub mod network;
+pub mod service;
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{Command, Outcome, Rejection};
+
+/// What a Raft log entry carries: a batch of commands applied in order (a batch lets the leader
+/// commit many client requests with one append, one flush and one replication round).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub commands: Vec<Command>,
+}
+
+/// What applying an entry produced: one result per command, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub results: Vec<Result<Outcome, Rejection>>,
+}
+
+openraft::declare_raft_types!(
+    /// triad's openraft type configuration.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type NodeId = u64;
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;

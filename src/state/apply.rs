@@ -1,0 +1,494 @@
+//! [`State`] and [`State::apply`]: the only code that changes replicated state.
+//!
+//! `apply` dispatches each [`Command`] variant to one small function (one exhaustive match, in
+//! the style of Nomad's `fsm.go`). Every such function first *validates*, returning a
+//! [`Rejection`] with the state untouched, and only then *mutates*; the mutation steps cannot
+//! fail. All task, attempt and job state changes go through [`Cx`], which checks each change
+//! against the transition tables in `model.rs` and keeps the derived indexes in step, so no code
+//! path can move a terminal state or forget an index.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::model::*;
+
+/// Live attempts by executor, as `(job seq, task index)`. Derived from the jobs and kept so that
+/// placement (used resources) and executor loss touch only that executor's attempts.
+pub(super) type LiveIndex = BTreeMap<ExecutorId, BTreeSet<(u64, u32)>>;
+
+/// The whole replicated state of a triad cluster. Only ordered maps, so that two replicas that
+/// applied the same commands serialize to the same bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub(super) executors: BTreeMap<ExecutorId, Executor>,
+    /// Jobs by submission sequence number (the listing order).
+    pub(super) jobs: BTreeMap<u64, Job>,
+    /// Job id -> seq.
+    pub(super) job_seqs: BTreeMap<JobId, u64>,
+    /// Non-empty idempotency key -> the one job it created.
+    pub(super) idempotency: BTreeMap<String, JobId>,
+    /// Seq of the next submitted job (starts at 1).
+    pub(super) next_seq: u64,
+    /// Fencing token of the next assignment (starts at 1; 0 means "no attempt yet").
+    pub(super) next_token: Token,
+    /// Derived: non-terminal jobs by seq, with their task counts (so completion is O(1), not a
+    /// scan of up to 100,000 tasks per report).
+    pub(super) active: BTreeMap<u64, TaskCounts>,
+    /// Derived: see [`LiveIndex`]. Never holds an empty set, so it is canonical.
+    pub(super) live: LiveIndex,
+    /// Derived: terminal jobs as `(finished_at, seq)`, so the dispatcher finds recently
+    /// cancelled attempts to kill without scanning every job.
+    pub(super) finished: BTreeSet<(Millis, u64)>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            executors: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            job_seqs: BTreeMap::new(),
+            idempotency: BTreeMap::new(),
+            next_seq: 1,
+            next_token: 1,
+            active: BTreeMap::new(),
+            live: BTreeMap::new(),
+            finished: BTreeSet::new(),
+        }
+    }
+}
+
+/// Builds the rejection for a transition an FSM does not allow.
+fn illegal<S: std::fmt::Debug>(what: &str, from: S, to: S) -> Rejection {
+    Rejection::IllegalTransition { from: format!("{what} {from:?}"), to: format!("{what} {to:?}") }
+}
+
+/// Cuts a reported error to [`limits::MAX_ERROR_BYTES`] at a char boundary, so executors cannot
+/// grow the replicated state without bound.
+fn clip(s: &str) -> String {
+    let mut end = s.len().min(limits::MAX_ERROR_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+impl State {
+    pub fn new() -> State {
+        State::default()
+    }
+
+    /// Applies one command. Deterministic: depends only on `self` and `cmd`. A rejected command
+    /// leaves the state exactly as it was.
+    pub fn apply(&mut self, cmd: &Command) -> Result<Outcome, Rejection> {
+        match cmd {
+            Command::RegisterExecutor { id, addr, capacity, labels, now } => {
+                Ok(self.register_executor(id, addr, *capacity, labels, *now))
+            }
+            Command::DrainExecutor { id, now } => self.drain_executor(id, *now),
+            Command::DeregisterExecutor { id, now } => self.deregister_executor(id, *now),
+            Command::ExecutorDead { id, epoch, now } => self.executor_dead(id, *epoch, *now),
+            Command::SubmitJob { id, name, idempotency_key, spec, now } => {
+                self.submit_job(*id, name, idempotency_key, spec, *now)
+            }
+            Command::CancelJob { id, now } => self.cancel_job(*id, *now),
+            Command::AssignTasks { assignments, now } => {
+                Ok(Outcome::Assigned { tokens: assignments.iter().map(|a| self.assign(a, *now)).collect() })
+            }
+            Command::TaskStarted { job, index, token, now } => self.task_started(*job, *index, *token, *now),
+            Command::TaskFinished { job, index, token, exit_code, error, now } => {
+                self.task_finished(*job, *index, *token, *exit_code, error.as_deref(), *now)
+            }
+            Command::TaskLost { job, index, token, reason, now } => {
+                self.task_lost(*job, *index, *token, reason, *now)
+            }
+        }
+    }
+
+    // --- executors ------------------------------------------------------------------------
+
+    fn register_executor(
+        &mut self,
+        id: &str,
+        addr: &str,
+        capacity: Resources,
+        labels: &BTreeMap<String, String>,
+        now: Millis,
+    ) -> Outcome {
+        let epoch = self.executors.get(id).map_or(1, |e| e.epoch.saturating_add(1));
+        // A registration means the executor process (re)started: what it ran before is gone.
+        self.lose_attempts_on(id, &format!("executor {id} re-registered (epoch {epoch})"), now);
+        let ex = Executor {
+            id: id.to_string(),
+            addr: addr.to_string(),
+            capacity,
+            labels: labels.clone(),
+            state: ExecutorState::Alive,
+            epoch,
+            registered_at: now,
+            updated_at: now,
+        };
+        self.executors.insert(id.to_string(), ex);
+        Outcome::Registered { epoch }
+    }
+
+    fn drain_executor(&mut self, id: &str, now: Millis) -> Result<Outcome, Rejection> {
+        self.set_executor(id, ExecutorState::Draining, now)?;
+        Ok(Outcome::Done)
+    }
+
+    fn deregister_executor(&mut self, id: &str, now: Millis) -> Result<Outcome, Rejection> {
+        if self.set_executor(id, ExecutorState::Left, now)? {
+            self.lose_attempts_on(id, &format!("executor {id} left"), now);
+        }
+        Ok(Outcome::Done)
+    }
+
+    fn executor_dead(&mut self, id: &str, epoch: u64, now: Millis) -> Result<Outcome, Rejection> {
+        let ex = self.executors.get(id).ok_or_else(|| Rejection::ExecutorNotFound(id.to_string()))?;
+        // The monitor judged a particular incarnation; if the executor re-registered since, the
+        // verdict is about a process that is already gone and accounted for.
+        if epoch != ex.epoch {
+            return Err(Rejection::StaleEpoch { got: epoch, current: ex.epoch });
+        }
+        if matches!(ex.state, ExecutorState::Left) {
+            return Ok(Outcome::Done); // it left cleanly; nothing more to lose
+        }
+        if self.set_executor(id, ExecutorState::Dead, now)? {
+            self.lose_attempts_on(id, &format!("executor {id} declared dead (epoch {epoch})"), now);
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// Moves an executor to `to` through the executor FSM. Returns false when it already was in
+    /// `to` (idempotent repeat, nothing changed).
+    fn set_executor(&mut self, id: &str, to: ExecutorState, now: Millis) -> Result<bool, Rejection> {
+        let ex = self.executors.get_mut(id).ok_or_else(|| Rejection::ExecutorNotFound(id.to_string()))?;
+        if ex.state == to {
+            return Ok(false);
+        }
+        if !ex.state.can_transition(to) {
+            return Err(illegal("executor", ex.state, to));
+        }
+        ex.state = to;
+        ex.updated_at = now;
+        Ok(true)
+    }
+
+    /// Applies the lose rule to every live attempt held by `executor`.
+    fn lose_attempts_on(&mut self, executor: &str, reason: &str, now: Millis) {
+        let held: Vec<(u64, u32)> = self.live.get(executor).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        for (seq, index) in held {
+            let Some(mut cx) = self.cx(seq, now) else { continue };
+            // An earlier loss in this loop may have failed the job and cancelled this task.
+            let still_here = cx.job.task(index).and_then(Task::current).is_some_and(|a| a.state.is_live() && a.executor == executor);
+            if still_here {
+                cx.lose(index as usize, reason);
+            }
+        }
+    }
+
+    // --- jobs -----------------------------------------------------------------------------
+
+    fn submit_job(&mut self, id: JobId, name: &str, key: &str, spec: &JobSpec, now: Millis) -> Result<Outcome, Rejection> {
+        // The key check comes first: a retried submission must get the original answer even if
+        // the leader chose a fresh id for it.
+        if let Some(&existing) = self.idempotency.get(key).filter(|_| !key.is_empty()) {
+            return Ok(Outcome::Submitted { id: existing, created: false });
+        }
+        validate_submit(name, key, spec).map_err(Rejection::InvalidSpec)?;
+        if self.job_seqs.contains_key(&id) {
+            return Err(Rejection::DuplicateJobId(id));
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let tasks = (0..spec.task_count)
+            .map(|index| Task { index, state: TaskState::Pending, not_before: now, attempts: Vec::new() })
+            .collect();
+        let job = Job {
+            id,
+            seq,
+            name: name.to_string(),
+            idempotency_key: key.to_string(),
+            spec: spec.clone(),
+            state: JobState::Pending,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            tasks,
+        };
+        self.active.insert(seq, TaskCounts { pending: spec.task_count, ..TaskCounts::default() });
+        self.jobs.insert(seq, job);
+        self.job_seqs.insert(id, seq);
+        if !key.is_empty() {
+            self.idempotency.insert(key.to_string(), id);
+        }
+        Ok(Outcome::Submitted { id, created: true })
+    }
+
+    fn cancel_job(&mut self, id: JobId, now: Millis) -> Result<Outcome, Rejection> {
+        let seq = *self.job_seqs.get(&id).ok_or(Rejection::JobNotFound(id))?;
+        let mut cx = self.cx(seq, now).ok_or(Rejection::JobNotFound(id))?;
+        match cx.job.state {
+            JobState::Cancelled => Ok(Outcome::Done),
+            s if s.is_terminal() => Err(Rejection::JobTerminal(id)),
+            _ => {
+                cx.set_job(JobState::Cancelled);
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    // --- tasks ----------------------------------------------------------------------------
+
+    /// One placement: every check first, then a fresh token and a new attempt.
+    fn assign(&mut self, a: &Assignment, now: Millis) -> Result<Token, Rejection> {
+        let (seq, i) = self.locate(a.job, a.index)?;
+        let job = self.jobs.get(&seq).ok_or(Rejection::JobNotFound(a.job))?;
+        if job.state.is_terminal() {
+            return Err(Rejection::JobTerminal(a.job));
+        }
+        let task = &job.tasks[i];
+        if task.state != TaskState::Pending {
+            return Err(illegal("task", task.state, TaskState::Assigned));
+        }
+        if now < task.not_before {
+            return Err(Rejection::IllegalTransition {
+                from: format!("task Pending (backoff until {})", task.not_before),
+                to: "task Assigned".into(),
+            });
+        }
+        let ex = self.executors.get(&a.executor).ok_or_else(|| Rejection::ExecutorNotFound(a.executor.clone()))?;
+        if ex.state != ExecutorState::Alive || !ex.satisfies(&job.spec.constraints) {
+            return Err(Rejection::ExecutorUnavailable(a.executor.clone()));
+        }
+        if !self.used_resources(&a.executor).plus(job.spec.resources).fits_in(ex.capacity) {
+            return Err(Rejection::NoCapacity(a.executor.clone()));
+        }
+
+        let token = self.next_token;
+        // 2^64 assignments will not happen; saturating keeps apply panic-free regardless.
+        self.next_token = self.next_token.saturating_add(1);
+        let mut cx = self.cx(seq, now).ok_or(Rejection::JobNotFound(a.job))?;
+        let task = &mut cx.job.tasks[i];
+        task.attempts.push(Attempt {
+            number: task.attempts.len() as u32 + 1,
+            token,
+            executor: a.executor.clone(),
+            state: AttemptState::Assigned,
+            assigned_at: now,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            error: None,
+        });
+        cx.set_task(i, TaskState::Assigned);
+        Ok(token)
+    }
+
+    fn task_started(&mut self, job: JobId, index: u32, token: Token, now: Millis) -> Result<Outcome, Rejection> {
+        let (seq, i, state) = self.fenced(job, index, token)?;
+        match state {
+            AttemptState::Running => return Ok(Outcome::Done), // duplicate report
+            AttemptState::Assigned => {}
+            s => return Err(illegal("attempt", s, AttemptState::Running)),
+        }
+        let mut cx = self.cx(seq, now).ok_or(Rejection::JobNotFound(job))?;
+        cx.set_attempt(i, AttemptState::Running, None, None);
+        cx.set_task(i, TaskState::Running);
+        cx.mark_started();
+        Ok(Outcome::Done)
+    }
+
+    fn task_finished(
+        &mut self,
+        job: JobId,
+        index: u32,
+        token: Token,
+        exit_code: i32,
+        error: Option<&str>,
+        now: Millis,
+    ) -> Result<Outcome, Rejection> {
+        let (seq, i, state) = self.fenced(job, index, token)?;
+        if !state.is_live() {
+            return Ok(Outcome::Done); // duplicate, or the attempt was already cancelled or lost
+        }
+        let mut cx = self.cx(seq, now).ok_or(Rejection::JobNotFound(job))?;
+        // An attempt that exited has started, even if its start report never arrived.
+        cx.mark_started();
+        if exit_code == 0 {
+            cx.set_attempt(i, AttemptState::Succeeded, Some(0), error);
+            cx.set_task(i, TaskState::Succeeded);
+            if cx.all_succeeded() {
+                cx.set_job(JobState::Succeeded);
+            }
+        } else {
+            cx.set_attempt(i, AttemptState::Failed, Some(exit_code), error);
+            cx.retry_or_fail(i);
+        }
+        Ok(Outcome::Done)
+    }
+
+    fn task_lost(&mut self, job: JobId, index: u32, token: Token, reason: &str, now: Millis) -> Result<Outcome, Rejection> {
+        let (seq, i, state) = self.fenced(job, index, token)?;
+        if !state.is_live() {
+            return Ok(Outcome::Done); // it already ended; nothing left to lose
+        }
+        let mut cx = self.cx(seq, now).ok_or(Rejection::JobNotFound(job))?;
+        cx.lose(i, reason);
+        Ok(Outcome::Done)
+    }
+
+    // --- lookups used by apply ---------------------------------------------------------------
+
+    /// Resolves `(job, index)` to `(seq, index as usize)`.
+    fn locate(&self, job: JobId, index: u32) -> Result<(u64, usize), Rejection> {
+        let seq = *self.job_seqs.get(&job).ok_or(Rejection::JobNotFound(job))?;
+        let j = self.jobs.get(&seq).ok_or(Rejection::JobNotFound(job))?;
+        if (index as usize) >= j.tasks.len() {
+            return Err(Rejection::TaskNotFound(job, index));
+        }
+        Ok((seq, index as usize))
+    }
+
+    /// The fencing check for executor reports: `token` must name the task's current attempt.
+    /// Returns where the task is and the state of that attempt.
+    fn fenced(&self, job: JobId, index: u32, token: Token) -> Result<(u64, usize, AttemptState), Rejection> {
+        let (seq, i) = self.locate(job, index)?;
+        let task = &self.jobs.get(&seq).ok_or(Rejection::JobNotFound(job))?.tasks[i];
+        match task.current() {
+            Some(a) if a.token == token => Ok((seq, i, a.state)),
+            _ => Err(Rejection::StaleToken { got: token, current: task.token() }),
+        }
+    }
+
+    /// A mutation context for job `seq`.
+    fn cx(&mut self, seq: u64, now: Millis) -> Option<Cx<'_>> {
+        let job = self.jobs.get_mut(&seq)?;
+        Some(Cx { job, active: &mut self.active, live: &mut self.live, finished: &mut self.finished, now })
+    }
+}
+
+/// Mutation context for one job: the job plus the derived indexes its changes must keep in step.
+/// Callers have validated the command; a transition these helpers are asked for that the FSM
+/// forbids is a bug, caught by `debug_assert` in tests and refused (state kept) in release.
+struct Cx<'a> {
+    job: &'a mut Job,
+    active: &'a mut BTreeMap<u64, TaskCounts>,
+    live: &'a mut LiveIndex,
+    finished: &'a mut BTreeSet<(Millis, u64)>,
+    now: Millis,
+}
+
+impl Cx<'_> {
+    /// The one place a task's state changes.
+    fn set_task(&mut self, i: usize, to: TaskState) {
+        let seq = self.job.seq;
+        let Some(task) = self.job.tasks.get_mut(i) else { return };
+        let from = task.state;
+        if !from.can_transition(to) {
+            debug_assert!(false, "task {from:?} -> {to:?}");
+            return;
+        }
+        if let Some(c) = self.active.get_mut(&seq) {
+            let f = c.slot_mut(from);
+            *f = f.saturating_sub(1);
+            *c.slot_mut(to) += 1;
+        }
+        if from.is_live() != to.is_live() {
+            if let Some(a) = task.current() {
+                let key = (seq, task.index);
+                if to.is_live() {
+                    self.live.entry(a.executor.clone()).or_default().insert(key);
+                } else if let Some(set) = self.live.get_mut(&a.executor) {
+                    set.remove(&key);
+                    if set.is_empty() {
+                        self.live.remove(&a.executor);
+                    }
+                }
+            }
+        }
+        task.state = to;
+        self.job.updated_at = self.now;
+    }
+
+    /// The one place an attempt's state changes (always the task's current attempt).
+    fn set_attempt(&mut self, i: usize, to: AttemptState, exit_code: Option<i32>, error: Option<&str>) {
+        let Some(a) = self.job.tasks.get_mut(i).and_then(|t| t.attempts.last_mut()) else { return };
+        if !a.state.can_transition(to) {
+            debug_assert!(false, "attempt {:?} -> {to:?}", a.state);
+            return;
+        }
+        a.state = to;
+        if to == AttemptState::Running {
+            a.started_at = Some(self.now);
+        } else {
+            a.finished_at = Some(self.now);
+            a.exit_code = exit_code;
+            a.error = error.map(clip);
+        }
+    }
+
+    /// The one place a job's state changes. Entering a terminal state stops everything else the
+    /// job still has: non-terminal tasks become `Cancelled` and their live attempts too, which
+    /// is what tells the dispatcher to kill them.
+    fn set_job(&mut self, to: JobState) {
+        let from = self.job.state;
+        if !from.can_transition(to) {
+            debug_assert!(false, "job {from:?} -> {to:?}");
+            return;
+        }
+        self.job.state = to;
+        self.job.updated_at = self.now;
+        if to.is_terminal() {
+            self.job.finished_at = Some(self.now);
+            self.active.remove(&self.job.seq);
+            self.finished.insert((self.now, self.job.seq));
+            for i in 0..self.job.tasks.len() {
+                let state = self.job.tasks[i].state;
+                if state.is_terminal() {
+                    continue;
+                }
+                if state.is_live() {
+                    self.set_attempt(i, AttemptState::Cancelled, None, None);
+                }
+                self.set_task(i, TaskState::Cancelled);
+            }
+        }
+    }
+
+    /// Job rollup: the first started (or finished) attempt makes a pending job running.
+    fn mark_started(&mut self) {
+        if self.job.state == JobState::Pending {
+            self.set_job(JobState::Running);
+        }
+    }
+
+    fn all_succeeded(&self) -> bool {
+        let n = self.job.tasks.len() as u32;
+        self.active.get(&self.job.seq).is_some_and(|c| c.succeeded == n)
+    }
+
+    /// The lose rule: the attempt is lost, then the task retries or fails.
+    fn lose(&mut self, i: usize, reason: &str) {
+        self.set_attempt(i, AttemptState::Lost, None, Some(reason));
+        self.set_task(i, TaskState::Lost);
+        self.retry_or_fail(i);
+    }
+
+    /// After an attempt ended badly: back to `Pending` after the backoff while attempts remain,
+    /// else the task fails for good and takes the job with it.
+    fn retry_or_fail(&mut self, i: usize) {
+        let used = self.job.tasks.get(i).map_or(0, |t| t.attempts.len());
+        if used < self.job.spec.max_attempts as usize {
+            let not_before = self.now.saturating_add(self.job.spec.retry_backoff_ms);
+            if let Some(t) = self.job.tasks.get_mut(i) {
+                t.not_before = not_before;
+            }
+            self.set_task(i, TaskState::Pending);
+        } else {
+            self.set_task(i, TaskState::Failed);
+            self.set_job(JobState::Failed);
+        }
+    }
+}

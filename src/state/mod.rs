@@ -1,0 +1,35 @@
+//! The replicated state machine of triad: the executor registry, the jobs with their tasks and
+//! attempts, and the idempotency index, changed only by [`State::apply`] of a [`Command`] from
+//! the Raft log.
+//!
+//! `apply` is pure and deterministic: no clock, no RNG, no I/O. Time (`now`) and job ids come
+//! inside commands, chosen by the leader; fencing tokens are issued by `apply` itself. State holds
+//! only ordered maps, so replicas that applied the same log serialize to identical bytes.
+//!
+//! Invariants (all checked by [`State::check_invariants`], exercised by the property tests):
+//! - A rejected command leaves the state unchanged.
+//! - Job, task and attempt states move only along the FSMs in `model.rs`
+//!   (`JobState::can_transition`, ...); terminal states never change again.
+//! - A task has at most one live (assigned/running) attempt, and it is the current (last) one.
+//!   Only a report carrying the current attempt's fencing token is accepted.
+//! - Fencing tokens are issued from 1 upwards, each once, so they strictly increase.
+//! - A terminal job has no live attempts: when a job fails or is cancelled, its other
+//!   non-terminal tasks and their attempts become `Cancelled` (the dispatcher kills those).
+//! - A non-empty idempotency key names exactly one job, for ever.
+//! - Executors that are `Left` or `Dead` hold no live attempts; no executor holds more than its
+//!   capacity.
+//! - The derived indexes (job id, idempotency key, active jobs with task counts, live attempts
+//!   by executor, finished jobs by time) always agree with the jobs.
+
+pub mod apply;
+pub mod model;
+pub mod query;
+pub mod range;
+
+pub use apply::State;
+pub use model::*;
+pub use query::LiveAttempt;
+pub use range::{range_uuid, task_range, task_range_uuids};
+
+#[cfg(test)]
+mod tests;

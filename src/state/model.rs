@@ -1,0 +1,490 @@
+//! The replicated data model: executors, jobs, tasks and attempts as plain data.
+//!
+//! Everything here is serialisable and deterministic (only `BTreeMap`s, no floats, no clocks), so
+//! two replicas that applied the same commands hold byte-identical state.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Job ids are UUID v4, chosen by the leader and carried in the submit command.
+pub type JobId = Uuid;
+/// An executor's stable id (kept in its work dir across restarts).
+pub type ExecutorId = String;
+/// Milliseconds since the Unix epoch, always chosen by the leader and carried in a command.
+pub type Millis = u64;
+/// A fencing token: globally increasing, one per assignment, issued by the state machine.
+pub type Token = u64;
+
+/// A bundle of resources: an executor's capacity or a task's demand.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Resources {
+    pub slots: u32,
+    pub cpu_millis: u32,
+    pub memory_mib: u64,
+}
+
+impl Resources {
+    /// Component-wise sum (saturating: capacity arithmetic never wraps).
+    pub fn plus(self, o: Resources) -> Resources {
+        Resources {
+            slots: self.slots.saturating_add(o.slots),
+            cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),
+            memory_mib: self.memory_mib.saturating_add(o.memory_mib),
+        }
+    }
+    /// True when `self` fits inside `cap` on every dimension.
+    pub fn fits_in(self, cap: Resources) -> bool {
+        self.slots <= cap.slots && self.cpu_millis <= cap.cpu_millis && self.memory_mib <= cap.memory_mib
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ExecutorState {
+    /// Registered and heartbeating; receives work.
+    Alive,
+    /// Finishing what it runs; receives no new work.
+    Draining,
+    /// Deregistered cleanly. Terminal until it registers again.
+    Left,
+    /// Declared dead by the leader's liveness monitor. Terminal until it registers again.
+    Dead,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Executor {
+    pub id: ExecutorId,
+    /// Address of its worker gRPC API (`host:port`).
+    pub addr: String,
+    pub capacity: Resources,
+    pub labels: BTreeMap<String, String>,
+    pub state: ExecutorState,
+    /// Incremented by every registration; a death declaration names the epoch it is about.
+    pub epoch: u64,
+    pub registered_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// What a job runs and how. Validated by [`JobSpec::validate`] before it enters the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Program to exec (or, with `shell`, the script given to `/bin/sh -c`).
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub shell: bool,
+    /// Number of tasks (partitions); task `i` gets the `i`-th of `task_count` UUID ranges.
+    pub task_count: u32,
+    /// Demand of each task.
+    pub resources: Resources,
+    /// Every `k=v` must be among an executor's labels for it to run a task.
+    pub constraints: BTreeMap<String, String>,
+    /// Attempts per task before the task (and the job) fails. At least 1.
+    pub max_attempts: u32,
+    /// Delay before a failed or lost task becomes placeable again.
+    pub retry_backoff_ms: u64,
+    /// Per-attempt timeout; 0 means none.
+    pub timeout_ms: u64,
+    /// Higher runs first.
+    pub priority: i32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum JobState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Waiting for placement (possibly until `not_before`).
+    Pending,
+    /// Placed on an executor with a fencing token; not yet reported started.
+    Assigned,
+    /// The executor reported the attempt started.
+    Running,
+    Succeeded,
+    /// Exhausted its attempts (terminal). A failed attempt with attempts left returns to Pending.
+    Failed,
+    /// Its attempt was lost (executor dead or left); transient, the task returns to Pending or Failed.
+    Lost,
+    /// Its job was cancelled before it finished (terminal).
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
+    }
+    /// An attempt exists on an executor (it may be running there).
+    pub fn is_live(self) -> bool {
+        matches!(self, TaskState::Assigned | TaskState::Running)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AttemptState {
+    Assigned,
+    Running,
+    Succeeded,
+    Failed,
+    Lost,
+    Cancelled,
+}
+
+/// One try of one task on one executor, fenced by `token`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1-based attempt number within the task.
+    pub number: u32,
+    pub token: Token,
+    pub executor: ExecutorId,
+    pub state: AttemptState,
+    pub assigned_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub index: u32,
+    pub state: TaskState,
+    /// Not placeable before this time (retry backoff).
+    pub not_before: Millis,
+    /// Every attempt so far, oldest first; the last one is the current one.
+    pub attempts: Vec<Attempt>,
+}
+
+impl Task {
+    /// The current attempt, if any.
+    pub fn current(&self) -> Option<&Attempt> {
+        self.attempts.last()
+    }
+    /// The current fencing token (0 before the first assignment).
+    pub fn token(&self) -> Token {
+        self.current().map_or(0, |a| a.token)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    /// Submission order; the listing order and pagination cursor.
+    pub seq: u64,
+    pub name: String,
+    pub idempotency_key: String,
+    pub spec: JobSpec,
+    pub state: JobState,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub tasks: Vec<Task>,
+}
+
+/// Per-state task counts of a job (derived, never stored).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCounts {
+    pub pending: u32,
+    pub assigned: u32,
+    pub running: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub lost: u32,
+    pub cancelled: u32,
+}
+
+/// A placement decided by the leader: run task `index` of `job` on `executor`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Assignment {
+    pub job: JobId,
+    pub index: u32,
+    pub executor: ExecutorId,
+}
+
+/// A state change, proposed by the leader (with time and ids chosen there) and applied by every
+/// replica in log order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// (Re-)register an executor: a new epoch, state `Alive`. Attempts it held under an earlier
+    /// epoch are lost (it restarted, so they are gone).
+    RegisterExecutor { id: ExecutorId, addr: String, capacity: Resources, labels: BTreeMap<String, String>, now: Millis },
+    /// Stop placing work on an executor; it finishes what it runs.
+    DrainExecutor { id: ExecutorId, now: Millis },
+    /// An executor left cleanly; its live attempts are lost.
+    DeregisterExecutor { id: ExecutorId, now: Millis },
+    /// The liveness monitor declares an executor (at `epoch`) dead; its live attempts are lost.
+    ExecutorDead { id: ExecutorId, epoch: u64, now: Millis },
+    /// Create a job, unless `idempotency_key` (when non-empty) already names one.
+    SubmitJob { id: JobId, name: String, idempotency_key: String, spec: JobSpec, now: Millis },
+    /// Cancel a non-terminal job; its live attempts become `Cancelled`.
+    CancelJob { id: JobId, now: Millis },
+    /// Place pending tasks; each gets a fresh fencing token from the state machine.
+    AssignTasks { assignments: Vec<Assignment>, now: Millis },
+    /// The executor reports the attempt fenced by `token` started.
+    TaskStarted { job: JobId, index: u32, token: Token, now: Millis },
+    /// The attempt fenced by `token` exited (`exit_code` 0 is success).
+    TaskFinished { job: JobId, index: u32, token: Token, exit_code: i32, error: Option<String>, now: Millis },
+    /// The attempt fenced by `token` is gone without an exit status (e.g. the dispatcher could not
+    /// start it, or the executor no longer knows it).
+    TaskLost { job: JobId, index: u32, token: Token, reason: String, now: Millis },
+}
+
+/// What applying a command produced, for the caller who proposed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Executor registered at this epoch.
+    Registered { epoch: u64 },
+    /// The job named by the submission: `created` is false when the idempotency key already
+    /// named an existing job (then `id` is that job's id).
+    Submitted { id: JobId, created: bool },
+    /// One entry per requested assignment, in order: the token issued, or why it was skipped.
+    Assigned { tokens: Vec<Result<Token, Rejection>> },
+    /// The command took effect (or was already in effect).
+    Done,
+}
+
+/// Why a command was refused. Deterministic: every replica refuses the same way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("job {0} not found")]
+    JobNotFound(JobId),
+    #[error("task {1} of job {0} not found")]
+    TaskNotFound(JobId, u32),
+    #[error("executor {0} not found")]
+    ExecutorNotFound(ExecutorId),
+    #[error("stale fencing token {got} (current {current})")]
+    StaleToken { got: Token, current: Token },
+    #[error("illegal transition {from} -> {to}")]
+    IllegalTransition { from: String, to: String },
+    #[error("job {0} is already terminal")]
+    JobTerminal(JobId),
+    #[error("executor {0} cannot take work")]
+    ExecutorUnavailable(ExecutorId),
+    #[error("insufficient capacity on executor {0}")]
+    NoCapacity(ExecutorId),
+    #[error("stale executor epoch {got} (current {current})")]
+    StaleEpoch { got: u64, current: u64 },
+    #[error("invalid job spec: {0}")]
+    InvalidSpec(String),
+    #[error("job id {0} already exists")]
+    DuplicateJobId(JobId),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits, validation and the transition tables. Added alongside the data model so that every
+// caller (CLI, API, state machine) checks input against the same numbers and the same FSMs.
+// ---------------------------------------------------------------------------------------------
+
+/// Every size limit on a submission, in one place. A spec beyond them is rejected with
+/// [`Rejection::InvalidSpec`] rather than allowed to bloat the replicated state.
+pub mod limits {
+    /// Tasks (partitions) per job.
+    pub const MAX_TASKS: u32 = 100_000;
+    /// Attempts per task.
+    pub const MAX_ATTEMPTS: u32 = 100;
+    /// Entries in `args`, and separately in `env`.
+    pub const MAX_ARGS: usize = 10_000;
+    pub const MAX_ENV: usize = 10_000;
+    /// Label constraints per job.
+    pub const MAX_CONSTRAINTS: usize = 64;
+    /// Bytes of command + args + env + constraints together.
+    pub const MAX_SPEC_BYTES: usize = 1 << 20;
+    /// Characters in a job name and in an idempotency key.
+    pub const MAX_NAME_CHARS: usize = 256;
+    pub const MAX_KEY_CHARS: usize = 256;
+    /// Longest retry backoff (1 day) and attempt timeout (30 days).
+    pub const MAX_RETRY_BACKOFF_MS: u64 = 24 * 3600 * 1000;
+    pub const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
+    /// Error/reason strings stored on an attempt are cut to this many bytes (at a char boundary).
+    pub const MAX_ERROR_BYTES: usize = 4096;
+}
+
+impl JobSpec {
+    /// A one-task spec running `command` with defaults: 1 slot, 3 attempts, 1 s backoff.
+    pub fn new(command: impl Into<String>) -> JobSpec {
+        JobSpec {
+            command: command.into(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            shell: false,
+            task_count: 1,
+            resources: Resources { slots: 1, cpu_millis: 0, memory_mib: 0 },
+            constraints: BTreeMap::new(),
+            max_attempts: 3,
+            retry_backoff_ms: 1000,
+            timeout_ms: 0,
+            priority: 0,
+        }
+    }
+
+    /// Bytes of variable-size text in the spec (command, args, env, constraints).
+    pub fn byte_size(&self) -> usize {
+        let pairs = |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        self.command.len() + self.args.iter().map(String::len).sum::<usize>() + pairs(&self.env) + pairs(&self.constraints)
+    }
+
+    /// Checks the spec against [`limits`]; the message says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        use limits::*;
+        if self.command.trim().is_empty() {
+            return Err("command is empty".into());
+        }
+        if !(1..=MAX_TASKS).contains(&self.task_count) {
+            return Err(format!("task count {} not in 1..={MAX_TASKS}", self.task_count));
+        }
+        if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return Err(format!("max attempts {} not in 1..={MAX_ATTEMPTS}", self.max_attempts));
+        }
+        if self.args.len() > MAX_ARGS {
+            return Err(format!("{} args, at most {MAX_ARGS}", self.args.len()));
+        }
+        if self.env.len() > MAX_ENV {
+            return Err(format!("{} env entries, at most {MAX_ENV}", self.env.len()));
+        }
+        if self.constraints.len() > MAX_CONSTRAINTS {
+            return Err(format!("{} constraints, at most {MAX_CONSTRAINTS}", self.constraints.len()));
+        }
+        if self.byte_size() > MAX_SPEC_BYTES {
+            return Err(format!("spec is {} bytes, at most {MAX_SPEC_BYTES}", self.byte_size()));
+        }
+        // exec() takes C strings: a NUL could not reach the child, so refuse it up front.
+        let texts = std::iter::once(&self.command).chain(&self.args).chain(self.env.iter().flat_map(|(k, v)| [k, v]));
+        if texts.into_iter().any(|s| s.contains('\0')) {
+            return Err("command, args and env must not contain NUL".into());
+        }
+        if let Some(k) = self.env.keys().find(|k| k.is_empty() || k.contains('=')) {
+            return Err(format!("env name {k:?} is empty or contains '='"));
+        }
+        if self.constraints.keys().any(|k| k.is_empty()) {
+            return Err("constraint label name is empty".into());
+        }
+        // A task demanding nothing would fit on an executor without bound.
+        if self.resources.slots == 0 {
+            return Err("each task must demand at least one slot".into());
+        }
+        if self.retry_backoff_ms > MAX_RETRY_BACKOFF_MS {
+            return Err(format!("retry backoff {} ms, at most {MAX_RETRY_BACKOFF_MS}", self.retry_backoff_ms));
+        }
+        if self.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(format!("timeout {} ms, at most {MAX_TIMEOUT_MS}", self.timeout_ms));
+        }
+        Ok(())
+    }
+}
+
+/// Validates a whole submission: the name and idempotency key as well as the spec.
+pub fn validate_submit(name: &str, idempotency_key: &str, spec: &JobSpec) -> Result<(), String> {
+    if name.chars().count() > limits::MAX_NAME_CHARS {
+        return Err(format!("name longer than {} characters", limits::MAX_NAME_CHARS));
+    }
+    if idempotency_key.chars().count() > limits::MAX_KEY_CHARS {
+        return Err(format!("idempotency key longer than {} characters", limits::MAX_KEY_CHARS));
+    }
+    spec.validate()
+}
+
+impl ExecutorState {
+    /// The executor FSM. Registration may revive any state; otherwise
+    /// `Alive -> Draining -> Left` or `Alive|Draining -> Dead`.
+    pub fn can_transition(self, to: ExecutorState) -> bool {
+        use ExecutorState::*;
+        matches!((self, to), (_, Alive) | (Alive, Draining) | (Alive | Draining, Left | Dead))
+    }
+}
+
+impl Executor {
+    /// True when every `k=v` of `constraints` is among this executor's labels.
+    pub fn satisfies(&self, constraints: &BTreeMap<String, String>) -> bool {
+        constraints.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
+impl JobState {
+    /// The job FSM: `Pending -> Running -> Succeeded|Failed|Cancelled`; a job that never started
+    /// may also fail (attempts lost before starting) or be cancelled. Terminal states are final.
+    pub fn can_transition(self, to: JobState) -> bool {
+        use JobState::*;
+        matches!((self, to), (Pending, Running | Failed | Cancelled) | (Running, Succeeded | Failed | Cancelled))
+    }
+}
+
+impl TaskState {
+    /// The task FSM. `Failed` and `Cancelled` are terminal, so a failed attempt with attempts left
+    /// takes its task from `Assigned|Running` straight back to `Pending`; `Lost` is transient
+    /// (it never survives a command) and leads to `Pending` or `Failed`.
+    pub fn can_transition(self, to: TaskState) -> bool {
+        use TaskState::*;
+        matches!(
+            (self, to),
+            (Pending, Assigned | Cancelled)
+                | (Assigned, Running)
+                | (Assigned | Running, Succeeded | Failed | Lost | Pending | Cancelled)
+                | (Lost, Pending | Failed)
+        )
+    }
+}
+
+impl AttemptState {
+    /// On an executor (it may be running there).
+    pub fn is_live(self) -> bool {
+        matches!(self, AttemptState::Assigned | AttemptState::Running)
+    }
+    pub fn is_terminal(self) -> bool {
+        !self.is_live()
+    }
+    /// The attempt FSM: `Assigned -> Running`, and a live attempt may end in any terminal state.
+    pub fn can_transition(self, to: AttemptState) -> bool {
+        use AttemptState::*;
+        matches!((self, to), (Assigned, Running) | (Assigned | Running, Succeeded | Failed | Lost | Cancelled))
+    }
+}
+
+impl Job {
+    /// Task `index`, if the job has one.
+    pub fn task(&self, index: u32) -> Option<&Task> {
+        self.tasks.get(index as usize)
+    }
+    /// Per-state task counts (a scan of the tasks).
+    pub fn counts(&self) -> TaskCounts {
+        let mut c = TaskCounts::default();
+        for t in &self.tasks {
+            *c.slot_mut(t.state) += 1;
+        }
+        c
+    }
+}
+
+impl TaskCounts {
+    /// The number of tasks in `state`.
+    pub fn get(&self, state: TaskState) -> u32 {
+        let mut c = *self;
+        *c.slot_mut(state)
+    }
+    /// Total tasks counted.
+    pub fn total(&self) -> u32 {
+        self.pending + self.assigned + self.running + self.succeeded + self.failed + self.lost + self.cancelled
+    }
+    pub(crate) fn slot_mut(&mut self, state: TaskState) -> &mut u32 {
+        match state {
+            TaskState::Pending => &mut self.pending,
+            TaskState::Assigned => &mut self.assigned,
+            TaskState::Running => &mut self.running,
+            TaskState::Succeeded => &mut self.succeeded,
+            TaskState::Failed => &mut self.failed,
+            TaskState::Lost => &mut self.lost,
+            TaskState::Cancelled => &mut self.cancelled,
+        }
+    }
+}

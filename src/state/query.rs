@@ -1,0 +1,247 @@
+//! Read helpers over [`State`] for the API, scheduler and dispatcher. All pure; none changes
+//! state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+
+use super::apply::State;
+use super::model::*;
+
+/// A live (assigned or running) current attempt, as the dispatcher needs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveAttempt {
+    pub job: JobId,
+    pub index: u32,
+    /// 1-based attempt number (`TRIAD_ATTEMPT`).
+    pub attempt: u32,
+    pub token: Token,
+    pub executor: ExecutorId,
+    /// `Assigned` (the dispatcher should start it) or `Running`; the attempt's own state is the
+    /// same one.
+    pub state: TaskState,
+}
+
+impl State {
+    pub fn job(&self, id: &JobId) -> Option<&Job> {
+        self.jobs.get(self.job_seqs.get(id)?)
+    }
+
+    /// The job a non-empty idempotency key created.
+    pub fn job_by_key(&self, key: &str) -> Option<&Job> {
+        self.job(self.idempotency.get(key)?)
+    }
+
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Up to `limit` jobs in submission order after seq `after_seq`, optionally only those in
+    /// state `filter`; the cursor is the last seq returned when more may follow (pass it back as
+    /// `after_seq`). A `limit` of 0 gives an empty page and no cursor.
+    pub fn jobs_page(&self, filter: Option<JobState>, after_seq: Option<u64>, limit: usize) -> (Vec<&Job>, Option<u64>) {
+        let range = (after_seq.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded);
+        // Non-terminal states are found through the active index, not a scan of every job.
+        let candidates: Box<dyn Iterator<Item = &Job>> = match filter {
+            Some(s) if !s.is_terminal() => Box::new(self.active.range(range).filter_map(|(seq, _)| self.jobs.get(seq))),
+            _ => Box::new(self.jobs.range(range).map(|(_, j)| j)),
+        };
+        let mut page: Vec<&Job> =
+            candidates.filter(|j| filter.is_none_or(|s| j.state == s)).take(limit.saturating_add(1)).collect();
+        if page.len() > limit {
+            page.truncate(limit);
+            let cursor = page.last().map(|j| j.seq);
+            (page, cursor)
+        } else {
+            (page, None)
+        }
+    }
+
+    pub fn executor(&self, id: &str) -> Option<&Executor> {
+        self.executors.get(id)
+    }
+
+    /// All executors, by id.
+    pub fn executors(&self) -> impl Iterator<Item = &Executor> {
+        self.executors.values()
+    }
+
+    /// Sum of the demands of the executor's live attempts.
+    pub fn used_resources(&self, executor: &str) -> Resources {
+        self.live
+            .get(executor)
+            .into_iter()
+            .flatten()
+            .filter_map(|(seq, _)| self.jobs.get(seq))
+            .fold(Resources::default(), |sum, j| sum.plus(j.spec.resources))
+    }
+
+    /// Every live attempt, by executor then submission order then task index.
+    pub fn live_attempts(&self) -> Vec<LiveAttempt> {
+        self.live.keys().flat_map(|e| self.live_attempts_on(e)).collect()
+    }
+
+    /// The live attempts held by one executor (what it should be running).
+    pub fn live_attempts_on(&self, executor: &str) -> Vec<LiveAttempt> {
+        let Some(held) = self.live.get(executor) else { return Vec::new() };
+        held.iter()
+            .filter_map(|&(seq, index)| {
+                let job = self.jobs.get(&seq)?;
+                let task = job.task(index)?;
+                let a = task.current()?;
+                Some(LiveAttempt {
+                    job: job.id,
+                    index,
+                    attempt: a.number,
+                    token: a.token,
+                    executor: a.executor.clone(),
+                    state: task.state,
+                })
+            })
+            .collect()
+    }
+
+    /// Tasks placeable at `now` (pending, backoff elapsed) as `(job, index)`, highest priority
+    /// first, then oldest job, then lowest index. Lazy, so a scheduler can take only what it can
+    /// place.
+    pub fn pending_tasks(&self, now: Millis) -> impl Iterator<Item = (JobId, u32)> + '_ {
+        let mut jobs: Vec<&Job> =
+            self.active.iter().filter(|(_, c)| c.pending > 0).filter_map(|(seq, _)| self.jobs.get(seq)).collect();
+        jobs.sort_by_key(|j| (std::cmp::Reverse(j.spec.priority), j.seq));
+        jobs.into_iter().flat_map(move |j| {
+            j.tasks
+                .iter()
+                .filter(move |t| t.state == TaskState::Pending && t.not_before <= now)
+                .map(move |t| (j.id, t.index))
+        })
+    }
+
+    /// Jobs that reached a terminal state at or after `since`, oldest first: where the
+    /// dispatcher finds cancelled attempts that may still run and must be killed.
+    pub fn jobs_recently_finished(&self, since: Millis) -> impl Iterator<Item = &Job> + '_ {
+        self.finished.range((since, 0)..).filter_map(|(_, seq)| self.jobs.get(seq))
+    }
+
+    /// The token the next assignment will get.
+    pub fn next_token(&self) -> Token {
+        self.next_token
+    }
+
+    /// The seq the next submitted job will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Checks every invariant of the state (a full scan; for tests and debugging, e.g. after a
+    /// snapshot install). The message names the first violation found.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut live = BTreeMap::<ExecutorId, BTreeSet<(u64, u32)>>::new();
+        let mut active = BTreeMap::new();
+        let mut keys = BTreeMap::new();
+        let mut finished = BTreeSet::new();
+        for (&seq, job) in &self.jobs {
+            let id = job.id;
+            let ctx = |m: &str| format!("job {id} (seq {seq}): {m}");
+            if job.seq != seq || self.job_seqs.get(&id) != Some(&seq) || seq >= self.next_seq {
+                return Err(ctx("seq index inconsistent"));
+            }
+            if !job.idempotency_key.is_empty() && keys.insert(job.idempotency_key.clone(), id).is_some() {
+                return Err(ctx("idempotency key names two jobs"));
+            }
+            if job.tasks.len() != job.spec.task_count as usize {
+                return Err(ctx("task count differs from spec"));
+            }
+            let counts = job.counts();
+            if !job.state.is_terminal() {
+                active.insert(seq, counts);
+            }
+            match job.state {
+                JobState::Succeeded if counts.succeeded != counts.total() => return Err(ctx("succeeded with unfinished tasks")),
+                s if s.is_terminal() && counts.total() != counts.succeeded + counts.failed + counts.cancelled => {
+                    return Err(ctx("terminal with non-terminal tasks"))
+                }
+                s if !s.is_terminal() && (counts.failed + counts.cancelled > 0 || counts.succeeded == counts.total()) => {
+                    return Err(ctx("non-terminal but tasks say it finished"))
+                }
+                _ => {}
+            }
+            match (job.state.is_terminal(), job.finished_at) {
+                (true, Some(at)) => {
+                    finished.insert((at, seq));
+                }
+                (false, None) => {}
+                _ => return Err(ctx("finished_at disagrees with state")),
+            }
+            let mut last_token = 0;
+            for (i, task) in job.tasks.iter().enumerate() {
+                let ctx = |m: &str| format!("job {id} task {i}: {m}");
+                if task.index as usize != i || task.state == TaskState::Lost {
+                    return Err(ctx("bad index or Lost at rest"));
+                }
+                if task.attempts.len() > job.spec.max_attempts as usize {
+                    return Err(ctx("more attempts than allowed"));
+                }
+                for (n, a) in task.attempts.iter().enumerate() {
+                    if a.number as usize != n + 1 || a.token <= last_token || a.token >= self.next_token {
+                        return Err(ctx("attempt numbers or tokens out of order"));
+                    }
+                    last_token = a.token;
+                    if a.state.is_live() && n + 1 != task.attempts.len() {
+                        return Err(ctx("a non-current attempt is live"));
+                    }
+                }
+                last_token = 0; // tokens increase within a task; across tasks they interleave
+                let cur = task.current().map(|a| a.state);
+                let consistent = match task.state {
+                    TaskState::Pending => cur.is_none_or(AttemptState::is_terminal),
+                    TaskState::Assigned => cur == Some(AttemptState::Assigned),
+                    TaskState::Running => cur == Some(AttemptState::Running),
+                    TaskState::Succeeded => cur == Some(AttemptState::Succeeded),
+                    TaskState::Failed => matches!(cur, Some(AttemptState::Failed | AttemptState::Lost)),
+                    TaskState::Cancelled | TaskState::Lost => cur.is_none_or(AttemptState::is_terminal),
+                };
+                if !consistent {
+                    return Err(ctx(&format!("task {:?} with current attempt {cur:?}", task.state)));
+                }
+                if let Some(a) = task.current().filter(|a| a.state.is_live()) {
+                    if !self.executors.contains_key(&a.executor) {
+                        return Err(ctx("live attempt on an unknown executor"));
+                    }
+                    live.entry(a.executor.clone()).or_default().insert((seq, task.index));
+                }
+                if job.state == JobState::Pending && task.attempts.iter().any(|a| !matches!(a.state, AttemptState::Assigned | AttemptState::Lost)) {
+                    return Err(ctx("job pending but an attempt started"));
+                }
+            }
+        }
+        if self.job_seqs.len() != self.jobs.len() {
+            return Err("job id index has extra entries".into());
+        }
+        if keys != self.idempotency {
+            return Err("idempotency index differs from jobs".into());
+        }
+        if active != self.active {
+            return Err("active index differs from jobs".into());
+        }
+        if live != self.live {
+            return Err("live index differs from jobs".into());
+        }
+        if finished != self.finished {
+            return Err("finished index differs from jobs".into());
+        }
+        for (id, ex) in &self.executors {
+            if &ex.id != id || ex.epoch == 0 {
+                return Err(format!("executor {id}: bad id or epoch"));
+            }
+            if ex.state != ExecutorState::Alive && ex.state != ExecutorState::Draining && self.live.contains_key(id) {
+                return Err(format!("executor {id} is {:?} but holds live attempts", ex.state));
+            }
+            // Capacity changes only at registration, which first loses every live attempt.
+            if !self.used_resources(id).fits_in(ex.capacity) {
+                return Err(format!("executor {id} is over capacity"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,262 @@
+//! The replicated master core, tested with real `triad master` processes (issue "Replicated master
+//! core", done-list items 1–6). Kills are SIGKILL, never polite shutdowns.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tonic::Code;
+use triad::api::pb;
+
+const ELECTION: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_submitted_through_a_follower_is_readable_through_every_master() {
+    let c = Cluster::start(3, |_| {});
+    let leader = c.wait_leader(ELECTION).await;
+    let follower = c.followers(leader)[0];
+
+    let r = c.client_for(follower).submit_job(submit_req("via-follower", "true", &[])).await.expect("submit via follower");
+    assert!(r.created);
+
+    for m in 1..=3 {
+        let client = c.client_for(m);
+        let job = client.get_job(&r.job_id, false).await.unwrap_or_else(|e| panic!("linearizable read on master {m}: {e}"));
+        assert_eq!(job.id, r.job_id);
+        assert_eq!(job.state, "pending");
+        assert_eq!(job.tasks.len(), 1);
+        // The stale read is served by the replica itself once it has applied the entry.
+        wait_for(&format!("master {m} to apply the job"), Duration::from_secs(10), || async {
+            client.get_job(&r.job_id, true).await.ok()
+        })
+        .await;
+    }
+    // The same key through another master names the same job.
+    let again = c.client_for(leader).submit_job(submit_req("via-follower", "true", &[])).await.unwrap();
+    assert_eq!((again.job_id, again.created), (r.job_id, false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_during_continuous_submission_loses_no_acknowledged_job() {
+    let mut c = Cluster::start(3, |_| {});
+    let old_leader = c.wait_leader(ELECTION).await;
+
+    let client = Arc::new(c.client());
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let next = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (client, acked, next, stop) = (client.clone(), acked.clone(), next.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("k{}", next.fetch_add(1, Ordering::Relaxed));
+                // The client retries with the same key across the failover.
+                match client.submit_job(submit_req(&key, "true", &[])).await {
+                    Ok(r) => {
+                        acked.lock().unwrap().insert(key, r.job_id);
+                    }
+                    Err(e) => errors.push(format!("{key}: {e}")),
+                }
+            }
+            errors
+        }));
+    }
+    let count = || acked.lock().unwrap().len();
+    wait_for("200 acknowledged submissions before the kill", Duration::from_secs(30), || async { (count() >= 200).then_some(()) }).await;
+    c.kill(old_leader);
+    let killed_at = Instant::now();
+    let before = count();
+    let new_leader = c.wait_leader(ELECTION).await;
+    assert_ne!(new_leader, old_leader);
+    wait_for("200 more acknowledged submissions after the kill", Duration::from_secs(30), || async {
+        (count() >= before + 200).then_some(())
+    })
+    .await;
+    eprintln!("failover: writes continued {} ms after the kill", killed_at.elapsed().as_millis());
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for w in workers {
+        errors.extend(w.await.unwrap());
+    }
+    assert!(errors.is_empty(), "submissions failed even with retries: {errors:?}");
+
+    // Every acknowledged job is present exactly once, under the id it was acknowledged with.
+    let jobs = c.client().list_all_jobs("", false).await.unwrap();
+    let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for j in &jobs {
+        by_key.entry(j.idempotency_key.clone()).or_default().push(j.id.clone());
+    }
+    let acked = acked.lock().unwrap();
+    for (key, id) in acked.iter() {
+        assert_eq!(by_key.get(key), Some(&vec![id.clone()]), "acknowledged job for key {key}");
+    }
+    assert!(by_key.values().all(|ids| ids.len() == 1), "a key maps to several jobs");
+    let ids: BTreeSet<&String> = jobs.iter().map(|j| &j.id).collect();
+    assert_eq!(ids.len(), jobs.len(), "duplicate job ids");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_masters_killed_and_restarted_keep_every_acknowledged_job() {
+    let mut c = Cluster::start(3, |_| {});
+    c.wait_leader(ELECTION).await;
+    let client = c.client();
+    let mut acked = BTreeMap::new();
+    for i in 0..300 {
+        let r = client.submit_job(submit_req(&format!("r{i}"), "true", &[])).await.unwrap();
+        acked.insert(r.job_id, format!("r{i}"));
+    }
+    for id in 1..=3 {
+        c.kill(id);
+    }
+    for id in 1..=3 {
+        c.restart(id);
+    }
+    c.wait_leader(ELECTION).await;
+    let jobs = c.client().list_all_jobs("", false).await.unwrap();
+    let found: BTreeMap<String, String> = jobs.into_iter().map(|j| (j.id, j.idempotency_key)).collect();
+    assert_eq!(found, acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_master_catches_up_through_a_snapshot_after_the_log_was_purged() {
+    let mut c = Cluster::start(3, |cfg| {
+        cfg.raft.snapshot_every = 500;
+        cfg.raft.keep_logs = 100;
+    });
+    let leader = c.wait_leader(ELECTION).await;
+    let lagger = c.followers(leader)[0];
+    c.kill(lagger);
+    let lagger_last = 3; // it saw at most the initial membership and blank entries
+
+    // Thousands of jobs, 16 writers in parallel.
+    let client = Arc::new(c.client());
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..160 {
+                client.submit_job(submit_req(&format!("s{w}-{i}"), "true", &[])).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let s = c.status(leader).await.unwrap();
+    assert_eq!(s.jobs, 2560);
+    assert!(s.snapshot_index > 0, "leader took no snapshot: {s:?}");
+    assert!(s.purged_index > lagger_last, "leader did not purge its log past what the lagger has: {s:?}");
+
+    c.restart(lagger);
+    let caught = c.wait_applied(lagger, s.applied_index, Duration::from_secs(30)).await;
+    assert!(caught.snapshot_index > lagger_last, "lagger did not install a snapshot: {caught:?}");
+    assert_eq!(caught.jobs, 2560);
+    // Identical state: the lagger's own replica equals the leader's, job by job.
+    let mine = c.client_for(lagger).list_all_jobs("", true).await.unwrap();
+    let theirs = c.client_for(leader).list_all_jobs("", true).await.unwrap();
+    assert_eq!(mine, theirs);
+    assert_eq!(c.digest(lagger).await, c.digest(leader).await, "state digests differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_invalid_argument_and_no_quorum_is_unavailable_within_the_bound() {
+    let mut c = Cluster::start(3, |cfg| cfg.raft.leader_wait_ms = 2000);
+    c.wait_leader(ELECTION).await;
+    let client = c.client();
+
+    let spec = |f: &dyn Fn(&mut pb::JobSpec)| {
+        let mut r = submit_req("bad", "true", &[]);
+        f(r.spec.as_mut().unwrap());
+        r
+    };
+    let cases: Vec<(&str, pb::SubmitJobRequest)> = vec![
+        ("empty command", spec(&|s| s.command.clear())),
+        ("zero tasks", spec(&|s| s.task_count = 0)),
+        ("absurd task count", spec(&|s| s.task_count = 10_000_000)),
+        ("absurd argument size", spec(&|s| s.args = vec!["x".repeat(2 << 20)])),
+        ("absurd attempts", spec(&|s| s.max_attempts = 1_000_000)),
+        ("no spec", pb::SubmitJobRequest { name: "x".into(), idempotency_key: "k".into(), spec: None }),
+    ];
+    for (what, req) in cases {
+        let e = client.submit_job(req).await.expect_err(what);
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e}");
+        assert!(!e.message().is_empty());
+    }
+    assert_eq!(client.get_job("not-a-uuid", false).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(client.list_jobs("bogus-state", 0, "", false).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(client.list_jobs("", 0, "nope", false).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(client.list_jobs("", 5000, "", false).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(client.get_job(&uuid::Uuid::new_v4().to_string(), false).await.unwrap_err().code(), Code::NotFound);
+
+    // No quorum: two masters gone. The survivor answers UNAVAILABLE within its bound, not a hang.
+    c.kill(1);
+    c.kill(2);
+    let mut lone = c.client_for(3);
+    lone.retry_for = Duration::ZERO;
+    for what in ["submit", "get"] {
+        let started = Instant::now();
+        let e = match what {
+            "submit" => lone.submit_job(submit_req("nq", "true", &[])).await.unwrap_err(),
+            _ => lone.get_job(&uuid::Uuid::new_v4().to_string(), false).await.unwrap_err(),
+        };
+        let took = started.elapsed();
+        assert_eq!(e.code(), Code::Unavailable, "{what}: {e}");
+        assert!(took < Duration::from_secs(5), "{what} took {took:?} (bound is 2 s wait + one election)");
+        eprintln!("{what} without quorum: UNAVAILABLE after {} ms: {}", took.as_millis(), e.message());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_submits_reads_lists_cancels_and_reports_cluster_status() {
+    let c = Cluster::start(3, |_| {});
+    c.wait_leader(ELECTION).await;
+
+    let (code, out, err) = c.cli(&["job", "submit", "--name", "hello", "--tasks", "2", "--", "echo", "hello"]);
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim().to_string();
+    uuid::Uuid::parse_str(&id).expect("submit prints a job id");
+
+    let (code, out, err) = c.cli(&["job", "get", &id, "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["id"], id.as_str());
+    assert_eq!(job["name"], "hello");
+    assert_eq!(job["tasks"].as_array().unwrap().len(), 2);
+
+    let (code, out, _) = c.cli(&["job", "get", &id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("state:") && out.contains("TASK"), "human output: {out}");
+
+    let (code, out, _) = c.cli(&["job", "list", "-o", "json", "--state", "pending"]);
+    assert_eq!(code, 0);
+    let jobs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(jobs.as_array().unwrap().iter().any(|j| j["id"] == id.as_str()));
+
+    let (code, out, _) = c.cli(&["job", "cancel", &id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("cancelled"), "{out}");
+
+    let (code, out, err) = c.cli(&["cluster", "status", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["masters"].as_array().unwrap().len(), 3);
+    assert_ne!(s["leader_id"], 0);
+    let (code, out, _) = c.cli(&["cluster", "status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("leader: master"), "{out}");
+
+    // Bad input: non-zero exit and exactly one line on stderr.
+    let (code, _, err) = c.cli(&["job", "get", "nope"]);
+    assert_ne!(code, 0);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("InvalidArgument"), "{err}");
+    let (code, _, err) = run_cli(&["job", "list"], "");
+    assert_ne!(code, 0);
+    assert!(err.contains("TRIAD_MASTERS"), "{err}");
+}

@@ -1,0 +1,220 @@
+//! Test harness: real `triad master` processes on loopback, each with its own config and data dir
+//! under a temp dir. Processes are killed with SIGKILL (never politely) when a test asks, and all
+//! of them when the harness is dropped. On a failing test the tail of every master log is printed.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use triad::api::pb;
+use triad::client::{node_status, Client};
+use triad::master::config::{MasterConfig, Peer};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_triad");
+
+/// Reserves `n` distinct free loopback ports (all held open at once, so they differ).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub struct Master {
+    pub id: u64,
+    pub addr: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub masters: Vec<Master>,
+}
+
+impl Cluster {
+    /// Starts `n` masters; `tweak` adjusts each config before it is written.
+    pub fn start(n: usize, tweak: impl Fn(&mut MasterConfig)) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("triad-test-").tempdir().expect("tempdir");
+        let ports = free_ports(n);
+        let peers: Vec<Peer> =
+            ports.iter().enumerate().map(|(i, p)| Peer { id: i as u64 + 1, addr: format!("127.0.0.1:{p}") }).collect();
+        let mut masters = Vec::new();
+        for p in &peers {
+            let node_dir = dir.path().join(format!("master{}", p.id));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let mut cfg = MasterConfig {
+                id: p.id,
+                listen: p.addr.clone(),
+                advertise: None,
+                data_dir: node_dir.join("data"),
+                bootstrap: true,
+                peers: peers.clone(),
+                raft: Default::default(),
+                executors: Default::default(),
+            };
+            tweak(&mut cfg);
+            let config = node_dir.join("master.toml");
+            std::fs::write(&config, toml::to_string(&cfg).unwrap()).unwrap();
+            masters.push(Master { id: p.id, addr: p.addr.clone(), config, log: node_dir.join("master.log"), child: None });
+        }
+        let mut c = Cluster { dir, masters };
+        for id in 1..=n as u64 {
+            c.restart(id);
+        }
+        c
+    }
+
+    pub fn master(&self, id: u64) -> &Master {
+        self.masters.iter().find(|m| m.id == id).expect("no such master")
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.masters.iter().map(|m| m.addr.clone()).collect()
+    }
+
+    pub fn masters_arg(&self) -> String {
+        self.addrs().join(",")
+    }
+
+    /// (Re)starts a master process from its config and data dir.
+    pub fn restart(&mut self, id: u64) {
+        let m = self.masters.iter_mut().find(|m| m.id == id).expect("no such master");
+        assert!(m.child.is_none(), "master {id} is already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log).unwrap();
+        let child = Command::new(BIN)
+            .args(["master", "--config"])
+            .arg(&m.config)
+            .env("TRIAD_LOG", "info,openraft=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawning master");
+        m.child = Some(child);
+    }
+
+    /// SIGKILLs a master (no chance to flush or say goodbye).
+    pub fn kill(&mut self, id: u64) {
+        let m = self.masters.iter_mut().find(|m| m.id == id).expect("no such master");
+        if let Some(mut c) = m.child.take() {
+            c.kill().expect("kill");
+            c.wait().expect("wait");
+        }
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.master(id).child.is_some()
+    }
+
+    /// A client that knows every master.
+    pub fn client(&self) -> Client {
+        Client::new(self.addrs()).unwrap()
+    }
+
+    /// A client that talks to one master only.
+    pub fn client_for(&self, id: u64) -> Client {
+        Client::new(vec![self.master(id).addr.clone()]).unwrap()
+    }
+
+    pub async fn status(&self, id: u64) -> Option<pb::MasterStatus> {
+        node_status(&self.master(id).addr, Duration::from_millis(500), false).await.ok()
+    }
+
+    pub async fn digest(&self, id: u64) -> u64 {
+        node_status(&self.master(id).addr, Duration::from_secs(5), true).await.expect("status with digest").state_digest
+    }
+
+    /// Waits until every running master agrees on one leader, and returns it.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        wait_for("a leader every running master agrees on", timeout, || async {
+            let mut leader = None;
+            for m in self.masters.iter().filter(|m| m.child.is_some()) {
+                let s = self.status(m.id).await?;
+                if s.leader_id == 0 || leader.is_some_and(|l| l != s.leader_id) {
+                    return None;
+                }
+                leader = Some(s.leader_id);
+            }
+            let l = leader?;
+            let s = self.status(l).await?;
+            (s.role == "leader").then_some(l)
+        })
+        .await
+    }
+
+    /// Waits until master `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) -> pb::MasterStatus {
+        wait_for(&format!("master {id} to apply index {index}"), timeout, || async {
+            self.status(id).await.filter(|s| s.applied_index >= index)
+        })
+        .await
+    }
+
+    pub fn followers(&self, leader: u64) -> Vec<u64> {
+        self.masters.iter().filter(|m| m.id != leader && m.child.is_some()).map(|m| m.id).collect()
+    }
+
+    /// Runs the CLI with `args`; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        run_cli(args, &self.masters_arg())
+    }
+}
+
+pub fn run_cli(args: &[&str], masters: &str) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).env("TRIAD_MASTERS", masters).output().expect("running triad");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.masters {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for m in &self.masters {
+                eprintln!("----- master {} log (tail) -----\n{}", m.id, tail(&m.log, 40));
+            }
+        }
+    }
+}
+
+/// A minimal valid submission.
+pub fn submit_req(key: &str, command: &str, args: &[&str]) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        name: format!("job-{key}"),
+        idempotency_key: key.to_string(),
+        spec: Some(pb::JobSpec {
+            command: command.to_string(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            task_count: 1,
+            ..Default::default()
+        }),
+    }
+}
