@@ -158,8 +158,17 @@ impl Node {
     }
 
     /// Proposes commands in one Raft entry; resolves once committed and applied here.
+    /// Bounded by `leader_wait`: a leader cut off from its quorum fails UNAVAILABLE instead of
+    /// hanging (the outcome is then unknown; submissions are safe to retry with their key).
     pub async fn write(&self, commands: Vec<Command>) -> Result<Response, LocalError> {
-        match self.raft.client_write(Request { commands }).await {
+        let r = tokio::time::timeout(self.leader_wait, self.raft.client_write(Request { commands })).await.map_err(|_| {
+            LocalError::Status(Status::unavailable(format!(
+                "master {} could not commit within {} ms (no quorum reachable?); the outcome is unknown, retry with the same idempotency key",
+                self.id,
+                self.leader_wait.as_millis()
+            )))
+        })?;
+        match r {
             Ok(r) => Ok(r.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(LocalError::NotLeader),
             Err(RaftError::APIError(e)) => Err(LocalError::Status(Status::failed_precondition(e.to_string()))),
@@ -176,7 +185,14 @@ impl Node {
     /// Read-index: confirms leadership with a quorum and waits until the read point is applied
     /// here. After it returns Ok, `applied` reflects every write acknowledged before the call.
     pub async fn linearize(&self) -> Result<(), LocalError> {
-        match self.raft.ensure_linearizable().await {
+        let r = tokio::time::timeout(self.leader_wait, self.raft.ensure_linearizable()).await.map_err(|_| {
+            LocalError::Status(Status::unavailable(format!(
+                "master {} could not confirm its leadership with a quorum within {} ms",
+                self.id,
+                self.leader_wait.as_millis()
+            )))
+        })?;
+        match r {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(_)) => Err(LocalError::NotLeader),
             Err(RaftError::Fatal(e)) => Err(LocalError::Status(Status::unavailable(format!("raft stopped: {e}")))),

@@ -102,7 +102,7 @@ impl Cluster {
         let child = Command::new(BIN)
             .args(["master", "--config"])
             .arg(&m.config)
-            .env("TRIAD_LOG", "info,openraft=info")
+            .env("TRIAD_LOG", "info,openraft=error")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
