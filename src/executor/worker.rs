@@ -26,8 +26,12 @@ impl WorkerService for Worker {
             return Err(Status::failed_precondition("executor is draining"));
         }
         let epoch = self.agent.epoch.load(Ordering::SeqCst);
-        if r.epoch != epoch {
+        if r.epoch < epoch {
             return Err(Status::failed_precondition(format!("stale executor epoch {} (current {epoch})", r.epoch)));
+        }
+        if r.epoch > epoch {
+            // The leader committed our registration before its reply reached us: retry shortly.
+            return Err(Status::unavailable(format!("executor has not yet learned epoch {} (has {epoch})", r.epoch)));
         }
         let spec = AttemptSpec {
             job_id: r.job_id,

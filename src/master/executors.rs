@@ -54,9 +54,11 @@ impl Executors {
             labels: r.labels.clone().into_iter().collect(),
             now: now_ms(),
         };
+        // Seen *before* the command applies: the duties loop wakes on every apply and must never
+        // find a freshly registered executor without a heartbeat time (it would declare it dead).
+        self.liveness.seen(&r.executor_id, Instant::now());
         match self.node.write_one(cmd).await? {
             Ok(Outcome::Registered { epoch }) => {
-                self.liveness.seen(&r.executor_id, Instant::now());
                 tracing::info!(executor = %r.executor_id, addr = %r.addr, epoch, "executor registered");
                 Ok(pb::RegisterResponse { epoch, ttl_ms: self.timings.ttl_ms, heartbeat_ms: self.timings.heartbeat_ms })
             }
@@ -65,25 +67,29 @@ impl Executors {
         }
     }
 
-    fn heartbeat_local(&self, h: &pb::HeartbeatRequest) -> pb::HeartbeatResponse {
+    fn heartbeat_local(&self, h: &pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse, LocalError> {
+        if !self.node.is_ready_leader() {
+            // Leading but not caught up yet (or no longer leading): judge nothing from stale state.
+            return Err(LocalError::Status(Status::unavailable("leader is catching up; retry")));
+        }
         let applied = self.node.applied.read().expect("poisoned");
         let state = &applied.state;
         let current = state.executor(&h.executor_id).filter(|e| e.epoch == h.epoch);
         match current.map(|e| e.state) {
             Some(s @ (ExecutorState::Alive | ExecutorState::Draining)) => {
                 self.liveness.seen(&h.executor_id, Instant::now());
-                pb::HeartbeatResponse {
+                Ok(pb::HeartbeatResponse {
                     kill_tokens: stale_tokens(state, &h.executor_id, &h.attempts),
                     reregister: false,
                     draining: s == ExecutorState::Draining,
-                }
+                })
             }
             // Unknown, dead, left, or an older epoch: everything it runs is stale; register anew.
-            _ => pb::HeartbeatResponse {
+            _ => Ok(pb::HeartbeatResponse {
                 kill_tokens: h.attempts.iter().map(|a| a.token).collect(),
                 reregister: true,
                 draining: false,
-            },
+            }),
         }
     }
 
@@ -158,7 +164,7 @@ impl ExecutorService for Executors {
         let msg = req.into_inner();
         let r = self
             .node
-            .on_leader(fwd, || async { Ok(self.heartbeat_local(&msg)) }, |c| {
+            .on_leader(fwd, || async { self.heartbeat_local(&msg) }, |c| {
                 let m = msg.clone();
                 async move { client(c).heartbeat(forwarded(m)).await }
             })

@@ -98,9 +98,11 @@ struct Duties {
 
 async fn run(node: Arc<Node>, liveness: Arc<Liveness>, timings: ExecutorTimings, mut stop: Shutdown) {
     // Confirm leadership with a quorum and catch up with everything committed before acting.
+    let term = node.metrics().current_term;
     if node.linearize().await.is_err() {
         return;
     }
+    node.ready_term.store(term, std::sync::atomic::Ordering::SeqCst);
     {
         let applied = node.applied.read().expect("poisoned");
         let ids: Vec<_> = applied.state.executors().map(|e| e.id.clone()).collect();

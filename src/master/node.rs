@@ -32,6 +32,11 @@ pub struct Node {
     pub leader_wait: Duration,
     /// The last leader this node saw, for error messages while there is none.
     last_leader: Mutex<Option<(NodeId, String)>>,
+    /// The term in which this node, as leader, has applied everything committed before it took
+    /// over (set by the leader duties after their read-index). Decisions that judge executors
+    /// against the state (heartbeat reconciliation) wait for it: a leader that has not caught up
+    /// would see live attempts as unknown and kill them.
+    pub ready_term: std::sync::atomic::AtomicU64,
 }
 
 /// Where a request is served.
@@ -75,7 +80,7 @@ pub fn forwarded<T>(msg: T) -> tonic::Request<T> {
 
 impl Node {
     pub fn new(id: NodeId, addr: String, raft: Raft, applied: SharedApplied, channels: Channels, leader_wait: Duration) -> Self {
-        Node { id, addr, raft, applied, channels, leader_wait, last_leader: Mutex::new(None) }
+        Node { id, addr, raft, applied, channels, leader_wait, last_leader: Mutex::new(None), ready_term: Default::default() }
     }
 
     pub fn metrics(&self) -> RaftMetrics {
@@ -180,6 +185,13 @@ impl Node {
     pub async fn write_one(&self, command: Command) -> Result<Result<Outcome, Rejection>, LocalError> {
         let mut resp = self.write(vec![command]).await?;
         resp.results.pop().ok_or_else(|| LocalError::Status(Status::internal("empty apply result")))
+    }
+
+    /// Is this node a leader that has caught up with everything committed before its term?
+    pub fn is_ready_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && self.ready_term.load(std::sync::atomic::Ordering::SeqCst) == m.current_term
     }
 
     /// Read-index: confirms leadership with a quorum and waits until the read point is applied

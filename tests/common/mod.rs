@@ -218,3 +218,79 @@ pub fn submit_req(key: &str, command: &str, args: &[&str]) -> pb::SubmitJobReque
         }),
     }
 }
+
+/// An executor process under test.
+pub struct Executor {
+    pub name: String,
+    pub work_dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Executor {
+    pub fn start(masters: &str, root: &Path, name: &str, slots: u32, labels: &[&str]) -> Executor {
+        let work_dir = root.join(name);
+        std::fs::create_dir_all(&work_dir).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(work_dir.join("executor.log")).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["executor", "--masters", masters, "--slots", &slots.to_string(), "--work-dir"]).arg(&work_dir);
+        for l in labels {
+            cmd.args(["--label", l]);
+        }
+        let child = cmd
+            .env("TRIAD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawning executor");
+        Executor { name: name.to_string(), work_dir, child: Some(child) }
+    }
+
+    /// The stable id the executor wrote to its work dir.
+    pub async fn id(&self) -> String {
+        let path = self.work_dir.join("executor-id");
+        wait_for("executor id file", Duration::from_secs(10), || async { std::fs::read_to_string(&path).ok().filter(|s| !s.is_empty()) }).await
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("not running").id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        tail(&self.work_dir.join("executor.log"), 30)
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A paused executor must be resumed to die cleanly.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGCONT);
+        }
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("----- {} log (tail) -----\n{}", self.name, self.log_tail());
+        }
+    }
+}
+
+/// Is a process with this pid still alive (zombies count as gone)?
+pub fn alive(pid: i32) -> bool {
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state field follows the parenthesised command name.
+    !matches!(stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()), Some(Some('Z')) | None | Some(None))
+}

@@ -1,0 +1,348 @@
+//! Executors, scheduling and failover with real masters and executors as processes (issue
+//! "Executors, scheduling and failover", done-list items 1–5 and 7; item 6 is the planner's own
+//! tests in src/scheduler). The liveness TTL is 2 s here to keep the suite short.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+use triad::api::pb;
+
+const ELECTION: Duration = Duration::from_secs(20);
+const TTL_MS: u64 = 2000;
+
+fn cluster() -> Cluster {
+    Cluster::start(3, |cfg| {
+        cfg.executors.ttl_ms = TTL_MS;
+        cfg.executors.heartbeat_ms = 250;
+    })
+}
+
+fn shell_job(tasks: u32, script: &str, max_attempts: u32) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        name: "test".into(),
+        idempotency_key: uuid::Uuid::new_v4().to_string(),
+        spec: Some(pb::JobSpec {
+            command: script.to_string(),
+            shell: true,
+            task_count: tasks,
+            max_attempts,
+            retry_backoff_ms: 100,
+            ..Default::default()
+        }),
+    }
+}
+
+async fn wait_executors(c: &Cluster, n: usize) {
+    let client = c.client();
+    wait_for(&format!("{n} alive executors"), Duration::from_secs(20), || async {
+        let r = client
+            .call(|ch| async move {
+                pb::executor_service_client::ExecutorServiceClient::new(ch).list_executors(pb::ListExecutorsRequest { consistency: 0 }).await
+            })
+            .await
+            .ok()?;
+        (r.executors.iter().filter(|e| e.state == "alive").count() >= n).then_some(())
+    })
+    .await;
+}
+
+async fn wait_job_state(c: &Cluster, id: &str, state: &str, timeout: Duration) -> pb::Job {
+    let client = c.client();
+    wait_for(&format!("job {id} to be {state}"), timeout, || async {
+        client.get_job(id, false).await.ok().filter(|j| j.state == state)
+    })
+    .await
+}
+
+/// Running attempts of a job: (task, executor).
+fn running_on(job: &pb::Job) -> Vec<(u32, String)> {
+    job.tasks
+        .iter()
+        .filter(|t| t.state == "running")
+        .filter_map(|t| t.attempts.last().map(|a| (t.index, a.executor.clone())))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_tasks_run_once_each_with_tiling_uuid_ranges_and_a_failing_job_fails_with_its_exit_code() {
+    let c = cluster();
+    c.wait_leader(ELECTION).await;
+    let _a = Executor::start(&c.masters_arg(), c.dir.path(), "exec-a", 4, &[]);
+    let _b = Executor::start(&c.masters_arg(), c.dir.path(), "exec-b", 4, &[]);
+    wait_executors(&c, 2).await;
+
+    let (code, out, err) = c.cli(&[
+        "job", "submit", "--tasks", "4", "--wait", "--shell", "--",
+        "echo $TRIAD_TASK_INDEX $TRIAD_TASK_COUNT $TRIAD_ATTEMPT $TRIAD_RANGE_START $TRIAD_RANGE_END $TRIAD_JOB_ID",
+    ]);
+    assert_eq!(code, 0, "submit --wait: {out} {err}");
+    let id = out.lines().next().unwrap().trim().to_string();
+    let job = c.client().get_job(&id, false).await.unwrap();
+    assert_eq!(job.state, "succeeded");
+    let mut executors = BTreeMap::new();
+    let mut ranges = Vec::new();
+    for t in &job.tasks {
+        assert_eq!(t.attempts.len(), 1, "task {} ran {} attempts", t.index, t.attempts.len());
+        *executors.entry(t.attempts[0].executor.clone()).or_insert(0) += 1;
+        let (code, out, err) = c.cli(&["job", "logs", &id, "--task", &t.index.to_string()]);
+        assert_eq!(code, 0, "logs: {err}");
+        let f: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(f, vec![t.index.to_string().as_str(), "4", "1", f[3], f[4], id.as_str()], "task {} output {out:?}", t.index);
+        ranges.push((uuid::Uuid::parse_str(f[3]).unwrap().as_u128(), uuid::Uuid::parse_str(f[4]).unwrap().as_u128()));
+    }
+    assert_eq!(executors.len(), 2, "tasks spread over both executors: {executors:?}");
+    // The ranges tile the 128-bit space: contiguous, inclusive, from 0 to the maximum.
+    assert_eq!(ranges[0].0, 0);
+    assert_eq!(ranges[3].1, u128::MAX);
+    for w in ranges.windows(2) {
+        assert_eq!(w[0].1 + 1, w[1].0, "ranges must be contiguous: {ranges:x?}");
+    }
+
+    let (code, out, _) = c.cli(&["job", "submit", "--max-attempts", "2", "--backoff", "100ms", "--wait", "--shell", "--", "exit 3"]);
+    assert_ne!(code, 0, "a failing job exits non-zero");
+    let id = out.lines().next().unwrap().trim();
+    let (_, out, _) = c.cli(&["job", "get", id, "-o", "json"]);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["state"], "failed");
+    let attempts = j["tasks"][0]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "max attempts respected");
+    assert!(attempts.iter().all(|a| a["exit_code"] == 3 && a["has_exit_code"] == true), "{attempts:?}");
+    let (_, human, _) = c.cli(&["job", "get", id]);
+    assert!(human.contains("failed") && human.contains(" 3 "), "exit code visible: {human}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_executors_tasks_run_elsewhere_within_the_ttl() {
+    let c = cluster();
+    c.wait_leader(ELECTION).await;
+    let mut a = Executor::start(&c.masters_arg(), c.dir.path(), "exec-a", 4, &[]);
+    let a_id = a.id().await;
+    wait_executors(&c, 1).await;
+    let r = c.client().submit_job(shell_job(2, "sleep 4", 3)).await.unwrap();
+    let job = wait_for("both tasks running on A", Duration::from_secs(20), || async {
+        let j = c.client().get_job(&r.job_id, false).await.ok()?;
+        (running_on(&j).len() == 2).then_some(j)
+    })
+    .await;
+    assert!(running_on(&job).iter().all(|(_, e)| *e == a_id));
+    let b = Executor::start(&c.masters_arg(), c.dir.path(), "exec-b", 4, &[]);
+    let b_id = b.id().await;
+    wait_executors(&c, 2).await;
+
+    a.kill();
+    let killed = Instant::now();
+    wait_for("both tasks running on B", Duration::from_secs(20), || async {
+        let j = c.client().get_job(&r.job_id, false).await.ok()?;
+        let on_b = running_on(&j).iter().filter(|(_, e)| *e == b_id).count();
+        (on_b == 2).then_some(())
+    })
+    .await;
+    let delay = killed.elapsed();
+    eprintln!("executor killed -> tasks running elsewhere: {} ms (TTL {TTL_MS} ms)", delay.as_millis());
+    assert!(delay <= Duration::from_millis(TTL_MS + 1000), "rescheduling took {delay:?}");
+    let job = wait_job_state(&c, &r.job_id, "succeeded", Duration::from_secs(30)).await;
+    for t in &job.tasks {
+        assert_eq!(t.attempts.len(), 2);
+        assert_eq!(t.attempts[0].state, "lost");
+        assert_eq!(t.attempts[1].state, "succeeded");
+    }
+}
+
+/// Parses the shared attempt log: (task, token) -> (start, end) in nanoseconds.
+fn attempt_intervals(path: &std::path::Path) -> BTreeMap<(u32, u64), (u128, Option<u128>)> {
+    let mut m: BTreeMap<(u32, u64), (u128, Option<u128>)> = BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (task, token, t): (u32, u64, u128) = (f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].parse().unwrap());
+        match f[0] {
+            "start" => {
+                m.insert((task, token), (t, None));
+            }
+            _ => m.entry((task, token)).or_insert((0, None)).1 = Some(t),
+        }
+    }
+    m
+}
+
+/// A task body that logs its start and its end (or its kill, via the SIGTERM the executor sends
+/// first) with the task index, fencing token and wall clock in ns to the shared file `log`.
+fn logging_script(log: &std::path::Path, secs: u32) -> String {
+    format!(
+        "trap 'echo killed $TRIAD_TASK_INDEX $TRIAD_FENCING_TOKEN $(date +%s%N) >> {l}; exit 143' TERM; echo start $TRIAD_TASK_INDEX $TRIAD_FENCING_TOKEN $(date +%s%N) >> {l}; sleep {secs} & wait $!; echo end $TRIAD_TASK_INDEX $TRIAD_FENCING_TOKEN $(date +%s%N) >> {l}",
+        l = log.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_while_a_job_runs_the_job_completes_without_overlapping_attempts() {
+    let mut c = cluster();
+    let leader = c.wait_leader(ELECTION).await;
+    let _a = Executor::start(&c.masters_arg(), c.dir.path(), "exec-a", 3, &[]);
+    let _b = Executor::start(&c.masters_arg(), c.dir.path(), "exec-b", 3, &[]);
+    wait_executors(&c, 2).await;
+    let log = c.dir.path().join("attempts.log");
+    let r = c.client().submit_job(shell_job(6, &logging_script(&log, 2), 3)).await.unwrap();
+    wait_for("tasks running", Duration::from_secs(20), || async {
+        let j = c.client().get_job(&r.job_id, false).await.ok()?;
+        (!running_on(&j).is_empty()).then_some(())
+    })
+    .await;
+    c.kill(leader);
+    let new_leader = c.wait_leader(ELECTION).await;
+    assert_ne!(new_leader, leader);
+    let job = wait_job_state(&c, &r.job_id, "succeeded", Duration::from_secs(60)).await;
+    assert!(job.tasks.iter().all(|t| t.state == "succeeded"));
+
+    let intervals = attempt_intervals(&log);
+    for task in 0..6u32 {
+        let mut mine: Vec<(u128, u128)> =
+            intervals.iter().filter(|((t, _), _)| *t == task).map(|(_, (s, e))| (*s, e.unwrap_or(u128::MAX))).collect();
+        assert!(!mine.is_empty(), "task {task} never ran");
+        mine.sort();
+        for w in mine.windows(2) {
+            assert!(w[0].1 <= w[1].0, "task {task} had two live attempts at once: {mine:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_executor_is_fenced_its_stale_attempt_killed_and_the_work_done_once_elsewhere() {
+    let c = cluster();
+    c.wait_leader(ELECTION).await;
+    let a = Executor::start(&c.masters_arg(), c.dir.path(), "exec-a", 2, &[]);
+    let a_id = a.id().await;
+    wait_executors(&c, 1).await;
+    let log = c.dir.path().join("attempts.log");
+    let pids = c.dir.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let script = format!("echo $$ > {}/$TRIAD_FENCING_TOKEN; {}", pids.display(), logging_script(&log, 5));
+    let r = c.client().submit_job(shell_job(1, &script, 3)).await.unwrap();
+    let first = wait_for("the attempt running on A", Duration::from_secs(20), || async {
+        let j = c.client().get_job(&r.job_id, false).await.ok()?;
+        let a = j.tasks[0].attempts.last()?.clone();
+        (j.tasks[0].state == "running" && a.executor == a_id && pids.join(a.token.to_string()).exists()).then_some(a)
+    })
+    .await;
+    let stale_pid: i32 = wait_for("pid file", Duration::from_secs(5), || async {
+        std::fs::read_to_string(pids.join(first.token.to_string())).ok()?.trim().parse().ok()
+    })
+    .await;
+    let b = Executor::start(&c.masters_arg(), c.dir.path(), "exec-b", 2, &[]);
+    let b_id = b.id().await;
+    wait_executors(&c, 2).await;
+
+    a.signal(Signal::SIGSTOP);
+    // Past the TTL the leader declares A dead and reschedules the task on B.
+    wait_for("the task running on B", Duration::from_secs(20), || async {
+        let j = c.client().get_job(&r.job_id, false).await.ok()?;
+        let cur = j.tasks[0].attempts.last()?;
+        (cur.executor == b_id && cur.state == "running").then_some(())
+    })
+    .await;
+    assert!(alive(stale_pid), "the paused executor's attempt is still there while it is paused");
+    a.signal(Signal::SIGCONT);
+    // On waking, A fences itself: the stale attempt dies well before its 5 s sleep would end.
+    wait_for("the stale attempt killed", Duration::from_secs(4), || async { (!alive(stale_pid)).then_some(()) }).await;
+
+    let job = wait_job_state(&c, &r.job_id, "succeeded", Duration::from_secs(30)).await;
+    let attempts = &job.tasks[0].attempts;
+    assert_eq!(attempts[0].state, "lost", "the stale attempt's report was not accepted: {attempts:?}");
+    assert_eq!(attempts.iter().filter(|a| a.state == "succeeded").count(), 1);
+    // Side effects: exactly one attempt finished, and it was not the fenced one.
+    let intervals = attempt_intervals(&log);
+    let finished: Vec<_> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("end "))
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse::<u64>().unwrap())
+        .collect();
+    assert_eq!(finished.len(), 1, "{intervals:?}");
+    assert_ne!(finished[0], first.token, "the fenced attempt completed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_the_running_processes() {
+    let c = cluster();
+    c.wait_leader(ELECTION).await;
+    let _a = Executor::start(&c.masters_arg(), c.dir.path(), "exec-a", 4, &[]);
+    wait_executors(&c, 1).await;
+    let pids = c.dir.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let script = format!("echo $$ > {}/$TRIAD_TASK_INDEX; sleep 100", pids.display());
+    let r = c.client().submit_job(shell_job(2, &script, 1)).await.unwrap();
+    let live: Vec<i32> = wait_for("both tasks started", Duration::from_secs(20), || async {
+        let p: Vec<i32> = (0..2).filter_map(|i| std::fs::read_to_string(pids.join(i.to_string())).ok()?.trim().parse().ok()).collect();
+        (p.len() == 2).then_some(p)
+    })
+    .await;
+    assert!(live.iter().all(|p| alive(*p)));
+    let (code, out, err) = c.cli(&["job", "cancel", &r.job_id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cancelled"));
+    wait_for("the cancelled attempts' processes gone", Duration::from_secs(10), || async {
+        live.iter().all(|p| !alive(*p)).then_some(())
+    })
+    .await;
+    let j = c.client().get_job(&r.job_id, false).await.unwrap();
+    assert_eq!(j.state, "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triad_dev_runs_a_job_and_prints_its_output_then_stops_cleanly() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    // Consecutive free ports: masters at base.., executors at base+100...
+    let base = 20000 + (std::process::id() % 20000) as u16;
+    let mut dev = std::process::Command::new(BIN)
+        .args(["dev", "--data-dir"])
+        .arg(dir.path())
+        .args(["--base-port", &base.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = dev.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let masters = loop {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("triad dev printed no export line");
+        if let Some(m) = line.strip_prefix("export TRIAD_MASTERS=") {
+            break m.to_string();
+        }
+    };
+    let c = Client::new(triad::client::parse_masters(&masters).unwrap()).unwrap();
+    wait_for("two executors", Duration::from_secs(20), || async {
+        let r = c
+            .call(|ch| async move {
+                pb::executor_service_client::ExecutorServiceClient::new(ch).list_executors(pb::ListExecutorsRequest { consistency: 0 }).await
+            })
+            .await
+            .ok()?;
+        (r.executors.len() == 2).then_some(())
+    })
+    .await;
+    let (code, out, err) = run_cli(&["job", "submit", "--wait", "--", "echo", "hello"], &masters);
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim();
+    let (code, out, err) = run_cli(&["job", "logs", id], &masters);
+    assert_eq!((code, out.as_str()), (0, "hello\n"), "{err}");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(dev.id() as i32), Signal::SIGINT).unwrap();
+    let status = wait_for("triad dev to exit", Duration::from_secs(20), || {
+        let s = dev.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "triad dev exited with {status:?}");
+}
+
+use triad::client::Client;
