@@ -126,8 +126,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM every child, wait (bounded), then SIGKILL what is left.
+/// Stops executors first (so they can hand back work and deregister while the masters are up),
+/// then the masters.
 async fn stop_all(procs: &mut [Proc]) {
+    let (mut executors, mut masters): (Vec<&mut Proc>, Vec<&mut Proc>) = procs.iter_mut().partition(|p| p.name.starts_with("executor"));
+    stop_group(&mut executors).await;
+    stop_group(&mut masters).await;
+}
+
+/// SIGTERM every process of a group, wait (bounded), then SIGKILL what is left.
+async fn stop_group(procs: &mut [&mut Proc]) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     for p in procs.iter() {

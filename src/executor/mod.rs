@@ -127,8 +127,8 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { server_stop.wait().await });
     let server = tokio::spawn(server);
 
-    let (reports_done_tx, reports_done) = tokio::sync::oneshot::channel();
-    tokio::spawn(report_loop(agent.clone(), events_rx, stop.clone(), reports_done_tx));
+    let (flush_tx, flush_rx) = tokio::sync::oneshot::channel();
+    let reports = tokio::spawn(report_loop(agent.clone(), events_rx, flush_rx));
 
     let mut stop_wait = stop.clone();
     tokio::select! {
@@ -143,7 +143,9 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
     tracing::info!("executor stopping: handing back {} attempts", agent.runner.live_tokens().len());
     agent.draining.store(true, Ordering::SeqCst);
     agent.runner.stop_all(STOP_GRACE).await;
-    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, reports_done).await;
+    // Every attempt has ended, so its final event is queued: deliver those reports, then finish.
+    let _ = flush_tx.send(());
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, reports).await;
     let epoch = agent.epoch.load(Ordering::SeqCst);
     if epoch > 0 {
         let req = pb::DeregisterRequest { executor_id: agent.id.clone(), epoch };
@@ -277,24 +279,20 @@ async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shu
     }
 }
 
-/// Turns runner events into task reports, each retried until the leader answers for good.
-async fn report_loop(
-    agent: Arc<Agent>,
-    mut events: mpsc::UnboundedReceiver<AttemptEvent>,
-    stop: Shutdown,
-    done: tokio::sync::oneshot::Sender<()>,
-) {
+/// Turns runner events into task reports, each retried until the leader answers for good. Once
+/// `flush` fires it delivers what is queued (bounded by the farewell timeout) and returns.
+async fn report_loop(agent: Arc<Agent>, mut events: mpsc::UnboundedReceiver<AttemptEvent>, mut flush: tokio::sync::oneshot::Receiver<()>) {
+    let mut flushing = false;
     loop {
-        // After stop, deliver what is queued (the hand-back reports) and finish.
-        let ev = if stop.is_fired() {
-            match tokio::time::timeout(STOP_GRACE * 2, events.recv()).await {
-                Ok(Some(ev)) => ev,
-                _ => break,
+        let ev = if flushing {
+            match events.try_recv() {
+                Ok(ev) => ev,
+                Err(_) => return,
             }
         } else {
-            match events.recv().await {
-                Some(ev) => ev,
-                None => break,
+            tokio::select! {
+                ev = events.recv() => match ev { Some(ev) => ev, None => return },
+                _ = &mut flush => { flushing = true; continue; }
             }
         };
         let Some(info) = agent.runner.get(ev.token) else { continue };
@@ -317,7 +315,7 @@ async fn report_loop(
             exit_code,
             error,
         };
-        let deadline = Instant::now() + if stop.is_fired() { FAREWELL_TIMEOUT } else { Duration::from_secs(3600) };
+        let deadline = Instant::now() + if flushing { FAREWELL_TIMEOUT } else { Duration::from_secs(3600) };
         while Instant::now() < deadline {
             let r = agent
                 .client
@@ -344,5 +342,4 @@ async fn report_loop(
             agent.runner.forget(ev.token);
         }
     }
-    let _ = done.send(());
 }
