@@ -9,6 +9,7 @@
 //! - [`api`]: the wire protocol (`proto/`) and its conversions.
 
 pub mod api;
+pub mod chaos;
 pub mod cli;
 pub mod client;
 pub mod executor;

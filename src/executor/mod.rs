@@ -230,7 +230,8 @@ async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shu
         // Self-fence before talking to anyone: after a pause the old attempts must die first.
         let since_ack = agent.last_ack.lock().expect("poisoned").elapsed();
         let ttl = *agent.ttl.lock().expect("poisoned");
-        if since_ack > ttl.mul_f64(SELF_FENCE_FRACTION) && !agent.runner.live_tokens().is_empty() {
+        let skip = crate::chaos::on(crate::chaos::Bug::SkipFencing);
+        if !skip && since_ack > ttl.mul_f64(SELF_FENCE_FRACTION) && !agent.runner.live_tokens().is_empty() {
             tracing::warn!(since_ack_ms = since_ack.as_millis() as u64, "no heartbeat acknowledged: self-fencing, killing all attempts");
             for t in agent.runner.live_tokens() {
                 agent.stop_in_background(t);
@@ -261,8 +262,10 @@ async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shu
         }
         if resp.reregister {
             tracing::warn!("the leader does not know this executor (declared dead?): registering again");
-            for t in agent.runner.live_tokens() {
-                agent.stop_in_background(t);
+            if !skip {
+                for t in agent.runner.live_tokens() {
+                    agent.stop_in_background(t);
+                }
             }
             tokio::select! {
                 r = agent.register() => if let Err(e) = r { tracing::error!(error = %e, "re-registration failed"); stop_trigger.fire(); return; },

@@ -78,8 +78,9 @@ impl Executors {
         match current.map(|e| e.state) {
             Some(s @ (ExecutorState::Alive | ExecutorState::Draining)) => {
                 self.liveness.seen(&h.executor_id, Instant::now());
+                let skip = crate::chaos::on(crate::chaos::Bug::SkipFencing);
                 Ok(pb::HeartbeatResponse {
-                    kill_tokens: stale_tokens(state, &h.executor_id, &h.attempts),
+                    kill_tokens: if skip { Vec::new() } else { stale_tokens(state, &h.executor_id, &h.attempts) },
                     reregister: false,
                     draining: s == ExecutorState::Draining,
                 })
@@ -112,7 +113,8 @@ impl Executors {
             Ok(_) => pb::ReportTaskResponse { accepted: true, kill: false, message: String::new() },
             Err(rej @ Rejection::StaleToken { .. }) => {
                 tracing::info!(executor = %r.executor_id, job = %r.job_id, task = index, token, "fenced: {rej}");
-                pb::ReportTaskResponse { accepted: true, kill: true, message: rej.to_string() }
+                let kill = !crate::chaos::on(crate::chaos::Bug::SkipFencing);
+                pb::ReportTaskResponse { accepted: true, kill, message: rej.to_string() }
             }
             // Final either way (job gone, task terminal): the executor stops retrying.
             Err(rej) => pb::ReportTaskResponse { accepted: true, kill: false, message: rej.to_string() },

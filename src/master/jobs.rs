@@ -41,6 +41,13 @@ impl Jobs {
             spec: spec.clone(),
             now: now_ms(),
         };
+        if crate::chaos::on(crate::chaos::Bug::AckBeforeCommit) {
+            // Planted bug: answer before the entry is committed (it may never be).
+            let Command::SubmitJob { id, .. } = &cmd else { unreachable!() };
+            let id = *id;
+            let _ = self.node.raft.client_write_ff(crate::raft::Request { commands: vec![cmd] }).await;
+            return Ok(pb::SubmitJobResponse { job_id: id.to_string(), created: true });
+        }
         match self.node.write_one(cmd).await? {
             Ok(Outcome::Submitted { id, created }) => Ok(pb::SubmitJobResponse { job_id: id.to_string(), created }),
             Ok(other) => Err(Status::internal(format!("unexpected outcome {other:?}")).into()),

@@ -1,0 +1,33 @@
+//! Planted bugs for the chaos suite (`jepsen/`), to prove its checkers catch real violations.
+//!
+//! Off unless the process environment sets `TRIAD_CHAOS_BUG` to one of:
+//! - `ack-before-commit`: a master acknowledges a submission before it is committed;
+//! - `skip-fencing`: executors never fence themselves and the leader never tells an executor to
+//!   kill a stale attempt.
+//!
+//! Never set this in production: each one breaks a SPEC guarantee on purpose.
+
+use std::sync::OnceLock;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    AckBeforeCommit,
+    SkipFencing,
+}
+
+/// Is this planted bug switched on in this process?
+pub fn on(bug: Bug) -> bool {
+    static BUG: OnceLock<Option<Bug>> = OnceLock::new();
+    let active = *BUG.get_or_init(|| {
+        let b = match std::env::var("TRIAD_CHAOS_BUG").as_deref() {
+            Ok("ack-before-commit") => Some(Bug::AckBeforeCommit),
+            Ok("skip-fencing") => Some(Bug::SkipFencing),
+            _ => None,
+        };
+        if let Some(b) = b {
+            tracing::warn!(bug = ?b, "planted chaos bug active: this process breaks a guarantee on purpose");
+        }
+        b
+    });
+    active == Some(bug)
+}
