@@ -1,0 +1,1 @@
+//! Checkers: pure functions over a recorded history (and the tasks' side effects).

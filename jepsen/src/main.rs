@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("triad-jepsen: under construction");
+    std::process::exit(2);
+}
