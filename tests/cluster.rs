@@ -260,3 +260,78 @@ async fn cli_submits_reads_lists_cancels_and_reports_cluster_status() {
     assert_ne!(code, 0);
     assert!(err.contains("TRIAD_MASTERS"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_are_added_removed_and_a_wiped_master_replaced_while_writes_continue() {
+    let mut c = Cluster::start(3, |_| {});
+    c.wait_leader(ELECTION).await;
+
+    // Writers run throughout every membership change.
+    let client = Arc::new(c.client());
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..2 {
+        let (client, acked, stop) = (client.clone(), acked.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("m{w}-{i}");
+                i += 1;
+                let r = client.submit_job(submit_req(&key, "true", &[])).await.unwrap_or_else(|e| panic!("{key}: {e}"));
+                acked.lock().unwrap().insert(key, r.job_id);
+            }
+        }));
+    }
+    let count = || acked.lock().unwrap().len();
+    let progress = |n: usize| {
+        let target = count() + n;
+        let count = &count;
+        async move { wait_for(&format!("{target} acknowledged writes"), Duration::from_secs(30), || async { (count() >= target).then_some(()) }).await }
+    };
+    progress(50).await;
+
+    // A fourth master joins as a learner, catches up, becomes a voter.
+    let addr4 = c.spawn_joiner(4);
+    let m = c.client().add_master(4, &addr4).await.expect("add master 4");
+    assert_eq!(m.voters, vec![1, 2, 3, 4]);
+    progress(50).await;
+
+    // An old master leaves (whoever leads; the cluster re-elects if it was the leader).
+    let m = c.client().remove_master(1).await.expect("remove master 1");
+    assert_eq!(m.voters, vec![2, 3, 4]);
+    c.kill(1);
+    progress(50).await;
+
+    // Unsafe or wrong requests are refused with a clear error.
+    let e = c.client().remove_master(1).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    let e = c.client().add_master(0, "").await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+
+    // Master 3's disk is gone: the documented procedure removes it and adds a fresh master with a
+    // new id (ids are never reused for a different disk).
+    c.kill(3);
+    c.wipe(3);
+    c.client().remove_master(3).await.expect("remove wiped master 3");
+    let addr5 = c.spawn_joiner(5);
+    let m = c.client().add_master(5, &addr5).await.expect("add replacement master 5");
+    assert_eq!(m.voters, vec![2, 4, 5]);
+    progress(50).await;
+
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let leader = c.wait_leader(ELECTION).await;
+    let s = c.status(leader).await.unwrap();
+    for id in [2, 4, 5] {
+        c.wait_applied(id, s.applied_index, Duration::from_secs(20)).await;
+    }
+    let jobs = c.client().list_all_jobs("", false).await.unwrap();
+    let found: BTreeMap<String, String> = jobs.into_iter().map(|j| (j.idempotency_key, j.id)).collect();
+    for (k, id) in acked.lock().unwrap().iter() {
+        assert_eq!(found.get(k), Some(id), "acknowledged job {k} missing");
+    }
+    assert_eq!(c.digest(5).await, c.digest(leader).await, "the replacement master's state differs");
+}

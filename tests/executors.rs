@@ -346,3 +346,41 @@ async fn triad_dev_runs_a_job_and_prints_its_output_then_stops_cleanly() {
 }
 
 use triad::client::Client;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_executor_finishes_its_work_takes_no_more_and_leaves() {
+    let c = cluster();
+    c.wait_leader(ELECTION).await;
+    let mut a = Executor::start(&c.masters_arg(), c.dir.path(), "exec-a", 4, &[]);
+    let a_id = a.id().await;
+    wait_executors(&c, 1).await;
+    let first = c.client().submit_job(shell_job(2, "sleep 2", 1)).await.unwrap();
+    wait_for("the first job running on A", Duration::from_secs(20), || async {
+        let j = c.client().get_job(&first.job_id, false).await.ok()?;
+        (running_on(&j).len() == 2).then_some(())
+    })
+    .await;
+    let b = Executor::start(&c.masters_arg(), c.dir.path(), "exec-b", 4, &[]);
+    let b_id = b.id().await;
+    wait_executors(&c, 2).await;
+
+    let (code, _, err) = c.cli(&["executor", "drain", &a_id]);
+    assert_eq!(code, 0, "{err}");
+    let second = c.client().submit_job(shell_job(2, "true", 1)).await.unwrap();
+    let j = wait_job_state(&c, &second.job_id, "succeeded", Duration::from_secs(20)).await;
+    assert!(j.tasks.iter().all(|t| t.attempts[0].executor == b_id), "new work went to the draining executor");
+    // A finishes what it ran, then deregisters and exits by itself.
+    let j = wait_job_state(&c, &first.job_id, "succeeded", Duration::from_secs(20)).await;
+    assert!(j.tasks.iter().all(|t| t.attempts.len() == 1 && t.attempts[0].executor == a_id));
+    let status = wait_for("executor A to exit", Duration::from_secs(20), || {
+        let s = a.child.as_mut().unwrap().try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "{status:?}");
+    a.child = None;
+    let (_, out, _) = c.cli(&["executor", "list", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let state = list.as_array().unwrap().iter().find(|e| e["id"] == a_id.as_str()).unwrap()["state"].clone();
+    assert_eq!(state, "left");
+}

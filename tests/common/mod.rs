@@ -82,6 +82,35 @@ impl Cluster {
         c
     }
 
+    /// Adds a master process that is not (yet) a member: it joins through AddMaster.
+    pub fn spawn_joiner(&mut self, id: u64) -> String {
+        let port = free_ports(1)[0];
+        let addr = format!("127.0.0.1:{port}");
+        let node_dir = self.dir.path().join(format!("master{id}"));
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let cfg = MasterConfig {
+            id,
+            listen: addr.clone(),
+            advertise: None,
+            data_dir: node_dir.join("data"),
+            bootstrap: false,
+            peers: Vec::new(),
+            raft: Default::default(),
+            executors: Default::default(),
+        };
+        let config = node_dir.join("master.toml");
+        std::fs::write(&config, toml::to_string(&cfg).unwrap()).unwrap();
+        self.masters.push(Master { id, addr: addr.clone(), config, log: node_dir.join("master.log"), child: None });
+        self.restart(id);
+        addr
+    }
+
+    /// Deletes a (stopped) master's data dir: its disk is gone.
+    pub fn wipe(&self, id: u64) {
+        assert!(!self.is_running(id));
+        let _ = std::fs::remove_dir_all(self.dir.path().join(format!("master{id}")).join("data"));
+    }
+
     pub fn master(&self, id: u64) -> &Master {
         self.masters.iter().find(|m| m.id == id).expect("no such master")
     }
