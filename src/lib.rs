@@ -14,6 +14,7 @@ pub mod cli;
 pub mod client;
 pub mod executor;
 pub mod master;
+pub mod metrics;
 pub mod raft;
 pub mod scheduler;
 pub mod shutdown;

@@ -335,3 +335,51 @@ async fn masters_are_added_removed_and_a_wiped_master_replaced_while_writes_cont
     }
     assert_eq!(c.digest(5).await, c.digest(leader).await, "the replacement master's state differs");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_status_follow_the_cluster_and_health_flips_on_a_node_cut_off() {
+    let mut c = Cluster::start(3, |_| {});
+    let leader = c.wait_leader(ELECTION).await;
+    let http = c.master(leader).http.clone().unwrap();
+
+    let before = http_get(&http, "/metrics").await.expect("/metrics");
+    assert_eq!(sample(&before, "triad_raft_is_leader"), Some(1.0));
+    assert!(sample(&before, "triad_raft{field=\"term\"}").unwrap() >= 1.0);
+    let pending0 = sample(&before, "triad_jobs{state=\"pending\"}").unwrap_or(0.0);
+    let applied0 = sample(&before, "triad_raft{field=\"applied_index\"}").unwrap();
+    let client = c.client();
+    for i in 0..5 {
+        client.submit_job(submit_req(&format!("m{i}"), "true", &[])).await.unwrap();
+    }
+    let after = http_get(&http, "/metrics").await.expect("/metrics");
+    assert_eq!(sample(&after, "triad_jobs{state=\"pending\"}"), Some(pending0 + 5.0));
+    assert_eq!(sample(&after, "triad_tasks{state=\"pending\"}"), Some(pending0 + 5.0));
+    assert!(sample(&after, "triad_raft{field=\"applied_index\"}").unwrap() >= applied0 + 5.0);
+    assert!(sample(&after, "triad_raft{field=\"committed_index\"}").unwrap() >= applied0 + 5.0);
+    assert_eq!(sample(&after, "triad_submissions_total{result=\"created\"}"), Some(5.0));
+    assert!(after.contains("triad_raft_replication_lag{follower="), "replication lag per follower");
+    assert!(after.contains("triad_submit_seconds_bucket"), "submit latency histogram");
+
+    // /status has the same facts as `triad cluster status`.
+    let status: serde_json::Value = serde_json::from_str(&http_get(&http, "/status").await.expect("/status")).unwrap();
+    let (code, out, _) = c.cli(&["cluster", "status", "-o", "json"]);
+    assert_eq!(code, 0);
+    let cli: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["leader_id"], cli["leader_id"]);
+    let view = |v: &serde_json::Value| -> Vec<(u64, String, String)> {
+        v["masters"].as_array().unwrap().iter().map(|m| (m["id"].as_u64().unwrap(), m["addr"].to_string(), m["role"].to_string())).collect()
+    };
+    assert_eq!(view(&status), view(&cli));
+
+    // gRPC health: SERVING everywhere; NOT_SERVING on a master cut off from its quorum.
+    for m in 1..=3 {
+        let addr = c.master(m).addr.clone();
+        wait_for(&format!("master {m} SERVING"), Duration::from_secs(10), || async { grpc_serving(&addr).await.filter(|s| *s) }).await;
+    }
+    let survivor = leader; // the leader itself: it keeps believing it leads, the lease says otherwise
+    for f in c.followers(leader) {
+        c.kill(f);
+    }
+    let addr = c.master(survivor).addr.clone();
+    wait_for("the cut-off master NOT_SERVING", Duration::from_secs(10), || async { grpc_serving(&addr).await.filter(|s| !*s) }).await;
+}

@@ -43,6 +43,7 @@ fn spawn(name: &str, args: &[String], log: &Path) -> anyhow::Result<Proc> {
 }
 
 /// Writes the master configs of a local cluster and returns their paths and addresses.
+/// Masters listen on `base_port..`, their HTTP endpoints on `base_port + 50..`.
 pub fn write_master_configs(dir: &Path, n: u32, base_port: u16) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let peers: Vec<Peer> = (1..=n).map(|i| Peer { id: i as u64, addr: format!("127.0.0.1:{}", base_port + i as u16 - 1) }).collect();
     let mut out = Vec::new();
@@ -53,6 +54,7 @@ pub fn write_master_configs(dir: &Path, n: u32, base_port: u16) -> anyhow::Resul
             id: p.id,
             listen: p.addr.clone(),
             advertise: None,
+            http_listen: Some(format!("127.0.0.1:{}", base_port + 50 + p.id as u16 - 1)),
             data_dir: std::path::absolute(node_dir.join("data"))?,
             bootstrap: true,
             peers: peers.clone(),
@@ -76,7 +78,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let name = format!("master{}", i + 1);
         let log = cfg.with_file_name("master.log");
         let p = spawn(&name, &["master".into(), "--config".into(), cfg.display().to_string()], &log)?;
-        println!("{name:<10} {addr:<18} pid {:<8} log {}", p.child.id().unwrap_or(0), log.display());
+        let http = format!("http://127.0.0.1:{}", args.base_port + 50 + i as u16);
+        println!("{name:<10} {addr:<18} pid {:<8} {http}/metrics  log {}", p.child.id().unwrap_or(0), log.display());
         procs.push(p);
         addrs.push(addr.clone());
     }

@@ -69,7 +69,27 @@ impl Cluster {
         }
     }
 
-    async fn peer_status(&self, id: u64, addr: String) -> pb::MasterStatus {
+}
+
+/// Every member's status as seen from `node` (its own directly, the others over gRPC with a
+/// deadline), and the leader: the reachable master that says it leads in the highest term.
+pub async fn gather_status(node: &Node) -> pb::ClusterStatusResponse {
+    let m = node.metrics();
+    let members: Vec<(u64, String)> = m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+    let futs = members.into_iter().map(|(id, addr)| async move {
+        if id == node.id {
+            Cluster::local_status(node, false)
+        } else {
+            peer_status(node, id, addr).await
+        }
+    });
+    let masters: Vec<pb::MasterStatus> = futures::future::join_all(futs).await;
+    let leader = masters.iter().filter(|s| s.reachable && s.role == "leader").max_by_key(|s| s.term);
+    let (leader_id, leader_addr) = leader.map(|l| (l.id, l.addr.clone())).unwrap_or_default();
+    pb::ClusterStatusResponse { masters, leader_id, leader_addr }
+}
+
+async fn peer_status(node: &Node, id: u64, addr: String) -> pb::MasterStatus {
         let unreachable = |error: String| pb::MasterStatus {
             id,
             addr: addr.clone(),
@@ -78,7 +98,7 @@ impl Cluster {
             error,
             ..Default::default()
         };
-        let chan = match self.node.channels.get(&addr) {
+        let chan = match node.channels.get(&addr) {
             Ok(c) => c,
             Err(e) => return unreachable(e.to_string()),
         };
@@ -89,7 +109,9 @@ impl Cluster {
             Ok(Err(s)) => unreachable(s.message().to_string()),
             Err(_) => unreachable("timed out".into()),
         }
-    }
+}
+
+impl Cluster {
 
     async fn change_membership_local(&self, add: Option<(u64, String)>, remove: Option<u64>) -> Result<pb::MembershipResponse, LocalError> {
         let m = self.node.metrics();
@@ -131,21 +153,7 @@ impl Cluster {
 #[tonic::async_trait]
 impl ClusterService for Cluster {
     async fn cluster_status(&self, _req: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        let m = self.node.metrics();
-        let members: Vec<(u64, String)> =
-            m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
-        let futs = members.into_iter().map(|(id, addr)| async move {
-            if id == self.node.id {
-                Self::local_status(&self.node, false)
-            } else {
-                self.peer_status(id, addr).await
-            }
-        });
-        let masters: Vec<pb::MasterStatus> = futures::future::join_all(futs).await;
-        // The leader is the reachable master that says it leads in the highest term.
-        let leader = masters.iter().filter(|s| s.reachable && s.role == "leader").max_by_key(|s| s.term);
-        let (leader_id, leader_addr) = leader.map(|l| (l.id, l.addr.clone())).unwrap_or_default();
-        Ok(Response::new(pb::ClusterStatusResponse { masters, leader_id, leader_addr }))
+        Ok(Response::new(gather_status(&self.node).await))
     }
 
     async fn node_status(&self, req: Request<pb::NodeStatusRequest>) -> Result<Response<pb::MasterStatus>, Status> {

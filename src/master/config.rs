@@ -17,6 +17,9 @@ pub struct MasterConfig {
     /// Address peers and clients reach this master at; defaults to `listen`.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// Address of the HTTP endpoints `/metrics` (Prometheus) and `/status` (JSON); off when unset.
+    #[serde(default)]
+    pub http_listen: Option<String>,
     /// Where the Raft log, vote and snapshots live (a sled database).
     pub data_dir: PathBuf,
     /// Initialise a new cluster from `peers` on first start. Set false on a master that joins an
@@ -112,6 +115,9 @@ impl MasterConfig {
         }
         if let Some(v) = get("TRIAD_MASTER_DATA_DIR") {
             self.data_dir = v.into();
+        }
+        if let Some(v) = get("TRIAD_MASTER_HTTP_LISTEN") {
+            self.http_listen = Some(v);
         }
         if let Some(v) = get("TRIAD_MASTER_BOOTSTRAP") {
             self.bootstrap = v.parse().with_context(|| format!("TRIAD_MASTER_BOOTSTRAP={v:?} is not true/false"))?;

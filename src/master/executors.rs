@@ -78,6 +78,7 @@ impl Executors {
         match current.map(|e| e.state) {
             Some(s @ (ExecutorState::Alive | ExecutorState::Draining)) => {
                 self.liveness.seen(&h.executor_id, Instant::now());
+                crate::metrics::get().heartbeats.inc();
                 let skip = crate::chaos::on(crate::chaos::Bug::SkipFencing);
                 Ok(pb::HeartbeatResponse {
                     kill_tokens: if skip { Vec::new() } else { stale_tokens(state, &h.executor_id, &h.attempts) },
@@ -107,11 +108,15 @@ impl Executors {
                 error: (!r.error.is_empty()).then(|| r.error.clone()),
                 now,
             },
-            Kind::Lost => Command::TaskLost { job, index, token, reason: r.error.clone(), now },
+            Kind::Lost => {
+                crate::metrics::get().reschedules.with_label_values(&["reported_lost"]).inc();
+                Command::TaskLost { job, index, token, reason: r.error.clone(), now }
+            }
         };
         Ok(match self.node.write_one(cmd).await? {
             Ok(_) => pb::ReportTaskResponse { accepted: true, kill: false, message: String::new() },
             Err(rej @ Rejection::StaleToken { .. }) => {
+                crate::metrics::get().fencing_rejections.inc();
                 tracing::info!(executor = %r.executor_id, job = %r.job_id, task = index, token, "fenced: {rej}");
                 let kill = !crate::chaos::on(crate::chaos::Bug::SkipFencing);
                 pb::ReportTaskResponse { accepted: true, kill, message: rej.to_string() }

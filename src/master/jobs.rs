@@ -48,7 +48,17 @@ impl Jobs {
             let _ = self.node.raft.client_write_ff(crate::raft::Request { commands: vec![cmd] }).await;
             return Ok(pb::SubmitJobResponse { job_id: id.to_string(), created: true });
         }
-        match self.node.write_one(cmd).await? {
+        let started = std::time::Instant::now();
+        let m = crate::metrics::get();
+        let r = self.node.write_one(cmd).await?;
+        let result = match &r {
+            Ok(Outcome::Submitted { created: true, .. }) => "created",
+            Ok(_) => "existing",
+            Err(_) => "rejected",
+        };
+        m.submissions.with_label_values(&[result]).inc();
+        m.submit_seconds.with_label_values(&[result]).observe(started.elapsed().as_secs_f64());
+        match r {
             Ok(Outcome::Submitted { id, created }) => Ok(pb::SubmitJobResponse { job_id: id.to_string(), created }),
             Ok(other) => Err(Status::internal(format!("unexpected outcome {other:?}")).into()),
             Err(r) => Err(rejection_to_status(&r).into()),

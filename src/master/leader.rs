@@ -196,18 +196,26 @@ impl Duties {
                 .collect();
             (dead, plan.assignments, to_start, to_stop, to_lose)
         };
+        let m = crate::metrics::get();
         for cmd in &dead {
             if let Command::ExecutorDead { id, .. } = cmd {
                 tracing::warn!(executor = %id, ttl_ms = self.ttl.as_millis() as u64, "executor silent past its TTL: declaring it dead");
+                let lost = self.node.applied.read().expect("poisoned").state.live_attempts_on(id).len();
+                m.reschedules.with_label_values(&["executor_dead"]).inc_by(lost as u64);
             }
         }
+        m.reschedules.with_label_values(&["start_failed"]).inc_by(to_lose.len() as u64);
+        m.placements.inc_by(placements.len() as u64);
         let mut commands = dead;
         commands.extend(to_lose);
         if !placements.is_empty() {
             commands.push(Command::AssignTasks { assignments: placements, now: wall });
         }
         if !commands.is_empty() {
-            self.node.write(commands).await?;
+            let r = self.node.write(commands).await;
+            let label = if r.is_ok() { "ok" } else { "error" };
+            m.schedule_seconds.with_label_values(&[label]).observe(now.elapsed().as_secs_f64());
+            r?;
         }
         for req in to_start {
             self.start(req);
@@ -260,6 +268,7 @@ impl Duties {
         let channels = self.node.channels.clone();
         tokio::spawn(async move {
             let token = req.token;
+            let started = Instant::now();
             let res = async {
                 let chan = channels.get(&addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
                 let mut r = tonic::Request::new(req);
@@ -269,6 +278,8 @@ impl Duties {
                     .map_err(|_| tonic::Status::deadline_exceeded("start timed out"))?
             }
             .await;
+            let label = if res.is_ok() { "ok" } else { "error" };
+            crate::metrics::get().dispatch_seconds.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
             let _ = tx.send(match res {
                 Ok(_) => DispatchResult::Started(token),
                 Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::InvalidArgument) => {

@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod config;
 pub mod executors;
+pub mod http;
 pub mod jobs;
 pub mod leader;
 pub mod liveness;
@@ -70,6 +71,14 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
     let node = Arc::new(Node::new(cfg.id, addr.clone(), raft.clone(), applied, channels, cfg.leader_wait()));
 
     let listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let http = match &cfg.http_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.with_context(|| format!("binding http {addr}"))?;
+            tracing::info!(http = %addr, "serving /metrics and /status");
+            Some(tokio::spawn(http::serve(node.clone(), l, shutdown.clone())))
+        }
+        None => None,
+    };
     tracing::info!(id = cfg.id, listen = %cfg.listen, advertise = %addr, data_dir = %cfg.data_dir.display(), "master starting");
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -77,7 +86,8 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building reflection service")?;
-    tokio::spawn(health::track(raft.clone(), health_reporter, shutdown.clone()));
+    let lease = Duration::from_millis(cfg.raft.election_max_ms * 2);
+    tokio::spawn(health::track(raft.clone(), health_reporter, lease, shutdown.clone()));
     let liveness = std::sync::Arc::new(liveness::Liveness::default());
     let duties = tokio::spawn(leader::watch(node.clone(), liveness.clone(), cfg.executors.clone(), shutdown.clone()));
 
@@ -118,6 +128,9 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
         Err(_) => tracing::warn!("server did not stop within {STOP_GRACE:?}"),
     }
     let _ = tokio::time::timeout(STOP_GRACE, duties).await;
+    if let Some(h) = http {
+        let _ = tokio::time::timeout(STOP_GRACE, h).await;
+    }
     if tokio::time::timeout(STOP_GRACE, raft.shutdown()).await.is_err() {
         tracing::warn!("raft did not stop within {STOP_GRACE:?}");
     }
@@ -126,7 +139,12 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
 }
 
 mod health {
-    //! gRPC health: SERVING only while this master sees a leader (it is part of a working quorum).
+    //! gRPC health: SERVING only while this master is part of a working quorum: it knows a leader
+    //! and, if it is the leader, a quorum acknowledged it recently (a leader cut off from the
+    //! others keeps believing it leads; the lease check catches that). Re-evaluated on every Raft
+    //! metrics change and on a tick, since a lease expires without any change.
+
+    use std::time::Duration;
 
     use openraft::ServerState;
     use tonic_health::server::HealthReporter;
@@ -136,13 +154,23 @@ mod health {
     use crate::raft::Raft;
     use crate::shutdown::Shutdown;
 
-    pub async fn track(raft: Raft, reporter: HealthReporter, mut shutdown: Shutdown) {
+    pub async fn track(raft: Raft, reporter: HealthReporter, lease: Duration, mut shutdown: Shutdown) {
         let mut rx = raft.metrics();
         let mut last = None;
+        let mut term = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             let healthy = {
                 let m = rx.borrow_and_update();
-                m.current_leader.is_some() && m.state != ServerState::Shutdown && m.state != ServerState::Candidate
+                if m.current_term > term {
+                    if term > 0 {
+                        crate::metrics::get().elections.inc_by(m.current_term - term);
+                    }
+                    term = m.current_term;
+                }
+                let lease_ok = m.state != ServerState::Leader
+                    || m.millis_since_quorum_ack.is_some_and(|ms| ms < lease.as_millis() as u64);
+                m.current_leader.is_some() && lease_ok && m.state != ServerState::Shutdown && m.state != ServerState::Candidate
             };
             if last != Some(healthy) {
                 let status = if healthy { ServingStatus::Serving } else { ServingStatus::NotServing };
@@ -152,6 +180,7 @@ mod health {
             }
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return },
+                _ = tick.tick() => {}
                 _ = shutdown.wait() => return,
             }
         }

@@ -42,6 +42,8 @@ pub struct Master {
     pub config: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
+    /// Its HTTP endpoints (`/metrics`, `/status`).
+    pub http: Option<String>,
 }
 
 pub struct Cluster {
@@ -53,7 +55,8 @@ impl Cluster {
     /// Starts `n` masters; `tweak` adjusts each config before it is written.
     pub fn start(n: usize, tweak: impl Fn(&mut MasterConfig)) -> Cluster {
         let dir = tempfile::Builder::new().prefix("triad-test-").tempdir().expect("tempdir");
-        let ports = free_ports(n);
+        let all = free_ports(2 * n);
+        let (ports, http_ports) = all.split_at(n);
         let peers: Vec<Peer> =
             ports.iter().enumerate().map(|(i, p)| Peer { id: i as u64 + 1, addr: format!("127.0.0.1:{p}") }).collect();
         let mut masters = Vec::new();
@@ -64,6 +67,7 @@ impl Cluster {
                 id: p.id,
                 listen: p.addr.clone(),
                 advertise: None,
+                http_listen: Some(format!("127.0.0.1:{}", http_ports[p.id as usize - 1])),
                 data_dir: node_dir.join("data"),
                 bootstrap: true,
                 peers: peers.clone(),
@@ -73,7 +77,8 @@ impl Cluster {
             tweak(&mut cfg);
             let config = node_dir.join("master.toml");
             std::fs::write(&config, toml::to_string(&cfg).unwrap()).unwrap();
-            masters.push(Master { id: p.id, addr: p.addr.clone(), config, log: node_dir.join("master.log"), child: None });
+            let http = cfg.http_listen.clone();
+            masters.push(Master { id: p.id, addr: p.addr.clone(), config, log: node_dir.join("master.log"), child: None, http });
         }
         let mut c = Cluster { dir, masters };
         for id in 1..=n as u64 {
@@ -92,6 +97,7 @@ impl Cluster {
             id,
             listen: addr.clone(),
             advertise: None,
+            http_listen: None,
             data_dir: node_dir.join("data"),
             bootstrap: false,
             peers: Vec::new(),
@@ -100,7 +106,7 @@ impl Cluster {
         };
         let config = node_dir.join("master.toml");
         std::fs::write(&config, toml::to_string(&cfg).unwrap()).unwrap();
-        self.masters.push(Master { id, addr: addr.clone(), config, log: node_dir.join("master.log"), child: None });
+        self.masters.push(Master { id, addr: addr.clone(), config, log: node_dir.join("master.log"), child: None, http: None });
         self.restart(id);
         addr
     }
@@ -322,4 +328,34 @@ pub fn alive(pid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The state field follows the parenthesised command name.
     !matches!(stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()), Some(Some('Z')) | None | Some(None))
+}
+
+/// A plain HTTP/1.0 GET (bounded): returns the body of a 200 response.
+pub async fn http_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.lines().next().is_some_and(|l| l.contains(" 200 ")).then(|| body.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut).await.ok().flatten()
+}
+
+/// The gRPC health status of a master ("" service): Some(true) when SERVING.
+pub async fn grpc_serving(addr: &str) -> Option<bool> {
+    use tonic_health::pb::health_client::HealthClient;
+    let chan = triad::raft::network::channel(addr).ok()?;
+    let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest { service: String::new() });
+    req.set_timeout(Duration::from_secs(2));
+    let r = tokio::time::timeout(Duration::from_secs(2), HealthClient::new(chan).check(req)).await.ok()?.ok()?;
+    Some(r.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+}
+
+/// The value of one sample line (`name{labels} value`) in a Prometheus text page.
+pub fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
 }

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Deployment test (issue 5, "done" 1): builds the image, brings up cluster-config/docker-compose.yml
+# (3 masters + 2 executors), submits a job through each master in turn, kills the leader's
+# container, sees a new leader and a job that spans the kill finish `succeeded`, restarts the
+# killed master and sees it rejoin, then tears everything down (also on failure).
+#
+#   tests/deploy/compose-test.sh
+#
+# Needs: docker (daemon running), docker-compose, jq, busybox (busybox-static), cargo; run as a
+# user that may use docker. The masters are reached from the host through ports published on
+# 127.0.0.1 (the first free of 27101.., override with TRIAD_TEST_PORT_BASE).
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+compose_file="$repo/cluster-config/docker-compose.yml"
+project="triaddeploytest"
+export TRIAD_IMAGE="${TRIAD_IMAGE:-triad:latest}"
+triad="$repo/target/release/triad"
+t0=$SECONDS
+passed=0
+
+log() { printf '[compose-test %3ds] %s\n' "$((SECONDS - t0))" "$*"; }
+fail() { echo "compose-test: FAIL: $*" >&2; exit 1; }
+ok() { passed=$((passed + 1)); log "ok: $*"; }
+
+for tool in docker docker-compose jq; do
+  command -v "$tool" >/dev/null || fail "$tool not found"
+done
+docker info >/dev/null 2>&1 || fail "cannot reach the docker daemon (is it running, may this user use it?)"
+
+dc() { timeout 180 docker-compose -p "$project" -f "$compose_file" "$@"; }
+
+cleanup() {
+  local rc=$?
+  if [[ $rc -ne 0 ]]; then
+    echo "compose-test: failed (exit $rc); last log lines of every container:" >&2
+    dc logs --no-color --tail=40 >&2 2>&1 || true
+  fi
+  log "tearing down"
+  dc down -v --remove-orphans >/dev/null 2>&1 || echo "compose-test: warning: docker-compose down failed" >&2
+  exit $rc
+}
+
+# --- host ports for the three masters -----------------------------------------------------------
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+base="${TRIAD_TEST_PORT_BASE:-27101}"
+for _ in $(seq 1 50); do
+  if ! port_busy "$base" && ! port_busy $((base + 1)) && ! port_busy $((base + 2)); then break; fi
+  base=$((base + 10))
+done
+port_busy "$base" && fail "no free host ports found near ${TRIAD_TEST_PORT_BASE:-27101}"
+export TRIAD_HOST_IP=127.0.0.1 TRIAD_HOST_PORT1=$base TRIAD_HOST_PORT2=$((base + 1)) TRIAD_HOST_PORT3=$((base + 2))
+addr() { echo "127.0.0.1:$((base + $1 - 1))"; }   # host address of master N
+all_masters="$(addr 1),$(addr 2),$(addr 3)"
+
+# --- image ----------------------------------------------------------------------------------------
+log "building the image $TRIAD_IMAGE"
+"$repo/cluster-config/docker/build.sh" || fail "cluster-config/docker/build.sh failed"
+[[ -x "$triad" ]] || fail "no host binary at $triad"
+
+# A leftover of an interrupted run would hold the fixed subnet.
+dc down -v --remove-orphans >/dev/null 2>&1 || true
+trap cleanup EXIT
+
+log "docker-compose up (masters on $all_masters)"
+dc up -d || fail "docker-compose up failed (is 172.28.0.0/24 used by another docker network?)"
+
+# --- helpers --------------------------------------------------------------------------------------
+status_json() { timeout 10 "$triad" cluster status -o json --masters "$1" 2>/dev/null; }
+
+# wait_for DESCRIPTION SECONDS COMMAND...: runs COMMAND every 0.2 s until it succeeds or time runs out.
+wait_for() {
+  local what="$1" secs="$2"; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@"; do
+    [[ $SECONDS -lt $deadline ]] || fail "timed out after ${secs}s waiting for $what"
+    sleep 0.2
+  done
+}
+
+leader_id=0; leader_term=0
+# Sets leader_id/leader_term from the view of master at $1; succeeds when there is a leader that
+# every master in the view agrees on, no older than term $2 and not master $3.
+have_leader() {
+  local s; s="$(status_json "$1")" || return 1
+  local id term
+  id="$(jq -r '.leader_id' <<<"$s")"; [[ "$id" != 0 && "$id" != null ]] || return 1
+  term="$(jq -r --argjson id "$id" '.masters[] | select(.id == $id) | .term' <<<"$s")"
+  [[ "$term" -gt "${2:-0}" && "$id" != "${3:-0}" ]] || return 1
+  leader_id=$id; leader_term=$term
+}
+alive_executors() {
+  local n
+  n="$(timeout 10 "$triad" executor list -o json --masters "$all_masters" 2>/dev/null | jq '[.[] | select(.state == "alive")] | length')" || return 1
+  [[ "$n" -ge 2 ]]
+}
+job_field() { timeout 30 "$triad" job get "$2" -o json --masters "$1" | jq -r ".$3"; }
+job_running() { [[ "$(job_field "$1" "$2" state 2>/dev/null)" == running ]]; }
+all_reachable() {
+  local s; s="$(status_json "$1")" || return 1
+  [[ "$(jq '[.masters[] | select(.reachable and (.role == "leader" or .role == "follower"))] | length' <<<"$s")" == 3 ]] || return 1
+  # and the restarted master has caught up with the leader's applied index
+  [[ "$(jq '[.masters[].applied_index] | unique | length' <<<"$s")" == 1 ]]
+}
+
+# --- 1. a leader, and both executors --------------------------------------------------------------
+wait_for "a leader" 60 have_leader "$(addr 1)"
+ok "leader elected: master$leader_id (term $leader_term)"
+wait_for "two alive executors" 60 alive_executors
+ok "two executors registered"
+
+# --- 2. a job through each master in turn -----------------------------------------------------------
+for i in 1 2 3; do
+  out="$(timeout 60 "$triad" job submit --wait --masters "$(addr "$i")" -- echo "hello via master$i")" \
+    || fail "job submitted through master$i did not succeed: ${out:-no output}"
+  id="$(tail -n1 <<<"$out")"
+  state="$(job_field "$(addr "$i")" "$id" state)"
+  [[ "$state" == succeeded ]] || fail "job $id through master$i is $state, want succeeded"
+  # Its output, read from the executor inside the compose network.
+  logs="$(dc exec -T "master$i" triad job logs "$id")" || fail "triad job logs $id inside master$i failed"
+  [[ "$logs" == "hello via master$i" ]] || fail "job $id printed '$logs', want 'hello via master$i'"
+  ok "job $id through master$i succeeded and printed its line"
+done
+
+# --- 3. kill the leader while a job runs ---------------------------------------------------------------
+old_leader=$leader_id; old_term=$leader_term
+survivor=$(( old_leader % 3 + 1 ))                    # any master but the leader
+survivors="$(for i in 1 2 3; do [[ $i == "$old_leader" ]] || printf '%s,' "$(addr "$i")"; done)"
+survivors="${survivors%,}"
+
+long_id="$(timeout 30 "$triad" job submit --masters "$(addr "$survivor")" --shell -- 'sleep 6; echo spanned the failover')" \
+  || fail "submitting the long job failed"
+wait_for "the long job to start running" 30 job_running "$(addr "$survivor")" "$long_id"
+
+container="$(dc ps -q "master$old_leader")"
+[[ -n "$container" ]] || fail "no container for master$old_leader"
+kill_ms=$(( $(date +%s%N) / 1000000 ))
+docker kill "$container" >/dev/null || fail "docker kill of master$old_leader failed"
+log "killed the leader's container (master$old_leader, term $old_term)"
+
+wait_for "a new leader after the kill" 30 have_leader "$(addr "$survivor")" "$old_term" "$old_leader"
+failover_ms=$(( $(date +%s%N) / 1000000 - kill_ms ))
+ok "new leader: master$leader_id (term $leader_term), seen ${failover_ms} ms after the kill"
+
+timeout 90 "$triad" job wait "$long_id" --masters "$survivors" >/dev/null \
+  || fail "job $long_id, running when the leader was killed, did not succeed: $(job_field "$survivors" "$long_id" state 2>&1)"
+finished="$(job_field "$survivors" "$long_id" finished_at_ms)"
+[[ "$finished" -gt "$kill_ms" ]] || fail "job $long_id finished before the kill ($finished <= $kill_ms): it did not span the failover"
+ok "job $long_id spanned the leader kill and succeeded"
+
+out="$(timeout 60 "$triad" job submit --wait --masters "$survivors" -- echo after the failover)" \
+  || fail "a job submitted after the failover did not succeed: ${out:-no output}"
+ok "job $(tail -n1 <<<"$out") submitted after the failover succeeded"
+
+# --- 4. the killed master comes back and catches up -------------------------------------------------------
+docker start "$container" >/dev/null || fail "docker start of master$old_leader failed"
+wait_for "master$old_leader to rejoin and catch up" 60 all_reachable "$(addr "$old_leader")"
+ok "master$old_leader restarted from its volume and caught up"
+
+log "all checks passed in $((SECONDS - t0)) s"
+echo "compose-test: $passed passed, 0 failed"
