@@ -7,11 +7,13 @@
 //!   fine). An attempt with no `end` is open until +infinity, unless the final read shows it
 //!   fenced (`lost`, `cancelled` or `failed`): a fenced attempt is killed, never writes `end`,
 //!   and is taken to end when the task's next attempt recorded its `start`.
-//! - **No stale work**: when the task has a succeeded attempt (final read), an `end` from any
-//!   other token means the work was done twice (reported as "stale" when that `end` came after a
-//!   later attempt had started, i.e. from a token that was already superseded); a token ending
-//!   twice is also work done twice; and the succeeded token itself must have recorded its `end`
-//!   (a success nobody did the work for is a stale report accepted).
+//! - **No stale work**: when the task has a succeeded attempt (final read), an `end` from another
+//!   token that came after a later attempt had started is work done by a superseded (stale) token:
+//!   a violation. An `end` from an earlier token *before* the next attempt started is a sequential
+//!   re-run (the executor died after the work but before its report landed): at-least-once
+//!   execution, which the SPEC allows; it is counted (`sequential_reruns`), not failed. A token
+//!   ending twice is a violation, and the succeeded token itself must have recorded its `end` (a
+//!   success nobody did the work for is a stale report accepted).
 //!
 //! Assumptions: attempts that recorded nothing are invisible here; an `end` without a `start`,
 //! an `end` before its `start` and unknown events are reported as malformed (violations). Without
@@ -136,14 +138,15 @@ pub fn no_overlapping_attempts(history: &[Op], effects: &[SideEffect]) -> Verdic
             for (&token, a) in atts.iter().filter(|(&t, a)| t != won && !a.ends.is_empty()) {
                 let end = a.ends.iter().max().copied().unwrap_or(0);
                 let superseded = atts.iter().any(|(&t, b)| t > token && b.starts.iter().any(|&s| s < end));
-                twice += 1;
-                if superseded {
-                    stale += 1;
+                if !superseded {
+                    // Sequential re-run: finished before any later attempt began (at-least-once).
+                    twice += 1;
+                    continue;
                 }
+                stale += 1;
                 r.violation(format!(
-                    "work done twice: {name}: token {token} (attempt {}) ended at {end}{} but token {won} is the one that succeeded",
+                    "work done twice: {name}: token {token} (attempt {}) ended at {end} from a stale token, after a later attempt started, but token {won} is the one that succeeded",
                     a.number,
-                    if superseded { " from a stale token, after a later attempt started," } else { "" },
                 ));
             }
         }
@@ -163,7 +166,7 @@ pub fn no_overlapping_attempts(history: &[Op], effects: &[SideEffect]) -> Verdic
     r.stat("tasks", tasks.len());
     r.stat("attempts", tasks.values().map(BTreeMap::len).sum::<usize>());
     r.stat("overlaps", overlaps);
-    r.stat("duplicate_completions", twice);
+    r.stat("sequential_reruns", twice);
     r.stat("stale_ends", stale);
     r.stat("open_attempts", open);
     r.stat("unrecorded_successes", unrecorded as usize);
@@ -225,8 +228,8 @@ mod tests {
     }
 
     #[test]
-    fn double_completion_fails() {
-        // Attempt 1 finished its work but was lost; attempt 2 did it again and succeeded.
+    fn a_sequential_rerun_after_a_lost_report_is_counted_not_failed() {
+        // Attempt 1 finished its work but its report was lost; attempt 2 did it again, later.
         let v = run(
             vec![att(1, 3, "lost"), att(2, 8, "succeeded")],
             "succeeded",
@@ -237,9 +240,8 @@ mod tests {
                 se("end", "j", 0, 2, 8, 900),
             ],
         );
-        assert!(!v.valid);
-        assert!(mentions(&v, "work done twice"), "{v:?}");
-        assert_eq!(v.stats["duplicate_completions"], 1usize.into());
+        assert!(v.valid, "{v:?}");
+        assert_eq!(v.stats["sequential_reruns"], 1usize.into());
         assert_eq!(v.stats["stale_ends"], 0usize.into());
     }
 
