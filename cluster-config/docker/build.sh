@@ -113,7 +113,7 @@ docker import \
   --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
   --change "USER $uid:$uid" \
   --change 'WORKDIR /var/lib/triad' \
-  --change 'EXPOSE 7101 7201' \
+  --change 'EXPOSE 7101 7201 9101' \
   --change 'ENTRYPOINT ["/usr/local/bin/triad"]' \
   --change 'CMD ["--help"]' \
   "$tar_img" "$image" >/dev/null

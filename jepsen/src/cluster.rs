@@ -18,17 +18,10 @@ use crate::recorder::Recorder;
 pub const MASTER_PORT: u16 = 7100;
 pub const EXECUTOR_PORT: u16 = 7200;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Master,
-    Executor,
-}
-
 pub struct Node {
     /// Raft id for masters (1..), 1.. for executors too (their own numbering).
     pub id: u64,
     pub name: String,
-    pub role: Role,
     pub host: Host,
     /// ip:port of its gRPC server.
     pub addr: String,
@@ -89,7 +82,7 @@ impl Cluster {
                 env,
                 log: dir.join("master.log"),
             };
-            masters.push(Node { id, name: h.name.clone(), role: Role::Master, host: (*h).clone(), addr, proc: Proc::new(&h.name, spec) });
+            masters.push(Node { id, name: h.name.clone(), host: (*h).clone(), addr, proc: Proc::new(&h.name, spec) });
         }
         let mut executors = Vec::new();
         for (i, h) in exec_hosts.iter().enumerate() {
@@ -120,7 +113,6 @@ impl Cluster {
             executors.push(Node {
                 id: i as u64 + 1,
                 name: h.name.clone(),
-                role: Role::Executor,
                 host: (*h).clone(),
                 addr,
                 proc: Proc::new(&h.name, spec),
@@ -198,15 +190,6 @@ impl Cluster {
                 }
             }
         }
-    }
-
-    /// Every node's (name, log text).
-    pub fn logs(&self) -> Vec<(String, String)> {
-        self.masters
-            .iter()
-            .chain(self.executors.iter())
-            .map(|n| (n.name.clone(), std::fs::read_to_string(n.proc.log_path()).unwrap_or_default()))
-            .collect()
     }
 }
 

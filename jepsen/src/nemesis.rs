@@ -41,13 +41,16 @@ pub enum Fault {
     /// SIGKILL an executor and everything on its host (its attempts too: a host crash); restart
     /// the executor on heal.
     ExecutorKill,
+    /// SIGKILL only an executor's process: its attempts live on as orphans (a daemon crash, not
+    /// a host crash); restart it on heal.
+    ExecutorCrash,
     /// SIGSTOP an executor process (its running attempts go on); SIGCONT on heal.
     ExecutorPause,
     /// Cut an executor off from every other host (its attempts go on).
     ExecutorPartition,
 }
 
-pub const ALL: [Fault; 13] = [
+pub const ALL: [Fault; 14] = [
     Fault::Kill,
     Fault::KillLeader,
     Fault::Pause,
@@ -59,6 +62,7 @@ pub const ALL: [Fault; 13] = [
     Fault::Loss,
     Fault::Restart,
     Fault::ExecutorKill,
+    Fault::ExecutorCrash,
     Fault::ExecutorPause,
     Fault::ExecutorPartition,
 ];
@@ -77,14 +81,10 @@ impl Fault {
             Fault::Loss => "loss",
             Fault::Restart => "restart",
             Fault::ExecutorKill => "executor-kill",
+            Fault::ExecutorCrash => "executor-crash",
             Fault::ExecutorPause => "executor-pause",
             Fault::ExecutorPartition => "executor-partition",
         }
-    }
-
-    /// Faults whose target is (or may be) the leader count for failover times.
-    pub fn hits_masters(self) -> bool {
-        !matches!(self, Fault::ExecutorKill | Fault::ExecutorPause | Fault::ExecutorPartition | Fault::Loss)
     }
 }
 
@@ -325,6 +325,12 @@ impl Nemesis {
                 let node = c.node_mut(&t);
                 crate::net::kill_ns_processes(&node.host.ns);
                 node.proc.kill().await?;
+                Ok((rec, Undo::Restart(vec![t])))
+            }
+            Fault::ExecutorCrash => {
+                let Some(t) = random_executor else { bail!("no executors") };
+                let rec = self.start_record(f, vec![t.clone()], format!("{t} (its attempts live on)"), leader);
+                self.cluster.lock().await.node_mut(&t).proc.kill().await?;
                 Ok((rec, Undo::Restart(vec![t])))
             }
             Fault::ExecutorPause => {

@@ -3,7 +3,7 @@
 //! for guaranteed cleanup.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -153,9 +153,5 @@ impl Proc {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         bail!("{} did not exit within {bound:?}", self.name)
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.spec.log
     }
 }

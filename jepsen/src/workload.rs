@@ -78,16 +78,23 @@ enum Kind {
     Cancel(String, String),
 }
 
-/// Codes after which the op certainly did not happen.
+/// Codes after which a submit certainly did not happen (a rejected request).
 fn definite(code: Code) -> bool {
-    matches!(code, Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated | Code::Unimplemented | Code::FailedPrecondition)
+    matches!(code, Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated | Code::Unimplemented)
+}
+
+/// For reads and cancels also `FAILED_PRECONDITION`: the state machine applied the command and
+/// rejected it (e.g. cancelling a job that already finished), which changed nothing.
+fn definite_rejection(code: Code) -> bool {
+    definite(code) || code == Code::FailedPrecondition
 }
 
 impl Workload {
     fn client(&self, worker: usize) -> anyhow::Result<Client> {
         // Each worker prefers a different master first (the client sticks to one that answers).
         let mut m = self.masters.clone();
-        m.rotate_left(worker % m.len().max(1));
+        let n = m.len().max(1);
+        m.rotate_left(worker % n);
         let mut c = Client::new(m)?;
         c.call_timeout = self.params.call_timeout;
         c.retry_for = self.params.retry_for;
@@ -176,7 +183,7 @@ impl Workload {
                 let (t, state) = match r {
                     Ok(Ok(job)) => (OpType::Ok, Some(job.state)),
                     Ok(Err(s)) if s.code() == Code::NotFound => (OpType::Ok, Some("not-found".to_string())),
-                    Ok(Err(s)) if definite(s.code()) => (OpType::Fail, None),
+                    Ok(Err(s)) if definite_rejection(s.code()) => (OpType::Fail, None),
                     _ => (OpType::Info, None),
                 };
                 rec.record(process, t, Call::Read { key, job_id, state });
@@ -188,7 +195,7 @@ impl Workload {
                 let (t, state) = match r {
                     Ok(Ok(resp)) => (OpType::Ok, Some(resp.state)),
                     Ok(Err(s)) if s.code() == Code::NotFound => (OpType::Ok, Some("not-found".to_string())),
-                    Ok(Err(s)) if definite(s.code()) => (OpType::Fail, None),
+                    Ok(Err(s)) if definite_rejection(s.code()) => (OpType::Fail, None),
                     _ => (OpType::Info, None),
                 };
                 rec.record(process, t, Call::Cancel { key, job_id, state });
@@ -210,13 +217,19 @@ impl Workload {
         let mut process = self.rec.new_process();
         // Each worker issues rate/concurrency ops per second on average (exponential gaps).
         let mean = self.params.concurrency as f64 / self.params.rate.max(0.001);
+        let mut next = Instant::now();
         loop {
             let gap: f64 = -mean * (1.0 - rng.gen::<f64>()).ln();
-            let at = Instant::now() + Duration::from_secs_f64(gap.min(10.0 * mean));
-            if at >= until {
+            next += Duration::from_secs_f64(gap.min(10.0 * mean));
+            // Slow ops (faults) delay the schedule; catch up with at most a second of backlog.
+            let now = Instant::now();
+            if next + Duration::from_secs(1) < now {
+                next = now;
+            }
+            if next >= until {
                 return;
             }
-            tokio::time::sleep_until(at.into()).await;
+            tokio::time::sleep_until(next.into()).await;
             let kind = self.choose(&mut rng);
             if self.op(&client, process, kind, &mut rng).await == OpType::Info {
                 process = self.rec.new_process();

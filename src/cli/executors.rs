@@ -11,20 +11,27 @@ use crate::api::pb::executor_service_client::ExecutorServiceClient;
 use crate::api::pb::worker_service_client::WorkerServiceClient;
 use crate::api::pb;
 use crate::client::{parse_masters, Client};
+use crate::executor::config::ExecutorFile;
 use crate::executor::ExecutorConfig;
 
 pub async fn run(a: ExecutorRunArgs) -> anyhow::Result<()> {
-    let masters = parse_masters(a.m.masters.as_deref().unwrap_or_default())?;
-    let cfg = ExecutorConfig {
-        masters,
-        slots: a.slots,
-        cpu_millis: a.cpu,
-        memory_mib: a.memory,
-        labels: a.labels.into_iter().collect(),
-        work_dir: a.work_dir,
-        listen: a.listen,
-        advertise: a.advertise,
+    // Precedence: flags > environment > file > defaults. (--masters reads TRIAD_MASTERS itself.)
+    let mut f = match &a.config {
+        Some(path) => ExecutorFile::load(path)?,
+        None => ExecutorFile::default(),
     };
+    f.apply_env(|k| std::env::var(k).ok())?;
+    if let Some(m) = a.m.masters.as_deref() {
+        f.masters = parse_masters(m)?;
+    }
+    f.slots = a.slots.or(f.slots);
+    f.cpu_millis = a.cpu.or(f.cpu_millis);
+    f.memory_mib = a.memory.or(f.memory_mib);
+    f.labels.extend(a.labels);
+    f.work_dir = a.work_dir.or(f.work_dir);
+    f.listen = a.listen.or(f.listen);
+    f.advertise = a.advertise.or(f.advertise);
+    let cfg: ExecutorConfig = f.into_config()?;
     let (trigger, shutdown) = crate::shutdown::channel();
     tokio::spawn(async move {
         crate::shutdown::signal().await;

@@ -1,6 +1,7 @@
 //! The `triad` command line (SPEC "Command line"): argument parsing and one function per
 //! command. Errors reach the user as one line on stderr and a non-zero exit status.
 
+pub mod bench;
 pub mod dev;
 pub mod executors;
 pub mod output;
@@ -86,6 +87,47 @@ pub enum Cmd {
     /// The masters: status and membership.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Load generators for the performance figures (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Closed-loop durable submissions against a running cluster.
+    Submit {
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Pace to this many submissions per second in total (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[command(flatten)]
+        out: OutputArg,
+        #[command(flatten)]
+        m: MastersArg,
+    },
+    /// Submit -> first attempt running and submit -> succeeded, for trivial tasks on idle executors.
+    E2e {
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        #[command(flatten)]
+        out: OutputArg,
+        #[command(flatten)]
+        m: MastersArg,
+    },
+    /// The pure planner's throughput on a synthetic state.
+    Placement {
+        #[arg(long, default_value_t = 1000)]
+        executors: usize,
+        #[arg(long, default_value_t = 10000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        #[command(flatten)]
+        out: OutputArg,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -193,24 +235,27 @@ pub struct SubmitArgs {
 
 #[derive(Args, Debug)]
 pub struct ExecutorRunArgs {
-    /// Task slots offered.
-    #[arg(long, default_value_t = 4)]
-    pub slots: u32,
-    /// CPU millis offered.
-    #[arg(long, default_value_t = 4000)]
-    pub cpu: u32,
-    /// Memory offered, MiB.
-    #[arg(long, default_value_t = 4096)]
-    pub memory: u64,
+    /// TOML config (see cluster-config/executor.toml); flags and TRIAD_EXECUTOR_* override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Task slots offered [default: 4].
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// CPU millis offered [default: 4000].
+    #[arg(long)]
+    pub cpu: Option<u32>,
+    /// Memory offered, MiB [default: 4096].
+    #[arg(long)]
+    pub memory: Option<u64>,
     /// Label (k=v) that job constraints can select on; repeatable.
     #[arg(long = "label", value_parser = parse_kv)]
     pub labels: Vec<(String, String)>,
-    /// Where the executor keeps its id and its attempts' output.
-    #[arg(long, default_value = "./triad-executor")]
-    pub work_dir: PathBuf,
-    /// Address of its worker API.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub listen: String,
+    /// Where the executor keeps its id and its attempts' output [default: ./triad-executor].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Address of its worker API [default: 127.0.0.1:0].
+    #[arg(long)]
+    pub listen: Option<String>,
     /// Address the leader reaches it at (defaults to the bound address).
     #[arg(long)]
     pub advertise: Option<String>,
@@ -278,7 +323,8 @@ fn st(s: Status) -> anyhow::Error {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRIAD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Human => b.init(),
         LogFormat::Json => b.json().init(),
@@ -310,6 +356,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Job(cmd) => job(cmd).await,
+        Cmd::Bench(cmd) => {
+            match cmd {
+                BenchCmd::Submit { concurrency, duration, rate, out, m } => {
+                    bench::submit(m.client()?, concurrency, duration, rate).await?.print(out.format)?
+                }
+                BenchCmd::E2e { count, out, m } => {
+                    let (running, done) = bench::e2e(m.client()?, count).await?;
+                    running.print(out.format)?;
+                    done.print(out.format)?;
+                }
+                BenchCmd::Placement { executors, tasks, rounds, out } => bench::placement(executors, tasks, rounds).print(out.format)?,
+            }
+            Ok(0)
+        }
         Cmd::Cluster(cmd) => cluster(cmd).await,
     }
 }

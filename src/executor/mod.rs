@@ -10,6 +10,7 @@
 //! - An attempt assigned under an older registration epoch is refused (the executor restarted).
 //! - On SIGTERM or drain: take no new work, hand back or finish what runs, deregister, clean up.
 
+pub mod config;
 pub mod runner;
 mod worker;
 

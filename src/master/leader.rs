@@ -89,6 +89,11 @@ struct Pending {
 
 struct Duties {
     node: Arc<Node>,
+    /// What the last full plan saw of the executors (ids, states, epochs, loads): when it is
+    /// unchanged, only newly submitted jobs can be placed, so a round plans just those.
+    executors_seen: u64,
+    /// Jobs up to this seq have been considered by a plan.
+    planned_seq: u64,
     liveness: Arc<Liveness>,
     ttl: Duration,
     starts: HashMap<Token, Pending>,
@@ -111,6 +116,8 @@ async fn run(node: Arc<Node>, liveness: Arc<Liveness>, timings: ExecutorTimings,
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut d = Duties {
         node: node.clone(),
+        executors_seen: 0,
+        planned_seq: 0,
         liveness,
         ttl: Duration::from_millis(timings.ttl_ms),
         starts: HashMap::new(),
@@ -121,16 +128,18 @@ async fn run(node: Arc<Node>, liveness: Arc<Liveness>, timings: ExecutorTimings,
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        // A tick plans everything (retry backoffs expire without any state change); other wakeups
+        // plan only what changed.
+        let full = tokio::select! {
             _ = stop.wait() => return,
-            _ = tick.tick() => {}
-            r = applied_rx.changed() => if r.is_err() { return },
-            Some(res) = rx.recv() => d.on_result(res),
-        }
+            _ = tick.tick() => true,
+            r = applied_rx.changed() => if r.is_err() { return } else { false },
+            Some(res) = rx.recv() => { d.on_result(res); false }
+        };
         while let Ok(res) = rx.try_recv() {
             d.on_result(res);
         }
-        if let Err(LocalError::NotLeader) = d.round().await {
+        if let Err(LocalError::NotLeader) = d.round(full).await {
             return;
         }
     }
@@ -165,7 +174,7 @@ impl Duties {
     }
 
     /// One pass: liveness, placement, dispatch. Returns NotLeader when leadership is gone.
-    async fn round(&mut self) -> Result<(), LocalError> {
+    async fn round(&mut self, full: bool) -> Result<(), LocalError> {
         let now = Instant::now();
         let wall = now_ms();
         let node = self.node.clone();
@@ -178,7 +187,15 @@ impl Duties {
                 .filter(|e| !self.liveness.is_fresh(&e.id, self.ttl, now))
                 .map(|e| Command::ExecutorDead { id: e.id.clone(), epoch: e.epoch, now: wall })
                 .collect();
-            let plan = scheduler::plan(&planner_input(state, &self.liveness, self.ttl, now, wall), MAX_PLACEMENTS_PER_ROUND);
+            let seen = executors_fingerprint(state, &self.liveness, self.ttl, now);
+            let after = if full || seen != self.executors_seen { None } else { Some(self.planned_seq) };
+            self.executors_seen = seen;
+            self.planned_seq = state.next_seq().saturating_sub(1);
+            let plan = match after {
+                // Nothing new to place and no capacity change: skip planning entirely.
+                Some(s) if s >= self.planned_seq => scheduler::Plan::default(),
+                _ => scheduler::plan(&planner_input(state, &self.liveness, self.ttl, now, wall, after), MAX_PLACEMENTS_PER_ROUND),
+            };
             let (to_start, to_stop) = self.dispatch_work(state, wall);
             // Starts given up on: report the attempt lost so the task is retried elsewhere.
             let to_lose: Vec<Command> = self
@@ -333,8 +350,20 @@ fn start_request(state: &State, job_id: &crate::state::JobId, index: u32) -> Opt
     ))
 }
 
-/// The planner's view of the state: placeable executors are alive and heard from within the TTL.
-pub fn planner_input(state: &State, liveness: &Liveness, ttl: Duration, now: Instant, wall: u64) -> PlanInput {
+/// A hash of what placement depends on besides the pending tasks: each executor's id, state,
+/// epoch, placeability and load.
+fn executors_fingerprint(state: &State, liveness: &Liveness, ttl: Duration, now: Instant) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for e in state.executors() {
+        (&e.id, e.state, e.epoch, liveness.is_fresh(&e.id, ttl, now), state.used_resources(&e.id)).hash(&mut h);
+    }
+    h.finish()
+}
+
+/// The planner's view of the state: placeable executors are alive and heard from within the TTL;
+/// pending tasks of every job, or only of jobs submitted after `after_seq`.
+pub fn planner_input(state: &State, liveness: &Liveness, ttl: Duration, now: Instant, wall: u64, after_seq: Option<u64>) -> PlanInput {
     let executors = state
         .executors()
         .filter(|e| e.state != ExecutorState::Left && e.state != ExecutorState::Dead)
@@ -347,8 +376,7 @@ pub fn planner_input(state: &State, liveness: &Liveness, ttl: Duration, now: Ins
         })
         .collect();
     let pending = state
-        .pending_tasks(wall)
-        .into_iter()
+        .pending_tasks_after(wall, after_seq)
         .filter_map(|(job_id, index)| {
             let job = state.job(&job_id)?;
             Some(PendingTask {

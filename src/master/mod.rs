@@ -4,6 +4,7 @@
 //! Lifecycle: open the store, start Raft, serve, bootstrap the cluster on first start when
 //! configured, then run until shutdown; on shutdown stop serving (bounded) and stop Raft.
 
+pub mod batcher;
 pub mod cluster;
 pub mod config;
 pub mod executors;

@@ -37,6 +37,8 @@ pub struct Node {
     /// against the state (heartbeat reconciliation) wait for it: a leader that has not caught up
     /// would see live attempts as unknown and kill them.
     pub ready_term: std::sync::atomic::AtomicU64,
+    /// Group commit of client-facing writes.
+    batcher: super::batcher::Batcher,
 }
 
 /// Where a request is served.
@@ -60,6 +62,23 @@ impl From<Status> for LocalError {
     }
 }
 
+/// How a failed Raft write reaches the caller.
+pub fn map_write_error(e: &RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>) -> LocalError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => LocalError::NotLeader,
+        RaftError::APIError(e) => LocalError::Status(Status::failed_precondition(e.to_string())),
+        RaftError::Fatal(e) => LocalError::Status(Status::unavailable(format!("raft stopped: {e}"))),
+    }
+}
+
+/// A write not committed within the bound: the outcome is unknown.
+pub fn commit_timeout(id: NodeId, bound: Duration) -> LocalError {
+    LocalError::Status(Status::unavailable(format!(
+        "master {id} could not commit within {} ms (no quorum reachable?); the outcome is unknown, retry with the same idempotency key",
+        bound.as_millis()
+    )))
+}
+
 /// Milliseconds since the Unix epoch, read on the leader and carried inside commands.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -80,7 +99,8 @@ pub fn forwarded<T>(msg: T) -> tonic::Request<T> {
 
 impl Node {
     pub fn new(id: NodeId, addr: String, raft: Raft, applied: SharedApplied, channels: Channels, leader_wait: Duration) -> Self {
-        Node { id, addr, raft, applied, channels, leader_wait, last_leader: Mutex::new(None), ready_term: Default::default() }
+        let batcher = super::batcher::Batcher::start(raft.clone(), id, leader_wait);
+        Node { id, addr, raft, applied, channels, leader_wait, last_leader: Mutex::new(None), ready_term: Default::default(), batcher }
     }
 
     pub fn metrics(&self) -> RaftMetrics {
@@ -166,25 +186,15 @@ impl Node {
     /// Bounded by `leader_wait`: a leader cut off from its quorum fails UNAVAILABLE instead of
     /// hanging (the outcome is then unknown; submissions are safe to retry with their key).
     pub async fn write(&self, commands: Vec<Command>) -> Result<Response, LocalError> {
-        let r = tokio::time::timeout(self.leader_wait, self.raft.client_write(Request { commands })).await.map_err(|_| {
-            LocalError::Status(Status::unavailable(format!(
-                "master {} could not commit within {} ms (no quorum reachable?); the outcome is unknown, retry with the same idempotency key",
-                self.id,
-                self.leader_wait.as_millis()
-            )))
-        })?;
-        match r {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(LocalError::NotLeader),
-            Err(RaftError::APIError(e)) => Err(LocalError::Status(Status::failed_precondition(e.to_string()))),
-            Err(RaftError::Fatal(e)) => Err(LocalError::Status(Status::unavailable(format!("raft stopped: {e}")))),
-        }
+        let r = tokio::time::timeout(self.leader_wait, self.raft.client_write(Request { commands }))
+            .await
+            .map_err(|_| commit_timeout(self.id, self.leader_wait))?;
+        r.map(|r| r.data).map_err(|e| map_write_error(&e))
     }
 
-    /// Proposes one command and returns its outcome.
+    /// Proposes one command through group commit and returns its outcome.
     pub async fn write_one(&self, command: Command) -> Result<Result<Outcome, Rejection>, LocalError> {
-        let mut resp = self.write(vec![command]).await?;
-        resp.results.pop().ok_or_else(|| LocalError::Status(Status::internal("empty apply result")))
+        self.batcher.propose(command).await
     }
 
     /// Is this node a leader that has caught up with everything committed before its term?

@@ -106,8 +106,14 @@ impl State {
     /// first, then oldest job, then lowest index. Lazy, so a scheduler can take only what it can
     /// place.
     pub fn pending_tasks(&self, now: Millis) -> impl Iterator<Item = (JobId, u32)> + '_ {
+        self.pending_tasks_after(now, None)
+    }
+
+    /// Like [`State::pending_tasks`], restricted to jobs submitted after `after_seq` (new work).
+    pub fn pending_tasks_after(&self, now: Millis, after_seq: Option<u64>) -> impl Iterator<Item = (JobId, u32)> + '_ {
+        let range = (after_seq.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded);
         let mut jobs: Vec<&Job> =
-            self.active.iter().filter(|(_, c)| c.pending > 0).filter_map(|(seq, _)| self.jobs.get(seq)).collect();
+            self.active.range(range).filter(|(_, c)| c.pending > 0).filter_map(|(seq, _)| self.jobs.get(seq)).collect();
         jobs.sort_by_key(|j| (std::cmp::Reverse(j.spec.priority), j.seq));
         jobs.into_iter().flat_map(move |j| {
             j.tasks

@@ -6,9 +6,9 @@
 #
 #   tests/deploy/compose-test.sh
 #
-# Needs: docker (daemon running), docker-compose, jq, busybox (busybox-static), cargo; run as a
-# user that may use docker. The masters are reached from the host through ports published on
-# 127.0.0.1 (the first free of 27101.., override with TRIAD_TEST_PORT_BASE).
+# Needs: docker (daemon running), docker-compose, jq, curl, busybox (busybox-static), cargo; run as
+# a user that may use docker. The masters are reached from the host through ports published on
+# 127.0.0.1: gRPC at the first free base of 27101.. (TRIAD_TEST_PORT_BASE), HTTP at base+100.
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -23,34 +23,51 @@ log() { printf '[compose-test %3ds] %s\n' "$((SECONDS - t0))" "$*"; }
 fail() { echo "compose-test: FAIL: $*" >&2; exit 1; }
 ok() { passed=$((passed + 1)); log "ok: $*"; }
 
-for tool in docker docker-compose jq; do
+for tool in docker docker-compose jq curl flock; do
   command -v "$tool" >/dev/null || fail "$tool not found"
 done
 docker info >/dev/null 2>&1 || fail "cannot reach the docker daemon (is it running, may this user use it?)"
 
 dc() { timeout 180 docker-compose -p "$project" -f "$compose_file" "$@"; }
 
+compose_up=0
 cleanup() {
   local rc=$?
-  if [[ $rc -ne 0 ]]; then
-    echo "compose-test: failed (exit $rc); last log lines of every container:" >&2
-    dc logs --no-color --tail=40 >&2 2>&1 || true
+  trap - EXIT INT TERM HUP
+  if [[ $compose_up == 1 ]]; then
+    if [[ $rc -ne 0 ]]; then
+      echo "compose-test: failed (exit $rc); last log lines of every container:" >&2
+      dc logs --no-color --tail=40 >&2 2>&1 || true
+    fi
+    log "tearing down"
+    dc down -v --remove-orphans >/dev/null 2>&1 || echo "compose-test: warning: docker-compose down failed" >&2
   fi
-  log "tearing down"
-  dc down -v --remove-orphans >/dev/null 2>&1 || echo "compose-test: warning: docker-compose down failed" >&2
+  if [[ $rc -eq 0 ]]; then
+    log "all checks passed in $((SECONDS - t0)) s"
+    echo "compose-test: $passed passed, 0 failed"
+  fi
   exit $rc
 }
+trap cleanup EXIT
+trap 'exit 130' INT; trap 'exit 143' TERM; trap 'exit 129' HUP   # so the EXIT trap runs
 
-# --- host ports for the three masters -----------------------------------------------------------
+# One run at a time on this machine: the compose network's subnet is fixed.
+exec 9>"${TMPDIR:-/tmp}/triad-compose-test.lock"
+flock -w 600 9 || fail "another compose-test still holds ${TMPDIR:-/tmp}/triad-compose-test.lock after 600 s"
+
+# --- host ports for the three masters: gRPC at base..base+2, HTTP at base+100..base+102 -------------
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+ports_free() { local p; for p in "$1" $(($1 + 1)) $(($1 + 2)) $(($1 + 100)) $(($1 + 101)) $(($1 + 102)); do
+  ! port_busy "$p" || return 1; done; }
 base="${TRIAD_TEST_PORT_BASE:-27101}"
-for _ in $(seq 1 50); do
-  if ! port_busy "$base" && ! port_busy $((base + 1)) && ! port_busy $((base + 2)); then break; fi
-  base=$((base + 10))
+for _ in $(seq 1 50); do ports_free "$base" && break; base=$((base + 10)); done
+ports_free "$base" || fail "no free host ports found near ${TRIAD_TEST_PORT_BASE:-27101}"
+export TRIAD_HOST_IP=127.0.0.1
+for i in 1 2 3; do
+  export "TRIAD_HOST_PORT$i=$((base + i - 1))" "TRIAD_HOST_HTTP_PORT$i=$((base + 99 + i))"
 done
-port_busy "$base" && fail "no free host ports found near ${TRIAD_TEST_PORT_BASE:-27101}"
-export TRIAD_HOST_IP=127.0.0.1 TRIAD_HOST_PORT1=$base TRIAD_HOST_PORT2=$((base + 1)) TRIAD_HOST_PORT3=$((base + 2))
-addr() { echo "127.0.0.1:$((base + $1 - 1))"; }   # host address of master N
+addr() { echo "127.0.0.1:$((base + $1 - 1))"; }         # host address of master N's gRPC port
+http() { echo "http://127.0.0.1:$((base + 99 + $1))"; }  # and of its HTTP port
 all_masters="$(addr 1),$(addr 2),$(addr 3)"
 
 # --- image ----------------------------------------------------------------------------------------
@@ -60,7 +77,7 @@ log "building the image $TRIAD_IMAGE"
 
 # A leftover of an interrupted run would hold the fixed subnet.
 dc down -v --remove-orphans >/dev/null 2>&1 || true
-trap cleanup EXIT
+compose_up=1
 
 log "docker-compose up (masters on $all_masters)"
 dc up -d || fail "docker-compose up failed (is 172.28.0.0/24 used by another docker network?)"
@@ -79,8 +96,8 @@ wait_for() {
 }
 
 leader_id=0; leader_term=0
-# Sets leader_id/leader_term from the view of master at $1; succeeds when there is a leader that
-# every master in the view agrees on, no older than term $2 and not master $3.
+# Sets leader_id/leader_term from the cluster status gathered by master(s) $1; succeeds when it
+# names a leader whose term is above $2 (default 0) and which is not master $3 (default none).
 have_leader() {
   local s; s="$(status_json "$1")" || return 1
   local id term
@@ -109,6 +126,17 @@ ok "leader elected: master$leader_id (term $leader_term)"
 wait_for "two alive executors" 60 alive_executors
 ok "two executors registered"
 
+# The HTTP endpoints are published too: every /status names the leader, and only the leader's
+# /metrics says it leads.
+for i in 1 2 3; do
+  st="$(curl -fsS --max-time 10 "$(http "$i")/status")" || fail "GET $(http "$i")/status failed"
+  [[ "$(jq -r .leader_id <<<"$st")" == "$leader_id" ]] || fail "/status of master$i names leader $(jq -r .leader_id <<<"$st"), want $leader_id"
+  want=0; [[ $i == "$leader_id" ]] && want=1
+  metrics="$(curl -fsS --max-time 10 "$(http "$i")/metrics")" || fail "GET $(http "$i")/metrics failed"
+  grep -qx "triad_raft_is_leader $want" <<<"$metrics" || fail "/metrics of master$i does not say triad_raft_is_leader $want"
+done
+ok "/status and /metrics answer on every master's published HTTP port"
+
 # --- 2. a job through each master in turn -----------------------------------------------------------
 for i in 1 2 3; do
   out="$(timeout 60 "$triad" job submit --wait --masters "$(addr "$i")" -- echo "hello via master$i")" \
@@ -123,6 +151,7 @@ for i in 1 2 3; do
 done
 
 # --- 3. kill the leader while a job runs ---------------------------------------------------------------
+wait_for "the current leader" 30 have_leader "$all_masters"
 old_leader=$leader_id; old_term=$leader_term
 survivor=$(( old_leader % 3 + 1 ))                    # any master but the leader
 survivors="$(for i in 1 2 3; do [[ $i == "$old_leader" ]] || printf '%s,' "$(addr "$i")"; done)"
@@ -140,7 +169,8 @@ log "killed the leader's container (master$old_leader, term $old_term)"
 
 wait_for "a new leader after the kill" 30 have_leader "$(addr "$survivor")" "$old_term" "$old_leader"
 failover_ms=$(( $(date +%s%N) / 1000000 - kill_ms ))
-ok "new leader: master$leader_id (term $leader_term), seen ${failover_ms} ms after the kill"
+# (an upper bound: a status call that asks the dead master's address can itself take seconds)
+ok "new leader: master$leader_id (term $leader_term), seen within ${failover_ms} ms of the kill"
 
 timeout 90 "$triad" job wait "$long_id" --masters "$survivors" >/dev/null \
   || fail "job $long_id, running when the leader was killed, did not succeed: $(job_field "$survivors" "$long_id" state 2>&1)"
@@ -157,5 +187,3 @@ docker start "$container" >/dev/null || fail "docker start of master$old_leader 
 wait_for "master$old_leader to rejoin and catch up" 60 all_reachable "$(addr "$old_leader")"
 ok "master$old_leader restarted from its volume and caught up"
 
-log "all checks passed in $((SECONDS - t0)) s"
-echo "compose-test: $passed passed, 0 failed"

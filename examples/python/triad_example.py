@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""A triad client in Python, written from proto/triad/v1/triad.proto alone.
+
+Submits a job through one master (any master: writes are forwarded to the leader), waits for it
+to finish, reads it back with its tasks, and lists the cluster's jobs.
+
+    pip install -r requirements.txt
+    python triad_example.py --master 127.0.0.1:7101                  # echo hello from python
+    python triad_example.py --master 127.0.0.1:7102 -- sh -c 'echo $TRIAD_JOB_ID'
+
+The stubs are generated at start (generate.py) into a temporary folder, or into --gen-dir.
+Exit status 0 when the job succeeded, 1 otherwise (with a one-line error on stderr).
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+import uuid
+
+import grpc
+
+import generate
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def load_stubs(gen_dir):
+    generate.generate(gen_dir)
+    sys.path.insert(0, gen_dir)
+    from triad.v1 import triad_pb2, triad_pb2_grpc  # noqa: E402 (generated just above)
+
+    return triad_pb2, triad_pb2_grpc
+
+
+def call(fn, request, deadline, per_call=5.0):
+    """Calls fn(request), retrying UNAVAILABLE / DEADLINE_EXCEEDED (a leader election, a master
+    restarting) until `deadline`. Safe for submissions because they carry an idempotency key."""
+    delay = 0.1
+    while True:
+        try:
+            return fn(request, timeout=per_call)
+        except grpc.RpcError as e:
+            if e.code() not in RETRYABLE or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_master = (os.environ.get("TRIAD_MASTERS") or "127.0.0.1:7101").split(",")[0]
+    p.add_argument("--master", default=default_master, help="one master, host:port (default: first of $TRIAD_MASTERS)")
+    p.add_argument("--gen-dir", help="where to generate the stubs (default: a temporary folder)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the job (default 60)")
+    p.add_argument("--tasks", type=int, default=1, help="task count (at least 1)")
+    p.add_argument("command", nargs="*", default=["echo", "hello from python"], help="after --: command and args")
+    a = p.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="triad-stubs-") as tmp:
+        pb, pb_grpc = load_stubs(a.gen_dir or tmp)
+        deadline = time.monotonic() + a.timeout
+        with grpc.insecure_channel(a.master) as channel:
+            jobs = pb_grpc.JobServiceStub(channel)
+
+            spec = pb.JobSpec(command=a.command[0], args=a.command[1:], task_count=a.tasks)
+            req = pb.SubmitJobRequest(name="python-example", idempotency_key=str(uuid.uuid4()), spec=spec)
+            resp = call(jobs.SubmitJob, req, deadline)
+            print(f"submitted job {resp.job_id} (created: {resp.created}) through {a.master}")
+
+            # Poll with linearizable reads (the default consistency) until a terminal state.
+            while True:
+                job = call(jobs.GetJob, pb.GetJobRequest(job_id=resp.job_id), deadline).job
+                if job.state in TERMINAL:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job.id} still {job.state} after {a.timeout:.0f} s")
+                time.sleep(0.2)
+
+            c = job.counts
+            print(f"job {job.id} state {job.state} ({c.succeeded}/{job.spec.task_count} tasks succeeded)")
+            for t in job.tasks:
+                for at in t.attempts:
+                    code = at.exit_code if at.has_exit_code else "-"
+                    print(f"  task {t.index} attempt {at.number}: {at.state} on {at.executor}, "
+                          f"fencing token {at.token}, exit code {code}")
+
+            listed = call(jobs.ListJobs, pb.ListJobsRequest(page_size=1000), deadline)
+            ids = {j.id for j in listed.jobs}
+            print(f"listed {len(listed.jobs)} job(s); {job.id} {'is' if job.id in ids else 'is NOT'} among them")
+            if job.id not in ids:
+                raise RuntimeError(f"job {job.id} missing from ListJobs")
+            return 0 if job.state == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except grpc.RpcError as e:
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:  # one line, like the triad CLI
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,249 @@
+//! `triad bench`: load generators for SPEC "Performance targets". Each prints a one-line summary
+//! and a table (rate, p50/p99/p999 from an HDR histogram, errors), or JSON with `-o json`.
+//! Client-side benches talk to the leader directly (found through `cluster status`), so the
+//! figures measure the cluster, not the forwarding hop.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::output::{json, table, Format};
+use crate::api::pb;
+use crate::client::Client;
+use crate::scheduler::{self, ExecutorView, PendingTask, PlanInput};
+use crate::state::{Assignment, Resources};
+
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub bench: String,
+    pub summary: String,
+    pub ops: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub rate_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub extra: BTreeMap<String, String>,
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+impl Report {
+    fn from_hist(bench: &str, h: &Histogram<u64>, errors: u64, elapsed: Duration, extra: BTreeMap<String, String>) -> Report {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let ops = h.len();
+        let rate = ops as f64 / elapsed.as_secs_f64();
+        Report {
+            bench: bench.into(),
+            summary: format!(
+                "{bench}: {ops} ops in {:.1}s = {rate:.0}/s, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, {errors} errors",
+                elapsed.as_secs_f64(),
+                ms(0.5),
+                ms(0.99),
+                ms(0.999)
+            ),
+            ops,
+            errors,
+            seconds: elapsed.as_secs_f64(),
+            rate_per_sec: rate,
+            p50_ms: ms(0.5),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: h.max() as f64 / 1000.0,
+            extra,
+        }
+    }
+
+    pub fn print(&self, format: Format) -> anyhow::Result<()> {
+        match format {
+            Format::Json => json(self),
+            Format::Table => {
+                println!("{}", self.summary);
+                let mut rows = vec![vec![
+                    format!("{:.0}/s", self.rate_per_sec),
+                    format!("{:.2}", self.p50_ms),
+                    format!("{:.2}", self.p99_ms),
+                    format!("{:.2}", self.p999_ms),
+                    format!("{:.2}", self.max_ms),
+                    self.errors.to_string(),
+                ]];
+                rows[0].extend(self.extra.values().cloned());
+                let mut header = vec!["RATE", "P50 MS", "P99 MS", "P999 MS", "MAX MS", "ERRORS"];
+                header.extend(self.extra.keys().map(String::as_str));
+                println!("{}", table(&header, &rows));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The leader's address, so the bench talks to it directly.
+pub async fn leader_client(masters: &Client) -> anyhow::Result<Client> {
+    let s = masters.cluster_status().await.map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
+    anyhow::ensure!(s.leader_id != 0, "the cluster has no leader");
+    let mut list = vec![s.leader_addr.clone()];
+    list.extend(masters.masters().iter().filter(|m| **m != s.leader_addr).cloned());
+    Client::new(list)
+}
+
+/// A trivial job. `placeable: false` adds a constraint no executor has, so submit-bench jobs
+/// measure the durable submission path without occupying executors afterwards.
+fn trivial_job(key: String, placeable: bool) -> pb::SubmitJobRequest {
+    let mut constraints = std::collections::HashMap::new();
+    if !placeable {
+        constraints.insert("triad-bench".to_string(), "never-placed".to_string());
+    }
+    pb::SubmitJobRequest {
+        name: "bench".into(),
+        idempotency_key: key,
+        spec: Some(pb::JobSpec { command: "true".into(), task_count: 1, constraints, ..Default::default() }),
+    }
+}
+
+/// Closed-loop submissions: `concurrency` workers, each submitting as soon as the last returned,
+/// optionally paced to `rate` per second in total.
+pub async fn submit(client: Client, concurrency: usize, duration: Duration, rate: Option<f64>) -> anyhow::Result<Report> {
+    let client = Arc::new(leader_client(&client).await?);
+    let hist = Arc::new(Mutex::new(new_hist()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let started = Instant::now();
+    let per_worker = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / r));
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (client, hist, errors, stop, run) = (client.clone(), hist.clone(), errors.clone(), stop.clone(), run.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut local = new_hist();
+            let mut i = 0u64;
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(p) = per_worker {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += p;
+                }
+                let t = Instant::now();
+                match client.submit_job(trivial_job(format!("{run}-{w}-{i}"), false)).await {
+                    Ok(_) => {
+                        let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += 1;
+            }
+            hist.lock().expect("poisoned").add(&local).expect("same bounds");
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = started.elapsed();
+    let mut extra = BTreeMap::new();
+    extra.insert("CONCURRENCY".into(), concurrency.to_string());
+    let h = hist.lock().expect("poisoned");
+    Ok(Report::from_hist("submit", &h, errors.load(Ordering::Relaxed), elapsed, extra))
+}
+
+/// Submit → first attempt running, and submit → succeeded, for trivial tasks, one at a time.
+pub async fn e2e(client: Client, count: usize) -> anyhow::Result<(Report, Report)> {
+    let client = leader_client(&client).await?;
+    let (mut running, mut done) = (new_hist(), new_hist());
+    let mut errors = 0;
+    let started = Instant::now();
+    for _ in 0..count {
+        let t = Instant::now();
+        let r = match client.submit_job(trivial_job(uuid::Uuid::new_v4().to_string(), true)).await {
+            Ok(r) => r,
+            Err(_) => {
+                errors += 1;
+                continue;
+            }
+        };
+        let mut saw_running = false;
+        let deadline = t + Duration::from_secs(30);
+        loop {
+            let j = client.get_job(&r.job_id, false).await.map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
+            let started_attempt = j.tasks.iter().any(|t| t.attempts.iter().any(|a| a.started_at_ms != 0));
+            if !saw_running && (started_attempt || j.state != "pending") {
+                saw_running = true;
+                let _ = running.record(t.elapsed().as_micros().max(1) as u64);
+            }
+            if j.state == "succeeded" {
+                let _ = done.record(t.elapsed().as_micros().max(1) as u64);
+                break;
+            }
+            if matches!(j.state.as_str(), "failed" | "cancelled") || Instant::now() > deadline {
+                errors += 1;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    let elapsed = started.elapsed();
+    Ok((
+        Report::from_hist("e2e submit->running", &running, errors, elapsed, BTreeMap::new()),
+        Report::from_hist("e2e submit->succeeded", &done, errors, elapsed, BTreeMap::new()),
+    ))
+}
+
+/// The pure planner's throughput on a synthetic state: `executors` × `tasks` pending.
+pub fn placement(executors: usize, tasks: usize, rounds: usize) -> Report {
+    let labels = |i: usize| {
+        let mut m = BTreeMap::new();
+        m.insert("zone".to_string(), format!("z{}", i % 3));
+        m
+    };
+    let input = PlanInput {
+        executors: (0..executors)
+            .map(|i| ExecutorView {
+                id: format!("exec-{i:05}"),
+                capacity: Resources { slots: 16, cpu_millis: 16_000, memory_mib: 65_536 },
+                used: Resources::default(),
+                labels: labels(i),
+                placeable: true,
+            })
+            .collect(),
+        pending: (0..tasks)
+            .map(|i| PendingTask {
+                job: uuid::Uuid::from_u128(i as u128 / 4),
+                index: (i % 4) as u32,
+                priority: (i % 3) as i32,
+                seq: (i / 4) as u64,
+                demand: Resources { slots: 1, cpu_millis: 500, memory_mib: 256 * (1 + (i % 4) as u64) },
+                constraints: if i % 5 == 0 { labels(i) } else { BTreeMap::new() },
+            })
+            .collect(),
+    };
+    let mut h = new_hist();
+    let mut placed = 0usize;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let p = scheduler::plan(&input, usize::MAX);
+        let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+        placed += p.assignments.len();
+        std::hint::black_box::<&Vec<Assignment>>(&p.assignments);
+    }
+    let elapsed = started.elapsed();
+    let per_sec = placed as f64 / elapsed.as_secs_f64();
+    let mut r = Report::from_hist("placement", &h, 0, elapsed, BTreeMap::new());
+    r.summary = format!(
+        "placement: {executors} executors x {tasks} pending tasks: {placed} placed in {rounds} rounds, {per_sec:.0} tasks placed/s, round p50 {:.2} ms",
+        r.p50_ms
+    );
+    r.extra.insert("TASKS PLACED/S".into(), format!("{per_sec:.0}"));
+    r.rate_per_sec = per_sec;
+    r
+}

@@ -1,0 +1,106 @@
+//! The executor's configuration: an optional TOML file (`triad executor --config FILE`, see
+//! `cluster-config/executor.toml`), `TRIAD_EXECUTOR_*` environment variables and flags.
+//! Precedence: flags > environment > file > defaults.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::ExecutorConfig;
+
+/// The file's shape; every field optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorFile {
+    pub masters: Vec<String>,
+    pub slots: Option<u32>,
+    pub cpu_millis: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+    pub work_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+}
+
+impl ExecutorFile {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading executor config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing executor config {}", path.display()))
+    }
+
+    /// Applies `TRIAD_MASTERS` and `TRIAD_EXECUTOR_*` from `get` over the file's values.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        fn num<T: std::str::FromStr>(k: &str, v: String) -> anyhow::Result<T> {
+            v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not a number"))
+        }
+        if let Some(v) = get("TRIAD_MASTERS") {
+            self.masters = crate::client::parse_masters(&v)?;
+        }
+        if let Some(v) = get("TRIAD_EXECUTOR_SLOTS") {
+            self.slots = Some(num("TRIAD_EXECUTOR_SLOTS", v)?);
+        }
+        if let Some(v) = get("TRIAD_EXECUTOR_CPU") {
+            self.cpu_millis = Some(num("TRIAD_EXECUTOR_CPU", v)?);
+        }
+        if let Some(v) = get("TRIAD_EXECUTOR_MEMORY") {
+            self.memory_mib = Some(num("TRIAD_EXECUTOR_MEMORY", v)?);
+        }
+        if let Some(v) = get("TRIAD_EXECUTOR_LABELS") {
+            self.labels = v
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|kv| crate::cli::parse_kv(kv.trim()).map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<_>>()?;
+        }
+        if let Some(v) = get("TRIAD_EXECUTOR_WORK_DIR") {
+            self.work_dir = Some(v.into());
+        }
+        if let Some(v) = get("TRIAD_EXECUTOR_LISTEN") {
+            self.listen = Some(v);
+        }
+        if let Some(v) = get("TRIAD_EXECUTOR_ADVERTISE") {
+            self.advertise = Some(v);
+        }
+        Ok(())
+    }
+
+    /// The final configuration, with defaults for whatever is still unset.
+    pub fn into_config(self) -> anyhow::Result<ExecutorConfig> {
+        anyhow::ensure!(!self.masters.is_empty(), "no masters given: pass --masters, set TRIAD_MASTERS, or list them in the config file");
+        Ok(ExecutorConfig {
+            masters: self.masters,
+            slots: self.slots.unwrap_or(4),
+            cpu_millis: self.cpu_millis.unwrap_or(4000),
+            memory_mib: self.memory_mib.unwrap_or(4096),
+            labels: self.labels,
+            work_dir: self.work_dir.unwrap_or_else(|| PathBuf::from("./triad-executor")),
+            listen: self.listen.unwrap_or_else(|| "127.0.0.1:0".to_string()),
+            advertise: self.advertise,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_parses_and_env_overrides_it() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster-config/executor.toml");
+        let mut f = ExecutorFile::load(&path).unwrap();
+        assert_eq!(f.masters.len(), 3);
+        f.apply_env(|k| match k {
+            "TRIAD_EXECUTOR_SLOTS" => Some("9".into()),
+            "TRIAD_EXECUTOR_LABELS" => Some("zone=b,disk=ssd".into()),
+            _ => None,
+        })
+        .unwrap();
+        let c = f.into_config().unwrap();
+        assert_eq!(c.slots, 9);
+        assert_eq!(c.labels.get("disk").map(String::as_str), Some("ssd"));
+        assert!(ExecutorFile::default().into_config().is_err(), "masters are required");
+        assert!(toml::from_str::<ExecutorFile>("bogus = 1").is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! Group commit: the leader coalesces the commands that arrive while earlier batches are being
+//! made durable into one Raft entry (one append, one flush, one replication round), then answers
+//! each caller from its slot in the batch.
+//!
+//! At most [`MAX_IN_FLIGHT`] batches are in flight; while they are, new commands queue and form
+//! the next batch, so batches grow with load and stay at one command when idle (no added latency).
+//! Callers' commands keep their order within a batch; concurrent callers are unordered anyway.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::node::{map_write_error, LocalError};
+use crate::raft::{Raft, Request};
+use crate::state::{Command, Outcome, Rejection};
+
+/// Most commands in one Raft entry.
+pub const MAX_BATCH: usize = 4096;
+/// Batches proposed but not yet applied.
+pub const MAX_IN_FLIGHT: usize = 2;
+/// Commands waiting for a batch (back-pressure beyond this).
+const QUEUE: usize = 65_536;
+
+type Reply = oneshot::Sender<Result<Result<Outcome, Rejection>, LocalError>>;
+
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<(Command, Reply)>,
+}
+
+impl Batcher {
+    /// Starts the batching task; it ends when every `Batcher` handle is dropped.
+    pub fn start(raft: Raft, node_id: u64, timeout: Duration) -> Batcher {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(raft, node_id, timeout, rx));
+        Batcher { tx }
+    }
+
+    /// Proposes one command as part of the next batch; resolves once it is committed and applied.
+    pub async fn propose(&self, command: Command) -> Result<Result<Outcome, Rejection>, LocalError> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || LocalError::Status(tonic::Status::unavailable("master is stopping"));
+        self.tx.send((command, reply)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run(raft: Raft, node_id: u64, timeout: Duration, mut rx: mpsc::Receiver<(Command, Reply)>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let Some(first) = rx.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (commands, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().unzip();
+            let n = commands.len();
+            let result = tokio::time::timeout(timeout, raft.client_write(Request { commands })).await;
+            match result {
+                Ok(Ok(resp)) if resp.data.results.len() == n => {
+                    for (reply, r) in replies.into_iter().zip(resp.data.results) {
+                        let _ = reply.send(Ok(r));
+                    }
+                }
+                Ok(Ok(resp)) => {
+                    let msg = format!("batch of {n} commands produced {} results", resp.data.results.len());
+                    for reply in replies {
+                        let _ = reply.send(Err(LocalError::Status(tonic::Status::internal(msg.clone()))));
+                    }
+                }
+                Ok(Err(e)) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(map_write_error(&e)));
+                    }
+                }
+                Err(_) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(super::node::commit_timeout(node_id, timeout)));
+                    }
+                }
+            }
+        });
+    }
+}
