@@ -71,7 +71,8 @@ impl Client {
         let mut backoff = Duration::from_millis(20);
         let mut tried_since_backoff = 0;
         loop {
-            let idx = self.preferred.load(Ordering::Relaxed) % self.channels.len();
+            let raw = self.preferred.load(Ordering::Relaxed);
+            let idx = raw % self.channels.len();
             let result = match tokio::time::timeout(self.call_timeout, f(self.channels[idx].clone())).await {
                 Ok(r) => r,
                 Err(_) => Err(Status::deadline_exceeded(format!("master {} did not answer within {:?}", self.masters[idx], self.call_timeout))),
@@ -80,7 +81,8 @@ impl Client {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if retryable(&s) && Instant::now() < deadline => {
                     tracing::debug!(master = %self.masters[idx], error = %s, "retrying");
-                    let _ = self.preferred.compare_exchange(idx, idx + 1, Ordering::Relaxed, Ordering::Relaxed);
+                    // Move on to the next master, unless a concurrent call already did.
+                    let _ = self.preferred.compare_exchange(raw, (idx + 1) % self.channels.len(), Ordering::Relaxed, Ordering::Relaxed);
                     tried_since_backoff += 1;
                     // Back off once every master has been tried: the cluster is electing.
                     if tried_since_backoff >= self.channels.len() {
@@ -191,5 +193,33 @@ fn consistency(stale: bool) -> i32 {
         pb::ReadConsistency::Stale as i32
     } else {
         pb::ReadConsistency::Linearizable as i32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn failover_rotates_through_every_master_again_and_again() {
+        // Nothing listens on these ports: every call fails, and must keep rotating.
+        let ports: Vec<u16> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+            .collect();
+        let mut c = Client::new(ports.iter().map(|p| format!("127.0.0.1:{p}")).collect()).unwrap();
+        c.retry_for = Duration::from_millis(1500);
+        let seen = std::sync::Mutex::new(Vec::new());
+        let r: Result<(), Status> = c
+            .call(|_chan| {
+                seen.lock().unwrap().push(c.preferred.load(Ordering::Relaxed) % 3);
+                async { Err(Status::unavailable("down")) }
+            })
+            .await;
+        assert!(r.is_err());
+        let seen = seen.into_inner().unwrap();
+        assert!(seen.len() >= 7, "{seen:?}");
+        for (i, idx) in seen.iter().enumerate() {
+            assert_eq!(*idx, i % 3, "call {i} went to master {idx}: {seen:?}");
+        }
     }
 }
