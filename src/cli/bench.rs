@@ -247,3 +247,115 @@ pub fn placement(executors: usize, tasks: usize, rounds: usize) -> Report {
     r.rate_per_sec = per_sec;
     r
 }
+
+/// CPU time (user + system) of a process so far, from /proc (Linux).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the command name.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
+    Some(Duration::from_micros(ticks * 1_000_000 / hz))
+}
+
+/// `executors` simulated executors register (capacity 0, so nothing is placed on them) and
+/// heartbeat at `hz` each for `duration`; reports heartbeat latency and the leader's CPU share
+/// (sampled from /proc when the leader runs on this machine).
+pub async fn heartbeats(client: Client, executors: usize, hz: f64, duration: Duration, connections: usize) -> anyhow::Result<Report> {
+    use crate::api::pb::executor_service_client::ExecutorServiceClient;
+    let status = client.cluster_status().await.map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
+    anyhow::ensure!(status.leader_id != 0, "the cluster has no leader");
+    let leader_pid = status.masters.iter().find(|m| m.id == status.leader_id).map(|m| m.pid).unwrap_or(0);
+    let chans: Vec<_> = (0..connections.max(1))
+        .map(|_| crate::raft::network::channel(&status.leader_addr))
+        .collect::<Result<_, _>>()?;
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    // Register everyone (group commit batches these).
+    let ids: Vec<String> = (0..executors).map(|i| format!("sim-{run}-{i:05}")).collect();
+    let epochs = Arc::new(Mutex::new(vec![0u64; executors]));
+    let mut regs = Vec::new();
+    for (w, chunk) in ids.chunks(executors.div_ceil(64).max(1)).enumerate() {
+        let (chunk, chan, epochs) = (chunk.to_vec(), chans[w % chans.len()].clone(), epochs.clone());
+        let base = w * executors.div_ceil(64).max(1);
+        regs.push(tokio::spawn(async move {
+            for (j, id) in chunk.into_iter().enumerate() {
+                let r = ExecutorServiceClient::new(chan.clone())
+                    .register(pb::RegisterRequest { executor_id: id, addr: "127.0.0.1:9".into(), capacity: Some(pb::Resources::default()), labels: Default::default() })
+                    .await?;
+                epochs.lock().expect("poisoned")[base + j] = r.into_inner().epoch;
+            }
+            Ok::<_, tonic::Status>(())
+        }));
+    }
+    for r in regs {
+        r.await?.map_err(|e| anyhow::anyhow!("registering simulated executors: {}", super::status_line(&e)))?;
+    }
+    let epochs = epochs.lock().expect("poisoned").clone();
+    // Heartbeat: executor i beats at offset i/hz/executors within each period.
+    let hist = Arc::new(Mutex::new(new_hist()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let period = Duration::from_secs_f64(1.0 / hz);
+    let cpu0 = cpu_time(leader_pid);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    let per = executors.div_ceil(connections.max(1));
+    for (w, chunk) in ids.chunks(per.max(1)).enumerate() {
+        let (chunk, chan, hist, errors) = (chunk.to_vec(), chans[w % chans.len()].clone(), hist.clone(), errors.clone());
+        let my_epochs: Vec<u64> = epochs[w * per..(w * per + chunk.len())].to_vec();
+        workers.push(tokio::spawn(async move {
+            let mut local = new_hist();
+            let step = period.div_f64(chunk.len().max(1) as f64);
+            let mut next = Instant::now();
+            let end = Instant::now() + duration;
+            'outer: loop {
+                for (id, epoch) in chunk.iter().zip(&my_epochs) {
+                    if Instant::now() >= end {
+                        break 'outer;
+                    }
+                    tokio::time::sleep_until(next.into()).await;
+                    next += step;
+                    let t = Instant::now();
+                    let req = pb::HeartbeatRequest { executor_id: id.clone(), epoch: *epoch, attempts: Vec::new() };
+                    match ExecutorServiceClient::new(chan.clone()).heartbeat(req).await {
+                        Ok(_) => {
+                            let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            hist.lock().expect("poisoned").add(&local).expect("same bounds");
+        }));
+    }
+    for w in workers {
+        w.await?;
+    }
+    let elapsed = started.elapsed();
+    let cpu = match (cpu0, cpu_time(leader_pid)) {
+        (Some(a), Some(b)) => Some((b - a).as_secs_f64() / elapsed.as_secs_f64() * 100.0),
+        _ => None,
+    };
+    // Leave cleanly: deregister the simulated executors.
+    for (i, id) in ids.iter().enumerate() {
+        let _ = ExecutorServiceClient::new(chans[i % chans.len()].clone())
+            .deregister(pb::DeregisterRequest { executor_id: id.clone(), epoch: epochs[i] })
+            .await;
+    }
+    let mut extra = BTreeMap::new();
+    extra.insert("EXECUTORS".into(), executors.to_string());
+    extra.insert("LEADER CPU %".into(), cpu.map_or("n/a".into(), |c| format!("{c:.1}")));
+    let h = hist.lock().expect("poisoned");
+    let mut r = Report::from_hist("heartbeats", &h, errors.load(Ordering::Relaxed), elapsed, extra);
+    r.summary = format!(
+        "heartbeats: {executors} executors at {hz} Hz: {:.0} heartbeats/s, p50 {:.2} ms, p99 {:.2} ms, leader CPU {} of one core, {} errors",
+        r.rate_per_sec,
+        r.p50_ms,
+        r.p99_ms,
+        cpu.map_or("n/a".into(), |c| format!("{c:.1} %")),
+        r.errors
+    );
+    Ok(r)
+}

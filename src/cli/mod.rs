@@ -117,6 +117,22 @@ pub enum BenchCmd {
         #[command(flatten)]
         m: MastersArg,
     },
+    /// Thousands of simulated executors heartbeating to the leader; reports its CPU share.
+    Heartbeats {
+        #[arg(long, default_value_t = 10000)]
+        executors: usize,
+        #[arg(long, default_value_t = 1.0)]
+        hz: f64,
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// gRPC connections the simulated executors share.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        #[command(flatten)]
+        out: OutputArg,
+        #[command(flatten)]
+        m: MastersArg,
+    },
     /// The pure planner's throughput on a synthetic state.
     Placement {
         #[arg(long, default_value_t = 1000)]
@@ -365,6 +381,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     let (running, done) = bench::e2e(m.client()?, count).await?;
                     running.print(out.format)?;
                     done.print(out.format)?;
+                }
+                BenchCmd::Heartbeats { executors, hz, duration, connections, out, m } => {
+                    bench::heartbeats(m.client()?, executors, hz, duration, connections).await?.print(out.format)?
                 }
                 BenchCmd::Placement { executors, tasks, rounds, out } => bench::placement(executors, tasks, rounds).print(out.format)?,
             }

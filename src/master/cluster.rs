@@ -66,6 +66,7 @@ impl Cluster {
             voters,
             learners,
             state_digest,
+            pid: std::process::id(),
         }
     }
 

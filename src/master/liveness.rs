@@ -18,7 +18,13 @@ pub struct Liveness {
 impl Liveness {
     /// Records a heartbeat (or registration) from `id` at `at`.
     pub fn seen(&self, id: &str, at: Instant) {
-        self.last_seen.lock().expect("poisoned").insert(id.to_string(), at);
+        let mut map = self.last_seen.lock().expect("poisoned");
+        match map.get_mut(id) {
+            Some(t) => *t = at,
+            None => {
+                map.insert(id.to_string(), at);
+            }
+        }
     }
 
     /// Forgets everything and starts every listed executor's grace period at `at`.

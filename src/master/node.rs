@@ -206,6 +206,12 @@ impl Node {
 
     /// Read-index: confirms leadership with a quorum and waits until the read point is applied
     /// here. After it returns Ok, `applied` reflects every write acknowledged before the call.
+    ///
+    /// The read point is the end of the leader's log, not only openraft's read index: a leader
+    /// that restarted in its own term (openraft resumes it without a new no-op entry) may have a
+    /// stale commit index, while every acknowledged write is in its log, which a legitimate leader
+    /// never truncates. Found by the full-restart test: a read right after restart missed the
+    /// last acknowledged job.
     pub async fn linearize(&self) -> Result<(), LocalError> {
         let r = tokio::time::timeout(self.leader_wait, self.raft.ensure_linearizable()).await.map_err(|_| {
             LocalError::Status(Status::unavailable(format!(
@@ -215,9 +221,18 @@ impl Node {
             )))
         })?;
         match r {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(_)) => Err(LocalError::NotLeader),
-            Err(RaftError::Fatal(e)) => Err(LocalError::Status(Status::unavailable(format!("raft stopped: {e}")))),
+            Ok(_) => {}
+            Err(RaftError::APIError(_)) => return Err(LocalError::NotLeader),
+            Err(RaftError::Fatal(e)) => return Err(LocalError::Status(Status::unavailable(format!("raft stopped: {e}")))),
         }
+        let last = self.metrics().last_log_index.unwrap_or(0);
+        self.raft.wait(Some(self.leader_wait)).applied_index_at_least(Some(last), "linearizable read").await.map_err(|_| {
+            LocalError::Status(Status::unavailable(format!(
+                "master {} could not apply its log up to {last} within {} ms",
+                self.id,
+                self.leader_wait.as_millis()
+            )))
+        })?;
+        Ok(())
     }
 }
