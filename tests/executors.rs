@@ -157,7 +157,10 @@ fn attempt_intervals(path: &std::path::Path) -> BTreeMap<(u32, u64), (u128, Opti
     let mut m: BTreeMap<(u32, u64), (u128, Option<u128>)> = BTreeMap::new();
     for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let (task, token, t): (u32, u64, u128) = (f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].parse().unwrap());
+        // A line cut short by the kill that ended its attempt (e.g. `date` SIGKILLed) is skipped.
+        let parsed = (f.get(1).and_then(|s| s.parse().ok()), f.get(2).and_then(|s| s.parse().ok()), f.get(3).and_then(|s| s.parse().ok()));
+        let (Some(task), Some(token), Some(t)) = parsed else { continue };
+        let (task, token, t): (u32, u64, u128) = (task, token, t);
         match f[0] {
             "start" => {
                 m.insert((task, token), (t, None));
