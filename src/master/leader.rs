@@ -94,6 +94,9 @@ struct Duties {
     executors_seen: u64,
     /// Jobs up to this seq have been considered by a plan.
     planned_seq: u64,
+    /// Jobs (by seq) with tasks that fit on no executor as of `executors_seen`: skipped until the
+    /// executors or their loads change, so a backlog that cannot be placed costs nothing per round.
+    unplaceable: HashSet<u64>,
     liveness: Arc<Liveness>,
     ttl: Duration,
     starts: HashMap<Token, Pending>,
@@ -118,6 +121,7 @@ async fn run(node: Arc<Node>, liveness: Arc<Liveness>, timings: ExecutorTimings,
         node: node.clone(),
         executors_seen: 0,
         planned_seq: 0,
+        unplaceable: HashSet::new(),
         liveness,
         ttl: Duration::from_millis(timings.ttl_ms),
         starts: HashMap::new(),
@@ -188,13 +192,25 @@ impl Duties {
                 .map(|e| Command::ExecutorDead { id: e.id.clone(), epoch: e.epoch, now: wall })
                 .collect();
             let seen = executors_fingerprint(state, &self.liveness, self.ttl, now);
+            if seen != self.executors_seen {
+                self.unplaceable.clear();
+            }
             let after = if full || seen != self.executors_seen { None } else { Some(self.planned_seq) };
             self.executors_seen = seen;
             self.planned_seq = state.next_seq().saturating_sub(1);
             let plan = match after {
                 // Nothing new to place and no capacity change: skip planning entirely.
                 Some(s) if s >= self.planned_seq => scheduler::Plan::default(),
-                _ => scheduler::plan(&planner_input(state, &self.liveness, self.ttl, now, wall, after), MAX_PLACEMENTS_PER_ROUND),
+                _ => {
+                    let input = planner_input(state, &self.liveness, self.ttl, now, wall, after, &self.unplaceable);
+                    let plan = scheduler::plan(&input, MAX_PLACEMENTS_PER_ROUND);
+                    // Not cut short by the limit: every unassigned task was tried and fits nowhere.
+                    if plan.assignments.len() < MAX_PLACEMENTS_PER_ROUND {
+                        let placed: HashSet<(crate::state::JobId, u32)> = plan.assignments.iter().map(|a| (a.job, a.index)).collect();
+                        self.unplaceable.extend(input.pending.iter().filter(|t| !placed.contains(&(t.job, t.index))).map(|t| t.seq));
+                    }
+                    plan
+                }
             };
             let (to_start, to_stop) = self.dispatch_work(state, wall);
             // Starts given up on: report the attempt lost so the task is retried elsewhere.
@@ -363,7 +379,15 @@ fn executors_fingerprint(state: &State, liveness: &Liveness, ttl: Duration, now:
 
 /// The planner's view of the state: placeable executors are alive and heard from within the TTL;
 /// pending tasks of every job, or only of jobs submitted after `after_seq`.
-pub fn planner_input(state: &State, liveness: &Liveness, ttl: Duration, now: Instant, wall: u64, after_seq: Option<u64>) -> PlanInput {
+pub fn planner_input(
+    state: &State,
+    liveness: &Liveness,
+    ttl: Duration,
+    now: Instant,
+    wall: u64,
+    after_seq: Option<u64>,
+    skip: &HashSet<u64>,
+) -> PlanInput {
     let executors = state
         .executors()
         .filter(|e| e.state != ExecutorState::Left && e.state != ExecutorState::Dead)
@@ -378,7 +402,7 @@ pub fn planner_input(state: &State, liveness: &Liveness, ttl: Duration, now: Ins
     let pending = state
         .pending_tasks_after(wall, after_seq)
         .filter_map(|(job_id, index)| {
-            let job = state.job(&job_id)?;
+            let job = state.job(&job_id).filter(|j| !skip.contains(&j.seq))?;
             Some(PendingTask {
                 job: job_id,
                 index,
