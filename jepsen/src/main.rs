@@ -157,9 +157,9 @@ fn test(mut args: TestArgs) -> anyhow::Result<bool> {
     let seed = args.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
     args.seed = Some(seed);
     let store = args.store.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("store"));
-    let (run_id, dir) = run::make_run_dir(&store, &args.nemesis, seed)?;
     // Before any thread exists: the lock, the sweep, the signal mask and handler, the panic hook.
     let guard = cleanup::Guard::acquire()?;
+    let (run_id, dir) = run::make_run_dir(&store, &args.nemesis, seed)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let r = rt.block_on(run::test(args, run_id, dir.clone(), triad_bin, self_exe));
     rt.shutdown_timeout(std::time::Duration::from_secs(5));

@@ -229,6 +229,12 @@ impl Nemesis {
         }
     }
 
+    /// Firewall changes run `nft`/`iptables` once per host: off the async workers.
+    async fn apply_net(&self, drop_from: Vec<(String, BTreeSet<String>)>, loss: Option<u32>) -> anyhow::Result<()> {
+        let net = self.net.clone();
+        tokio::task::spawn_blocking(move || net.apply(&drop_from, loss)).await?
+    }
+
     async fn inject(&mut self, f: Fault) -> anyhow::Result<(FaultRecord, Undo)> {
         let leader = self.leader().await;
         let (masters, executors): (Vec<String>, Vec<String>) = {
@@ -257,7 +263,7 @@ impl Nemesis {
                 let groups = vec![vec![t.clone()], rest];
                 let detail = describe(&groups, None);
                 let rec = self.start_record(f, vec![t], detail, leader);
-                self.net.apply(&grudge(&groups, None), None)?;
+                self.apply_net(grudge(&groups, None), None).await?;
                 Ok((rec, Undo::Net))
             }
             Fault::Split => {
@@ -271,7 +277,7 @@ impl Nemesis {
                 }
                 let detail = describe(&groups, None);
                 let rec = self.start_record(f, groups[0].clone(), detail, leader);
-                self.net.apply(&grudge(&groups, None), None)?;
+                self.apply_net(grudge(&groups, None), None).await?;
                 Ok((rec, Undo::Net))
             }
             Fault::Bridge => {
@@ -288,13 +294,13 @@ impl Nemesis {
                 let mut targets = groups[0].clone();
                 targets.extend(groups[1].iter().cloned());
                 let rec = self.start_record(f, targets, detail, leader);
-                self.net.apply(&grudge(&groups, Some(&bridge)), None)?;
+                self.apply_net(grudge(&groups, Some(&bridge)), None).await?;
                 Ok((rec, Undo::Net))
             }
             Fault::Loss => {
                 let pct = self.rng.gen_range(20..=40);
                 let rec = self.start_record(f, vec![], format!("{pct}% of packets between hosts dropped"), leader);
-                self.net.apply(&[], Some(pct))?;
+                self.apply_net(Vec::new(), Some(pct)).await?;
                 Ok((rec, Undo::Net))
             }
             Fault::Restart => {
@@ -345,7 +351,7 @@ impl Nemesis {
                 let groups = vec![vec![t.clone()], rest];
                 let detail = describe(&groups, None);
                 let rec = self.start_record(f, vec![t], detail, leader);
-                self.net.apply(&grudge(&groups, None), None)?;
+                self.apply_net(grudge(&groups, None), None).await?;
                 Ok((rec, Undo::Net))
             }
         }
@@ -374,7 +380,7 @@ impl Nemesis {
                 }
             }
             Undo::Net => {
-                if let Err(e) = self.net.heal() {
+                if let Err(e) = self.apply_net(Vec::new(), None).await {
                     did.push(format!("healing the network FAILED: {e:#}"));
                 }
             }

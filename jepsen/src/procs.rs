@@ -33,6 +33,10 @@ pub struct Proc {
 }
 
 /// Spawns `spec` in its namespace; stdout and stderr are appended to its log.
+///
+/// The child gets `PR_SET_PDEATHSIG(SIGKILL)`, which fires when the *thread* that spawned it
+/// exits: call this from the async runtime's workers or the main thread (they live as long as
+/// the runner), never from `spawn_blocking` (its threads exit when idle).
 pub fn spawn(spec: &Spec, banner: &str) -> anyhow::Result<Child> {
     use std::io::Write;
     if cleanup::is_closed() {

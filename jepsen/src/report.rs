@@ -139,13 +139,15 @@ pub fn judge(dir: &Path) -> anyhow::Result<Outcome> {
     }
     let _ = writeln!(t, "  {:<20} {:>5}", "total", faults.len());
 
-    let _ = writeln!(t, "\nfailover (faults that hit the leader): fault -> new leader elected / -> first acknowledged write");
+    let _ = writeln!(t, "\nfailover, for faults that hit the leader: fault start -> first acknowledged write; -> a leader in a higher term");
     let fo = failovers(&input.history, &faults);
     if fo.is_empty() {
         let _ = writeln!(t, "  (no fault hit the leader)");
     }
-    for (kind, (elect, write)) in &fo {
-        let _ = writeln!(t, "  {kind:<16} n={:<3} election {}   first write {}", write.len().max(elect.len()), spread(elect), spread(write));
+    for (kind, f) in &fo {
+        let kept = if f.kept > 0 { format!(" ({} kept the leader's term)", f.kept) } else { String::new() };
+        let _ = writeln!(t, "  {kind:<16} n={:<3} first write: {}", f.elections.len() + f.kept, spread(&f.writes));
+        let _ = writeln!(t, "  {:<16}       new leader:  {}{kept}", "", spread(&f.elections));
     }
 
     let final_jobs = checker::final_read(&input.history).map(|(j, _)| j.to_vec()).unwrap_or_default();
@@ -220,14 +222,23 @@ fn spread(xs: &[u64]) -> String {
     format!("min {} median {} max {}", fmt_s(v[0]), fmt_s(v[v.len() / 2]), fmt_s(v[v.len() - 1]))
 }
 
-/// Per fault kind, for every fault that hit the leader (or all masters): the time to the first
-/// `ok` leader poll claiming a higher term than the last leader seen before it, and to the first
-/// `ok` submit completing after it.
-pub fn failovers(history: &[Op], faults: &[FaultRecord]) -> BTreeMap<String, (Vec<u64>, Vec<u64>)> {
-    let mut out: BTreeMap<String, (Vec<u64>, Vec<u64>)> = BTreeMap::new();
+/// Failover times of one fault kind.
+#[derive(Default)]
+pub struct Failover {
+    /// Fault start -> first `ok` leader poll of a leader in a higher term, when that happened
+    /// while the fault lasted.
+    pub elections: Vec<u64>,
+    /// Faults during which no node led a higher term (the leader kept its term, e.g. a bridge).
+    pub kept: usize,
+    /// Fault start -> first `ok` submit completing after it.
+    pub writes: Vec<u64>,
+}
+
+/// Per fault kind, for every fault that hit the leader (or all masters).
+pub fn failovers(history: &[Op], faults: &[FaultRecord]) -> BTreeMap<String, Failover> {
+    let mut out: BTreeMap<String, Failover> = BTreeMap::new();
     for f in faults {
-        let all_masters = f.kind == "restart";
-        if !(f.hit_leader() || all_masters) {
+        if !(f.hit_leader() || f.kind == "restart") {
             continue;
         }
         let e = out.entry(f.kind.clone()).or_default();
@@ -240,21 +251,65 @@ pub fn failovers(history: &[Op], faults: &[FaultRecord]) -> BTreeMap<String, (Ve
             })
             .max()
             .unwrap_or(0);
-        if let Some(t) = history.iter().find_map(|o| match o.call {
+        let end = f.end_ns.unwrap_or(u64::MAX).max(f.start_ns);
+        let elected = history.iter().find_map(|o| match o.call {
             Call::LeaderPoll { term, leader: true, .. } if o.kind == OpType::Ok && o.time_ns > f.start_ns && term > term_before => {
                 Some(o.time_ns)
             }
             _ => None,
-        }) {
-            e.0.push(t - f.start_ns);
+        });
+        match elected {
+            Some(t) if t <= end || f.kind == "restart" => e.elections.push(t - f.start_ns),
+            _ => e.kept += 1,
         }
         if let Some(t) = history
             .iter()
             .find(|o| o.kind == OpType::Ok && o.time_ns > f.start_ns && matches!(o.call, Call::Submit { .. }))
             .map(|o| o.time_ns)
         {
-            e.1.push(t - f.start_ns);
+            e.writes.push(t - f.start_ns);
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use triad_jepsen::history::Op;
+
+    fn op(index: u64, t: u64, kind: OpType, call: Call) -> Op {
+        Op { index, time_ns: t, process: index, kind, call }
+    }
+
+    fn fault(kind: &str, start: u64, end: u64, leader: &str, target: &str) -> FaultRecord {
+        FaultRecord {
+            kind: kind.into(),
+            targets: vec![target.into()],
+            detail: String::new(),
+            leader: Some(leader.into()),
+            start_ns: start,
+            end_ns: Some(end),
+            start_s: 0.0,
+            end_s: None,
+        }
+    }
+
+    #[test]
+    fn failover_measures_new_leader_and_first_write_for_leader_faults_only() {
+        let poll = |i, t, node, term, leader| op(i, t, OpType::Ok, Call::LeaderPoll { node, term, leader });
+        let submit = |i, t| op(i, t, OpType::Ok, Call::Submit { key: "k".into(), job_id: Some("j".into()) });
+        let h = vec![poll(0, 10, 1, 1, true), poll(1, 150, 2, 2, true), submit(2, 170), poll(3, 400, 2, 2, true), submit(4, 500)];
+        let faults = vec![
+            fault("kill-leader", 100, 300, "m1", "m1"),
+            fault("pause", 350, 450, "m2", "m3"), // not the leader: ignored
+            fault("bridge", 380, 460, "m2", "m2"), // leader kept its term
+        ];
+        let f = failovers(&h, &faults);
+        assert_eq!(f["kill-leader"].elections, vec![50]);
+        assert_eq!(f["kill-leader"].writes, vec![70]);
+        assert!(!f.contains_key("pause"));
+        assert_eq!(f["bridge"].kept, 1);
+        assert_eq!(f["bridge"].writes, vec![120]);
+    }
 }

@@ -54,3 +54,16 @@ pub fn run(sink: &Path, millis: &str) -> anyhow::Result<()> {
     e.time_ns = monotonic_ns();
     append(sink, &e)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse() {
+        assert_eq!(parse_range("300..2000").unwrap(), (300, 2000));
+        assert_eq!(parse_range("5..5").unwrap(), (5, 5));
+        assert!(parse_range("9..1").is_err());
+        assert!(parse_range("300").is_err());
+    }
+}

@@ -77,12 +77,15 @@ impl Client {
                 Ok(r) => r,
                 Err(_) => Err(Status::deadline_exceeded(format!("master {} did not answer within {:?}", self.masters[idx], self.call_timeout))),
             };
+            if matches!(&result, Err(s) if retryable(s)) {
+                // Move on to the next master (unless a concurrent call already did), also when
+                // giving up now: the next call must not start at the master that just failed.
+                let _ = self.preferred.compare_exchange(raw, (idx + 1) % self.channels.len(), Ordering::Relaxed, Ordering::Relaxed);
+            }
             match result {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if retryable(&s) && Instant::now() < deadline => {
                     tracing::debug!(master = %self.masters[idx], error = %s, "retrying");
-                    // Move on to the next master, unless a concurrent call already did.
-                    let _ = self.preferred.compare_exchange(raw, (idx + 1) % self.channels.len(), Ordering::Relaxed, Ordering::Relaxed);
                     tried_since_backoff += 1;
                     // Back off once every master has been tried: the cluster is electing.
                     if tried_since_backoff >= self.channels.len() {

@@ -203,6 +203,12 @@ impl Agent {
         }
     }
 
+    /// No heartbeat acknowledged within the self-fencing window: take no new work.
+    pub fn is_fenced(&self) -> bool {
+        let ttl = *self.ttl.lock().expect("poisoned");
+        self.last_ack.lock().expect("poisoned").elapsed() > ttl.mul_f64(SELF_FENCE_FRACTION)
+    }
+
     fn running(&self) -> Vec<pb::RunningAttempt> {
         let live = self.runner.live_tokens();
         live.into_iter()

@@ -25,6 +25,9 @@ impl WorkerService for Worker {
         if self.agent.draining.load(Ordering::SeqCst) {
             return Err(Status::failed_precondition("executor is draining"));
         }
+        if self.agent.is_fenced() {
+            return Err(Status::failed_precondition("executor is self-fenced (no heartbeat acknowledged recently)"));
+        }
         let epoch = self.agent.epoch.load(Ordering::SeqCst);
         if r.epoch < epoch {
             return Err(Status::failed_precondition(format!("stale executor epoch {} (current {epoch})", r.epoch)));
@@ -47,7 +50,13 @@ impl WorkerService for Worker {
             range_start: r.range_start,
             range_end: r.range_end,
         };
-        match self.agent.runner.start(spec).await {
+        // Run the start as its own task: a cancelled RPC must not leave a token registered but
+        // never spawned (every retry would then see AlreadyExists and nothing would run).
+        let runner = self.agent.runner.clone();
+        let started = tokio::spawn(async move { runner.start(spec).await })
+            .await
+            .map_err(|e| Status::internal(format!("start task failed: {e}")))?;
+        match started {
             Ok(pid) => Ok(Response::new(pb::StartAttemptResponse { pid })),
             // Idempotent: the leader retried a start that had already worked.
             Err(RunnerError::AlreadyExists { pid, .. }) => Ok(Response::new(pb::StartAttemptResponse { pid: pid.unwrap_or(0) })),

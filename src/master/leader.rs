@@ -372,7 +372,8 @@ fn executors_fingerprint(state: &State, liveness: &Liveness, ttl: Duration, now:
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for e in state.executors() {
-        (&e.id, e.state, e.epoch, liveness.is_fresh(&e.id, ttl, now), state.used_resources(&e.id)).hash(&mut h);
+        let placeable = liveness.is_fresh(&e.id, ttl.mul_f64(crate::executor::SELF_FENCE_FRACTION), now);
+        (&e.id, e.state, e.epoch, placeable, state.used_resources(&e.id)).hash(&mut h);
     }
     h.finish()
 }
@@ -396,7 +397,9 @@ pub fn planner_input(
             capacity: e.capacity,
             used: state.used_resources(&e.id),
             labels: e.labels.clone(),
-            placeable: e.state == ExecutorState::Alive && liveness.is_fresh(&e.id, ttl, now),
+            // Within the executor's self-fencing window, not the whole TTL: an executor silent
+            // for longer refuses new work anyway.
+            placeable: e.state == ExecutorState::Alive && liveness.is_fresh(&e.id, ttl.mul_f64(crate::executor::SELF_FENCE_FRACTION), now),
         })
         .collect();
     let pending = state

@@ -27,11 +27,14 @@ impl Liveness {
         }
     }
 
-    /// Forgets everything and starts every listed executor's grace period at `at`.
+    /// Starts every listed executor's grace period at `at` (a sighting newer than `at`, e.g. a
+    /// registration racing with the start of leadership, is kept).
     pub fn reset<'a>(&self, ids: impl IntoIterator<Item = &'a ExecutorId>, at: Instant) {
         let mut map = self.last_seen.lock().expect("poisoned");
-        map.clear();
-        map.extend(ids.into_iter().map(|id| (id.clone(), at)));
+        for id in ids {
+            let t = map.entry(id.clone()).or_insert(at);
+            *t = (*t).max(at);
+        }
     }
 
     /// Has `id` been heard from within `ttl` of `now`? Unknown executors have not.
