@@ -196,7 +196,14 @@ struct Inner {
     events: mpsc::UnboundedSender<AttemptEvent>,
     /// Every known attempt by token, live or finished until forgotten.
     attempts: Mutex<HashMap<u64, Entry>>,
+    /// Tokens forgotten after they ran: a token runs at most once here, so a late duplicate
+    /// start (a retried dispatch delivered after the attempt finished) is refused. Bounded to the
+    /// newest [`RETIRED_KEEP`] tokens (tokens only grow, so older ones are never reissued).
+    retired: Mutex<std::collections::BTreeSet<u64>>,
 }
+
+/// How many retired tokens a runner remembers.
+const RETIRED_KEEP: usize = 100_000;
 
 /// The runner's record of one attempt.
 struct Entry {
@@ -224,6 +231,7 @@ impl Runner {
                 work_dir,
                 events,
                 attempts: Mutex::new(HashMap::new()),
+                retired: Mutex::new(std::collections::BTreeSet::new()),
             }),
         }
     }
@@ -243,6 +251,9 @@ impl Runner {
         let stderr_path = dir.join("stderr");
         let (done_tx, done_rx) = watch::channel(false);
 
+        if self.inner.retired.lock().expect("retired lock poisoned").contains(&token) {
+            return Err(RunnerError::AlreadyExists { token, pid: None });
+        }
         // Register the token before any I/O, so a concurrent duplicate sees it and backs off.
         {
             let mut attempts = self.lock();
@@ -398,12 +409,17 @@ impl Runner {
     }
 
     /// Drops the bookkeeping of a finished attempt (its files stay). A live attempt is kept:
-    /// forgetting it would lose the only handle to stop it. After this, the token may be
-    /// started again.
+    /// forgetting it would lose the only handle to stop it. The token is retired: starting it
+    /// again is refused with [`RunnerError::AlreadyExists`].
     pub fn forget(&self, token: u64) {
         let mut attempts = self.lock();
         if attempts.get(&token).is_some_and(|e| !e.is_live()) {
             attempts.remove(&token);
+            let mut retired = self.inner.retired.lock().expect("retired lock poisoned");
+            retired.insert(token);
+            while retired.len() > RETIRED_KEEP {
+                retired.pop_first();
+            }
         }
     }
 
@@ -1490,5 +1506,17 @@ mod tests {
             "free once the first one ended"
         );
         assert_eq!(h.finished(2).await, ExitStatus::Exited(0));
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_token_is_never_started_again() {
+        let mut h = harness();
+        h.runner.start(shell(41, "exit 0")).await.unwrap();
+        assert_eq!(h.finished(41).await, ExitStatus::Exited(0));
+        h.runner.forget(41);
+        // A late duplicate dispatch of the same token must not run the work a second time.
+        let again = h.runner.start(shell(41, "exit 0")).await;
+        assert!(matches!(again, Err(RunnerError::AlreadyExists { token: 41, .. })), "{again:?}");
+        assert!(h.runner.get(41).is_none());
     }
 }
