@@ -1,5 +1,6 @@
-//! Prometheus metrics of a master: counters and histograms updated where things happen, and
-//! gauges (Raft position, jobs/tasks/executors by state) computed from the node at scrape time.
+//! Prometheus metrics of a master ([`get`]) and of an executor ([`executor`]): counters and
+//! histograms updated where things happen, and gauges (Raft position, jobs/tasks/executors by
+//! state; an executor's epoch, fencing, running attempts) computed at scrape time.
 
 use std::sync::OnceLock;
 
@@ -28,61 +29,133 @@ pub struct Metrics {
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
+/// Registers metrics in one registry; the one place metric objects are made.
+struct Builder {
+    registry: Registry,
+}
+
+impl Builder {
+    fn new(prefix: &str) -> Builder {
+        Builder { registry: Registry::new_custom(Some(prefix.into()), None).expect("registry") }
+    }
+
+    fn register<M: prometheus::core::Collector + Clone + 'static>(&self, m: M) -> M {
+        self.registry.register(Box::new(m.clone())).expect("register");
+        m
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.register(IntCounter::new(name, help).expect("metric"))
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels).expect("metric"))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.register(IntGauge::new(name, help).expect("metric"))
+    }
+
+    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels).expect("metric"))
+    }
+
+    fn histogram(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+        self.register(HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels).expect("metric"))
+    }
+}
+
+/// Encodes every metric of `registry` in the Prometheus text format.
+fn encode(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
 impl Metrics {
     fn new() -> Metrics {
-        let registry = Registry::new_custom(Some("triad".into()), None).expect("registry");
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
-            registry.register(Box::new(c.clone())).expect("register");
-            c
-        };
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("metric");
-            registry.register(Box::new(c.clone())).expect("register");
-            c
-        };
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels).expect("metric");
-            registry.register(Box::new(h.clone())).expect("register");
-            h
-        };
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric");
-            registry.register(Box::new(g.clone())).expect("register");
-            g
-        };
-        let is_leader = IntGauge::new("raft_is_leader", "1 when this master is the leader").expect("metric");
-        registry.register(Box::new(is_leader.clone())).expect("register");
+        let b = Builder::new("triad");
         Metrics {
-            submissions: counter_vec("submissions_total", "Job submissions answered by this master as leader, by result", &["result"]),
-            submit_seconds: histogram("submit_seconds", "Leader-side latency of a submission (propose to applied)", &["result"]),
-            heartbeats: counter("heartbeats_total", "Executor heartbeats received by this master as leader"),
-            reschedules: counter_vec("reschedules_total", "Attempts lost and rescheduled, by cause", &["cause"]),
-            fencing_rejections: counter("fencing_rejections_total", "Task reports rejected for a stale fencing token"),
-            dispatch_seconds: histogram("dispatch_seconds", "StartAttempt call latency to executors", &["result"]),
-            schedule_seconds: histogram("schedule_seconds", "Scheduling round latency (plan and commit)", &["result"]),
-            placements: counter("placements_total", "Tasks placed by this master as leader"),
-            elections: counter("raft_elections_total", "Terms this master has seen begin"),
-            raft: gauge_vec("raft", "Raft position of this master", &["field"]),
-            replication_lag: gauge_vec("raft_replication_lag", "Leader: entries each follower is behind", &["follower"]),
-            jobs: gauge_vec("jobs", "Jobs in the local state machine, by state", &["state"]),
-            tasks: gauge_vec("tasks", "Tasks in the local state machine, by state", &["state"]),
-            executors: gauge_vec("executors", "Executors in the local state machine, by state", &["state"]),
-            is_leader,
-            registry,
+            submissions: b.counter_vec("submissions_total", "Job submissions answered by this master as leader, by result", &["result"]),
+            submit_seconds: b.histogram("submit_seconds", "Leader-side latency of a submission (propose to applied)", &["result"]),
+            heartbeats: b.counter("heartbeats_total", "Executor heartbeats received by this master as leader"),
+            reschedules: b.counter_vec("reschedules_total", "Attempts lost and rescheduled, by cause", &["cause"]),
+            fencing_rejections: b.counter("fencing_rejections_total", "Task reports rejected for a stale fencing token"),
+            dispatch_seconds: b.histogram("dispatch_seconds", "StartAttempt call latency to executors", &["result"]),
+            schedule_seconds: b.histogram("schedule_seconds", "Scheduling round latency (plan and commit)", &["result"]),
+            placements: b.counter("placements_total", "Tasks placed by this master as leader"),
+            elections: b.counter("raft_elections_total", "Terms this master has seen begin"),
+            raft: b.gauge_vec("raft", "Raft position of this master", &["field"]),
+            replication_lag: b.gauge_vec("raft_replication_lag", "Leader: entries each follower is behind", &["follower"]),
+            jobs: b.gauge_vec("jobs", "Jobs in the local state machine, by state", &["state"]),
+            tasks: b.gauge_vec("tasks", "Tasks in the local state machine, by state", &["state"]),
+            executors: b.gauge_vec("executors", "Executors in the local state machine, by state", &["state"]),
+            is_leader: b.gauge("raft_is_leader", "1 when this master is the leader"),
+            registry: b.registry,
         }
     }
 
     /// Encodes every metric in the Prometheus text format.
     pub fn encode(&self) -> String {
-        let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        encode(&self.registry)
     }
 }
 
-/// The process-wide metrics.
+/// The process-wide metrics of a master.
 pub fn get() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(Metrics::new)
+}
+
+/// Prometheus metrics of an executor (prefix `triad_executor_`): counters updated where things
+/// happen, gauges set at scrape time from the agent.
+pub struct ExecutorMetrics {
+    registry: Registry,
+    pub attempts_started: IntCounter,
+    pub attempts_finished: IntCounterVec,
+    pub kills: IntCounterVec,
+    pub self_fences: IntCounter,
+    pub registrations: IntCounter,
+    pub heartbeats: IntCounterVec,
+    pub heartbeat_seconds: HistogramVec,
+    pub reports: IntCounterVec,
+    pub attempts_running: IntGauge,
+    pub epoch: IntGauge,
+    pub fenced: IntGauge,
+    pub draining: IntGauge,
+    pub slots: IntGauge,
+    pub since_ack_seconds: prometheus::Gauge,
+}
+
+impl ExecutorMetrics {
+    fn new() -> ExecutorMetrics {
+        let b = Builder::new("triad_executor");
+        ExecutorMetrics {
+            attempts_started: b.counter("attempts_started_total", "Attempts spawned"),
+            attempts_finished: b.counter_vec("attempts_finished_total", "Attempts ended, by outcome", &["outcome"]),
+            kills: b.counter_vec("kills_total", "Attempts killed by the executor, by cause", &["cause"]),
+            self_fences: b.counter("self_fences_total", "Times no heartbeat was acknowledged within the fencing window while attempts ran"),
+            registrations: b.counter("registrations_total", "Successful registrations (each starts a new epoch)"),
+            heartbeats: b.counter_vec("heartbeats_total", "Heartbeats sent, by result", &["result"]),
+            heartbeat_seconds: b.histogram("heartbeat_seconds", "Heartbeat round trip to the leader", &["result"]),
+            reports: b.counter_vec("reports_total", "Task report calls, by result", &["result"]),
+            attempts_running: b.gauge("attempts_running", "Attempts running now"),
+            epoch: b.gauge("epoch", "Current registration epoch (0 before the first registration)"),
+            fenced: b.gauge("fenced", "1 while self-fenced: no heartbeat acknowledged within the fencing window"),
+            draining: b.gauge("draining", "1 while draining (taking no new work)"),
+            slots: b.gauge("slots", "Task slots offered"),
+            since_ack_seconds: b.register(prometheus::Gauge::new("since_ack_seconds", "Seconds since the last acknowledged heartbeat").expect("metric")),
+            registry: b.registry,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        encode(&self.registry)
+    }
+}
+
+/// The process-wide metrics of an executor.
+pub fn executor() -> &'static ExecutorMetrics {
+    static M: OnceLock<ExecutorMetrics> = OnceLock::new();
+    M.get_or_init(ExecutorMetrics::new)
 }

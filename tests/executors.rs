@@ -152,6 +152,101 @@ async fn killed_executors_tasks_run_elsewhere_within_the_ttl() {
     }
 }
 
+/// Bug D of the chaos suite: SIGKILL of the executor process alone. Its attempt's group leader
+/// dies with it (PDEATHSIG); what the attempt forked lives on until the executor comes back,
+/// and the executor kills it before registering again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_executor_leaves_no_attempt_behind() {
+    let c = cluster();
+    c.wait_leader(ELECTION).await;
+    let mut a = Executor::start(&c.masters_arg(), c.dir.path(), "exec-a", 1, &[]);
+    wait_executors(&c, 1).await;
+    let pids = c.dir.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let script = format!(
+        "sleep 1000 & echo $! > {d}/child-$TRIAD_ATTEMPT.tmp; mv {d}/child-$TRIAD_ATTEMPT.tmp {d}/child-$TRIAD_ATTEMPT; echo $$ > {d}/leader-$TRIAD_ATTEMPT.tmp; mv {d}/leader-$TRIAD_ATTEMPT.tmp {d}/leader-$TRIAD_ATTEMPT; wait",
+        d = pids.display()
+    );
+    let r = c.client().submit_job(shell_job(1, &script, 5)).await.unwrap();
+    let read_pid = |name: &str| std::fs::read_to_string(pids.join(name)).ok().and_then(|s| s.trim().parse::<i32>().ok());
+    let (leader, child) = wait_for("the first attempt's pids", Duration::from_secs(20), || async {
+        Some((read_pid("leader-1")?, read_pid("child-1")?))
+    })
+    .await;
+    assert!(alive(leader) && alive(child));
+
+    a.kill();
+    wait_for("the attempt's group leader to die with its executor", Duration::from_secs(10), || async {
+        (!alive(leader)).then_some(())
+    })
+    .await;
+    assert!(alive(child), "nothing but the restarted executor kills the forked child (else this test proves nothing)");
+
+    let _a = Executor::start(&c.masters_arg(), c.dir.path(), "exec-a", 1, &[]);
+    wait_for("the restarted executor to kill the leftover child", Duration::from_secs(20), || async {
+        (!alive(child)).then_some(())
+    })
+    .await;
+    // The work goes on: a later attempt runs on the restarted executor.
+    wait_for("a second attempt running", Duration::from_secs(30), || async {
+        let j = c.client().get_job(&r.job_id, false).await.ok()?;
+        (j.tasks[0].attempts.len() >= 2 && j.tasks[0].state == "running").then_some(())
+    })
+    .await;
+    c.client().cancel_job(&r.job_id).await.unwrap();
+}
+
+/// Issue 5's observability on an executor: `/metrics` moves as attempts run, `/status` names
+/// the executor, and gRPC health is SERVING while it is registered and flips to NOT_SERVING
+/// once it has fenced itself off from a dead quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_metrics_status_and_health_follow_its_state() {
+    let mut c = cluster();
+    c.wait_leader(ELECTION).await;
+    let http = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let a = Executor::start_with(&c.masters_arg(), c.dir.path(), "exec-a", 2, &[], &["--http-listen", &http]);
+    let id = a.id().await;
+    let status = wait_for("/status to show a healthy registered executor", Duration::from_secs(20), || async {
+        let s: serde_json::Value = serde_json::from_str(&http_get(&http, "/status").await?).ok()?;
+        (s["registered"] == true && s["healthy"] == true).then_some(s)
+    })
+    .await;
+    assert_eq!(status["id"], id.as_str());
+    assert!(status["epoch"].as_u64().unwrap() > 0);
+    let worker = status["addr"].as_str().unwrap().to_string();
+    wait_for("gRPC health SERVING", Duration::from_secs(10), || async { grpc_serving(&worker).await.filter(|s| *s) }).await;
+
+    let metric = |page: &str, series: &str| sample(page, series).unwrap_or(0.0);
+    let before = http_get(&http, "/metrics").await.expect("/metrics");
+    assert_eq!(metric(&before, "triad_executor_registrations_total"), 1.0);
+    let r = c.client().submit_job(shell_job(3, "true", 1)).await.unwrap();
+    wait_job_state(&c, &r.job_id, "succeeded", Duration::from_secs(30)).await;
+    let ok = r#"triad_executor_attempts_finished_total{outcome="succeeded"}"#;
+    let after = wait_for("/metrics to count the finished attempts", Duration::from_secs(10), || async {
+        let page = http_get(&http, "/metrics").await?;
+        (metric(&page, ok) >= metric(&before, ok) + 3.0).then_some(page)
+    })
+    .await;
+    assert!(metric(&after, "triad_executor_attempts_started_total") >= metric(&before, "triad_executor_attempts_started_total") + 3.0);
+    let hb_ok = r#"triad_executor_heartbeats_total{result="ok"}"#;
+    wait_for("/metrics to count acknowledged heartbeats", Duration::from_secs(10), || async {
+        (metric(&http_get(&http, "/metrics").await?, hb_ok) > metric(&before, hb_ok)).then_some(())
+    })
+    .await;
+    assert!(metric(&after, r#"triad_executor_reports_total{result="accepted"}"#) >= 6.0, "a start and an end report per attempt");
+
+    // No quorum, no acknowledged heartbeats: the executor fences itself and says so.
+    for id in 1..=3 {
+        c.kill(id);
+    }
+    wait_for("gRPC health NOT_SERVING once fenced", Duration::from_secs(20), || async { grpc_serving(&worker).await.filter(|s| !*s) }).await;
+    let s: serde_json::Value = serde_json::from_str(&http_get(&http, "/status").await.unwrap()).unwrap();
+    assert_eq!(s["fenced"], true);
+    let page = http_get(&http, "/metrics").await.unwrap();
+    assert_eq!(metric(&page, "triad_executor_fenced"), 1.0);
+    assert!(metric(&page, r#"triad_executor_heartbeats_total{result="error"}"#) > 0.0);
+}
+
 /// Parses the shared attempt log: (task, token) -> (start, end) in nanoseconds.
 fn attempt_intervals(path: &std::path::Path) -> BTreeMap<(u32, u64), (u128, Option<u128>)> {
     let mut m: BTreeMap<(u32, u64), (u128, Option<u128>)> = BTreeMap::new();
@@ -298,30 +393,49 @@ async fn cancel_kills_the_running_processes() {
 async fn triad_dev_runs_a_job_and_prints_its_output_then_stops_cleanly() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    // Consecutive free ports: masters at base.., executors at base+100...
-    let base = 20000 + (std::process::id() % 20000) as u16;
-    let mut dev = std::process::Command::new(BIN)
-        .args(["dev", "--data-dir"])
-        .arg(dir.path())
-        .args(["--base-port", &base.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = dev.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+    // `triad dev` takes consecutive ports (masters at base.., executors at base+100..): a base
+    // below the kernel's ephemeral range (32768..), so no outgoing connection holds one of them.
+    // If another process listens there anyway, dev says so and exits; then try the next base.
+    let mut base = 20000 + (std::process::id() % 12000) as u16;
+    let (mut dev, rx, masters) = loop {
+        let mut dev = std::process::Command::new(BIN)
+            .args(["dev", "--data-dir"])
+            .arg(dir.path())
+            .args(["--base-port", &base.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = dev.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        // dev prints the export line only once the leader is elected and both executors registered.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let masters = loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => match line.strip_prefix("export TRIAD_MASTERS=") {
+                    Some(m) => break Some(m.to_string()),
+                    None => continue,
+                },
+                Err(_) => break None,
+            }
+        };
+        if let Some(m) = masters {
+            break (dev, rx, m);
         }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let masters = loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("triad dev printed no export line");
-        if let Some(m) = line.strip_prefix("export TRIAD_MASTERS=") {
-            break m.to_string();
-        }
+        let _ = dev.kill();
+        let out = dev.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(err.contains("is in use"), "triad dev did not get ready: {err}");
+        eprintln!("{err}");
+        base += 211;
     };
+    drop(rx);
+    assert!(dev.try_wait().unwrap().is_none(), "triad dev exited after printing the export line");
     let c = Client::new(triad::client::parse_masters(&masters).unwrap()).unwrap();
     wait_for("two executors", Duration::from_secs(20), || async {
         let r = c

@@ -1,5 +1,10 @@
 //! `triad dev`: a local cluster on loopback, each master (and executor) its own child process so
 //! any one can be killed to watch failover. Stops them all on Ctrl-C.
+//!
+//! The pieces (configs, spawning a master or an executor, waiting for a leader, stopping) are
+//! also used by `triad bench failover`, which starts its own cluster the same way; they live
+//! here only. Every child is killed if its [`Proc`] is dropped while it still runs, so an early
+//! return cannot leave a cluster behind.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -8,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::process::{Child, Command};
 
+use crate::api::pb;
 use crate::client::Client;
 use crate::master::config::{MasterConfig, Peer};
 
@@ -23,9 +29,44 @@ pub struct DevArgs {
     pub base_port: u16,
 }
 
-struct Proc {
-    name: String,
-    child: Child,
+/// One child process of the local cluster, with what it takes to start it again.
+pub(crate) struct Proc {
+    pub(crate) name: String,
+    args: Vec<String>,
+    log: PathBuf,
+    pub(crate) child: Child,
+}
+
+impl Proc {
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub(crate) fn log(&self) -> &Path {
+        &self.log
+    }
+
+    pub(crate) fn is_executor(&self) -> bool {
+        self.name.starts_with("executor")
+    }
+
+    /// SIGKILL, as a crash: no grace, nothing flushed. Returns the instant the signal was sent,
+    /// then reaps the process (bounded by `reap_within`).
+    pub(crate) async fn crash(&mut self, reap_within: Duration) -> anyhow::Result<Instant> {
+        self.child.start_kill().with_context(|| format!("killing {}", self.name))?;
+        let sent = Instant::now();
+        tokio::time::timeout(reap_within, self.child.wait())
+            .await
+            .map_err(|_| anyhow::anyhow!("{} did not exit within {reap_within:?} of SIGKILL", self.name))?
+            .with_context(|| format!("reaping {}", self.name))?;
+        Ok(sent)
+    }
+
+    /// Starts the same command again (same config, data and log file). Call after it exited.
+    pub(crate) fn restart(&mut self) -> anyhow::Result<()> {
+        *self = spawn(&self.name, &self.args, &self.log)?;
+        Ok(())
+    }
 }
 
 fn spawn(name: &str, args: &[String], log: &Path) -> anyhow::Result<Proc> {
@@ -37,13 +78,85 @@ fn spawn(name: &str, args: &[String], log: &Path) -> anyhow::Result<Proc> {
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
+        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {name}"))?;
-    Ok(Proc { name: name.to_string(), child })
+    Ok(Proc { name: name.to_string(), args: args.to_vec(), log: log.to_path_buf(), child })
+}
+
+/// Starts master `id` (1-based) from the config [`write_master_configs`] wrote; it logs to
+/// `master.log` beside the config.
+pub(crate) fn spawn_master(id: u32, config: &Path) -> anyhow::Result<Proc> {
+    let log = config.with_file_name("master.log");
+    spawn(&format!("master{id}"), &["master".into(), "--config".into(), config.display().to_string()], &log)
+}
+
+/// The address executor `i` (1-based) listens on: `base_port + 100 + i - 1`.
+pub(crate) fn executor_addr(base_port: u16, i: u32) -> String {
+    format!("127.0.0.1:{}", base_port + 100 + i as u16 - 1)
+}
+
+/// The HTTP endpoints (`/metrics`, `/status`) of executor `i` (1-based).
+pub(crate) fn executor_http_addr(base_port: u16, i: u32) -> String {
+    format!("127.0.0.1:{}", base_port + 150 + i as u16 - 1)
+}
+
+/// Starts executor `i` (1-based) with its work dir under `data_dir`, labelled `name=executor<i>`
+/// (so an executor's id can be matched to its process). Restarting it keeps its id.
+pub(crate) fn spawn_executor(data_dir: &Path, i: u32, base_port: u16, masters: &str) -> anyhow::Result<Proc> {
+    let name = format!("executor{i}");
+    let dir = data_dir.join(&name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let a: Vec<String> = vec![
+        "executor".into(),
+        "--masters".into(),
+        masters.to_string(),
+        "--work-dir".into(),
+        std::path::absolute(&dir)?.display().to_string(),
+        "--listen".into(),
+        executor_addr(base_port, i),
+        "--label".into(),
+        format!("name={name}"),
+        "--http-listen".into(),
+        executor_http_addr(base_port, i),
+    ];
+    spawn(&name, &a, &dir.join("executor.log"))
+}
+
+/// Fails fast, naming the port, when something already listens where a local cluster of
+/// `masters` masters and `executors` executors at `base` would.
+pub(crate) fn check_ports_free(base: u16, masters: u32, executors: u32) -> anyhow::Result<()> {
+    let last = base as u32 + 150 + executors.max(1) - 1;
+    anyhow::ensure!(last <= u16::MAX as u32, "--base-port {base} is too high: the cluster needs ports {base}..={last}");
+    let port = |addr: String| addr.parse::<std::net::SocketAddr>().map_or(0, |a| a.port());
+    let m = (0..masters as u16).flat_map(|i| [base + i, base + 50 + i]);
+    let e = (1..=executors).flat_map(|i| [port(executor_addr(base, i)), port(executor_http_addr(base, i))]);
+    for p in m.chain(e) {
+        std::net::TcpListener::bind(("127.0.0.1", p))
+            .with_context(|| format!("port {p} is in use (a local cluster at --base-port {base} needs ports {base}..={last}); pass another --base-port"))?;
+    }
+    Ok(())
+}
+
+/// Polls `cluster status` until a leader is known, for at most `timeout`.
+pub(crate) async fn wait_leader(client: &Client, timeout: Duration) -> anyhow::Result<pb::ClusterStatusResponse> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(s) = client.cluster_status().await {
+            if s.leader_id != 0 {
+                return Ok(s);
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("no leader elected within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Writes the master configs of a local cluster and returns their paths and addresses.
-/// Masters listen on `base_port..`, their HTTP endpoints on `base_port + 50..`.
+/// Masters listen on `base_port..`, their HTTP endpoints on `base_port + 50..` (executors: worker
+/// API on `base_port + 100..`, HTTP on `base_port + 150..`).
 pub fn write_master_configs(dir: &Path, n: u32, base_port: u16) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let peers: Vec<Peer> = (1..=n).map(|i| Peer { id: i as u64, addr: format!("127.0.0.1:{}", base_port + i as u16 - 1) }).collect();
     let mut out = Vec::new();
@@ -70,75 +183,116 @@ pub fn write_master_configs(dir: &Path, n: u32, base_port: u16) -> anyhow::Resul
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.masters >= 1 && args.masters <= 7, "--masters must be between 1 and 7");
+    anyhow::ensure!(args.executors <= 50, "--executors must be at most 50");
+    check_ports_free(args.base_port, args.masters, args.executors)?;
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let configs = write_master_configs(&args.data_dir, args.masters, args.base_port)?;
     let mut procs = Vec::new();
     let mut addrs = Vec::new();
     for (i, (cfg, addr)) in configs.iter().enumerate() {
-        let name = format!("master{}", i + 1);
-        let log = cfg.with_file_name("master.log");
-        let p = spawn(&name, &["master".into(), "--config".into(), cfg.display().to_string()], &log)?;
+        let p = spawn_master(i as u32 + 1, cfg)?;
         let http = format!("http://127.0.0.1:{}", args.base_port + 50 + i as u16);
-        println!("{name:<10} {addr:<18} pid {:<8} {http}/metrics  log {}", p.child.id().unwrap_or(0), log.display());
+        println!("{:<10} {addr:<18} pid {:<8} {http}/metrics  log {}", p.name, p.pid().unwrap_or(0), p.log().display());
         procs.push(p);
         addrs.push(addr.clone());
     }
     let masters = addrs.join(",");
     let client = Client::new(addrs.clone())?;
     let started = Instant::now();
-    let leader = loop {
-        if let Ok(s) = client.cluster_status().await {
-            if s.leader_id != 0 {
-                break s;
-            }
+    let leader = match wait_leader(&client, READY_TIMEOUT).await {
+        Ok(s) => s,
+        Err(e) => {
+            stop_all(&mut procs, |l| println!("{l}")).await;
+            anyhow::bail!("{e}; see the logs under {}", args.data_dir.display());
         }
-        if started.elapsed() > READY_TIMEOUT {
-            stop_all(&mut procs).await;
-            anyhow::bail!("no leader elected within {READY_TIMEOUT:?}; see the logs under {}", args.data_dir.display());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     println!("leader     master{} at {} (elected in {} ms)", leader.leader_id, leader.leader_addr, started.elapsed().as_millis());
     for i in 1..=args.executors {
-        let name = format!("executor{i}");
-        let dir = args.data_dir.join(&name);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let listen = format!("127.0.0.1:{}", args.base_port + 100 + i as u16 - 1);
-        let log = dir.join("executor.log");
-        let a: Vec<String> = vec![
-            "executor".into(),
-            "--masters".into(),
-            masters.clone(),
-            "--work-dir".into(),
-            std::path::absolute(&dir)?.display().to_string(),
-            "--listen".into(),
-            listen.clone(),
-            "--label".into(),
-            format!("name={name}"),
-        ];
-        let p = spawn(&name, &a, &log)?;
-        println!("{name:<10} {listen:<18} pid {:<8} log {}", p.child.id().unwrap_or(0), log.display());
+        let p = spawn_executor(&args.data_dir, i, args.base_port, &masters)?;
+        println!(
+            "{:<10} {:<18} pid {:<8} http://{}/metrics  log {}",
+            p.name,
+            executor_addr(args.base_port, i),
+            p.pid().unwrap_or(0),
+            executor_http_addr(args.base_port, i),
+            p.log().display()
+        );
         procs.push(p);
     }
+    if let Err(e) = wait_executors(&client, &mut procs, args.executors, READY_TIMEOUT).await {
+        stop_all(&mut procs, |l| println!("{l}")).await;
+        anyhow::bail!("{e}; see the logs under {}", args.data_dir.display());
+    }
+    println!("executors  {} registered (ready in {} ms)", args.executors, started.elapsed().as_millis());
     println!("\nexport TRIAD_MASTERS={masters}\n");
     println!("triad dev is running; press Ctrl-C to stop every process.");
 
-    crate::shutdown::signal().await;
+    // Until Ctrl-C, say so when a child exits (killed by the user to watch failover, or crashed).
+    let mut watch = tokio::time::interval(Duration::from_millis(500));
+    let stop = crate::shutdown::signal();
+    tokio::pin!(stop);
+    let mut gone = vec![false; procs.len()];
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = watch.tick() => {
+                for (p, gone) in procs.iter_mut().zip(gone.iter_mut()) {
+                    match p.child.try_wait() {
+                        Ok(Some(status)) if !*gone => {
+                            *gone = true;
+                            println!("{:<10} exited ({status}); log {}", p.name, p.log().display());
+                        }
+                        Ok(None) => *gone = false,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
     println!("\nstopping...");
-    stop_all(&mut procs).await;
+    stop_all(&mut procs, |l| println!("{l}")).await;
     Ok(())
+}
+
+/// Waits until `n` executors are registered with the cluster; fails at once, naming it and its
+/// log, if one of the processes exits first.
+async fn wait_executors(client: &Client, procs: &mut [Proc], n: u32, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for p in procs.iter_mut() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                anyhow::bail!("{} exited ({status}) while starting; log {}", p.name, p.log().display());
+            }
+        }
+        let listed = client
+            .call(|ch| async move {
+                pb::executor_service_client::ExecutorServiceClient::new(ch).list_executors(pb::ListExecutorsRequest { consistency: 0 }).await
+            })
+            .await;
+        if let Ok(r) = listed {
+            if r.executors.len() >= n as usize {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{n} executors did not all register within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Stops executors first (so they can hand back work and deregister while the masters are up),
 /// then the masters.
-async fn stop_all(procs: &mut [Proc]) {
-    let (mut executors, mut masters): (Vec<&mut Proc>, Vec<&mut Proc>) = procs.iter_mut().partition(|p| p.name.starts_with("executor"));
-    stop_group(&mut executors).await;
-    stop_group(&mut masters).await;
+/// `say` gets one line per process.
+pub(crate) async fn stop_all(procs: &mut [Proc], say: impl Fn(String)) {
+    let (mut executors, mut masters): (Vec<&mut Proc>, Vec<&mut Proc>) = procs.iter_mut().partition(|p| p.is_executor());
+    stop_group(&mut executors, &say).await;
+    stop_group(&mut masters, &say).await;
 }
 
 /// SIGTERM every process of a group, wait (bounded), then SIGKILL what is left.
-async fn stop_group(procs: &mut [&mut Proc]) {
+/// A process that already exited (killed by a benchmark, say) is only reaped.
+async fn stop_group(procs: &mut [&mut Proc], say: &impl Fn(String)) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     for p in procs.iter() {
@@ -150,10 +304,10 @@ async fn stop_group(procs: &mut [&mut Proc]) {
     for p in procs.iter_mut() {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, p.child.wait()).await {
-            Ok(_) => println!("{:<10} stopped", p.name),
+            Ok(_) => say(format!("{:<10} stopped", p.name)),
             Err(_) => {
                 let _ = p.child.kill().await;
-                println!("{:<10} killed (did not stop within {STOP_GRACE:?})", p.name);
+                say(format!("{:<10} killed (did not stop within {STOP_GRACE:?})", p.name));
             }
         }
     }

@@ -31,6 +31,7 @@ pub async fn run(a: ExecutorRunArgs) -> anyhow::Result<()> {
     f.work_dir = a.work_dir.or(f.work_dir);
     f.listen = a.listen.or(f.listen);
     f.advertise = a.advertise.or(f.advertise);
+    f.http_listen = a.http_listen.or(f.http_listen);
     let cfg: ExecutorConfig = f.into_config()?;
     let (trigger, shutdown) = crate::shutdown::channel();
     tokio::spawn(async move {

@@ -96,17 +96,25 @@ pub enum Cmd {
 pub enum BenchCmd {
     /// Closed-loop durable submissions against a running cluster.
     Submit {
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-        /// Pace to this many submissions per second in total (default: as fast as possible).
-        #[arg(long)]
-        rate: Option<f64>,
+        #[command(flatten)]
+        load: bench::Load,
         #[command(flatten)]
         out: OutputArg,
         #[command(flatten)]
         m: MastersArg,
+    },
+    /// The reference: closed-loop durable puts to etcd (v3 gRPC), same harness as `submit`.
+    EtcdPut {
+        /// etcd client endpoint host:port (its leader's, for a like-for-like figure).
+        #[arg(long, default_value = "127.0.0.1:2379")]
+        endpoint: String,
+        #[command(flatten)]
+        load: bench::Load,
+        /// Bytes per value (a triad submission is ~150 bytes on the wire).
+        #[arg(long, default_value_t = 150)]
+        value_size: usize,
+        #[command(flatten)]
+        out: OutputArg,
     },
     /// Submit -> first attempt running and submit -> succeeded, for trivial tasks on idle executors.
     E2e {
@@ -132,6 +140,31 @@ pub enum BenchCmd {
         out: OutputArg,
         #[command(flatten)]
         m: MastersArg,
+    },
+    /// Starts its own local cluster, kills the leader N times (kill -> writes accepted again) and
+    /// an executor M times (kill -> its tasks running elsewhere).
+    Failover {
+        /// Leader kills (0 skips them).
+        #[arg(long, default_value_t = 5)]
+        kills: usize,
+        /// Executor kills (0 skips them).
+        #[arg(long, default_value_t = 3)]
+        executor_kills: usize,
+        /// Data and logs of the cluster; must be empty or absent, and is kept [default: a fresh
+        /// temporary directory, removed at the end unless --keep or the bench failed].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Keep the temporary data dir and logs.
+        #[arg(long)]
+        keep: bool,
+        /// First master's port (masters take consecutive ports, HTTP +50, executors +100).
+        #[arg(long, default_value_t = 17400)]
+        base_port: u16,
+        /// Deadline of each round; a round that misses it fails the bench.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        round_timeout: Duration,
+        #[command(flatten)]
+        out: OutputArg,
     },
     /// The pure planner's throughput on a synthetic state.
     Placement {
@@ -275,6 +308,9 @@ pub struct ExecutorRunArgs {
     /// Address the leader reaches it at (defaults to the bound address).
     #[arg(long)]
     pub advertise: Option<String>,
+    /// Address of its HTTP endpoints (/metrics, /status) [default: none].
+    #[arg(long)]
+    pub http_listen: Option<String>,
     #[command(flatten)]
     pub m: MastersArg,
 }
@@ -374,8 +410,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Job(cmd) => job(cmd).await,
         Cmd::Bench(cmd) => {
             match cmd {
-                BenchCmd::Submit { concurrency, duration, rate, out, m } => {
-                    bench::submit(m.client()?, concurrency, duration, rate).await?.print(out.format)?
+                BenchCmd::Submit { load, out, m } => bench::submit(m.client()?, load).await?.print(out.format)?,
+                BenchCmd::EtcdPut { endpoint, load, value_size, out } => {
+                    bench::etcd::put(&endpoint, load, value_size).await?.print(out.format)?
                 }
                 BenchCmd::E2e { count, out, m } => {
                     let (running, done) = bench::e2e(m.client()?, count).await?;
@@ -384,6 +421,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 BenchCmd::Heartbeats { executors, hz, duration, connections, out, m } => {
                     bench::heartbeats(m.client()?, executors, hz, duration, connections).await?.print(out.format)?
+                }
+                BenchCmd::Failover { kills, executor_kills, data_dir, keep, base_port, round_timeout, out } => {
+                    let args = bench::failover::FailoverArgs { kills, executor_kills, data_dir, keep, base_port, round_timeout };
+                    for r in bench::failover::run(args).await? {
+                        r.print(out.format)?;
+                    }
                 }
                 BenchCmd::Placement { executors, tasks, rounds, out } => bench::placement(executors, tasks, rounds).print(out.format)?,
             }

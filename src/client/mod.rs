@@ -21,6 +21,10 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(6);
 /// Total time a call keeps retrying retryable failures (leader elections take ~1 s).
 pub const RETRY_FOR: Duration = Duration::from_secs(20);
 
+/// Longest pause between rounds over every master. Short: an election takes well under a second,
+/// and a client that sleeps past its end adds the rest of the sleep to the failover time.
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
+
 pub struct Client {
     masters: Vec<String>,
     channels: Vec<Channel>,
@@ -92,7 +96,7 @@ impl Client {
                         tried_since_backoff = 0;
                         let left = deadline.saturating_duration_since(Instant::now());
                         tokio::time::sleep(backoff.min(left)).await;
-                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
                 Err(s) => return Err(s),

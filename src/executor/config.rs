@@ -22,6 +22,7 @@ pub struct ExecutorFile {
     pub work_dir: Option<PathBuf>,
     pub listen: Option<String>,
     pub advertise: Option<String>,
+    pub http_listen: Option<String>,
 }
 
 impl ExecutorFile {
@@ -63,6 +64,9 @@ impl ExecutorFile {
         if let Some(v) = get("TRIAD_EXECUTOR_ADVERTISE") {
             self.advertise = Some(v);
         }
+        if let Some(v) = get("TRIAD_EXECUTOR_HTTP_LISTEN") {
+            self.http_listen = Some(v);
+        }
         Ok(())
     }
 
@@ -78,6 +82,7 @@ impl ExecutorFile {
             work_dir: self.work_dir.unwrap_or_else(|| PathBuf::from("./triad-executor")),
             listen: self.listen.unwrap_or_else(|| "127.0.0.1:0".to_string()),
             advertise: self.advertise,
+            http_listen: self.http_listen,
         })
     }
 }

@@ -11,6 +11,7 @@
 //! - On SIGTERM or drain: take no new work, hand back or finish what runs, deregister, clean up.
 
 pub mod config;
+mod http;
 pub mod runner;
 mod worker;
 
@@ -35,6 +36,11 @@ use runner::{AttemptEvent, EventKind, ExitStatus, Runner};
 /// Attempts are killed once heartbeats have gone unacknowledged for this fraction of the TTL,
 /// leaving the rest of the TTL as margin for clock-rate differences and the kill itself.
 pub const SELF_FENCE_FRACTION: f64 = 0.6;
+/// After a fenced period ends (a pause, a partition), starts are refused for this long: the
+/// leader may have given up on a start it sent before (and placed the task elsewhere) while the
+/// request sat in a socket buffer; such requests arrive right at the recovery. A start the leader
+/// still wants is retried and lands after the grace.
+pub const RECOVERY_GRACE: Duration = Duration::from_secs(1);
 /// Grace between SIGTERM and SIGKILL when stopping an attempt.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long a stopping executor keeps trying to deliver its last reports and to deregister.
@@ -52,6 +58,8 @@ pub struct ExecutorConfig {
     pub listen: String,
     /// Address the leader reaches the worker API at (defaults to the bound address).
     pub advertise: Option<String>,
+    /// Address of the HTTP endpoints (`/metrics`, `/status`); none when unset.
+    pub http_listen: Option<String>,
 }
 
 /// State shared by the executor's tasks.
@@ -68,6 +76,8 @@ pub struct Agent {
     /// No new work is accepted.
     pub draining: AtomicBool,
     last_ack: Mutex<Instant>,
+    /// When the last fenced period ended (an ack after none for the fencing window).
+    recovered_at: Mutex<Option<Instant>>,
     ttl: Mutex<Duration>,
     heartbeat: Mutex<Duration>,
 }
@@ -94,6 +104,14 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
     let addr = cfg.advertise.clone().unwrap_or_else(|| bound.to_string());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let runner = Runner::new(cfg.work_dir.clone(), events_tx);
+    // Before anything else (above all before registering, which lets the leader reschedule the
+    // old epoch's work): no attempt of an earlier, crashed process of this executor may live on.
+    let sweep = runner.clone();
+    match tokio::task::spawn_blocking(move || sweep.kill_leftovers()).await? {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(killed = n, "killed attempts left running by an earlier executor process"),
+        Err(e) => return Err(e).context("killing attempts left by an earlier executor process"),
+    }
     let client = Client::new(cfg.masters.clone())?;
     let mut hb_client = Client::new(cfg.masters.clone())?;
     hb_client.call_timeout = Duration::from_millis(800);
@@ -108,6 +126,7 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
         epoch: AtomicU64::new(0),
         draining: AtomicBool::new(false),
         last_ack: Mutex::new(Instant::now()),
+        recovered_at: Mutex::new(None),
         ttl: Mutex::new(Duration::from_secs(5)),
         heartbeat: Mutex::new(Duration::from_secs(1)),
     });
@@ -122,8 +141,21 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
             t.fire();
         });
     }
+    if let Some(http_addr) = &cfg.http_listen {
+        let l = TcpListener::bind(http_addr).await.with_context(|| format!("binding http {http_addr}"))?;
+        tracing::info!(http = %http_addr, "serving /metrics and /status");
+        tokio::spawn(http::serve(agent.clone(), l, stop.clone()));
+    }
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(http::track_health(agent.clone(), health_reporter, stop.clone()));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building reflection service")?;
     let mut server_stop = stop.clone();
     let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
         .add_service(WorkerServiceServer::new(worker::Worker { agent: agent.clone() }))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { server_stop.wait().await });
     let server = tokio::spawn(server);
@@ -190,6 +222,7 @@ impl Agent {
                     *self.ttl.lock().expect("poisoned") = Duration::from_millis(r.ttl_ms.max(100));
                     *self.heartbeat.lock().expect("poisoned") = Duration::from_millis(r.heartbeat_ms.clamp(50, 60_000));
                     *self.last_ack.lock().expect("poisoned") = Instant::now();
+                    crate::metrics::executor().registrations.inc();
                     tracing::info!(epoch = r.epoch, "registered");
                     return Ok(());
                 }
@@ -205,8 +238,24 @@ impl Agent {
 
     /// No heartbeat acknowledged within the self-fencing window: take no new work.
     pub fn is_fenced(&self) -> bool {
-        let ttl = *self.ttl.lock().expect("poisoned");
-        self.last_ack.lock().expect("poisoned").elapsed() > ttl.mul_f64(SELF_FENCE_FRACTION)
+        self.since_ack() > self.ttl().mul_f64(SELF_FENCE_FRACTION)
+    }
+
+    /// Just out of a fenced period (see [`RECOVERY_GRACE`]): take no new work yet.
+    pub fn is_recovering(&self) -> bool {
+        self.recovered_at.lock().expect("poisoned").is_some_and(|t| t.elapsed() < RECOVERY_GRACE)
+    }
+
+    fn since_ack(&self) -> Duration {
+        self.last_ack.lock().expect("poisoned").elapsed()
+    }
+
+    fn ttl(&self) -> Duration {
+        *self.ttl.lock().expect("poisoned")
+    }
+
+    fn heartbeat_interval(&self) -> Duration {
+        *self.heartbeat.lock().expect("poisoned")
     }
 
     fn running(&self) -> Vec<pb::RunningAttempt> {
@@ -217,11 +266,13 @@ impl Agent {
             .collect()
     }
 
-    fn stop_in_background(self: &Arc<Self>, token: u64) {
+    /// Kills an attempt without waiting; `cause` labels the kill in the metrics and the log.
+    fn stop_in_background(self: &Arc<Self>, token: u64, cause: &'static str) {
         let me = self.clone();
         tokio::spawn(async move {
             if me.runner.stop(token, STOP_GRACE).await {
-                tracing::info!(token, "killed an attempt the leader does not recognise");
+                crate::metrics::executor().kills.with_label_values(&[cause]).inc();
+                tracing::info!(token, cause, "killed an attempt");
             }
         });
     }
@@ -229,19 +280,19 @@ impl Agent {
 
 async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shutdown::Trigger) {
     loop {
-        let interval = *agent.heartbeat.lock().expect("poisoned");
+        let interval = agent.heartbeat_interval();
         tokio::select! {
             _ = stop.wait() => return,
             _ = tokio::time::sleep(interval) => {}
         }
         // Self-fence before talking to anyone: after a pause the old attempts must die first.
-        let since_ack = agent.last_ack.lock().expect("poisoned").elapsed();
-        let ttl = *agent.ttl.lock().expect("poisoned");
+        let (since_ack, ttl) = (agent.since_ack(), agent.ttl());
         let skip = crate::chaos::on(crate::chaos::Bug::SkipFencing);
         if !skip && since_ack > ttl.mul_f64(SELF_FENCE_FRACTION) && !agent.runner.live_tokens().is_empty() {
             tracing::warn!(since_ack_ms = since_ack.as_millis() as u64, "no heartbeat acknowledged: self-fencing, killing all attempts");
+            crate::metrics::executor().self_fences.inc();
             for t in agent.runner.live_tokens() {
-                agent.stop_in_background(t);
+                agent.stop_in_background(t, "self_fence");
             }
         }
         let req = pb::HeartbeatRequest {
@@ -249,6 +300,7 @@ async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shu
             epoch: agent.epoch.load(Ordering::SeqCst),
             attempts: agent.running(),
         };
+        let sent = Instant::now();
         let r = agent
             .hb_client
             .call(|c| {
@@ -256,6 +308,10 @@ async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shu
                 async move { ExecutorServiceClient::new(c).heartbeat(req).await }
             })
             .await;
+        let result = if r.is_ok() { "ok" } else { "error" };
+        let m = crate::metrics::executor();
+        m.heartbeats.with_label_values(&[result]).inc();
+        m.heartbeat_seconds.with_label_values(&[result]).observe(sent.elapsed().as_secs_f64());
         let resp = match r {
             Ok(r) => r,
             Err(e) => {
@@ -263,15 +319,24 @@ async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shu
                 continue;
             }
         };
-        *agent.last_ack.lock().expect("poisoned") = Instant::now();
+        if resp.reregister {
+            // Not acknowledged as a live executor: no longer registered, so no start is accepted
+            // until the new registration (whose epoch the leader will use).
+            agent.epoch.store(0, Ordering::SeqCst);
+        } else {
+            if agent.is_fenced() {
+                *agent.recovered_at.lock().expect("poisoned") = Some(Instant::now());
+            }
+            *agent.last_ack.lock().expect("poisoned") = Instant::now();
+        }
         for t in &resp.kill_tokens {
-            agent.stop_in_background(*t);
+            agent.stop_in_background(*t, "leader");
         }
         if resp.reregister {
             tracing::warn!("the leader does not know this executor (declared dead?): registering again");
             if !skip {
                 for t in agent.runner.live_tokens() {
-                    agent.stop_in_background(t);
+                    agent.stop_in_background(t, "reregister");
                 }
             }
             tokio::select! {
@@ -306,6 +371,11 @@ async fn report_loop(agent: Arc<Agent>, mut events: mpsc::UnboundedReceiver<Atte
             }
         };
         let Some(info) = agent.runner.get(ev.token) else { continue };
+        let m = crate::metrics::executor();
+        match &ev.kind {
+            EventKind::Started { .. } => m.attempts_started.inc(),
+            EventKind::Finished { status } => m.attempts_finished.with_label_values(&[status.outcome()]).inc(),
+        }
         let (kind, exit_code, error) = match &ev.kind {
             EventKind::Started { .. } => (Kind::Started, 0, String::new()),
             EventKind::Finished { status } => match status {
@@ -336,16 +406,21 @@ async fn report_loop(agent: Arc<Agent>, mut events: mpsc::UnboundedReceiver<Atte
                 .await;
             match r {
                 Ok(resp) => {
+                    m.reports.with_label_values(&[if resp.kill { "stale" } else { "accepted" }]).inc();
                     if resp.kill {
-                        agent.stop_in_background(ev.token);
+                        agent.stop_in_background(ev.token, "stale_report");
                     }
                     break;
                 }
                 Err(e) if e.code() == tonic::Code::InvalidArgument || e.code() == tonic::Code::NotFound => {
+                    m.reports.with_label_values(&["refused"]).inc();
                     tracing::warn!(token = ev.token, error = %e, "report refused for good");
                     break;
                 }
-                Err(e) => tracing::debug!(token = ev.token, error = %e, "report failed; retrying"),
+                Err(e) => {
+                    m.reports.with_label_values(&["retry"]).inc();
+                    tracing::debug!(token = ev.token, error = %e, "report failed; retrying")
+                }
             }
         }
         if matches!(ev.kind, EventKind::Finished { .. }) {

@@ -15,6 +15,13 @@
 //!   group's leader exits (normally, by timeout or by `stop`) the rest of the group is
 //!   SIGKILLed, so no stray process of an attempt outlives it. A process that leaves the group
 //!   on purpose (`setsid`, `setpgid`) escapes this.
+//! - **No attempt outlives its executor.** The group leader gets `PR_SET_PDEATHSIG(SIGKILL)`, so
+//!   it dies the moment the executor process dies (the signal follows the thread that spawned
+//!   it; attempts are spawned from the runtime's worker threads, which live as long as the
+//!   process). Each spawned attempt also leaves a record `work_dir/running/<token>` (its process
+//!   group) until its group is reaped, and [`Runner::kill_leftovers`], run at start-up before
+//!   registering, SIGKILLs whatever of a recorded group is still alive: an executor that crashed
+//!   and came back never runs its old attempts beside their rescheduled successors.
 //! - **Events in order, exactly once.** Each spawned attempt yields one `Started` and then
 //!   exactly one `Finished`; an attempt that could not be spawned yields only `Finished` with
 //!   [`ExitStatus::SpawnFailed`]. The status is recorded before `Finished` is sent, so
@@ -51,6 +58,11 @@ const INHERITED_ENV: &[&str] = &["PATH", "HOME"];
 
 /// Name of the directory under `work_dir` that holds every attempt's directory.
 const ATTEMPTS_DIR: &str = "attempts";
+/// Under the work dir: one file per spawned attempt not yet reaped, named by token, holding
+/// the attempt's process group id.
+const RUNNING_DIR: &str = "running";
+/// How long [`Runner::kill_leftovers`] waits for a killed group to disappear.
+const LEFTOVER_KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Everything needed to run one attempt of one task. Built by the caller from the dispatch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +106,21 @@ pub enum ExitStatus {
     Killed,
     /// The process could not be started; the message says why.
     SpawnFailed(String),
+}
+
+impl ExitStatus {
+    /// A short label for the outcome (metrics): `succeeded`, `failed`, `signaled`, `timed_out`,
+    /// `killed` or `spawn_failed`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ExitStatus::Exited(0) => "succeeded",
+            ExitStatus::Exited(_) => "failed",
+            ExitStatus::Signaled(_) => "signaled",
+            ExitStatus::TimedOut => "timed_out",
+            ExitStatus::Killed => "killed",
+            ExitStatus::SpawnFailed(_) => "spawn_failed",
+        }
+    }
 }
 
 /// A change in an attempt's life, sent on the runner's event channel.
@@ -328,6 +355,7 @@ impl Runner {
                 signal_group(pid, Signal::SIGKILL);
             }
         }
+        self.record_running(token, pid).await;
         tracing::info!(token, pid, job_id = %spec.job_id, task = spec.task_index, attempt = spec.attempt, "attempt started");
         self.send(token, EventKind::Started { pid });
         let runner = self.clone();
@@ -577,6 +605,12 @@ impl Runner {
         };
         // The leader is gone; whatever else of the group remains is this attempt's leftovers.
         signal_group(pid, Signal::SIGKILL);
+        let record = self.running_record(token);
+        if let Err(e) = tokio::fs::remove_file(&record).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(token, path = %record.display(), error = %e, "removing the running record failed");
+            }
+        }
         let outcome = match waited {
             _ if timed_out => ExitStatus::TimedOut,
             Ok(status) => exit_status(status),
@@ -649,6 +683,64 @@ impl Runner {
             }
         }
         known.max(on_disk).filter(|&n| n > 0)
+    }
+
+    fn running_record(&self, token: u64) -> PathBuf {
+        self.inner.work_dir.join(RUNNING_DIR).join(token.to_string())
+    }
+
+    /// Records a spawned attempt's process group, for [`kill_leftovers`](Self::kill_leftovers)
+    /// after a crash. Failing to record is logged, not fatal: PDEATHSIG still covers the leader.
+    async fn record_running(&self, token: u64, pgid: u32) {
+        let path = self.running_record(token);
+        let write = async {
+            tokio::fs::create_dir_all(self.inner.work_dir.join(RUNNING_DIR)).await?;
+            tokio::fs::write(&path, pgid.to_string()).await
+        };
+        if let Err(e) = write.await {
+            tracing::warn!(token, path = %path.display(), error = %e, "recording the running attempt failed");
+        }
+    }
+
+    /// Kills what is left of attempts recorded as running by an earlier executor process in this
+    /// work dir (one that crashed without reaping them), waits (bounded) for them to go, and
+    /// removes their records. A recorded group is only killed if one of its live members still
+    /// carries the attempt's `TRIAD_FENCING_TOKEN` or works under this executor's attempts
+    /// directory, so a reused group id of an unrelated process is never hit. Returns how many
+    /// groups were killed. Blocking: call from `spawn_blocking`, before registering.
+    pub fn kill_leftovers(&self) -> std::io::Result<usize> {
+        let dir = self.inner.work_dir.join(RUNNING_DIR);
+        let attempts_root = std::fs::canonicalize(self.inner.work_dir.join(ATTEMPTS_DIR)).ok();
+        let mut killed = 0;
+        for entry in read_dir_or_empty(&dir)? {
+            let path = entry?.path();
+            let record = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok()).zip(
+                std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u32>().ok()),
+            );
+            if let Some((token, pgid)) = record.filter(|(_, pgid)| *pgid > 1) {
+                let marker = format!("TRIAD_FENCING_TOKEN={token}");
+                let ours = group_members(pgid).into_iter().any(|pid| {
+                    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                    let has_token = env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes());
+                    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+                    has_token || matches!((&cwd, &attempts_root), (Some(c), Some(r)) if c.starts_with(r))
+                });
+                if ours {
+                    tracing::warn!(token, pgid, "killing an attempt left running by an earlier executor process");
+                    signal_group(pgid, Signal::SIGKILL);
+                    let deadline = std::time::Instant::now() + LEFTOVER_KILL_WAIT;
+                    while !group_members(pgid).is_empty() && std::time::Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    killed += 1;
+                }
+            }
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(killed)
     }
 
     fn attempt_dir(&self, job_id: &str, task_index: u32, attempt: u32) -> PathBuf {
@@ -762,7 +854,44 @@ fn build_command(
         // The waiter task owns the child and kills its group explicitly; dropping the handle
         // (runtime shutdown) must not be mistaken for a decision to kill.
         .kill_on_drop(false);
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls (prctl, getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The executor may have died between fork and prctl: then nobody would kill us.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
     cmd
+}
+
+/// Pids of the live (non-zombie) members of process group `pgid`, from /proc.
+fn group_members(pgid: u32) -> Vec<i32> {
+    let pgid = pgid.to_string();
+    let mut members = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return members };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after "(comm) ": state ppid pgrp ...
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2) == Some(&pgid.as_str()) && fields[0] != "Z" {
+            members.push(pid);
+        }
+    }
+    members
 }
 
 fn program_name(spec: &AttemptSpec) -> String {
@@ -934,31 +1063,6 @@ mod tests {
         }
     }
 
-    /// Pids of live members of process group `pgid`, from /proc.
-    fn group_members(pgid: u32) -> Vec<i32> {
-        let mut members = Vec::new();
-        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // Fields after "(comm) ": state ppid pgrp ...
-            let Some((_, rest)) = stat.rsplit_once(") ") else {
-                continue;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            if fields.get(2) == Some(&pgid.to_string().as_str()) && fields[0] != "Z" {
-                members.push(pid);
-            }
-        }
-        members
-    }
 
     fn env_map(output: &str) -> BTreeMap<String, String> {
         output
@@ -1518,5 +1622,60 @@ mod tests {
         let again = h.runner.start(shell(41, "exit 0")).await;
         assert!(matches!(again, Err(RunnerError::AlreadyExists { token: 41, .. })), "{again:?}");
         assert!(h.runner.get(41).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_running_attempt_is_recorded_until_reaped() {
+        let mut h = harness();
+        let pid = h.runner.start(shell(50, "sleep 1000")).await.expect("start");
+        let record = h.dir.path().join(RUNNING_DIR).join("50");
+        assert_eq!(std::fs::read_to_string(&record).expect("record").trim(), pid.to_string());
+        assert!(h.runner.stop(50, Duration::from_secs(5)).await);
+        assert_eq!(h.finished(50).await, ExitStatus::Killed);
+        wait_until("the record to go", || {
+            let gone = !record.exists();
+            async move { gone }
+        })
+        .await;
+    }
+
+    /// A process group as a crashed executor would have left it: `sleep` in its own group.
+    fn orphan_group(token: Option<u64>, cwd: &Path) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("1000").current_dir(cwd).process_group(0);
+        if let Some(t) = token {
+            cmd.env("TRIAD_FENCING_TOKEN", t.to_string());
+        }
+        cmd.spawn().expect("spawn sleep")
+    }
+
+    #[tokio::test]
+    async fn leftovers_of_a_crashed_executor_are_killed_and_strangers_spared() {
+        let h = harness();
+        let running = h.dir.path().join(RUNNING_DIR);
+        std::fs::create_dir_all(&running).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        // Ours by token, ours by working directory, and a stranger whose group id is recorded
+        // under another token (as if the id had been reused).
+        let attempt_dir = h.dir.path().join(ATTEMPTS_DIR).join("job-x").join("0").join("1");
+        std::fs::create_dir_all(&attempt_dir).unwrap();
+        let mut by_token = orphan_group(Some(61), elsewhere.path());
+        let mut by_cwd = orphan_group(None, &attempt_dir);
+        let mut stranger = orphan_group(Some(999), elsewhere.path());
+        std::fs::write(running.join("61"), by_token.id().to_string()).unwrap();
+        std::fs::write(running.join("62"), by_cwd.id().to_string()).unwrap();
+        std::fs::write(running.join("63"), stranger.id().to_string()).unwrap();
+        std::fs::write(running.join("64"), "not a pid").unwrap();
+
+        let runner = h.runner.clone();
+        let killed = tokio::task::spawn_blocking(move || runner.kill_leftovers()).await.unwrap().expect("kill_leftovers");
+        assert_eq!(killed, 2);
+        assert!(by_token.wait().unwrap().code().is_none(), "killed by a signal");
+        assert!(by_cwd.wait().unwrap().code().is_none(), "killed by a signal");
+        assert!(!is_gone(stranger.id() as i32), "a stranger's group is left alone");
+        assert_eq!(std::fs::read_dir(&running).unwrap().count(), 0, "every record is consumed");
+        stranger.kill().unwrap();
+        stranger.wait().unwrap();
     }
 }

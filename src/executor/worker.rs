@@ -28,6 +28,9 @@ impl WorkerService for Worker {
         if self.agent.is_fenced() {
             return Err(Status::failed_precondition("executor is self-fenced (no heartbeat acknowledged recently)"));
         }
+        if self.agent.is_recovering() {
+            return Err(Status::unavailable("executor is just out of a fenced period; retry shortly"));
+        }
         let epoch = self.agent.epoch.load(Ordering::SeqCst);
         if r.epoch < epoch {
             return Err(Status::failed_precondition(format!("stale executor epoch {} (current {epoch})", r.epoch)));

@@ -48,7 +48,8 @@ pub struct Peer {
 pub struct RaftTimings {
     /// Leader heartbeat to followers.
     pub heartbeat_ms: u64,
-    /// A follower starts an election after a random timeout in [min, max).
+    /// A follower starts an election after the leader's lease (`election_max_ms`) plus a random
+    /// timeout in [min, max) without hearing from a leader.
     pub election_min_ms: u64,
     pub election_max_ms: u64,
     /// Take a snapshot after this many applied entries since the last one.
@@ -63,8 +64,8 @@ impl Default for RaftTimings {
     fn default() -> Self {
         RaftTimings {
             heartbeat_ms: 100,
-            election_min_ms: 400,
-            election_max_ms: 800,
+            election_min_ms: 250,
+            election_max_ms: 450,
             snapshot_every: 20_000,
             keep_logs: 1_000,
             leader_wait_ms: 3_000,

@@ -91,7 +91,12 @@ fn is_stale(c: i32) -> bool {
 impl JobService for Jobs {
     async fn submit_job(&self, req: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let fwd = is_forwarded(&req);
-        let msg = req.into_inner();
+        let mut msg = req.into_inner();
+        if msg.idempotency_key.is_empty() {
+            // Keyed from here on, so that re-sending it (forwarding retries after a leader
+            // change) can never create a second job.
+            msg.idempotency_key = Uuid::new_v4().to_string();
+        }
         // Validate wherever the request lands: bad input never needs a leader.
         let spec = job_spec_from_pb(msg.spec.clone())?;
         let r = self

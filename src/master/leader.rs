@@ -26,7 +26,7 @@ use crate::api::pb;
 use crate::master::config::ExecutorTimings;
 use crate::scheduler::{self, ExecutorView, PendingTask, PlanInput};
 use crate::shutdown::{self, Shutdown};
-use crate::state::{AttemptState, Command, ExecutorState, State, Token};
+use crate::state::{AttemptState, Command, ExecutorState, JobState, State, Token};
 
 /// Most placements committed in one Raft entry.
 const MAX_PLACEMENTS_PER_ROUND: usize = 2000;
@@ -36,9 +36,17 @@ const DISPATCH_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_START_TRIES: u32 = 6;
 /// The duties loop runs at least this often even when nothing is applied.
 const TICK: Duration = Duration::from_millis(100);
+/// A periodic full planning pass (every pending task, for retry backoffs that expired) costs
+/// time proportional to the backlog while holding the state's read lock, which apply needs: it
+/// is spaced so that it takes at most 1/FULL_PASS_SPACING of the time (a change of executors or
+/// of their loads still plans everything at once).
+const FULL_PASS_SPACING: u32 = 20;
 /// Cancelled attempts younger than this are stopped by a new leader too (older ones are
 /// reconciled by heartbeats anyway).
 const STOP_HORIZON_MS: u64 = 10 * 60 * 1000;
+/// Each scan for cancelled attempts re-reads this much before where the last one ended, for
+/// cancels stamped before but applied after it.
+const STOP_SCAN_OVERLAP_MS: u64 = 5_000;
 
 /// Watches Raft leadership and runs the duties exactly while this master leads.
 pub async fn watch(node: Arc<Node>, liveness: Arc<Liveness>, timings: ExecutorTimings, mut stop: Shutdown) {
@@ -58,7 +66,7 @@ pub async fn watch(node: Arc<Node>, liveness: Arc<Liveness>, timings: ExecutorTi
             if leading {
                 tracing::info!(term, "leader duties starting");
                 let (trigger, sd) = shutdown::channel();
-                let h = tokio::spawn(run(node.clone(), liveness.clone(), timings.clone(), sd));
+                let h = tokio::spawn(run(node.clone(), term, liveness.clone(), timings.clone(), sd));
                 running = Some((term, trigger, h));
             }
         }
@@ -97,20 +105,30 @@ struct Duties {
     /// Jobs (by seq) with tasks that fit on no executor as of `executors_seen`: skipped until the
     /// executors or their loads change, so a backlog that cannot be placed costs nothing per round.
     unplaceable: HashSet<u64>,
+    /// Earliest time of the next periodic full pass (see [`FULL_PASS_SPACING`]).
+    next_full: Instant,
     liveness: Arc<Liveness>,
     ttl: Duration,
     starts: HashMap<Token, Pending>,
     stopped: HashSet<Token>,
+    /// Where the next scan for cancelled attempts to stop starts (leader wall ms; 0: not yet).
+    stop_scan_from: u64,
     tx: mpsc::UnboundedSender<DispatchResult>,
 }
 
-async fn run(node: Arc<Node>, liveness: Arc<Liveness>, timings: ExecutorTimings, mut stop: Shutdown) {
+async fn run(node: Arc<Node>, term: u64, liveness: Arc<Liveness>, timings: ExecutorTimings, mut stop: Shutdown) {
     // Confirm leadership with a quorum and catch up with everything committed before acting.
-    let term = node.metrics().current_term;
-    if node.linearize().await.is_err() {
+    // Stopped duties of an older term may still be here (their catch-up does not watch `stop`):
+    // they must neither act nor move `ready_term` back (which would make the current term's
+    // leader refuse every heartbeat as "catching up", for good).
+    let caught_up = tokio::select! {
+        r = node.linearize() => r.is_ok(),
+        _ = stop.wait() => false,
+    };
+    if !caught_up || stop.is_fired() {
         return;
     }
-    node.ready_term.store(term, std::sync::atomic::Ordering::SeqCst);
+    node.ready_term.fetch_max(term, std::sync::atomic::Ordering::SeqCst);
     {
         let applied = node.applied.read().expect("poisoned");
         let ids: Vec<_> = applied.state.executors().map(|e| e.id.clone()).collect();
@@ -122,10 +140,12 @@ async fn run(node: Arc<Node>, liveness: Arc<Liveness>, timings: ExecutorTimings,
         executors_seen: 0,
         planned_seq: 0,
         unplaceable: HashSet::new(),
+        next_full: Instant::now(),
         liveness,
         ttl: Duration::from_millis(timings.ttl_ms),
         starts: HashMap::new(),
         stopped: HashSet::new(),
+        stop_scan_from: 0,
         tx,
     };
     let mut applied_rx = node.raft.metrics();
@@ -178,7 +198,7 @@ impl Duties {
     }
 
     /// One pass: liveness, placement, dispatch. Returns NotLeader when leadership is gone.
-    async fn round(&mut self, full: bool) -> Result<(), LocalError> {
+    async fn round(&mut self, tick: bool) -> Result<(), LocalError> {
         let now = Instant::now();
         let wall = now_ms();
         let node = self.node.clone();
@@ -195,7 +215,8 @@ impl Duties {
             if seen != self.executors_seen {
                 self.unplaceable.clear();
             }
-            let after = if full || seen != self.executors_seen { None } else { Some(self.planned_seq) };
+            let full = (tick && now >= self.next_full) || seen != self.executors_seen;
+            let after = if full { None } else { Some(self.planned_seq) };
             self.executors_seen = seen;
             self.planned_seq = state.next_seq().saturating_sub(1);
             let plan = match after {
@@ -209,10 +230,13 @@ impl Duties {
                         let placed: HashSet<(crate::state::JobId, u32)> = plan.assignments.iter().map(|a| (a.job, a.index)).collect();
                         self.unplaceable.extend(input.pending.iter().filter(|t| !placed.contains(&(t.job, t.index))).map(|t| t.seq));
                     }
+                    if full {
+                        self.next_full = Instant::now() + TICK.max(now.elapsed() * FULL_PASS_SPACING);
+                    }
                     plan
                 }
             };
-            let (to_start, to_stop) = self.dispatch_work(state, wall);
+            let (to_start, to_stop) = self.dispatch_work(state, wall, tick);
             // Starts given up on: report the attempt lost so the task is retried elsewhere.
             let to_lose: Vec<Command> = self
                 .starts
@@ -260,7 +284,11 @@ impl Duties {
     }
 
     /// Assigned attempts to (re)start, and cancelled attempts to stop, per the state.
-    fn dispatch_work(&mut self, state: &State, wall: u64) -> (Vec<(String, pb::StartAttemptRequest)>, Vec<(String, Token)>) {
+    /// Attempts to start, and (when `scan_stops`, on ticks) cancelled attempts to stop. The stop
+    /// scan covers jobs cancelled since the last scan (with an overlap for commands applied
+    /// late), so its cost follows the cancel rate, not the number of jobs finished lately;
+    /// heartbeat reconciliation stops whatever it misses.
+    fn dispatch_work(&mut self, state: &State, wall: u64, scan_stops: bool) -> (Vec<(String, pb::StartAttemptRequest)>, Vec<(String, Token)>) {
         let now = Instant::now();
         let mut to_start = Vec::new();
         let mut assigned = HashSet::new();
@@ -282,16 +310,27 @@ impl Duties {
         self.starts.retain(|t, _| assigned.contains(t));
 
         let mut to_stop = Vec::new();
-        for job in state.jobs_recently_finished(wall.saturating_sub(STOP_HORIZON_MS)) {
-            for task in &job.tasks {
-                for a in &task.attempts {
-                    if a.state == AttemptState::Cancelled && a.started_at.is_some() && self.stopped.insert(a.token) {
-                        if let Some(e) = state.executor(&a.executor) {
-                            to_stop.push((e.addr.clone(), a.token));
+        if scan_stops {
+            let since = match self.stop_scan_from {
+                0 => wall.saturating_sub(STOP_HORIZON_MS),
+                from => from.min(wall).saturating_sub(STOP_SCAN_OVERLAP_MS),
+            };
+            let mut seen = HashSet::new();
+            for job in state.jobs_recently_finished(since).filter(|j| j.state == JobState::Cancelled) {
+                for a in job.tasks.iter().flat_map(|t| &t.attempts) {
+                    if a.state == AttemptState::Cancelled && a.started_at.is_some() {
+                        seen.insert(a.token);
+                        if self.stopped.insert(a.token) {
+                            if let Some(e) = state.executor(&a.executor) {
+                                to_stop.push((e.addr.clone(), a.token));
+                            }
                         }
                     }
                 }
             }
+            // Tokens that left the window are never scanned again.
+            self.stopped.retain(|t| seen.contains(t));
+            self.stop_scan_from = wall;
         }
         (to_start, to_stop)
     }
@@ -403,17 +442,14 @@ pub fn planner_input(
         })
         .collect();
     let pending = state
-        .pending_tasks_after(wall, after_seq)
-        .filter_map(|(job_id, index)| {
-            let job = state.job(&job_id).filter(|j| !skip.contains(&j.seq))?;
-            Some(PendingTask {
-                job: job_id,
-                index,
-                priority: job.spec.priority,
-                seq: job.seq,
-                demand: job.spec.resources,
-                constraints: job.spec.constraints.clone(),
-            })
+        .pending_tasks_where(wall, after_seq, |seq| !skip.contains(&seq))
+        .map(|(job, index)| PendingTask {
+            job: job.id,
+            index,
+            priority: job.spec.priority,
+            seq: job.seq,
+            demand: job.spec.resources,
+            constraints: job.spec.constraints.clone(),
         })
         .collect();
     PlanInput { executors, pending }

@@ -45,8 +45,8 @@ pub struct Node {
 pub enum Route {
     /// This master is the leader.
     Local,
-    /// Forward to the leader over this channel.
-    Leader(Channel),
+    /// Forward to this leader over this channel.
+    Leader(Channel, NodeId),
 }
 
 /// Why a leader-side handler could not finish here.
@@ -82,6 +82,13 @@ pub fn commit_timeout(id: NodeId, bound: Duration) -> LocalError {
 /// Milliseconds since the Unix epoch, read on the leader and carried inside commands.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Did a call fail because the peer could not be reached at all (connection refused or reset,
+/// no route), as opposed to an answer from it?
+pub fn is_unreachable(s: &Status) -> bool {
+    use std::error::Error;
+    s.code() == tonic::Code::Unavailable && s.source().is_some_and(|e| e.is::<tonic::transport::Error>())
 }
 
 /// Was this request forwarded by another master?
@@ -130,7 +137,7 @@ impl Node {
                             )));
                         }
                         let chan = self.channels.get(&addr).map_err(|e| Status::unavailable(format!("leader {addr}: {e}")))?;
-                        return Ok(Route::Leader(chan));
+                        return Ok(Route::Leader(chan, l));
                     }
                 }
                 _ => {}
@@ -166,7 +173,29 @@ impl Node {
         let deadline = Instant::now() + self.leader_wait;
         loop {
             match self.route(forwarded, deadline).await? {
-                Route::Leader(chan) => return remote(chan).await.map(|r| r.into_inner()),
+                Route::Leader(chan, leader) => {
+                    let term = self.raft.metrics().borrow().current_term;
+                    // Every forwarded request is safe to send again (submissions carry an
+                    // idempotency key by now, the rest are idempotent), so when the leader
+                    // changes under a forwarded request, it is re-routed to the new one rather
+                    // than left hanging on a leader that was paused or cut off.
+                    let outcome = tokio::select! {
+                        r = remote(chan) => Some(r),
+                        _ = self.leader_other_than(leader) => None,
+                    };
+                    match outcome {
+                        None => continue,
+                        Some(Ok(r)) => return Ok(r.into_inner()),
+                        // The leader could not be reached at all (killed, or its address gone):
+                        // it is about to be replaced. Hold the request until a newer term knows
+                        // a leader, instead of bouncing it to the client, which would retry
+                        // only after its own backoff.
+                        Some(Err(s)) if is_unreachable(&s) && Instant::now() < deadline => {
+                            self.wait_for_newer_term(term, deadline).await;
+                        }
+                        Some(Err(s)) => return Err(s),
+                    }
+                }
                 Route::Local => match local().await {
                     Ok(v) => return Ok(v),
                     Err(LocalError::Status(s)) => return Err(s),
@@ -178,6 +207,30 @@ impl Node {
                         tokio::task::yield_now().await;
                     }
                 },
+            }
+        }
+    }
+
+    /// Resolves once this node knows a leader other than `leader` (never, while it does not).
+    async fn leader_other_than(&self, leader: NodeId) {
+        let mut rx = self.raft.metrics();
+        loop {
+            if rx.borrow_and_update().current_leader.is_some_and(|l| l != leader) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Waits (until `deadline`) for this node to see a term after `term`.
+    async fn wait_for_newer_term(&self, term: u64, deadline: Instant) {
+        let mut rx = self.raft.metrics();
+        while rx.borrow_and_update().current_term <= term {
+            let now = Instant::now();
+            if now >= deadline || tokio::time::timeout(deadline - now, rx.changed()).await.map_or(true, |r| r.is_err()) {
+                return;
             }
         }
     }

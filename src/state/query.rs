@@ -111,15 +111,31 @@ impl State {
 
     /// Like [`State::pending_tasks`], restricted to jobs submitted after `after_seq` (new work).
     pub fn pending_tasks_after(&self, now: Millis, after_seq: Option<u64>) -> impl Iterator<Item = (JobId, u32)> + '_ {
+        self.pending_tasks_where(now, after_seq, |_| true).map(|(j, index)| (j.id, index))
+    }
+
+    /// Like [`State::pending_tasks_after`], yielding each task's job, and leaving out jobs whose
+    /// seq `keep` rejects before anything else is done for them: a caller's set of jobs known
+    /// not to fit anywhere costs one call each per pass, not a lookup, a sort and a copy.
+    pub fn pending_tasks_where<'a>(
+        &'a self,
+        now: Millis,
+        after_seq: Option<u64>,
+        keep: impl Fn(u64) -> bool + 'a,
+    ) -> impl Iterator<Item = (&'a Job, u32)> + 'a {
         let range = (after_seq.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded);
-        let mut jobs: Vec<&Job> =
-            self.active.range(range).filter(|(_, c)| c.pending > 0).filter_map(|(seq, _)| self.jobs.get(seq)).collect();
+        let mut jobs: Vec<&Job> = self
+            .active
+            .range(range)
+            .filter(|(seq, c)| c.pending > 0 && keep(**seq))
+            .filter_map(|(seq, _)| self.jobs.get(seq))
+            .collect();
         jobs.sort_by_key(|j| (std::cmp::Reverse(j.spec.priority), j.seq));
         jobs.into_iter().flat_map(move |j| {
             j.tasks
                 .iter()
                 .filter(move |t| t.state == TaskState::Pending && t.not_before <= now)
-                .map(move |t| (j.id, t.index))
+                .map(move |t| (j, t.index))
         })
     }
 

@@ -389,6 +389,10 @@ fn queries() {
     let order: Vec<_> = s.pending_tasks(10).collect();
     assert_eq!(order, [(j(2), 0), (j(1), 0), (j(1), 1)], "priority desc, seq asc, index asc; job 4 not yet");
     assert_eq!(s.pending_tasks(100).count(), 4);
+    // The caller's filter leaves whole jobs out (by seq), the order of the rest unchanged.
+    let seq1 = s.job(&j(1)).unwrap().seq;
+    let kept: Vec<_> = s.pending_tasks_where(100, None, |seq| seq != seq1).map(|(job, i)| (job.id, i)).collect();
+    assert_eq!(kept, [(j(2), 0), (j(4), 0)]);
 
     s.apply(&assign(&[(2, 0, "e2"), (1, 1, "e1")], 10)).unwrap();
     s.apply(&started(2, 0, 1, 11)).unwrap();

@@ -41,9 +41,39 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
     io_err(ErrorSubject::Store, ErrorVerb::Write, e)
 }
 
+/// sled's page cache. The log is written once and read back only by replication (recent entries)
+/// and restarts; the state machine lives in memory. sled's default (1 GiB) would double a large
+/// master's memory for nothing.
+const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
 /// Opens (or creates) the sled database of a master.
 pub fn open(dir: &Path) -> Result<sled::Db, sled::Error> {
-    sled::Config::new().path(dir.join("raft.sled")).mode(sled::Mode::HighThroughput).open()
+    sled::Config::new().path(dir.join("raft.sled")).mode(sled::Mode::HighThroughput).cache_capacity(SLED_CACHE_BYTES).open()
+}
+
+/// Runs `f` on a thread of its own at the lowest CPU priority and awaits its result. For
+/// encoding a snapshot of a large state (seconds of CPU): on a saturated machine it must yield
+/// to the Raft heartbeats and client requests of every master on it, or followers see a silent
+/// leader and depose it. (Apply still waits for the state's read lock meanwhile.)
+async fn in_background_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("triad-snapshot".into()).spawn(move || {
+        // On Linux, PRIO_PROCESS with who = 0 sets the calling thread's nice value only.
+        // SAFETY: setpriority takes plain integers and touches no memory of ours.
+        unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 19) };
+        let _ = tx.send(f());
+    })?;
+    rx.await.map_err(|_| std::io::Error::other("snapshot thread panicked"))
+}
+
+/// Runs CPU-heavy synchronous work (encoding or decoding a whole state: seconds for millions of
+/// jobs) without stalling the runtime thread it is on, which also drives Raft heartbeats: a
+/// stalled leader would be deposed. Outside a multi-threaded runtime (tests) it just runs.
+fn heavy<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// Opens both stores over one sled database.
@@ -257,8 +287,10 @@ impl StateMachineStore {
 
     async fn write_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
         let subject = ErrorSubject::Snapshot(Some(snap.meta.signature()));
-        let bytes = codec::encode(snap).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
-        self.tree.insert(KEY_SNAPSHOT, bytes).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
+        heavy(|| {
+            let bytes = codec::encode(snap).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
+            self.tree.insert(KEY_SNAPSHOT, bytes).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))
+        })?;
         self.db.flush_async().await.map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
         Ok(())
     }
@@ -266,11 +298,14 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (data, last_applied, membership) = {
-            let applied = self.applied.read().expect("state lock poisoned");
-            let data = codec::encode(&*applied).map_err(write_err)?;
-            (data, applied.last_applied, applied.membership.clone())
-        };
+        let applied = self.applied.clone();
+        let (data, last_applied, membership) = in_background_thread(move || {
+            let applied = applied.read().expect("state lock poisoned");
+            codec::encode(&*applied).map(|data| (data, applied.last_applied, applied.membership.clone()))
+        })
+        .await
+        .map_err(write_err)?
+        .map_err(write_err)?;
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
             None => "empty".to_string(),
@@ -325,7 +360,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-        let new: Applied = codec::decode(&data).map_err(|e| io_err(subject, ErrorVerb::Read, e))?;
+        let new: Applied = heavy(|| codec::decode(&data)).map_err(|e| io_err(subject, ErrorVerb::Read, e))?;
         // Durable first, then visible: a crash after the flush restarts from this snapshot.
         self.write_snapshot(&StoredSnapshot { meta: meta.clone(), data }).await?;
         *self.applied.write().expect("state lock poisoned") = Applied {

@@ -263,6 +263,11 @@ pub struct Executor {
 
 impl Executor {
     pub fn start(masters: &str, root: &Path, name: &str, slots: u32, labels: &[&str]) -> Executor {
+        Executor::start_with(masters, root, name, slots, labels, &[])
+    }
+
+    /// As [`Executor::start`], with more command-line arguments.
+    pub fn start_with(masters: &str, root: &Path, name: &str, slots: u32, labels: &[&str], extra: &[&str]) -> Executor {
         let work_dir = root.join(name);
         std::fs::create_dir_all(&work_dir).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(work_dir.join("executor.log")).unwrap();
@@ -271,6 +276,7 @@ impl Executor {
         for l in labels {
             cmd.args(["--label", l]);
         }
+        cmd.args(extra);
         let child = cmd
             .env("TRIAD_LOG", "info")
             .stdin(Stdio::null())
@@ -345,7 +351,7 @@ pub async fn http_get(addr: &str, path: &str) -> Option<String> {
     tokio::time::timeout(Duration::from_secs(5), fut).await.ok().flatten()
 }
 
-/// The gRPC health status of a master ("" service): Some(true) when SERVING.
+/// The gRPC health status of a master or executor ("" service): Some(true) when SERVING.
 pub async fn grpc_serving(addr: &str) -> Option<bool> {
     use tonic_health::pb::health_client::HealthClient;
     let chan = triad::raft::network::channel(addr).ok()?;

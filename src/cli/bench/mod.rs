@@ -1,7 +1,11 @@
 //! `triad bench`: load generators for SPEC "Performance targets". Each prints a one-line summary
 //! and a table (rate, p50/p99/p999 from an HDR histogram, errors), or JSON with `-o json`.
 //! Client-side benches talk to the leader directly (found through `cluster status`), so the
-//! figures measure the cluster, not the forwarding hop.
+//! figures measure the cluster, not the forwarding hop. `failover` (in its own module) is the
+//! exception: it starts its own cluster and goes through the failing-over client on purpose.
+
+pub mod etcd;
+pub mod failover;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +34,9 @@ pub struct Report {
     pub p999_ms: f64,
     pub max_ms: f64,
     pub extra: BTreeMap<String, String>,
+    /// Every measurement in order, when there are few enough to list (failover rounds).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples_ms: Vec<f64>,
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -59,6 +66,7 @@ impl Report {
             p999_ms: ms(0.999),
             max_ms: h.max() as f64 / 1000.0,
             extra,
+            samples_ms: Vec::new(),
         }
     }
 
@@ -67,8 +75,10 @@ impl Report {
             Format::Json => json(self),
             Format::Table => {
                 println!("{}", self.summary);
+                // Slow benches (failover: a kill every few seconds) would show "0/s".
+                let rate = if self.rate_per_sec < 10.0 { format!("{:.2}/s", self.rate_per_sec) } else { format!("{:.0}/s", self.rate_per_sec) };
                 let mut rows = vec![vec![
-                    format!("{:.0}/s", self.rate_per_sec),
+                    rate,
                     format!("{:.2}", self.p50_ms),
                     format!("{:.2}", self.p99_ms),
                     format!("{:.2}", self.p999_ms),
@@ -110,17 +120,46 @@ fn trivial_job(key: String, placeable: bool) -> pb::SubmitJobRequest {
 
 /// Closed-loop submissions: `concurrency` workers, each submitting as soon as the last returned,
 /// optionally paced to `rate` per second in total.
-pub async fn submit(client: Client, concurrency: usize, duration: Duration, rate: Option<f64>) -> anyhow::Result<Report> {
+pub async fn submit(client: Client, load: Load) -> anyhow::Result<Report> {
     let client = Arc::new(leader_client(&client).await?);
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    Ok(closed_loop("submit", load, move |w, i| {
+        let (client, key) = (client.clone(), format!("{run}-{w}-{i}"));
+        async move { client.submit_job(trivial_job(key, false)).await.is_ok() }
+    })
+    .await)
+}
+
+/// The shape of a closed-loop load: how many workers, for how long, paced or not.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct Load {
+    /// Concurrent closed loops.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Pace to this many operations per second in total (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+}
+
+/// Runs `op(worker, i)` in `concurrency` closed loops (each worker issues its next operation as
+/// soon as the last returned, or at its paced slot) for `duration`, and reports the latency of
+/// the operations that succeeded (`op` returns whether it did). The one load generator behind
+/// `bench submit` and `bench etcd-put`, so the two figures are comparable.
+pub async fn closed_loop<F, Fut>(name: &str, load: Load, op: F) -> Report
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let hist = Arc::new(Mutex::new(new_hist()));
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let run = uuid::Uuid::new_v4().simple().to_string();
     let started = Instant::now();
-    let per_worker = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / r));
+    let per_worker = load.rate.map(|r| Duration::from_secs_f64(load.concurrency as f64 / r));
     let mut tasks = Vec::new();
-    for w in 0..concurrency {
-        let (client, hist, errors, stop, run) = (client.clone(), hist.clone(), errors.clone(), stop.clone(), run.clone());
+    for w in 0..load.concurrency {
+        let (hist, errors, stop, op) = (hist.clone(), errors.clone(), stop.clone(), op.clone());
         tasks.push(tokio::spawn(async move {
             let mut local = new_hist();
             let mut i = 0u64;
@@ -131,29 +170,26 @@ pub async fn submit(client: Client, concurrency: usize, duration: Duration, rate
                     next += p;
                 }
                 let t = Instant::now();
-                match client.submit_job(trivial_job(format!("{run}-{w}-{i}"), false)).await {
-                    Ok(_) => {
-                        let _ = local.record(t.elapsed().as_micros().max(1) as u64);
-                    }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                if op(w, i).await {
+                    let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
                 }
                 i += 1;
             }
             hist.lock().expect("poisoned").add(&local).expect("same bounds");
         }));
     }
-    tokio::time::sleep(duration).await;
+    tokio::time::sleep(load.duration).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
-        t.await?;
+        let _ = t.await;
     }
     let elapsed = started.elapsed();
     let mut extra = BTreeMap::new();
-    extra.insert("CONCURRENCY".into(), concurrency.to_string());
+    extra.insert("CONCURRENCY".into(), load.concurrency.to_string());
     let h = hist.lock().expect("poisoned");
-    Ok(Report::from_hist("submit", &h, errors.load(Ordering::Relaxed), elapsed, extra))
+    Report::from_hist(name, &h, errors.load(Ordering::Relaxed), elapsed, extra)
 }
 
 /// Submit → first attempt running, and submit → succeeded, for trivial tasks, one at a time.

@@ -1,0 +1,59 @@
+//! `triad bench etcd-put`: the reference point of SPEC "Performance targets". Durable puts
+//! against an etcd cluster (Debian's `etcd-server`, v3 gRPC API), driven by the same closed loop
+//! as `bench submit`, so the ratio of the two is measured with one harness, on one machine, in
+//! one sitting (`tests/bench/etcd-side-by-side.sh` runs both).
+//!
+//! Only `etcdserverpb.KV/Put` is needed, so its two messages are declared here by hand (field
+//! numbers from etcd's `rpc.proto`) instead of vendoring etcd's protos; prost skips the response
+//! fields it does not know.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tonic::codegen::http::uri::PathAndQuery;
+
+use super::{closed_loop, Load, Report};
+
+/// `etcdserverpb.PutRequest`: key = 1, value = 2 (lease, prev_kv, ... left unset).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PutRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
+}
+
+/// `etcdserverpb.PutResponse`, of which nothing is read.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PutResponse {}
+
+/// Deadline of one put.
+const PUT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closed-loop puts of `value_size`-byte values under unique keys to `endpoint` (give the etcd
+/// leader's client URL host:port, as `bench submit` talks to triad's leader).
+pub async fn put(endpoint: &str, load: Load, value_size: usize) -> anyhow::Result<Report> {
+    let channel = crate::raft::network::channel(endpoint).with_context(|| format!("bad etcd endpoint {endpoint:?}"))?;
+    let value = Arc::new(vec![b'x'; value_size]);
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    // Fail early and clearly when nothing answers there.
+    let probe = put_once(channel.clone(), format!("triad-bench/{run}/probe").into_bytes(), value.to_vec()).await;
+    probe.map_err(|s| anyhow::anyhow!("etcd at {endpoint} did not accept a put: {}", s.message()))?;
+    let mut report = closed_loop("etcd-put", load, move |w, i| {
+        let (channel, value, key) = (channel.clone(), value.clone(), format!("triad-bench/{run}/{w}/{i}").into_bytes());
+        async move { put_once(channel, key, value.to_vec()).await.is_ok() }
+    })
+    .await;
+    report.extra.insert("VALUE BYTES".into(), value_size.to_string());
+    Ok(report)
+}
+
+async fn put_once(channel: tonic::transport::Channel, key: Vec<u8>, value: Vec<u8>) -> Result<PutResponse, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut req = tonic::Request::new(PutRequest { key, value });
+    req.set_timeout(PUT_TIMEOUT);
+    let path = PathAndQuery::from_static("/etcdserverpb.KV/Put");
+    grpc.unary(req, path, tonic_prost::ProstCodec::default()).await.map(|r| r.into_inner())
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# triad vs etcd, side by side, in one sitting on one machine (BENCHMARKS.md, issue "Make it fast").
+#
+# Three etcd 3.4 members (Debian's etcd-server) on loopback, then three triad masters
+# (`triad dev --executors 0`) on loopback, each driven by the same closed-loop harness:
+# `triad bench etcd-put` (durable puts to the etcd leader) and `triad bench submit` (durable
+# submissions to the triad leader), at each concurrency in CONCURRENCY, RUNS times, DURATION each.
+# Prints one JSON line per run and a table of medians. Not part of CI (it takes minutes).
+#
+# Env: CONCURRENCY (default "16 64 256"), RUNS (3), DURATION (10s), TRIAD (target/release/triad).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+CONCURRENCY=${CONCURRENCY:-"16 64 256"}
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10s}
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need etcd || ! need etcdctl || ! need jq; then
+  echo "installing etcd-server, etcd-client and jq from Debian" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server etcd-client jq >/dev/null
+fi
+BENCH_NAME=etcd-bench
+. tests/bench/common.sh
+
+# ---- etcd -------------------------------------------------------------------------------------
+CLUSTER="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
+ENDPOINTS="127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793"
+for i in 1 2 3; do
+  etcd --name "e$i" --data-dir "$WORK/etcd$i" \
+    --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
+    --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
+    --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token triad-bench \
+    --log-level error >"$WORK/etcd$i.log" 2>&1 &
+  PIDS+=($!)
+done
+export ETCDCTL_API=3
+wait_until "etcd health" 60 etcdctl --endpoints="$ENDPOINTS" endpoint health
+ETCD_LEADER=$(etcdctl --endpoints="$ENDPOINTS" endpoint status -w json \
+  | jq -r '.[] | select(.Status.header.member_id == .Status.leader) | .Endpoint')
+echo "etcd $(etcd --version | head -1 | awk '{print $3}'): leader at $ETCD_LEADER" >&2
+
+RESULTS=$WORK/results.jsonl
+for c in $CONCURRENCY; do
+  for r in $(seq "$RUNS"); do
+    "$TRIAD" bench etcd-put --endpoint "$ETCD_LEADER" --concurrency "$c" --duration "$DURATION" -o json \
+      | jq -c --arg sys etcd '{sys: $sys, c: (.extra.CONCURRENCY|tonumber), rate: .rate_per_sec, p50: .p50_ms, p99: .p99_ms, errors}' \
+      | tee -a "$RESULTS"
+  done
+done
+for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+wait 2>/dev/null || true
+PIDS=()
+
+# ---- triad ------------------------------------------------------------------------------------
+"$TRIAD" dev --executors 0 --base-port 7801 --data-dir "$WORK/triad" >"$WORK/triad-dev.log" 2>&1 &
+PIDS+=($!)
+export TRIAD_MASTERS=127.0.0.1:7801,127.0.0.1:7802,127.0.0.1:7803
+wait_until "a triad leader" 60 grep -q "export TRIAD_MASTERS" "$WORK/triad-dev.log"
+for c in $CONCURRENCY; do
+  for r in $(seq "$RUNS"); do
+    "$TRIAD" bench submit --concurrency "$c" --duration "$DURATION" -o json \
+      | jq -c --arg sys triad '{sys: $sys, c: (.extra.CONCURRENCY|tonumber), rate: .rate_per_sec, p50: .p50_ms, p99: .p99_ms, errors}' \
+      | tee -a "$RESULTS"
+  done
+done
+
+# ---- medians ----------------------------------------------------------------------------------
+echo
+echo "medians of $RUNS runs of $DURATION ($(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg))"
+printf '%-12s %-30s %-30s %s\n' CONCURRENCY "etcd puts/s (p50/p99 ms)" "triad submits/s (p50/p99 ms)" "triad/etcd"
+jq -s -r '
+  def median: sort | .[(length/2|floor)];
+  group_by(.c)[] as $g
+  | ($g | map(select(.sys=="etcd"))) as $e | ($g | map(select(.sys=="triad"))) as $t
+  | [$g[0].c,
+     ($e|map(.rate)|median), ($e|map(.p50)|median), ($e|map(.p99)|median),
+     ($t|map(.rate)|median), ($t|map(.p50)|median), ($t|map(.p99)|median)]
+  | @tsv' "$RESULTS" |
+while IFS=$'\t' read -r c er e50 e99 tr t50 t99; do
+  printf '%-12s %-30s %-30s %.2f\n' "$c" "$(printf '%.0f (%.1f/%.1f)' "$er" "$e50" "$e99")" \
+    "$(printf '%.0f (%.1f/%.1f)' "$tr" "$t50" "$t99")" "$(awk -v a="$tr" -v b="$er" 'BEGIN { print a / b }')"
+done
