@@ -38,6 +38,16 @@ async fn job_submitted_through_a_follower_is_readable_through_every_master() {
     // The same key through another master names the same job.
     let again = c.client_for(leader).submit_job(submit_req("via-follower", "true", &[])).await.unwrap();
     assert_eq!((again.job_id, again.created), (r.job_id, false));
+
+    // A client given every master, the follower first: the forwarded answer names the leader and
+    // the client goes there directly from then on.
+    let first = c.masters[follower as usize - 1].addr.clone();
+    let mut order = vec![first.clone()];
+    order.extend(c.masters.iter().map(|m| m.addr.clone()).filter(|a| *a != first));
+    let client = triad::client::Client::new(order.clone()).unwrap();
+    assert_eq!(client.current_master(), order[0]);
+    client.submit_job(submit_req("hinted", "true", &[])).await.unwrap();
+    assert_eq!(client.current_master(), c.masters[leader as usize - 1].addr, "the client did not follow the leader hint");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,3 +17,6 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Metadata key set on a request a master forwarded to the leader (forwarding is one hop only).
 pub const FORWARDED_HEADER: &str = "x-triad-forwarded";
+/// Response metadata a follower adds to a request it forwarded: the leader's address, so a client
+/// can talk to the leader directly from then on (no forward hop in the steady state).
+pub const LEADER_HEADER: &str = "x-triad-leader";

@@ -415,9 +415,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     bench::etcd::put(&endpoint, load, value_size).await?.print(out.format)?
                 }
                 BenchCmd::E2e { count, out, m } => {
-                    let (running, done) = bench::e2e(m.client()?, count).await?;
-                    running.print(out.format)?;
-                    done.print(out.format)?;
+                    for r in bench::e2e(m.client()?, count).await? {
+                        r.print(out.format)?;
+                    }
                 }
                 BenchCmd::Heartbeats { executors, hz, duration, connections, out, m } => {
                     bench::heartbeats(m.client()?, executors, hz, duration, connections).await?.print(out.format)?

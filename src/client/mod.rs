@@ -1,5 +1,6 @@
 //! The client library: knows the list of masters, sticks to one that answers, moves to the next on
-//! failure, and retries retryable failures within a bound. Writes are safe to retry because
+//! failure, follows a forwarding master's hint to the leader, and retries retryable failures
+//! within a bound. Writes are safe to retry because
 //! every submission carries an idempotency key (generated here when the caller gives none) and
 //! cancels are idempotent in the state machine.
 
@@ -65,6 +66,11 @@ impl Client {
         &self.masters
     }
 
+    /// The master the next call goes to first.
+    pub fn current_master(&self) -> &str {
+        &self.masters[self.preferred.load(Ordering::Relaxed) % self.masters.len()]
+    }
+
     /// Calls `f` against masters in turn until it succeeds, fails for good, or `retry_for` passes.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
@@ -87,7 +93,10 @@ impl Client {
                 let _ = self.preferred.compare_exchange(raw, (idx + 1) % self.channels.len(), Ordering::Relaxed, Ordering::Relaxed);
             }
             match result {
-                Ok(r) => return Ok(r.into_inner()),
+                Ok(r) => {
+                    self.follow_leader_hint(idx, &r);
+                    return Ok(r.into_inner());
+                }
                 Err(s) if retryable(&s) && Instant::now() < deadline => {
                     tracing::debug!(master = %self.masters[idx], error = %s, "retrying");
                     tried_since_backoff += 1;
@@ -100,6 +109,19 @@ impl Client {
                     }
                 }
                 Err(s) => return Err(s),
+            }
+        }
+    }
+
+    /// A master that forwarded the call names the leader: prefer it from now on, if it is one of
+    /// the masters this client was given (an address it was not given may not be reachable
+    /// from here).
+    fn follow_leader_hint<T>(&self, idx: usize, r: &tonic::Response<T>) {
+        let Some(leader) = r.metadata().get(crate::api::LEADER_HEADER).and_then(|v| v.to_str().ok()) else { return };
+        if let Some(i) = self.masters.iter().position(|m| m == leader) {
+            if i != idx {
+                tracing::debug!(from = %self.masters[idx], to = %leader, "following the leader hint");
+                self.preferred.store(i, Ordering::Relaxed);
             }
         }
     }
@@ -228,5 +250,24 @@ mod tests {
         for (i, idx) in seen.iter().enumerate() {
             assert_eq!(*idx, i % 3, "call {i} went to master {idx}: {seen:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_leader_hint_moves_the_client_to_that_master_only_if_it_was_given() {
+        let c = Client::new(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into(), "127.0.0.1:3".into()]).unwrap();
+        let answer = |hint: &'static str| {
+            let mut r = tonic::Response::new(());
+            r.metadata_mut().insert(crate::api::LEADER_HEADER, hint.parse().unwrap());
+            async move { Ok::<_, Status>(r) }
+        };
+        assert_eq!(c.current_master(), "127.0.0.1:1");
+        c.call(|_| answer("127.0.0.1:3")).await.unwrap();
+        assert_eq!(c.current_master(), "127.0.0.1:3");
+        // An address it was not given (maybe unreachable from here) is ignored.
+        c.call(|_| answer("10.9.9.9:7701")).await.unwrap();
+        assert_eq!(c.current_master(), "127.0.0.1:3");
+        // No hint: stays.
+        c.call(|_| async { Ok::<_, Status>(tonic::Response::new(())) }).await.unwrap();
+        assert_eq!(c.current_master(), "127.0.0.1:3");
     }
 }

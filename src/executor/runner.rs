@@ -322,8 +322,8 @@ impl Runner {
             );
         }
 
-        let spawned = prepare_dir(token, &dir, &stdout_path, &stderr_path)
-            .await
+        let prepared = prepare_dir(token, &dir, &stdout_path, &stderr_path).await;
+        let spawned = prepared
             .and_then(|(stdout, stderr)| {
                 build_command(&spec, &dir, stdout, stderr)
                     .spawn()
@@ -355,9 +355,9 @@ impl Runner {
                 signal_group(pid, Signal::SIGKILL);
             }
         }
-        self.record_running(token, pid).await;
-        tracing::info!(token, pid, job_id = %spec.job_id, task = spec.task_index, attempt = spec.attempt, "attempt started");
         self.send(token, EventKind::Started { pid });
+        self.record_running(token, pid);
+        tracing::info!(token, pid, job_id = %spec.job_id, task = spec.task_index, attempt = spec.attempt, "attempt started");
         let runner = self.clone();
         tokio::spawn(async move {
             runner
@@ -691,13 +691,15 @@ impl Runner {
 
     /// Records a spawned attempt's process group, for [`kill_leftovers`](Self::kill_leftovers)
     /// after a crash. Failing to record is logged, not fatal: PDEATHSIG still covers the leader.
-    async fn record_running(&self, token: u64, pgid: u32) {
+    /// A few bytes into the page cache, no fsync (a crash of the machine kills the attempts
+    /// too): written inline, as a trip to the blocking pool would cost more than the write.
+    fn record_running(&self, token: u64, pgid: u32) {
         let path = self.running_record(token);
-        let write = async {
-            tokio::fs::create_dir_all(self.inner.work_dir.join(RUNNING_DIR)).await?;
-            tokio::fs::write(&path, pgid.to_string()).await
+        let write = || {
+            std::fs::create_dir_all(self.inner.work_dir.join(RUNNING_DIR))?;
+            std::fs::write(&path, pgid.to_string())
         };
-        if let Err(e) = write.await {
+        if let Err(e) = write() {
             tracing::warn!(token, path = %path.display(), error = %e, "recording the running attempt failed");
         }
     }
@@ -791,30 +793,34 @@ fn is_path_component(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\0'])
 }
 
-/// Makes a clean attempt directory and opens its output files.
+/// Makes a clean attempt directory and opens its output files: one trip to the blocking pool
+/// for all of it (each `tokio::fs` call would be a trip of its own, on the start's critical path).
 async fn prepare_dir(
     token: u64,
     dir: &Path,
     stdout: &Path,
     stderr: &Path,
 ) -> Result<(std::fs::File, std::fs::File), RunnerError> {
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| RunnerError::Prepare {
-            token,
-            path,
-            source,
+    let (dir, stdout, stderr) = (dir.to_path_buf(), stdout.to_path_buf(), stderr.to_path_buf());
+    let prepared = tokio::task::spawn_blocking(move || {
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RunnerError::Prepare { token, path, source }
+        };
+        // A directory left by an earlier run of this attempt (before a restart) is stale scratch.
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(&dir)(e)),
+            _ => {}
         }
-    };
-    // A directory left by an earlier run of this attempt (before a restart) is stale scratch.
-    match tokio::fs::remove_dir_all(dir).await {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(dir)(e)),
-        _ => {}
-    }
-    tokio::fs::create_dir_all(dir).await.map_err(err(dir))?;
-    let out = tokio::fs::File::create(stdout).await.map_err(err(stdout))?;
-    let errf = tokio::fs::File::create(stderr).await.map_err(err(stderr))?;
-    Ok((out.into_std().await, errf.into_std().await))
+        std::fs::create_dir_all(&dir).map_err(err(&dir))?;
+        let out = std::fs::File::create(&stdout).map_err(err(&stdout))?;
+        let errf = std::fs::File::create(&stderr).map_err(err(&stderr))?;
+        Ok((out, errf))
+    })
+    .await;
+    prepared.unwrap_or_else(|e| {
+        Err(RunnerError::Prepare { token, path: PathBuf::new(), source: std::io::Error::other(e.to_string()) })
+    })
 }
 
 fn build_command(

@@ -167,15 +167,14 @@ impl ClusterService for Cluster {
         if msg.id == 0 || msg.addr.trim().is_empty() {
             return Err(Status::invalid_argument("add-master needs a non-zero id and an address"));
         }
-        let r = self
+        self
             .node
             .on_leader(
                 fwd,
                 || self.change_membership_local(Some((msg.id, msg.addr.clone())), None),
                 |c| { let m = msg.clone(); async move { ClusterServiceClient::new(c).add_master(forwarded(m)).await } },
             )
-            .await?;
-        Ok(Response::new(r))
+            .await
     }
 
     async fn remove_master(&self, req: Request<pb::RemoveMasterRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
@@ -184,14 +183,13 @@ impl ClusterService for Cluster {
         if msg.id == 0 {
             return Err(Status::invalid_argument("remove-master needs a non-zero id"));
         }
-        let r = self
+        self
             .node
             .on_leader(
                 fwd,
                 || self.change_membership_local(None, Some(msg.id)),
                 |c| { let m = msg.clone(); async move { ClusterServiceClient::new(c).remove_master(forwarded(m)).await } },
             )
-            .await?;
-        Ok(Response::new(r))
+            .await
     }
 }

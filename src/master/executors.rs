@@ -156,40 +156,37 @@ impl ExecutorService for Executors {
         if msg.executor_id.is_empty() || msg.addr.is_empty() {
             return Err(Status::invalid_argument("executor_id and addr are required"));
         }
-        let r = self
+        self
             .node
             .on_leader(fwd, || self.register_local(&msg), |c| {
                 let m = msg.clone();
                 async move { client(c).register(forwarded(m)).await }
             })
-            .await?;
-        Ok(Response::new(r))
+            .await
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
-        let r = self
+        self
             .node
             .on_leader(fwd, || async { self.heartbeat_local(&msg) }, |c| {
                 let m = msg.clone();
                 async move { client(c).heartbeat(forwarded(m)).await }
             })
-            .await?;
-        Ok(Response::new(r))
+            .await
     }
 
     async fn report_task(&self, req: Request<pb::ReportTaskRequest>) -> Result<Response<pb::ReportTaskResponse>, Status> {
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
-        let r = self
+        self
             .node
             .on_leader(fwd, || self.report_local(&msg), |c| {
                 let m = msg.clone();
                 async move { client(c).report_task(forwarded(m)).await }
             })
-            .await?;
-        Ok(Response::new(r))
+            .await
     }
 
     async fn list_executors(&self, req: Request<pb::ListExecutorsRequest>) -> Result<Response<pb::ListExecutorsResponse>, Status> {
@@ -202,14 +199,13 @@ impl ExecutorService for Executors {
             self.node.linearize().await?;
             Ok(self.list_local())
         };
-        let r = self
+        self
             .node
             .on_leader(fwd, local, |c| {
                 let m = msg.clone();
                 async move { client(c).list_executors(forwarded(m)).await }
             })
-            .await?;
-        Ok(Response::new(r))
+            .await
     }
 
     async fn drain_executor(&self, req: Request<pb::DrainExecutorRequest>) -> Result<Response<pb::DrainExecutorResponse>, Status> {
@@ -219,14 +215,13 @@ impl ExecutorService for Executors {
             self.simple_write(Command::DrainExecutor { id: msg.executor_id.clone(), now: now_ms() }).await?;
             Ok(pb::DrainExecutorResponse {})
         };
-        let r = self
+        self
             .node
             .on_leader(fwd, local, |c| {
                 let m = msg.clone();
                 async move { client(c).drain_executor(forwarded(m)).await }
             })
-            .await?;
-        Ok(Response::new(r))
+            .await
     }
 
     async fn deregister(&self, req: Request<pb::DeregisterRequest>) -> Result<Response<pb::DeregisterResponse>, Status> {
@@ -236,13 +231,12 @@ impl ExecutorService for Executors {
             self.simple_write(Command::DeregisterExecutor { id: msg.executor_id.clone(), now: now_ms() }).await?;
             Ok(pb::DeregisterResponse {})
         };
-        let r = self
+        self
             .node
             .on_leader(fwd, local, |c| {
                 let m = msg.clone();
                 async move { client(c).deregister(forwarded(m)).await }
             })
-            .await?;
-        Ok(Response::new(r))
+            .await
     }
 }

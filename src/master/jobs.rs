@@ -99,11 +99,10 @@ impl JobService for Jobs {
         }
         // Validate wherever the request lands: bad input never needs a leader.
         let spec = job_spec_from_pb(msg.spec.clone())?;
-        let r = self
+        self
             .node
             .on_leader(fwd, || self.submit_local(&msg, &spec), |c| { let m = msg.clone(); async move { client(c).submit_job(forwarded(m)).await } })
-            .await?;
-        Ok(Response::new(r))
+            .await
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
@@ -117,8 +116,7 @@ impl JobService for Jobs {
             self.node.linearize().await?;
             Ok(self.read_job(id)?)
         };
-        let r = self.node.on_leader(fwd, local, |c| { let m = msg.clone(); async move { client(c).get_job(forwarded(m)).await } }).await?;
-        Ok(Response::new(r))
+        self.node.on_leader(fwd, local, |c| { let m = msg.clone(); async move { client(c).get_job(forwarded(m)).await } }).await
     }
 
     async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
@@ -141,8 +139,7 @@ impl JobService for Jobs {
             self.node.linearize().await?;
             Ok(self.read_page(filter, after, size))
         };
-        let r = self.node.on_leader(fwd, local, |c| { let m = msg.clone(); async move { client(c).list_jobs(forwarded(m)).await } }).await?;
-        Ok(Response::new(r))
+        self.node.on_leader(fwd, local, |c| { let m = msg.clone(); async move { client(c).list_jobs(forwarded(m)).await } }).await
     }
 
     async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
@@ -159,7 +156,6 @@ impl JobService for Jobs {
                 Err(r) => Err(rejection_to_status(&r).into()),
             }
         };
-        let r = self.node.on_leader(fwd, local, |c| { let m = msg.clone(); async move { client(c).cancel_job(forwarded(m)).await } }).await?;
-        Ok(Response::new(r))
+        self.node.on_leader(fwd, local, |c| { let m = msg.clone(); async move { client(c).cancel_job(forwarded(m)).await } }).await
     }
 }

@@ -12,7 +12,7 @@ use openraft::ServerState;
 use tonic::transport::Channel;
 use tonic::Status;
 
-use crate::api::FORWARDED_HEADER;
+use crate::api::{FORWARDED_HEADER, LEADER_HEADER};
 use crate::raft::network::Channels;
 use crate::raft::{NodeId, Raft, RaftMetrics, Request, Response};
 use crate::state::{Command, Outcome, Rejection};
@@ -45,8 +45,8 @@ pub struct Node {
 pub enum Route {
     /// This master is the leader.
     Local,
-    /// Forward to this leader over this channel.
-    Leader(Channel, NodeId),
+    /// Forward to this leader (id, address) over this channel.
+    Leader(Channel, NodeId, String),
 }
 
 /// Why a leader-side handler could not finish here.
@@ -137,7 +137,7 @@ impl Node {
                             )));
                         }
                         let chan = self.channels.get(&addr).map_err(|e| Status::unavailable(format!("leader {addr}: {e}")))?;
-                        return Ok(Route::Leader(chan, l));
+                        return Ok(Route::Leader(chan, l, addr));
                     }
                 }
                 _ => {}
@@ -162,8 +162,9 @@ impl Node {
     }
 
     /// Runs `local` on the leader, or `remote` against the leader's channel, re-routing when
-    /// leadership moves, all within the leader-wait bound.
-    pub async fn on_leader<T, L, LF, R, RF>(&self, forwarded: bool, local: L, remote: R) -> Result<T, Status>
+    /// leadership moves, all within the leader-wait bound. A forwarded answer names the leader
+    /// ([`LEADER_HEADER`]) so the client can go there directly next time.
+    pub async fn on_leader<T, L, LF, R, RF>(&self, forwarded: bool, local: L, remote: R) -> Result<tonic::Response<T>, Status>
     where
         L: Fn() -> LF,
         LF: Future<Output = Result<T, LocalError>>,
@@ -173,7 +174,7 @@ impl Node {
         let deadline = Instant::now() + self.leader_wait;
         loop {
             match self.route(forwarded, deadline).await? {
-                Route::Leader(chan, leader) => {
+                Route::Leader(chan, leader, addr) => {
                     let term = self.raft.metrics().borrow().current_term;
                     // Every forwarded request is safe to send again (submissions carry an
                     // idempotency key by now, the rest are idempotent), so when the leader
@@ -185,7 +186,13 @@ impl Node {
                     };
                     match outcome {
                         None => continue,
-                        Some(Ok(r)) => return Ok(r.into_inner()),
+                        Some(Ok(r)) => {
+                            let mut r = tonic::Response::new(r.into_inner());
+                            if let Ok(v) = addr.parse() {
+                                r.metadata_mut().insert(LEADER_HEADER, v);
+                            }
+                            return Ok(r);
+                        }
                         // The leader could not be reached at all (killed, or its address gone):
                         // it is about to be replaced. Hold the request until a newer term knows
                         // a leader, instead of bouncing it to the client, which would retry
@@ -197,7 +204,7 @@ impl Node {
                     }
                 }
                 Route::Local => match local().await {
-                    Ok(v) => return Ok(v),
+                    Ok(v) => return Ok(tonic::Response::new(v)),
                     Err(LocalError::Status(s)) => return Err(s),
                     Err(LocalError::NotLeader) => {
                         if Instant::now() >= deadline {
