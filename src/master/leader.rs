@@ -19,7 +19,7 @@ use openraft::ServerState;
 use tokio::sync::mpsc;
 use tonic::Code;
 
-use super::liveness::Liveness;
+use super::liveness::{Liveness, View};
 use super::node::{now_ms, LocalError, Node};
 use crate::api::pb::worker_service_client::WorkerServiceClient;
 use crate::api::pb;
@@ -97,9 +97,10 @@ struct Pending {
 
 struct Duties {
     node: Arc<Node>,
-    /// What the last full plan saw of the executors (ids, states, epochs, loads): when it is
-    /// unchanged, only newly submitted jobs can be placed, so a round plans just those.
-    executors_seen: u64,
+    /// What the last plan saw of the executors: the state's executor-change count and the
+    /// liveness generation. When both are unchanged, only newly submitted jobs can be placed,
+    /// so a round plans just those.
+    executors_seen: (u64, u64),
     /// Jobs up to this seq have been considered by a plan.
     planned_seq: u64,
     /// Jobs (by seq) with tasks that fit on no executor as of `executors_seen`: skipped until the
@@ -137,7 +138,7 @@ async fn run(node: Arc<Node>, term: u64, liveness: Arc<Liveness>, timings: Execu
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut d = Duties {
         node: node.clone(),
-        executors_seen: 0,
+        executors_seen: (u64::MAX, u64::MAX),
         planned_seq: 0,
         unplaceable: HashSet::new(),
         next_full: Instant::now(),
@@ -151,13 +152,25 @@ async fn run(node: Arc<Node>, term: u64, liveness: Arc<Liveness>, timings: Execu
     let mut applied_rx = node.raft.metrics();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_applied = None;
     loop {
         // A tick plans everything (retry backoffs expire without any state change); other wakeups
-        // plan only what changed.
+        // plan only what changed. The metrics watch also moves on every replication heartbeat:
+        // only a newly applied entry is worth a round.
         let full = tokio::select! {
             _ = stop.wait() => return,
             _ = tick.tick() => true,
-            r = applied_rx.changed() => if r.is_err() { return } else { false },
+            r = applied_rx.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                let applied = applied_rx.borrow_and_update().last_applied;
+                if applied == last_applied {
+                    continue;
+                }
+                last_applied = applied;
+                false
+            }
             Some(res) = rx.recv() => { d.on_result(res); false }
         };
         while let Ok(res) = rx.try_recv() {
@@ -197,21 +210,33 @@ impl Duties {
         }
     }
 
-    /// One pass: liveness, placement, dispatch. Returns NotLeader when leadership is gone.
+    /// One pass: liveness (on ticks), placement, dispatch. Returns NotLeader when leadership is
+    /// gone. Without a tick, a new job or a change of the executors, it looks at no executor and
+    /// no job: its cost does not grow with the cluster.
     async fn round(&mut self, tick: bool) -> Result<(), LocalError> {
         let now = Instant::now();
         let wall = now_ms();
         let node = self.node.clone();
+        if tick {
+            // Not placeable from a tick before the executor's own fencing window closes, so no
+            // start is sent to an executor that refuses it for silence.
+            self.liveness.sweep(self.ttl.mul_f64(crate::executor::SELF_FENCE_FRACTION).saturating_sub(TICK), now);
+        }
         let (dead, placements, to_start, to_stop, to_lose) = {
             let applied = node.applied.read().expect("poisoned");
             let state = &applied.state;
-            let dead: Vec<Command> = state
-                .executors()
-                .filter(|e| matches!(e.state, ExecutorState::Alive | ExecutorState::Draining))
-                .filter(|e| !self.liveness.is_fresh(&e.id, self.ttl, now))
-                .map(|e| Command::ExecutorDead { id: e.id.clone(), epoch: e.epoch, now: wall })
-                .collect();
-            let seen = executors_fingerprint(state, &self.liveness, self.ttl, now);
+            let dead: Vec<Command> = if tick {
+                let seen = self.liveness.view();
+                state
+                    .executors()
+                    .filter(|e| matches!(e.state, ExecutorState::Alive | ExecutorState::Draining))
+                    .filter(|e| !seen.is_fresh(&e.id, self.ttl, now))
+                    .map(|e| Command::ExecutorDead { id: e.id.clone(), epoch: e.epoch, now: wall })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let seen = (state.executor_changes(), self.liveness.generation());
             if seen != self.executors_seen {
                 self.unplaceable.clear();
             }
@@ -223,7 +248,7 @@ impl Duties {
                 // Nothing new to place and no capacity change: skip planning entirely.
                 Some(s) if s >= self.planned_seq => scheduler::Plan::default(),
                 _ => {
-                    let input = planner_input(state, &self.liveness, self.ttl, now, wall, after, &self.unplaceable);
+                    let input = planner_input(state, &self.liveness.view(), wall, after, &self.unplaceable);
                     let plan = scheduler::plan(&input, MAX_PLACEMENTS_PER_ROUND);
                     // Not cut short by the limit: every unassigned task was tried and fits nowhere.
                     if plan.assignments.len() < MAX_PLACEMENTS_PER_ROUND {
@@ -405,29 +430,25 @@ fn start_request(state: &State, job_id: &crate::state::JobId, index: u32) -> Opt
     ))
 }
 
-/// A hash of what placement depends on besides the pending tasks: each executor's id, state,
-/// epoch, placeability and load.
-fn executors_fingerprint(state: &State, liveness: &Liveness, ttl: Duration, now: Instant) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for e in state.executors() {
-        let placeable = liveness.is_fresh(&e.id, ttl.mul_f64(crate::executor::SELF_FENCE_FRACTION), now);
-        (&e.id, e.state, e.epoch, placeable, state.used_resources(&e.id)).hash(&mut h);
+/// The planner's view of the state: placeable executors are alive and were heard from within
+/// their fencing window at the last sweep; pending tasks of every job, or only of jobs submitted
+/// after `after_seq`.
+pub fn planner_input(state: &State, seen: &View<'_>, wall: u64, after_seq: Option<u64>, skip: &HashSet<u64>) -> PlanInput {
+    let pending: Vec<PendingTask> = state
+        .pending_tasks_where(wall, after_seq, |seq| !skip.contains(&seq))
+        .map(|(job, index)| PendingTask {
+            job: job.id,
+            index,
+            priority: job.spec.priority,
+            seq: job.seq,
+            demand: job.spec.resources,
+            constraints: job.spec.constraints.clone(),
+        })
+        .collect();
+    if pending.is_empty() {
+        // Nothing to place: the executors' view (a copy of every executor) is not built at all.
+        return PlanInput { executors: Vec::new(), pending };
     }
-    h.finish()
-}
-
-/// The planner's view of the state: placeable executors are alive and heard from within the TTL;
-/// pending tasks of every job, or only of jobs submitted after `after_seq`.
-pub fn planner_input(
-    state: &State,
-    liveness: &Liveness,
-    ttl: Duration,
-    now: Instant,
-    wall: u64,
-    after_seq: Option<u64>,
-    skip: &HashSet<u64>,
-) -> PlanInput {
     let executors = state
         .executors()
         .filter(|e| e.state != ExecutorState::Left && e.state != ExecutorState::Dead)
@@ -438,18 +459,7 @@ pub fn planner_input(
             labels: e.labels.clone(),
             // Within the executor's self-fencing window, not the whole TTL: an executor silent
             // for longer refuses new work anyway.
-            placeable: e.state == ExecutorState::Alive && liveness.is_fresh(&e.id, ttl.mul_f64(crate::executor::SELF_FENCE_FRACTION), now),
-        })
-        .collect();
-    let pending = state
-        .pending_tasks_where(wall, after_seq, |seq| !skip.contains(&seq))
-        .map(|(job, index)| PendingTask {
-            job: job.id,
-            index,
-            priority: job.spec.priority,
-            seq: job.seq,
-            demand: job.spec.resources,
-            constraints: job.spec.constraints.clone(),
+            placeable: e.state == ExecutorState::Alive && seen.is_placeable(&e.id),
         })
         .collect();
     PlanInput { executors, pending }

@@ -1,28 +1,72 @@
 //! Executor liveness, in leader memory only (heartbeats are not Raft entries).
 //!
-//! Invariant: an executor is declared dead only by the leader that has heard nothing from it for a
-//! full TTL *of its own leadership*: [`Liveness::reset`] gives everyone a fresh grace period when
-//! a leader takes over, so a failover never kills executors that were heartbeating to the old one.
+//! Invariants:
+//! - An executor is declared dead only by the leader that has heard nothing from it for a full
+//!   TTL *of its own leadership*: [`Liveness::reset`] gives everyone a fresh grace period when a
+//!   leader takes over, so a failover never kills executors that were heartbeating to the old one.
+//! - [`Liveness::generation`] changes whenever an executor's *placeability* (heard from within
+//!   the placement window) may have flipped: on a heartbeat after a silence and when a
+//!   [`Liveness::sweep`] finds one newly silent. Between changes a heartbeat costs one map
+//!   update, and the scheduler can tell "nothing changed" without looking at any executor.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::state::ExecutorId;
 
+struct Seen {
+    at: Instant,
+    /// As of the last sweep (or the heartbeat that ended a silence).
+    placeable: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    last_seen: HashMap<ExecutorId, Seen>,
+    generation: u64,
+}
+
 #[derive(Default)]
 pub struct Liveness {
-    last_seen: Mutex<HashMap<ExecutorId, Instant>>,
+    inner: Mutex<Inner>,
+}
+
+/// The liveness table, locked: for reading many executors with one lock.
+pub struct View<'a>(MutexGuard<'a, Inner>);
+
+impl View<'_> {
+    /// Has `id` been heard from within `ttl` of `now`? Unknown executors have not.
+    pub fn is_fresh(&self, id: &str, ttl: Duration, now: Instant) -> bool {
+        self.0.last_seen.get(id).is_some_and(|s| now.saturating_duration_since(s.at) < ttl)
+    }
+
+    /// May `id` be given work: heard from within the placement window as of the last sweep?
+    pub fn is_placeable(&self, id: &str) -> bool {
+        self.0.last_seen.get(id).is_some_and(|s| s.placeable)
+    }
 }
 
 impl Liveness {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().expect("poisoned")
+    }
+
     /// Records a heartbeat (or registration) from `id` at `at`.
     pub fn seen(&self, id: &str, at: Instant) {
-        let mut map = self.last_seen.lock().expect("poisoned");
-        match map.get_mut(id) {
-            Some(t) => *t = at,
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        match inner.last_seen.get_mut(id) {
+            Some(s) => {
+                s.at = s.at.max(at);
+                if !s.placeable {
+                    s.placeable = true;
+                    inner.generation += 1;
+                }
+            }
             None => {
-                map.insert(id.to_string(), at);
+                inner.last_seen.insert(id.to_string(), Seen { at, placeable: true });
+                inner.generation += 1;
             }
         }
     }
@@ -30,21 +74,49 @@ impl Liveness {
     /// Starts every listed executor's grace period at `at` (a sighting newer than `at`, e.g. a
     /// registration racing with the start of leadership, is kept).
     pub fn reset<'a>(&self, ids: impl IntoIterator<Item = &'a ExecutorId>, at: Instant) {
-        let mut map = self.last_seen.lock().expect("poisoned");
+        let mut inner = self.lock();
         for id in ids {
-            let t = map.entry(id.clone()).or_insert(at);
-            *t = (*t).max(at);
+            let s = inner.last_seen.entry(id.clone()).or_insert(Seen { at, placeable: true });
+            s.at = s.at.max(at);
+            s.placeable = true;
         }
+        inner.generation += 1;
+    }
+
+    /// Marks executors silent for `window` or longer as not placeable (changing the generation
+    /// if any was placeable). One lock, one pass: call it on a timer, not per request.
+    pub fn sweep(&self, window: Duration, now: Instant) {
+        let mut inner = self.lock();
+        let mut flipped = false;
+        for s in inner.last_seen.values_mut() {
+            if s.placeable && now.saturating_duration_since(s.at) >= window {
+                s.placeable = false;
+                flipped = true;
+            }
+        }
+        if flipped {
+            inner.generation += 1;
+        }
+    }
+
+    /// Changes whenever some executor's placeability may have flipped (see the module doc).
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// The table, locked, for reading many executors at once.
+    pub fn view(&self) -> View<'_> {
+        View(self.lock())
     }
 
     /// Has `id` been heard from within `ttl` of `now`? Unknown executors have not.
     pub fn is_fresh(&self, id: &str, ttl: Duration, now: Instant) -> bool {
-        self.last_seen.lock().expect("poisoned").get(id).is_some_and(|t| now.saturating_duration_since(*t) < ttl)
+        self.view().is_fresh(id, ttl, now)
     }
 
     /// When `id` was last heard from.
     pub fn last_seen(&self, id: &str) -> Option<Instant> {
-        self.last_seen.lock().expect("poisoned").get(id).copied()
+        self.lock().last_seen.get(id).map(|s| s.at)
     }
 }
 
@@ -65,5 +137,36 @@ mod tests {
         l.reset(&ids, t0 + Duration::from_secs(10));
         assert!(l.is_fresh("b", ttl, t0 + Duration::from_secs(14)));
         assert!(!l.is_fresh("b", ttl, t0 + Duration::from_secs(15)));
+    }
+
+    #[test]
+    fn the_generation_moves_only_when_placeability_flips() {
+        let l = Liveness::default();
+        let t0 = Instant::now();
+        let window = Duration::from_secs(2);
+        l.seen("a", t0);
+        let g = l.generation();
+        assert!(l.view().is_placeable("a"));
+        // Heartbeats of a placeable executor and sweeps that find nothing new change nothing.
+        l.seen("a", t0 + Duration::from_secs(1));
+        l.sweep(window, t0 + Duration::from_secs(2));
+        assert_eq!(l.generation(), g);
+        assert!(l.view().is_placeable("a"));
+        // Silent for the window: the sweep flips it, once.
+        l.sweep(window, t0 + Duration::from_secs(3));
+        let g2 = l.generation();
+        assert!(g2 > g);
+        assert!(!l.view().is_placeable("a"));
+        l.sweep(window, t0 + Duration::from_secs(4));
+        assert_eq!(l.generation(), g2);
+        // Heard from again: placeable, and the generation moves.
+        l.seen("a", t0 + Duration::from_secs(5));
+        assert!(l.view().is_placeable("a"));
+        assert!(l.generation() > g2);
+        // A new executor moves it too; an unknown one is neither fresh nor placeable.
+        let g3 = l.generation();
+        l.seen("b", t0 + Duration::from_secs(5));
+        assert!(l.generation() > g3);
+        assert!(!l.view().is_placeable("c"));
     }
 }

@@ -40,7 +40,27 @@ pub struct State {
     /// Derived: terminal jobs as `(finished_at, seq)`, so the dispatcher finds recently
     /// cancelled attempts to kill without scanning every job.
     pub(super) finished: BTreeSet<(Millis, u64)>,
+    /// Local bookkeeping, not replicated state: see [`ChangeCounter`].
+    #[serde(skip)]
+    pub(super) executor_changes: ChangeCounter,
 }
+
+/// Counts applied commands that may change what placement sees of the executors (their records
+/// or their loads): every command but a submission. The leader re-plans the whole backlog when it
+/// moves and nothing else when it does not, without looking at each executor.
+///
+/// Not part of the state's identity: replicas that restored from a snapshot and replicas that
+/// replayed the log count differently, so it is never serialized and compares equal always.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChangeCounter(pub u64);
+
+impl PartialEq for ChangeCounter {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ChangeCounter {}
 
 impl Default for State {
     fn default() -> Self {
@@ -54,6 +74,7 @@ impl Default for State {
             active: BTreeMap::new(),
             live: BTreeMap::new(),
             finished: BTreeSet::new(),
+            executor_changes: ChangeCounter::default(),
         }
     }
 }
@@ -81,6 +102,9 @@ impl State {
     /// Applies one command. Deterministic: depends only on `self` and `cmd`. A rejected command
     /// leaves the state exactly as it was.
     pub fn apply(&mut self, cmd: &Command) -> Result<Outcome, Rejection> {
+        if !matches!(cmd, Command::SubmitJob { .. }) {
+            self.executor_changes.0 += 1;
+        }
         match cmd {
             Command::RegisterExecutor { id, addr, capacity, labels, now } => {
                 Ok(self.register_executor(id, addr, *capacity, labels, *now))

@@ -996,3 +996,20 @@ proptest! {
 fn finished_cmd(a: &LiveAttempt, now: Millis) -> Command {
     Command::TaskFinished { job: a.job, index: a.index, token: a.token, exit_code: 0, error: None, now }
 }
+
+#[test]
+fn executor_changes_move_on_every_command_but_a_submission_and_are_not_state() {
+    let mut s = State::new();
+    let c0 = s.executor_changes();
+    s.apply(&reg("a", 2, "z1", 1)).unwrap();
+    let c1 = s.executor_changes();
+    assert!(c1 > c0, "a registration changes what placement sees");
+    s.apply(&submit(1, "k", spec(1, 1), 2)).unwrap();
+    assert_eq!(s.executor_changes(), c1, "a submission changes no executor or load");
+    s.apply(&assign(&[(1, 0, "a")], 3)).unwrap();
+    assert!(s.executor_changes() > c1, "an assignment changes a load");
+    // Local bookkeeping: equal to a replica that counted differently, and never serialized.
+    let restored: State = crate::raft::codec::decode(&crate::raft::codec::encode(&s).unwrap()).unwrap();
+    assert_eq!(restored.executor_changes(), 0);
+    assert_eq!(restored, s);
+}
