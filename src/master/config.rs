@@ -46,7 +46,9 @@ pub struct Peer {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftTimings {
-    /// Leader heartbeat to followers.
+    /// Leader heartbeat to followers. openraft's timer ticks every 1.5 heartbeats, and followers
+    /// check their election timeout only on a tick: a shorter heartbeat also makes elections
+    /// start closer to their timeout.
     pub heartbeat_ms: u64,
     /// A follower starts an election after the leader's lease (`election_max_ms`) plus a random
     /// timeout in [min, max) without hearing from a leader.
@@ -63,9 +65,9 @@ pub struct RaftTimings {
 impl Default for RaftTimings {
     fn default() -> Self {
         RaftTimings {
-            heartbeat_ms: 100,
-            election_min_ms: 250,
-            election_max_ms: 450,
+            heartbeat_ms: 60,
+            election_min_ms: 200,
+            election_max_ms: 350,
             snapshot_every: 20_000,
             keep_logs: 1_000,
             leader_wait_ms: 3_000,
