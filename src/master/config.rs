@@ -164,7 +164,8 @@ mod tests {
                peers = [{ id = 1, addr = "127.0.0.1:7101" }]"#,
         )
         .unwrap();
-        assert_eq!(cfg.raft.heartbeat_ms, 100);
+        assert_eq!(cfg.raft.heartbeat_ms, RaftTimings::default().heartbeat_ms, "an omitted [raft] takes the defaults");
+        assert_eq!((cfg.raft.heartbeat_ms, cfg.raft.election_min_ms, cfg.raft.election_max_ms), (60, 200, 350));
         assert_eq!(cfg.advertise_addr(), "127.0.0.1:7101");
         cfg.apply_env(|k| (k == "TRIAD_MASTER_ADVERTISE").then(|| "10.0.0.1:7101".to_string())).unwrap();
         assert_eq!(cfg.advertise_addr(), "10.0.0.1:7101");
