@@ -91,14 +91,30 @@ pub(crate) fn spawn_master(id: u32, config: &Path) -> anyhow::Result<Proc> {
     spawn(&format!("master{id}"), &["master".into(), "--config".into(), config.display().to_string()], &log)
 }
 
-/// The address executor `i` (1-based) listens on: `base_port + 100 + i - 1`.
+/// The port layout of a local cluster, in one place: master `id` (1-based) at `base + id - 1`,
+/// its HTTP endpoints at `base + 50 + id - 1`; executor `i` (1-based) at `base + 100 + i - 1`,
+/// its HTTP endpoints (`/metrics`, `/status`) at `base + 150 + i - 1`.
+fn master_port(base: u16, id: u32) -> u16 {
+    base + id as u16 - 1
+}
+fn master_http_port(base: u16, id: u32) -> u16 {
+    base + 50 + id as u16 - 1
+}
+fn executor_port(base: u16, i: u32) -> u16 {
+    base + 100 + i as u16 - 1
+}
+fn executor_http_port(base: u16, i: u32) -> u16 {
+    base + 150 + i as u16 - 1
+}
+
+/// The address executor `i` (1-based) listens on.
 pub(crate) fn executor_addr(base_port: u16, i: u32) -> String {
-    format!("127.0.0.1:{}", base_port + 100 + i as u16 - 1)
+    format!("127.0.0.1:{}", executor_port(base_port, i))
 }
 
 /// The HTTP endpoints (`/metrics`, `/status`) of executor `i` (1-based).
 pub(crate) fn executor_http_addr(base_port: u16, i: u32) -> String {
-    format!("127.0.0.1:{}", base_port + 150 + i as u16 - 1)
+    format!("127.0.0.1:{}", executor_http_port(base_port, i))
 }
 
 /// Starts executor `i` (1-based) with its work dir under `data_dir`, labelled `name=executor<i>`
@@ -128,9 +144,8 @@ pub(crate) fn spawn_executor(data_dir: &Path, i: u32, base_port: u16, masters: &
 pub(crate) fn check_ports_free(base: u16, masters: u32, executors: u32) -> anyhow::Result<()> {
     let last = base as u32 + 150 + executors.max(1) - 1;
     anyhow::ensure!(last <= u16::MAX as u32, "--base-port {base} is too high: the cluster needs ports {base}..={last}");
-    let port = |addr: String| addr.parse::<std::net::SocketAddr>().map_or(0, |a| a.port());
-    let m = (0..masters as u16).flat_map(|i| [base + i, base + 50 + i]);
-    let e = (1..=executors).flat_map(|i| [port(executor_addr(base, i)), port(executor_http_addr(base, i))]);
+    let m = (1..=masters).flat_map(|id| [master_port(base, id), master_http_port(base, id)]);
+    let e = (1..=executors).flat_map(|i| [executor_port(base, i), executor_http_port(base, i)]);
     for p in m.chain(e) {
         std::net::TcpListener::bind(("127.0.0.1", p))
             .with_context(|| format!("port {p} is in use (a local cluster at --base-port {base} needs ports {base}..={last}); pass another --base-port"))?;
@@ -155,10 +170,9 @@ pub(crate) async fn wait_leader(client: &Client, timeout: Duration) -> anyhow::R
 }
 
 /// Writes the master configs of a local cluster and returns their paths and addresses.
-/// Masters listen on `base_port..`, their HTTP endpoints on `base_port + 50..` (executors: worker
-/// API on `base_port + 100..`, HTTP on `base_port + 150..`).
+/// Ports as [`master_port`] lays them out.
 pub fn write_master_configs(dir: &Path, n: u32, base_port: u16) -> anyhow::Result<Vec<(PathBuf, String)>> {
-    let peers: Vec<Peer> = (1..=n).map(|i| Peer { id: i as u64, addr: format!("127.0.0.1:{}", base_port + i as u16 - 1) }).collect();
+    let peers: Vec<Peer> = (1..=n).map(|i| Peer { id: i as u64, addr: format!("127.0.0.1:{}", master_port(base_port, i)) }).collect();
     let mut out = Vec::new();
     for p in &peers {
         let node_dir = dir.join(format!("master{}", p.id));
@@ -167,7 +181,7 @@ pub fn write_master_configs(dir: &Path, n: u32, base_port: u16) -> anyhow::Resul
             id: p.id,
             listen: p.addr.clone(),
             advertise: None,
-            http_listen: Some(format!("127.0.0.1:{}", base_port + 50 + p.id as u16 - 1)),
+            http_listen: Some(format!("127.0.0.1:{}", master_http_port(base_port, p.id as u32))),
             data_dir: std::path::absolute(node_dir.join("data"))?,
             bootstrap: true,
             peers: peers.clone(),
@@ -191,7 +205,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut addrs = Vec::new();
     for (i, (cfg, addr)) in configs.iter().enumerate() {
         let p = spawn_master(i as u32 + 1, cfg)?;
-        let http = format!("http://127.0.0.1:{}", args.base_port + 50 + i as u16);
+        let http = format!("http://127.0.0.1:{}", master_http_port(args.base_port, i as u32 + 1));
         println!("{:<10} {addr:<18} pid {:<8} {http}/metrics  log {}", p.name, p.pid().unwrap_or(0), p.log().display());
         procs.push(p);
         addrs.push(addr.clone());
@@ -264,15 +278,8 @@ async fn wait_executors(client: &Client, procs: &mut [Proc], n: u32, timeout: Du
                 anyhow::bail!("{} exited ({status}) while starting; log {}", p.name, p.log().display());
             }
         }
-        let listed = client
-            .call(|ch| async move {
-                pb::executor_service_client::ExecutorServiceClient::new(ch).list_executors(pb::ListExecutorsRequest { consistency: 0 }).await
-            })
-            .await;
-        if let Ok(r) = listed {
-            if r.executors.len() >= n as usize {
-                return Ok(());
-            }
+        if super::executors::list_executors(client).await.is_ok_and(|e| e.len() >= n as usize) {
+            return Ok(());
         }
         if Instant::now() > deadline {
             anyhow::bail!("{n} executors did not all register within {timeout:?}");

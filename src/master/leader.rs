@@ -226,11 +226,11 @@ impl Duties {
             let applied = node.applied.read().expect("poisoned");
             let state = &applied.state;
             let dead: Vec<Command> = if tick {
-                let seen = self.liveness.view();
+                let live = self.liveness.view();
                 state
                     .executors()
                     .filter(|e| matches!(e.state, ExecutorState::Alive | ExecutorState::Draining))
-                    .filter(|e| !seen.is_fresh(&e.id, self.ttl, now))
+                    .filter(|e| !live.is_fresh(&e.id, self.ttl, now))
                     .map(|e| Command::ExecutorDead { id: e.id.clone(), epoch: e.epoch, now: wall })
                     .collect()
             } else {
@@ -308,7 +308,6 @@ impl Duties {
         Ok(())
     }
 
-    /// Assigned attempts to (re)start, and cancelled attempts to stop, per the state.
     /// Attempts to start, and (when `scan_stops`, on ticks) cancelled attempts to stop. The stop
     /// scan covers jobs cancelled since the last scan (with an overlap for commands applied
     /// late), so its cost follows the cancel rate, not the number of jobs finished lately;

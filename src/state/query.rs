@@ -62,13 +62,13 @@ impl State {
         self.executors.get(id)
     }
 
-    /// All executors, by id.
     /// Moves whenever an applied command may have changed the executors or their loads (see
     /// [`ChangeCounter`](super::apply::ChangeCounter)); local to this replica.
     pub fn executor_changes(&self) -> u64 {
         self.executor_changes.0
     }
 
+    /// All executors, by id.
     pub fn executors(&self) -> impl Iterator<Item = &Executor> {
         self.executors.values()
     }

@@ -251,11 +251,8 @@ pub async fn e2e(client: Client, count: usize) -> anyhow::Result<Vec<Report>> {
         // The process's own clock reading, from its stdout on the executor that ran it.
         let Some(attempt) = finished.as_ref().and_then(|j| j.tasks.first()).and_then(|t| t.attempts.last()).cloned() else { continue };
         if !workers.contains_key(&attempt.executor) {
-            let list = client
-                .call(|ch| async move { crate::api::pb::executor_service_client::ExecutorServiceClient::new(ch).list_executors(pb::ListExecutorsRequest { consistency: 0 }).await })
-                .await
-                .map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
-            for e in list.executors {
+            let list = super::executors::list_executors(&client).await.map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
+            for e in list {
                 workers.insert(e.id.clone(), WorkerServiceClient::new(crate::raft::network::channel(&e.addr)?));
             }
         }
