@@ -46,12 +46,11 @@ pub struct Peer {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftTimings {
-    /// Leader heartbeat to followers. openraft's timer ticks every 1.5 heartbeats, and followers
-    /// check their election timeout only on a tick: a shorter heartbeat also makes elections
-    /// start closer to their timeout.
+    /// Leader heartbeat to followers (openraft sends it on its tick, every 1.5 heartbeats).
     pub heartbeat_ms: u64,
-    /// A follower starts an election after the leader's lease (`election_max_ms`) plus a random
-    /// timeout in [min, max) without hearing from a leader.
+    /// A follower campaigns after hearing from no leader for a random time in [min, max), drawn
+    /// anew for every campaign (`raft::election`). Voters refuse other candidates for
+    /// `election_min_ms - heartbeat_ms` after they last heard their leader (the leader lease).
     pub election_min_ms: u64,
     pub election_max_ms: u64,
     /// Take a snapshot after this many applied entries since the last one.
@@ -65,8 +64,8 @@ pub struct RaftTimings {
 impl Default for RaftTimings {
     fn default() -> Self {
         RaftTimings {
-            heartbeat_ms: 60,
-            election_min_ms: 200,
+            heartbeat_ms: 50,
+            election_min_ms: 250,
             election_max_ms: 350,
             snapshot_every: 20_000,
             keep_logs: 1_000,
@@ -136,8 +135,8 @@ impl MasterConfig {
             bail!("bootstrap is on but peers does not list this master (id {})", self.id);
         }
         let r = &self.raft;
-        if r.election_min_ms <= r.heartbeat_ms || r.election_max_ms <= r.election_min_ms {
-            bail!("raft timings must satisfy heartbeat_ms < election_min_ms < election_max_ms");
+        if r.heartbeat_ms == 0 || r.election_min_ms <= 2 * r.heartbeat_ms + 1 || r.election_max_ms <= r.election_min_ms {
+            bail!("raft timings must satisfy 0 < 2 * heartbeat_ms + 1 < election_min_ms < election_max_ms");
         }
         Ok(())
     }
@@ -148,6 +147,15 @@ impl MasterConfig {
 
     pub fn leader_wait(&self) -> Duration {
         Duration::from_millis(self.raft.leader_wait_ms)
+    }
+}
+
+impl RaftTimings {
+    /// How long a voter refuses other candidates after hearing from its leader: long enough to
+    /// ride out a late heartbeat, short enough to have expired everywhere once a follower's
+    /// election timeout (at least `election_min_ms` of silence) fires.
+    pub fn lease_ms(&self) -> u64 {
+        self.election_min_ms - self.heartbeat_ms
     }
 }
 
@@ -165,7 +173,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.raft.heartbeat_ms, RaftTimings::default().heartbeat_ms, "an omitted [raft] takes the defaults");
-        assert_eq!((cfg.raft.heartbeat_ms, cfg.raft.election_min_ms, cfg.raft.election_max_ms), (60, 200, 350));
+        assert_eq!((cfg.raft.heartbeat_ms, cfg.raft.election_min_ms, cfg.raft.election_max_ms), (50, 250, 350));
+        assert_eq!(cfg.raft.lease_ms(), 200);
         assert_eq!(cfg.advertise_addr(), "127.0.0.1:7101");
         cfg.apply_env(|k| (k == "TRIAD_MASTER_ADVERTISE").then(|| "10.0.0.1:7101".to_string())).unwrap();
         assert_eq!(cfg.advertise_addr(), "10.0.0.1:7101");
@@ -179,5 +188,9 @@ mod tests {
             toml::from_str("id = 1\nlisten = \"a\"\ndata_dir = \"d\"\npeers = [{ id = 1, addr = \"a\" }]").unwrap();
         cfg.raft.election_min_ms = 50;
         assert!(cfg.check().is_err());
+        cfg.raft.election_min_ms = 2 * cfg.raft.heartbeat_ms + 1; // leaves no room for the lease
+        assert!(cfg.check().is_err());
+        cfg.raft.election_min_ms += 1;
+        cfg.check().unwrap();
     }
 }

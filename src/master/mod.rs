@@ -28,6 +28,7 @@ use crate::api::pb::executor_service_server::ExecutorServiceServer;
 use crate::api::pb::job_service_server::JobServiceServer;
 use crate::api::pb::raft_service_server::RaftServiceServer;
 use crate::api::{pb, MAX_MESSAGE_BYTES};
+use crate::raft::election::Election;
 use crate::raft::network::{Channels, Network};
 use crate::raft::service::RaftServer;
 use crate::raft::Raft;
@@ -43,8 +44,11 @@ fn raft_config(cfg: &MasterConfig) -> anyhow::Result<openraft::Config> {
     let c = openraft::Config {
         cluster_name: "triad".into(),
         heartbeat_interval: r.heartbeat_ms,
-        election_timeout_min: r.election_min_ms,
-        election_timeout_max: r.election_max_ms,
+        // openraft's own election timer is off (`raft::election` campaigns instead); what is
+        // left of these two is the leader lease voters honour (`election_timeout_max`).
+        election_timeout_min: r.heartbeat_ms + 1,
+        election_timeout_max: r.lease_ms(),
+        enable_elect: false,
         install_snapshot_timeout: 10_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_every),
         max_in_snapshot_log_to_keep: r.keep_logs,
@@ -63,7 +67,12 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
     let (log_store, sm_store) = crate::store::open_stores(&db).context("opening raft stores")?;
     let applied = sm_store.applied();
     let channels = Channels::default();
-    let network = Network { channels: channels.clone() };
+    let election = Election::new(Duration::from_millis(cfg.raft.election_min_ms), Duration::from_millis(cfg.raft.election_max_ms));
+    let network = Network {
+        channels: channels.clone(),
+        election: election.clone(),
+        retry: Duration::from_millis(cfg.raft.heartbeat_ms),
+    };
     let raft = Raft::new(cfg.id, Arc::new(raft_config(&cfg)?), network, log_store, sm_store)
         .await
         .context("starting raft")?;
@@ -90,6 +99,7 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
     let lease = Duration::from_millis(cfg.raft.election_max_ms * 2);
     tokio::spawn(health::track(raft.clone(), health_reporter, lease, shutdown.clone()));
     let liveness = std::sync::Arc::new(liveness::Liveness::default());
+    let campaigns = tokio::spawn(crate::raft::election::run(raft.clone(), cfg.id, election.clone(), shutdown.clone()));
     let duties = tokio::spawn(leader::watch(node.clone(), liveness.clone(), cfg.executors.clone(), shutdown.clone()));
 
     let server = tonic::transport::Server::builder()
@@ -97,7 +107,7 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            RaftServiceServer::new(RaftServer { raft: raft.clone() })
+            RaftServiceServer::new(RaftServer { raft: raft.clone(), election })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -129,6 +139,7 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
         Err(_) => tracing::warn!("server did not stop within {STOP_GRACE:?}"),
     }
     let _ = tokio::time::timeout(STOP_GRACE, duties).await;
+    let _ = tokio::time::timeout(STOP_GRACE, campaigns).await;
     if let Some(h) = http {
         let _ = tokio::time::timeout(STOP_GRACE, h).await;
     }

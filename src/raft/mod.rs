@@ -1,10 +1,11 @@
-//! openraft glue: the type configuration, the wire codec, the tonic network between masters and
-//! the server side of the Raft RPCs.
+//! openraft glue: the type configuration, the wire codec, the tonic network between masters, the
+//! server side of the Raft RPCs and the election timer.
 //!
 //! Invariants: every outgoing Raft RPC has a deadline (openraft's TTL for the call); a channel per
 //! peer is cached and rebuilt only when the peer's address changes; payloads are versioned binary.
 
 pub mod codec;
+pub mod election;
 pub mod network;
 pub mod service;
 

@@ -1,5 +1,5 @@
 //! Client side of Raft between masters: one cached tonic channel per peer, a deadline on every
-//! call, and openraft's errors mapped so that it backs off from unreachable peers.
+//! call, and openraft's errors mapped so that it backs off (briefly) from unreachable peers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,19 +54,31 @@ impl Channels {
 #[derive(Clone)]
 pub struct Network {
     pub channels: Channels,
+    /// Told when a voter refuses our vote for a longer log (see [`super::election`]).
+    pub election: super::election::Election,
+    /// How long openraft waits before retrying an unreachable peer.
+    pub retry: Duration,
 }
 
 pub struct Peer {
     target: NodeId,
     addr: String,
     channels: Channels,
+    election: super::election::Election,
+    retry: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer { target, addr: node.addr.clone(), channels: self.channels.clone() }
+        Peer {
+            target,
+            addr: node.addr.clone(),
+            channels: self.channels.clone(),
+            election: self.election.clone(),
+            retry: self.retry,
+        }
     }
 }
 
@@ -136,6 +148,16 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
-        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
+        let resp: VoteResponse<NodeId> = self.call(Rpc::Vote, &rpc, option.hard_ttl()).await?;
+        if !resp.vote_granted && resp.last_log_id > rpc.last_log_id {
+            self.election.greater_log();
+        }
+        Ok(resp)
+    }
+
+    /// openraft's default is 500 ms: a master that restarts would campaign before the leader
+    /// retried it. Retry within about a heartbeat instead.
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(self.retry))
     }
 }

@@ -1,15 +1,18 @@
-//! Server side of Raft between masters: decode, hand to openraft, encode its result.
+//! Server side of Raft between masters: decode, hand to openraft, encode its result, and tell
+//! the election timer when a leader (or a candidate this master voted for) was heard.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use super::election::Election;
 use super::{codec, Raft};
 use crate::api::pb::raft_service_server::RaftService;
 use crate::api::pb::RaftPayload;
 
 pub struct RaftServer {
     pub raft: Raft,
+    pub election: Election,
 }
 
 fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
@@ -25,16 +28,28 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
 impl RaftService for RaftServer {
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let r = self.raft.vote(decode(req)?).await;
+        if r.as_ref().is_ok_and(|v| v.vote_granted) {
+            self.election.heard();
+        }
         encode(&r)
     }
 
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let r = self.raft.append_entries(decode(req)?).await;
+        // Any answer but "my vote is newer" means the sender is the leader this master follows.
+        if r.as_ref().is_ok_and(|a| !matches!(a, openraft::raft::AppendEntriesResponse::HigherVote(_))) {
+            self.election.heard();
+        }
         encode(&r)
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let r = self.raft.install_snapshot(decode(req)?).await;
+        let req: openraft::raft::InstallSnapshotRequest<super::TypeConfig> = decode(req)?;
+        let sender = req.vote;
+        let r = self.raft.install_snapshot(req).await;
+        if r.as_ref().is_ok_and(|a| a.vote == sender) {
+            self.election.heard();
+        }
         encode(&r)
     }
 }
