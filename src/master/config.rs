@@ -46,7 +46,7 @@ pub struct Peer {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftTimings {
-    /// Leader heartbeat to followers (openraft sends it on its tick, every 1.5 heartbeats).
+    /// Leader heartbeat to followers (sent by `raft::election`).
     pub heartbeat_ms: u64,
     /// A follower campaigns after hearing from no leader for a random time in [min, max), drawn
     /// anew for every campaign (`raft::election`). Voters refuse other candidates for

@@ -43,12 +43,16 @@ fn raft_config(cfg: &MasterConfig) -> anyhow::Result<openraft::Config> {
     let r = &cfg.raft;
     let c = openraft::Config {
         cluster_name: "triad".into(),
-        heartbeat_interval: r.heartbeat_ms,
-        // openraft's own election timer is off (`raft::election` campaigns instead); what is
-        // left of these two is the leader lease voters honour (`election_timeout_max`).
-        election_timeout_min: r.heartbeat_ms + 1,
+        // openraft's own timers are off: `raft::election` campaigns and sends the heartbeats.
+        // What is left of these three: `election_timeout_max` is the leader lease voters honour,
+        // and `heartbeat_interval` bounds every append-entries call (openraft 0.9 uses it as the
+        // call's timeout), so it is as long as the lease allows (validate() wants
+        // heartbeat_interval < election_timeout_min < election_timeout_max).
+        heartbeat_interval: r.lease_ms() - 2,
+        election_timeout_min: r.lease_ms() - 1,
         election_timeout_max: r.lease_ms(),
         enable_elect: false,
+        enable_heartbeat: false,
         install_snapshot_timeout: 10_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_every),
         max_in_snapshot_log_to_keep: r.keep_logs,
@@ -99,7 +103,13 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
     let lease = Duration::from_millis(cfg.raft.election_max_ms * 2);
     tokio::spawn(health::track(raft.clone(), health_reporter, lease, shutdown.clone()));
     let liveness = std::sync::Arc::new(liveness::Liveness::default());
-    let campaigns = tokio::spawn(crate::raft::election::run(raft.clone(), cfg.id, election.clone(), shutdown.clone()));
+    let campaigns = tokio::spawn(crate::raft::election::run(
+        raft.clone(),
+        cfg.id,
+        election.clone(),
+        Duration::from_millis(cfg.raft.heartbeat_ms),
+        shutdown.clone(),
+    ));
     let duties = tokio::spawn(leader::watch(node.clone(), liveness.clone(), cfg.executors.clone(), shutdown.clone()));
 
     let server = tonic::transport::Server::builder()

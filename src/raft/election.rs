@@ -1,4 +1,5 @@
-//! triad's own election timer, replacing openraft 0.9's.
+//! triad's own Raft timers, replacing openraft 0.9's: the followers' election timer and the
+//! leader's heartbeat.
 //!
 //! Why: openraft 0.9 checks a follower's election timeout only on its tick (1.5 heartbeats), waits
 //! for the leader lease *plus* the timeout, and draws the timeout once per process. Two survivors
@@ -9,6 +10,10 @@
 //! - draws a new timeout for every campaign, so a split vote is settled by the next draw;
 //! - backs off by `2 * max` after a voter answered with a longer log than ours (openraft's
 //!   "smaller log" rule: let the better-informed master win instead of bumping terms).
+//!
+//! The leader's heartbeat is sent from here too, every `heartbeat` (openraft's `heartbeat_interval`
+//! also bounds every append-entries call, and triad needs that bound far longer than the period:
+//! a follower answers an append only after its flush).
 //!
 //! Invariants: the voters' leader lease (openraft's `election_timeout_max`, set by the master to
 //! below `min`) has expired by the time anyone campaigns, so a master that merely missed a few
@@ -121,22 +126,33 @@ impl Election {
     }
 }
 
-/// Campaigns when the timer says so; stops on shutdown or when Raft stops.
-pub async fn run(raft: Raft, id: NodeId, election: Election, mut shutdown: Shutdown) {
+/// Sends the leader's heartbeats, and campaigns when the timer says so; stops on shutdown or when
+/// Raft stops.
+pub async fn run(raft: Raft, id: NodeId, election: Election, heartbeat: Duration, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_beat: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.wait() => return,
         }
-        let may_campaign = {
+        let (leader, may_campaign) = {
             let m = raft.metrics();
             let m = m.borrow();
             let voter = m.membership_config.membership().voter_ids().any(|v| v == id);
-            voter && matches!(m.state, ServerState::Follower | ServerState::Candidate)
+            (m.state == ServerState::Leader, voter && matches!(m.state, ServerState::Follower | ServerState::Candidate))
         };
-        if election.poll(Instant::now(), may_campaign, rand::random()) {
+        let now = Instant::now();
+        if !leader {
+            last_beat = None;
+        } else if last_beat.is_none_or(|t| now >= t + heartbeat) {
+            last_beat = Some(now);
+            if raft.trigger().heartbeat().await.is_err() {
+                return; // Raft has stopped.
+            }
+        }
+        if election.poll(now, may_campaign, rand::random()) {
             tracing::info!(id, "no leader heard within the election timeout: campaigning");
             if raft.trigger().elect().await.is_err() {
                 return; // Raft has stopped.

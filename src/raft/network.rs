@@ -132,6 +132,8 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        // openraft 0.9 bounds an append by its `heartbeat_interval`, which the master sets just
+        // under the leader lease (see `master::raft_config`), not by triad's heartbeat period.
         self.call(Rpc::Append, &rpc, option.hard_ttl()).await
     }
 

@@ -24,6 +24,17 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
     Ok(Response::new(RaftPayload { data }))
 }
 
+impl RaftServer {
+    /// A leader's message counts as heard on arrival, before its entries are flushed: the
+    /// election timer tracks the leader's liveness, not this master's disk.
+    fn heard_from(&self, sender: &openraft::Vote<super::NodeId>) {
+        let current = self.raft.metrics().borrow().vote;
+        if sender.is_committed() && *sender >= current {
+            self.election.heard();
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RaftService for RaftServer {
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -35,8 +46,10 @@ impl RaftService for RaftServer {
     }
 
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let r = self.raft.append_entries(decode(req)?).await;
-        // Any answer but "my vote is newer" means the sender is the leader this master follows.
+        let req: openraft::raft::AppendEntriesRequest<super::TypeConfig> = decode(req)?;
+        self.heard_from(&req.vote);
+        let r = self.raft.append_entries(req).await;
+        // And again once it is written: a slow flush here is no silence of the leader's.
         if r.as_ref().is_ok_and(|a| !matches!(a, openraft::raft::AppendEntriesResponse::HigherVote(_))) {
             self.election.heard();
         }
@@ -45,11 +58,8 @@ impl RaftService for RaftServer {
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let req: openraft::raft::InstallSnapshotRequest<super::TypeConfig> = decode(req)?;
-        let sender = req.vote;
+        self.heard_from(&req.vote);
         let r = self.raft.install_snapshot(req).await;
-        if r.as_ref().is_ok_and(|a| a.vote == sender) {
-            self.election.heard();
-        }
         encode(&r)
     }
 }
