@@ -407,3 +407,92 @@ async fn metrics_and_status_follow_the_cluster_and_health_flips_on_a_node_cut_of
     let addr = c.master(survivor).addr.clone();
     wait_for("the cut-off master NOT_SERVING", Duration::from_secs(10), || async { grpc_serving(&addr).await.filter(|s| !*s) }).await;
 }
+
+/// Opens a heartbeat stream on `addr` with `first` queued as its first beat; returns the request
+/// side and the answers (the open itself is bounded).
+async fn open_heartbeat_stream(
+    addr: &str,
+    first: pb::HeartbeatRequest,
+) -> Result<(tokio::sync::mpsc::Sender<pb::HeartbeatRequest>, tonic::Streaming<pb::HeartbeatResponse>), tonic::Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.try_send(first).unwrap();
+    let mut client = pb::executor_service_client::ExecutorServiceClient::new(triad::raft::network::channel(addr).unwrap());
+    let open = client.heartbeat_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let r = tokio::time::timeout(Duration::from_secs(10), open).await.expect("opening a heartbeat stream hung")?;
+    Ok((tx, r.into_inner()))
+}
+
+/// The next answer on a heartbeat stream, bounded: Ok(None) when the stream ended cleanly.
+async fn next_answer(rx: &mut tonic::Streaming<pb::HeartbeatResponse>) -> Result<Option<pb::HeartbeatResponse>, tonic::Status> {
+    tokio::time::timeout(Duration::from_secs(10), rx.message()).await.expect("no answer to a heartbeat within 10 s")
+}
+
+fn leader_hint(s: &tonic::Status) -> Option<String> {
+    s.metadata().get(triad::api::LEADER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// The streaming heartbeat RPC: only the leader holds streams (a follower refuses, naming the
+/// leader, and the client library moves there); the leader answers every beat in order by the
+/// heartbeat rule; a master that stops being the leader ends the stream at the next beat with
+/// UNAVAILABLE naming the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_streams_live_on_the_leader_only_and_end_when_it_stops_leading() {
+    let c = Cluster::start(3, |_| {});
+    let leader = c.wait_leader(ELECTION).await;
+    let leader_addr = c.master(leader).addr.clone();
+    let follower = c.followers(leader)[0];
+    let beat = || pb::HeartbeatRequest { executor_id: "ghost".into(), epoch: 7, attempts: vec![pb::RunningAttempt { job_id: "j".into(), task_index: 0, token: 42 }] };
+
+    // A follower refuses the stream and names the leader; a client pointed at the follower moves.
+    let refused = match open_heartbeat_stream(&c.master(follower).addr, beat()).await {
+        // tonic may hand back the (empty) stream first and the refusal with its first message.
+        Ok((_tx, mut rx)) => next_answer(&mut rx).await.expect_err("a follower answered a heartbeat stream"),
+        Err(s) => s,
+    };
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(leader_hint(&refused).as_deref(), Some(leader_addr.as_str()), "{refused:?}");
+    let mut others = c.addrs();
+    others.retain(|a| *a != c.master(follower).addr);
+    let client = triad::client::Client::new([vec![c.master(follower).addr.clone()], others].concat()).unwrap();
+    assert!(client.failed(0, &refused), "the refusal's hint was not followed");
+    assert_eq!(client.current_master(), leader_addr);
+
+    // The leader answers each beat, in order, by the heartbeat rule: an unknown executor must
+    // register again and kill everything it runs.
+    let (tx, mut rx) = open_heartbeat_stream(&leader_addr, beat()).await.expect("the leader refused a heartbeat stream");
+    for i in 0..3 {
+        let r = next_answer(&mut rx).await.expect("a beat failed").expect("the stream ended");
+        assert!(r.reregister && r.kill_tokens == vec![42], "beat {i}: {r:?}");
+        if i < 2 {
+            tx.send(beat()).await.unwrap();
+        }
+    }
+    let page = http_get(c.master(leader).http.as_ref().unwrap(), "/metrics").await.unwrap();
+    assert_eq!(sample(&page, "triad_heartbeat_streams"), Some(1.0));
+
+    // Pause the leader until another master leads, resume it, and wait until it knows: the next
+    // beat on its stream ends the stream, naming the new leader.
+    let pid = nix::unistd::Pid::from_raw(c.master(leader).child.as_ref().unwrap().id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let others: Vec<u64> = c.followers(leader);
+    let new_leader = wait_for("a new leader while the old one is paused", ELECTION, || async {
+        for f in &others {
+            let s = c.status(*f).await?;
+            if s.leader_id != 0 && s.leader_id != leader {
+                return Some(s.leader_id);
+            }
+        }
+        None
+    })
+    .await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let seen = wait_for("the old leader to follow the new one", ELECTION, || async {
+        c.status(leader).await.filter(|s| s.role != "leader" && s.leader_id != leader && s.leader_id != 0).map(|s| s.leader_id)
+    })
+    .await;
+    assert!(others.contains(&new_leader) && others.contains(&seen));
+    tx.send(beat()).await.unwrap();
+    let ended = next_answer(&mut rx).await.expect_err("a master that no longer leads answered a beat");
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert_eq!(leader_hint(&ended).as_deref(), Some(c.master(seen).addr.as_str()), "{ended:?}");
+}

@@ -501,3 +501,62 @@ async fn drained_executor_finishes_its_work_takes_no_more_and_leaves() {
     let state = list.as_array().unwrap().iter().find(|e| e["id"] == a_id.as_str()).unwrap()["state"].clone();
     assert_eq!(state, "left");
 }
+
+/// An executor heartbeats over one stream to the leader; when the leader is killed it opens a
+/// stream on the new leader and stays alive in its registration (same epoch, never declared dead,
+/// never fenced), without falling back to unary heartbeats for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_stream_moves_to_the_new_leader_when_the_leader_is_killed() {
+    let mut c = cluster();
+    let leader = c.wait_leader(ELECTION).await;
+    let http = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let a = Executor::start_with(&c.masters_arg(), c.dir.path(), "exec-a", 2, &[], &["--http-listen", &http]);
+    let id = a.id().await;
+    wait_executors(&c, 1).await;
+    let metric = |page: &str, series: &str| sample(page, series).unwrap_or(0.0);
+    let master_http: BTreeMap<u64, String> = c.masters.iter().map(|m| (m.id, m.http.clone().unwrap())).collect();
+    let streams_on = |m: u64| {
+        let addr = master_http[&m].clone();
+        async move { http_get(&addr, "/metrics").await.map(|p| metric(&p, "triad_heartbeat_streams")) }
+    };
+    wait_for("the executor's heartbeat stream on the leader", Duration::from_secs(20), || async { (streams_on(leader).await? == 1.0).then_some(()) }).await;
+    for f in c.followers(leader) {
+        assert_eq!(streams_on(f).await, Some(0.0), "master {f} (a follower) holds a heartbeat stream");
+    }
+    let epoch = |c: &Cluster| {
+        let client = c.client();
+        let id = id.clone();
+        async move {
+            let r = client
+                .call(|ch| async move {
+                    pb::executor_service_client::ExecutorServiceClient::new(ch).list_executors(pb::ListExecutorsRequest { consistency: 0 }).await
+                })
+                .await
+                .ok()?;
+            r.executors.into_iter().find(|e| e.id == id).map(|e| (e.state, e.epoch))
+        }
+    };
+    let (state, epoch0) = epoch(&c).await.expect("the executor is listed");
+    assert_eq!(state, "alive");
+
+    c.kill(leader);
+    let new_leader = c.wait_leader(ELECTION).await;
+    wait_for("the executor's heartbeat stream on the new leader", Duration::from_secs(20), || async {
+        (streams_on(new_leader).await? == 1.0).then_some(())
+    })
+    .await;
+    // Beats keep being acknowledged on the new stream, for longer than the TTL.
+    let hb_ok = r#"triad_executor_heartbeats_total{result="ok"}"#;
+    let page = http_get(&http, "/metrics").await.expect("/metrics");
+    let (ok0, unary0) = (metric(&page, hb_ok), metric(&page, r#"triad_executor_heartbeat_streams_total{result="unary"}"#));
+    let page = wait_for("acknowledged beats for a TTL after the failover", Duration::from_secs(20), || async {
+        let page = http_get(&http, "/metrics").await?;
+        (metric(&page, hb_ok) >= ok0 + (TTL_MS / 250 + 2) as f64).then_some(page)
+    })
+    .await;
+    assert_eq!(metric(&page, r#"triad_executor_heartbeat_streams_total{result="unary"}"#), unary0, "beats went unary with a leader to stream to");
+    assert_eq!(metric(&page, "triad_executor_registrations_total"), 1.0, "the executor had to register again");
+    assert_eq!(metric(&page, "triad_executor_fenced"), 0.0);
+    assert_eq!(epoch(&c).await, Some(("alive".to_string(), epoch0)), "the executor's registration did not survive the failover");
+    assert_eq!(streams_on(new_leader).await, Some(1.0));
+}

@@ -81,20 +81,19 @@ impl Client {
         let mut backoff = Duration::from_millis(20);
         let mut tried_since_backoff = 0;
         loop {
-            let raw = self.preferred.load(Ordering::Relaxed);
-            let idx = raw % self.channels.len();
-            let result = match tokio::time::timeout(self.call_timeout, f(self.channels[idx].clone())).await {
+            let (idx, chan) = self.preferred_channel();
+            let result = match tokio::time::timeout(self.call_timeout, f(chan)).await {
                 Ok(r) => r,
                 Err(_) => Err(Status::deadline_exceeded(format!("master {} did not answer within {:?}", self.masters[idx], self.call_timeout))),
             };
-            if matches!(&result, Err(s) if retryable(s)) {
-                // Move on to the next master (unless a concurrent call already did), also when
-                // giving up now: the next call must not start at the master that just failed.
-                let _ = self.preferred.compare_exchange(raw, (idx + 1) % self.channels.len(), Ordering::Relaxed, Ordering::Relaxed);
+            if let Err(s) = &result {
+                if retryable(s) {
+                    self.failed(idx, s);
+                }
             }
             match result {
                 Ok(r) => {
-                    self.follow_leader_hint(idx, &r);
+                    self.follow_leader_hint(idx, r.metadata());
                     return Ok(r.into_inner());
                 }
                 Err(s) if retryable(&s) && Instant::now() < deadline => {
@@ -113,16 +112,37 @@ impl Client {
         }
     }
 
-    /// A master that forwarded the call names the leader: prefer it from now on, if it is one of
-    /// the masters this client was given (an address it was not given may not be reachable
-    /// from here).
-    fn follow_leader_hint<T>(&self, idx: usize, r: &tonic::Response<T>) {
-        let Some(leader) = r.metadata().get(crate::api::LEADER_HEADER).and_then(|v| v.to_str().ok()) else { return };
-        if let Some(i) = self.masters.iter().position(|m| m == leader) {
-            if i != idx {
+    /// The master the next call goes to first (its index among the masters) and its channel.
+    pub fn preferred_channel(&self) -> (usize, Channel) {
+        let idx = self.preferred.load(Ordering::Relaxed) % self.channels.len();
+        (idx, self.channels[idx].clone())
+    }
+
+    /// A call to master `idx` failed with `s` (in [`Client::call`], or a long-lived call such as
+    /// the executor's heartbeat stream, which fails after it opened): prefer the leader it named
+    /// in [`crate::api::LEADER_HEADER`], if any and if it was given; otherwise the next master
+    /// (unless a concurrent call already moved on), also when the caller gives up now, so the next
+    /// call does not start at the master that just failed. Returns whether it followed a hint.
+    pub fn failed(&self, idx: usize, s: &Status) -> bool {
+        if self.follow_leader_hint(idx, s.metadata()) {
+            return true;
+        }
+        let _ = self.preferred.compare_exchange(idx, (idx + 1) % self.channels.len(), Ordering::Relaxed, Ordering::Relaxed);
+        false
+    }
+
+    /// A master that forwarded a call, or refused it, names the leader: prefer it from now on, if
+    /// it is one of the masters this client was given (an address it was not given may not be
+    /// reachable from here). Returns whether the preference moved to it.
+    fn follow_leader_hint(&self, idx: usize, metadata: &tonic::metadata::MetadataMap) -> bool {
+        let Some(leader) = metadata.get(crate::api::LEADER_HEADER).and_then(|v| v.to_str().ok()) else { return false };
+        match self.masters.iter().position(|m| m == leader) {
+            Some(i) if i != idx => {
                 tracing::debug!(from = %self.masters[idx], to = %leader, "following the leader hint");
                 self.preferred.store(i, Ordering::Relaxed);
+                true
             }
+            _ => false,
         }
     }
 
@@ -269,5 +289,25 @@ mod tests {
         // No hint: stays.
         c.call(|_| async { Ok::<_, Status>(tonic::Response::new(())) }).await.unwrap();
         assert_eq!(c.current_master(), "127.0.0.1:3");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_naming_the_leader_moves_the_client_there_and_any_other_failure_to_the_next_master() {
+        let c = Client::new(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into(), "127.0.0.1:3".into()]).unwrap();
+        let refusal = |hint: &'static str| {
+            let mut s = Status::unavailable("not the leader");
+            s.metadata_mut().insert(crate::api::LEADER_HEADER, hint.parse().unwrap());
+            s
+        };
+        assert!(c.failed(0, &refusal("127.0.0.1:3")));
+        assert_eq!(c.preferred_channel().0, 2);
+        // A leader it was not given, or no hint at all: the next master.
+        assert!(!c.failed(2, &refusal("10.9.9.9:7701")));
+        assert_eq!(c.current_master(), "127.0.0.1:1");
+        assert!(!c.failed(0, &Status::unavailable("connection refused")));
+        assert_eq!(c.current_master(), "127.0.0.1:2");
+        // A failure reported for a master the client already left does not move it again.
+        assert!(!c.failed(0, &Status::unavailable("late")));
+        assert_eq!(c.current_master(), "127.0.0.1:2");
     }
 }

@@ -1,5 +1,6 @@
-//! An executor: registers with the cluster, heartbeats to the leader, runs the attempts the leader
-//! starts on it (through [`runner::Runner`]) and reports their start and exit, fenced by token.
+//! An executor: registers with the cluster, heartbeats to the leader (over one long-lived stream,
+//! `heartbeat`), runs the attempts the leader starts on it (through [`runner::Runner`]) and
+//! reports their start and exit, fenced by token.
 //!
 //! Invariants:
 //! - **Self-fencing**: when no heartbeat has been acknowledged for `SELF_FENCE_FRACTION` of the
@@ -11,6 +12,7 @@
 //! - On SIGTERM or drain: take no new work, hand back or finish what runs, deregister, clean up.
 
 pub mod config;
+mod heartbeat;
 mod http;
 pub mod runner;
 mod worker;
@@ -68,7 +70,8 @@ pub struct Agent {
     pub addr: String,
     cfg: ExecutorConfig,
     client: Client,
-    /// Short-deadline client for heartbeats (a heartbeat is never worth waiting long for).
+    /// Short-deadline client for heartbeats (a heartbeat is never worth waiting long for): the
+    /// deadline of each beat's answer on the heartbeat stream, and of unary beats.
     hb_client: Client,
     pub runner: Runner,
     /// Current registration epoch (0 before the first registration).
@@ -278,7 +281,10 @@ impl Agent {
     }
 }
 
+/// Beats every interval over [`heartbeat::Link`] (one stream to the leader) and acts on each
+/// answer: acknowledgement, kills, re-registration, draining. Self-fences before every beat.
 async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shutdown::Trigger) {
+    let mut link = heartbeat::Link::default();
     loop {
         let interval = agent.heartbeat_interval();
         tokio::select! {
@@ -301,13 +307,13 @@ async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shu
             attempts: agent.running(),
         };
         let sent = Instant::now();
-        let r = agent
-            .hb_client
-            .call(|c| {
-                let req = req.clone();
-                async move { ExecutorServiceClient::new(c).heartbeat(req).await }
-            })
-            .await;
+        // The whole beat is bounded like a unary heartbeat (a deadline per attempt, a bound on the
+        // retries); a beat cut short drops the stream it was on.
+        let bound = agent.hb_client.call_timeout + agent.hb_client.retry_for;
+        let r = match tokio::time::timeout(bound, link.beat(&agent.hb_client, req)).await {
+            Ok(r) => r,
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!("heartbeat not answered within {bound:?}"))),
+        };
         let result = if r.is_ok() { "ok" } else { "error" };
         let m = crate::metrics::executor();
         m.heartbeats.with_label_values(&[result]).inc();

@@ -4,25 +4,83 @@
 //! Registration, reports and drains are Raft commands; heartbeats only touch leader memory
 //! ([`Liveness`]) and answer with reconciliation: attempts the executor runs that are not the
 //! current live attempt of their task (stale fencing token, cancelled, reassigned) must be killed.
+//!
+//! Heartbeats arrive two ways, judged by the one rule in `heartbeat_local`: unary `Heartbeat`
+//! (forwarded by a follower like every other call) and `HeartbeatStream`, which executors use: one
+//! long-lived stream per executor, one response per beat, in order. At 10,000 executors a unary
+//! call per beat costs the leader most of a core in HTTP/2 stream set-up alone; a beat on an open
+//! stream is one DATA frame each way.
+//!
+//! Heartbeat stream invariants:
+//! - Only the leader holds streams. A follower refuses to open one (UNAVAILABLE, naming the leader
+//!   in [`LEADER_HEADER`] when it knows it), rather than proxying: a proxied stream would keep
+//!   every beat on two masters for as long as the stream lives.
+//! - Every beat is judged as it arrives; on a master that is no longer the ready leader it ends
+//!   the stream with UNAVAILABLE (and the hint), so leadership is checked per beat, never assumed
+//!   from when the stream opened.
+//! - Every stream ends when the master shuts down.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tonic::{Request, Response, Status};
+use futures::Stream;
+use openraft::ServerState;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::liveness::Liveness;
-use super::node::{forwarded, is_forwarded, now_ms, LocalError, Node};
+use super::node::{forwarded, is_forwarded, now_ms, LocalError, Node, Route};
+use crate::api::LEADER_HEADER;
 use crate::api::convert::{executor_to_pb, rejection_to_status, resources_from_pb};
 use crate::api::pb::executor_service_client::ExecutorServiceClient;
 use crate::api::pb::executor_service_server::ExecutorService;
 use crate::api::pb::{self, report_task_request::Kind};
 use crate::master::config::ExecutorTimings;
+use crate::shutdown::Shutdown;
 use crate::state::{Command, ExecutorState, Outcome, Rejection, State};
 
+#[derive(Clone)]
 pub struct Executors {
     pub node: Arc<Node>,
     pub liveness: Arc<Liveness>,
     pub timings: ExecutorTimings,
+    /// The master's shutdown: ends every open heartbeat stream.
+    pub shutdown: Shutdown,
+}
+
+/// The responses of one executor's heartbeat stream.
+pub type BeatStream = Pin<Box<dyn Stream<Item = Result<pb::HeartbeatResponse, Status>> + Send + 'static>>;
+
+/// Counts an open heartbeat stream in the `heartbeat_streams` gauge for as long as it lives.
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> OpenStream {
+        crate::metrics::get().heartbeat_streams.inc();
+        OpenStream
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        crate::metrics::get().heartbeat_streams.dec();
+    }
+}
+
+/// What a heartbeat stream carries from one beat to the next.
+struct Beats {
+    service: Executors,
+    inbound: Streaming<pb::HeartbeatRequest>,
+    shutdown: Shutdown,
+    _open: OpenStream,
+}
+
+/// Names the leader in a refusal's metadata, for the client to go there.
+fn with_leader_hint(mut s: Status, addr: &str) -> Status {
+    if let Ok(v) = addr.parse() {
+        s.metadata_mut().insert(LEADER_HEADER, v);
+    }
+    s
 }
 
 fn client(c: tonic::transport::Channel) -> ExecutorServiceClient<tonic::transport::Channel> {
@@ -93,6 +151,75 @@ impl Executors {
                 draining: false,
             }),
         }
+    }
+
+    /// Decides whether a heartbeat stream may open here: on the leader (waiting, within the
+    /// leader-wait bound, for one to exist), refused with the leader named otherwise.
+    async fn accept_stream(&self) -> Result<(), Status> {
+        {
+            // The common case, without copying the metrics: every executor opens its stream here
+            // within about one heartbeat interval of a failover.
+            let m = self.node.raft.metrics();
+            let m = m.borrow();
+            if m.state == ServerState::Leader && m.current_leader == Some(self.node.id) {
+                return Ok(());
+            }
+        }
+        match self.node.route(false, Instant::now() + self.node.leader_wait).await? {
+            Route::Local => Ok(()),
+            Route::Leader(_, id, addr) => Err(with_leader_hint(
+                Status::unavailable(format!(
+                    "master {} is not the leader; open the heartbeat stream on the leader, master {id} at {addr}",
+                    self.node.id
+                )),
+                &addr,
+            )),
+        }
+    }
+
+    /// Why a beat on an open stream could not be judged here, naming the leader when this
+    /// master knows another one.
+    fn stream_refusal(&self, e: LocalError) -> Status {
+        let status = match e {
+            LocalError::Status(s) => s,
+            LocalError::NotLeader => Status::unavailable(format!("master {} is not the leader", self.node.id)),
+        };
+        let m = self.node.metrics();
+        match m.current_leader.filter(|l| *l != self.node.id).and_then(|l| Some((l, self.node.member_addr(&m, l)?))) {
+            Some((l, addr)) => with_leader_hint(
+                Status::new(status.code(), format!("{}; the leader is master {l} at {addr}", status.message())),
+                &addr,
+            ),
+            None => status,
+        }
+    }
+
+    /// The response stream of an accepted heartbeat stream: each request is judged by
+    /// `heartbeat_local` and answered in order; the first beat this master cannot judge ends
+    /// the stream with that error, as does shutdown.
+    fn beats(self, inbound: Streaming<pb::HeartbeatRequest>) -> BeatStream {
+        let shutdown = self.shutdown.clone();
+        let start = Beats { service: self, inbound, shutdown, _open: OpenStream::new() };
+        Box::pin(futures::stream::unfold(Some(start), |state| async move {
+            let mut b = state?;
+            let next = tokio::select! {
+                m = b.inbound.message() => m,
+                _ = b.shutdown.wait() => {
+                    let s = Status::unavailable(format!("master {} is shutting down", b.service.node.id));
+                    return Some((Err(s), None));
+                }
+            };
+            match next {
+                Ok(Some(h)) => match b.service.heartbeat_local(&h) {
+                    Ok(r) => Some((Ok(r), Some(b))),
+                    Err(e) => Some((Err(b.service.stream_refusal(e)), None)),
+                },
+                // The executor closed its side (it is stopping, or has opened another stream).
+                Ok(None) => None,
+                // The request side broke (connection lost, undecodable message).
+                Err(s) => Some((Err(s), None)),
+            }
+        }))
     }
 
     async fn report_local(&self, r: &pb::ReportTaskRequest) -> Result<pb::ReportTaskResponse, LocalError> {
@@ -175,6 +302,13 @@ impl ExecutorService for Executors {
                 async move { client(c).heartbeat(forwarded(m)).await }
             })
             .await
+    }
+
+    type HeartbeatStreamStream = BeatStream;
+
+    async fn heartbeat_stream(&self, req: Request<Streaming<pb::HeartbeatRequest>>) -> Result<Response<BeatStream>, Status> {
+        self.accept_stream().await?;
+        Ok(Response::new(self.clone().beats(req.into_inner())))
     }
 
     async fn report_task(&self, req: Request<pb::ReportTaskRequest>) -> Result<Response<pb::ReportTaskResponse>, Status> {

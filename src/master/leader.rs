@@ -114,6 +114,9 @@ struct Duties {
     stopped: HashSet<Token>,
     /// Where the next scan for cancelled attempts to stop starts (leader wall ms; 0: not yet).
     stop_scan_from: u64,
+    /// The state's executor-change count at the last dead scan that found no one to declare
+    /// dead (none: scan at the next tick). See [`Duties::needs_dead_scan`].
+    dead_scan_clean: Option<u64>,
     tx: mpsc::UnboundedSender<DispatchResult>,
 }
 
@@ -147,6 +150,7 @@ async fn run(node: Arc<Node>, term: u64, liveness: Arc<Liveness>, timings: Execu
         starts: HashMap::new(),
         stopped: HashSet::new(),
         stop_scan_from: 0,
+        dead_scan_clean: None,
         tx,
     };
     let mut applied_rx = node.raft.metrics();
@@ -210,6 +214,15 @@ impl Duties {
         }
     }
 
+    /// Must this tick's dead scan look at every executor? Not when the last scan found no one
+    /// to declare dead, the executors have not changed since (so every alive executor in the
+    /// state had a fresh liveness entry then), and the sweep just found every entry placeable
+    /// (so every entry is still fresh: see the liveness invariants). In the steady state of
+    /// many heartbeating executors that skips a hash lookup per executor ten times a second.
+    fn needs_dead_scan(&self, state: &State, unplaceable: usize) -> bool {
+        unplaceable > 0 || self.dead_scan_clean != Some(state.executor_changes())
+    }
+
     /// One pass: liveness (on ticks), placement, dispatch. Returns NotLeader when leadership is
     /// gone. Without a tick, a new job or a change of the executors, it looks at no executor and
     /// no job: its cost does not grow with the cluster.
@@ -217,22 +230,23 @@ impl Duties {
         let now = Instant::now();
         let wall = now_ms();
         let node = self.node.clone();
-        if tick {
-            // Not placeable from a tick before the executor's own fencing window closes, so no
-            // start is sent to an executor that refuses it for silence.
-            self.liveness.sweep(self.ttl.mul_f64(crate::executor::SELF_FENCE_FRACTION).saturating_sub(TICK), now);
-        }
+        // Not placeable from a tick before the executor's own fencing window closes, so no
+        // start is sent to an executor that refuses it for silence. (The window is shorter than
+        // the TTL, which `needs_dead_scan` relies on.)
+        let unplaceable = if tick { self.liveness.sweep(self.ttl.mul_f64(crate::executor::SELF_FENCE_FRACTION).saturating_sub(TICK), now) } else { 0 };
         let (dead, placements, to_start, to_stop, to_lose) = {
             let applied = node.applied.read().expect("poisoned");
             let state = &applied.state;
-            let dead: Vec<Command> = if tick {
+            let dead: Vec<Command> = if tick && self.needs_dead_scan(state, unplaceable) {
                 let live = self.liveness.view();
-                state
+                let dead: Vec<Command> = state
                     .executors()
                     .filter(|e| matches!(e.state, ExecutorState::Alive | ExecutorState::Draining))
                     .filter(|e| !live.is_fresh(&e.id, self.ttl, now))
                     .map(|e| Command::ExecutorDead { id: e.id.clone(), epoch: e.epoch, now: wall })
-                    .collect()
+                    .collect();
+                self.dead_scan_clean = dead.is_empty().then(|| state.executor_changes());
+                dead
             } else {
                 Vec::new()
             };

@@ -8,6 +8,10 @@
 //!   the placement window) may have flipped: on a heartbeat after a silence and when a
 //!   [`Liveness::sweep`] finds one newly silent. Between changes a heartbeat costs one map
 //!   update, and the scheduler can tell "nothing changed" without looking at any executor.
+//! - Every placeable entry is fresh: [`Liveness::sweep`] is given a placement window no longer
+//!   than the TTL, and `seen`/`reset` mark an entry placeable only with a current time. So when
+//!   a sweep reports no unplaceable entry, no executor in the table can be past its TTL, and the
+//!   leader's dead scan has nothing to find among them.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -84,19 +88,22 @@ impl Liveness {
     }
 
     /// Marks executors silent for `window` or longer as not placeable (changing the generation
-    /// if any was placeable). One lock, one pass: call it on a timer, not per request.
-    pub fn sweep(&self, window: Duration, now: Instant) {
+    /// if any was placeable), and returns how many entries are not placeable now. One lock, one
+    /// pass, no hashing: call it on a timer, not per request.
+    pub fn sweep(&self, window: Duration, now: Instant) -> usize {
         let mut inner = self.lock();
-        let mut flipped = false;
+        let (mut flipped, mut unplaceable) = (false, 0);
         for s in inner.last_seen.values_mut() {
             if s.placeable && now.saturating_duration_since(s.at) >= window {
                 s.placeable = false;
                 flipped = true;
             }
+            unplaceable += usize::from(!s.placeable);
         }
         if flipped {
             inner.generation += 1;
         }
+        unplaceable
     }
 
     /// Changes whenever some executor's placeability may have flipped (see the module doc).
@@ -149,15 +156,15 @@ mod tests {
         assert!(l.view().is_placeable("a"));
         // Heartbeats of a placeable executor and sweeps that find nothing new change nothing.
         l.seen("a", t0 + Duration::from_secs(1));
-        l.sweep(window, t0 + Duration::from_secs(2));
+        assert_eq!(l.sweep(window, t0 + Duration::from_secs(2)), 0);
         assert_eq!(l.generation(), g);
         assert!(l.view().is_placeable("a"));
-        // Silent for the window: the sweep flips it, once.
-        l.sweep(window, t0 + Duration::from_secs(3));
+        // Silent for the window: the sweep flips it, once, and counts it while it stays silent.
+        assert_eq!(l.sweep(window, t0 + Duration::from_secs(3)), 1);
         let g2 = l.generation();
         assert!(g2 > g);
         assert!(!l.view().is_placeable("a"));
-        l.sweep(window, t0 + Duration::from_secs(4));
+        assert_eq!(l.sweep(window, t0 + Duration::from_secs(4)), 1);
         assert_eq!(l.generation(), g2);
         // Heard from again: placeable, and the generation moves.
         l.seen("a", t0 + Duration::from_secs(5));

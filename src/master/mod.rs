@@ -127,6 +127,7 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
             node: node.clone(),
             liveness,
             timings: cfg.executors.clone(),
+            shutdown: shutdown.clone(),
         }));
     let mut stop = shutdown.clone();
     let serving = tokio::spawn(server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { stop.wait().await }));

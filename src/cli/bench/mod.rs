@@ -335,13 +335,55 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_micros(ticks * 1_000_000 / hz))
 }
 
+/// How long a simulated executor's stream may take to open, and at the end of a run how long
+/// beats still in flight may take to be answered.
+const SIM_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Heartbeat streams a connection opens at a time while the bench sets up.
+const SIM_OPENS_PER_CONNECTION: usize = 4;
+
+/// One simulated executor's heartbeat stream, as one connection's worker drives it.
+#[derive(Default)]
+struct SimBeats {
+    /// The request side of its open stream (none: closed or broken; reopened at its next beat).
+    tx: Option<tokio::sync::mpsc::Sender<pb::HeartbeatRequest>>,
+    /// When its unanswered beat was sent.
+    sent: Option<Instant>,
+    /// Which of its streams `tx` belongs to: answers from a stream it replaced are ignored.
+    stream: u64,
+}
+
+/// The answers of simulated executor `i`'s stream number `n`, tagged `(i, n)`; the stream's end
+/// is an error.
+type SimAnswers = std::pin::Pin<Box<dyn futures::Stream<Item = ((usize, u64), Result<pb::HeartbeatResponse, tonic::Status>)> + Send>>;
+
+/// Opens simulated executor `i`'s heartbeat stream number `n` on `chan` (no beat sent yet).
+async fn open_sim_stream(chan: tonic::transport::Channel, i: usize, n: u64) -> Result<(tokio::sync::mpsc::Sender<pb::HeartbeatRequest>, SimAnswers), tonic::Status> {
+    use crate::api::pb::executor_service_client::ExecutorServiceClient;
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut client = ExecutorServiceClient::new(chan);
+    let answers = tokio::time::timeout(SIM_OPEN_TIMEOUT, client.heartbeat_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("opening a heartbeat stream"))??
+        .into_inner();
+    let ended = futures::stream::once(async move { ((i, n), Err(tonic::Status::unavailable("the leader ended the heartbeat stream"))) });
+    Ok((tx, Box::pin(answers.map(move |r| ((i, n), r)).chain(ended))))
+}
+
 /// `executors` simulated executors register (capacity 0, so nothing is placed on them) and
-/// heartbeat at `hz` each for `duration`; reports heartbeat latency and the leader's CPU share
-/// (sampled from /proc when the leader runs on this machine).
+/// heartbeat at `hz` each for `duration` the way executors do: each holds one heartbeat stream to
+/// the leader (multiplexed over `connections` channels) and sends one beat per period on it,
+/// paced evenly and without waiting for other executors' answers. Reports the beat round trip
+/// (sent → its answer; no answer before the executor's next beat is an error, and the stream is
+/// reopened) and the leader's CPU share (sampled from /proc when the leader runs on this
+/// machine), measured once every stream is open.
 pub async fn heartbeats(client: Client, executors: usize, hz: f64, duration: Duration, connections: usize) -> anyhow::Result<Report> {
     use crate::api::pb::executor_service_client::ExecutorServiceClient;
+    use futures::StreamExt;
     let status = client.cluster_status().await.map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
     anyhow::ensure!(status.leader_id != 0, "the cluster has no leader");
+    anyhow::ensure!(hz > 0.0, "--hz must be positive");
     let leader_pid = status.masters.iter().find(|m| m.id == status.leader_id).map(|m| m.pid).unwrap_or(0);
     let chans: Vec<_> = (0..connections.max(1))
         .map(|_| crate::raft::network::channel(&status.leader_addr))
@@ -368,41 +410,114 @@ pub async fn heartbeats(client: Client, executors: usize, hz: f64, duration: Dur
         r.await?.map_err(|e| anyhow::anyhow!("registering simulated executors: {}", super::status_line(&e)))?;
     }
     let epochs = epochs.lock().expect("poisoned").clone();
-    // Heartbeat: executor i beats at offset i/hz/executors within each period.
+    // Open every stream first (the set-up is not part of the steady state measured), a few at a
+    // time per connection: 10,000 opens at once stall a leader on a loaded machine long enough
+    // for its followers to elect another (real executors open theirs spread over a beat).
+    let per = executors.div_ceil(connections.max(1)).max(1);
+    let mut opened = Vec::new();
+    for (w, chunk) in ids.chunks(per).enumerate() {
+        let chan = chans[w % chans.len()].clone();
+        let opens = futures::stream::iter((0..chunk.len()).map(move |i| open_sim_stream(chan.clone(), i, 0))).buffered(SIM_OPENS_PER_CONNECTION);
+        opened.push(tokio::spawn(opens.collect::<Vec<_>>()));
+    }
+    let mut streams = Vec::new();
+    for o in opened {
+        let all: Result<Vec<_>, _> = o.await?.into_iter().collect();
+        streams.push(all.map_err(|e| anyhow::anyhow!("opening heartbeat streams: {}", super::status_line(&e)))?);
+    }
+    // Beat: executor i of a connection's n beats at offset i/n within each period.
     let hist = Arc::new(Mutex::new(new_hist()));
     let errors = Arc::new(AtomicU64::new(0));
     let period = Duration::from_secs_f64(1.0 / hz);
     let cpu0 = cpu_time(leader_pid);
     let started = Instant::now();
+    let end = started + duration;
     let mut workers = Vec::new();
-    let per = executors.div_ceil(connections.max(1));
-    for (w, chunk) in ids.chunks(per.max(1)).enumerate() {
+    for ((w, chunk), opened) in ids.chunks(per).enumerate().zip(streams) {
         let (chunk, chan, hist, errors) = (chunk.to_vec(), chans[w % chans.len()].clone(), hist.clone(), errors.clone());
         let my_epochs: Vec<u64> = epochs[w * per..(w * per + chunk.len())].to_vec();
         workers.push(tokio::spawn(async move {
             let mut local = new_hist();
+            let mut errs = 0u64;
+            let mut sims: Vec<SimBeats> = Vec::with_capacity(chunk.len());
+            let mut answers = futures::stream::SelectAll::new();
+            for (tx, a) in opened {
+                sims.push(SimBeats { tx: Some(tx), sent: None, stream: 0 });
+                answers.push(a);
+            }
             let step = period.div_f64(chunk.len().max(1) as f64);
             let mut next = Instant::now();
-            let end = Instant::now() + duration;
-            'outer: loop {
-                for (id, epoch) in chunk.iter().zip(&my_epochs) {
-                    if Instant::now() >= end {
-                        break 'outer;
+            let mut i = 0;
+            // Beats until the end, then collects the answers still in flight.
+            let mut closing: Option<Instant> = None;
+            loop {
+                if closing.is_none() && Instant::now() >= end {
+                    closing = Some(Instant::now() + SIM_OPEN_TIMEOUT);
+                }
+                if let Some(until) = closing {
+                    if sims.iter().all(|s| s.sent.is_none()) || Instant::now() >= until {
+                        break;
                     }
-                    tokio::time::sleep_until(next.into()).await;
-                    next += step;
-                    let t = Instant::now();
-                    let req = pb::HeartbeatRequest { executor_id: id.clone(), epoch: *epoch, attempts: Vec::new() };
-                    match ExecutorServiceClient::new(chan.clone()).heartbeat(req).await {
-                        Ok(_) => {
-                            let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                }
+                let beat_at = closing.unwrap_or(next);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(beat_at.into()) => {
+                        if closing.is_some() {
+                            continue;
                         }
-                        Err(_) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
+                        next += step;
+                        let s = &mut sims[i];
+                        if s.sent.take().is_some() {
+                            // Its last beat went unanswered for a whole period: drop that stream.
+                            errs += 1;
+                            s.tx = None;
+                        }
+                        if s.tx.is_none() {
+                            match open_sim_stream(chan.clone(), i, s.stream + 1).await {
+                                Ok((tx, a)) => {
+                                    s.stream += 1;
+                                    s.tx = Some(tx);
+                                    answers.push(a);
+                                }
+                                Err(_) => errs += 1,
+                            }
+                        }
+                        if let Some(tx) = &s.tx {
+                            let req = pb::HeartbeatRequest { executor_id: chunk[i].clone(), epoch: my_epochs[i], attempts: Vec::new() };
+                            match tx.try_send(req) {
+                                Ok(()) => s.sent = Some(Instant::now()),
+                                Err(_) => {
+                                    errs += 1;
+                                    s.tx = None;
+                                }
+                            }
+                        }
+                        i = (i + 1) % sims.len();
+                    }
+                    Some(((j, n), r)) = answers.next() => {
+                        let s = &mut sims[j];
+                        if n != s.stream {
+                            continue;
+                        }
+                        match r {
+                            Ok(_) => {
+                                if let Some(t) = s.sent.take() {
+                                    let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                                }
+                            }
+                            Err(_) => {
+                                // The stream broke, or ended after the leader refused a beat.
+                                if s.tx.take().is_some() || s.sent.is_some() {
+                                    errs += 1;
+                                }
+                                s.sent = None;
+                            }
                         }
                     }
                 }
             }
+            errs += sims.iter().filter(|s| s.sent.is_some()).count() as u64;
+            errors.fetch_add(errs, Ordering::Relaxed);
             hist.lock().expect("poisoned").add(&local).expect("same bounds");
         }));
     }
@@ -424,7 +539,8 @@ pub async fn heartbeats(client: Client, executors: usize, hz: f64, duration: Dur
     extra.insert("EXECUTORS".into(), executors.to_string());
     extra.insert("LEADER CPU %".into(), cpu.map_or("n/a".into(), |c| format!("{c:.1}")));
     let h = hist.lock().expect("poisoned");
-    let mut r = Report::from_hist("heartbeats", &h, errors.load(Ordering::Relaxed), elapsed, extra);
+    // The rate is over the window beats were sent in (not the answers still in flight after it).
+    let mut r = Report::from_hist("heartbeats", &h, errors.load(Ordering::Relaxed), elapsed.min(duration), extra);
     r.summary = format!(
         "heartbeats: {executors} executors at {hz} Hz: {:.0} heartbeats/s, p50 {:.2} ms, p99 {:.2} ms, leader CPU {} of one core, {} errors",
         r.rate_per_sec,
