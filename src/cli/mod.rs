@@ -27,6 +27,20 @@ pub struct Cli {
     pub command: Cmd,
 }
 
+impl Cli {
+    /// Short-lived commands that print results (job, cluster, executor list): a closed stdout
+    /// (`triad job list | head`) ends them quietly, the way it ends any Unix filter, instead of
+    /// a panic in `println!`. Long-running commands that own children or serve keep Rust's
+    /// default of ignoring SIGPIPE.
+    pub fn is_printing_command(&self) -> bool {
+        match &self.command {
+            Cmd::Job(_) | Cmd::Cluster(_) => true,
+            Cmd::Executor { cmd, .. } => cmd.is_some(),
+            Cmd::Dev { .. } | Cmd::Master { .. } | Cmd::Bench(_) => false,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum LogFormat {
     Human,
