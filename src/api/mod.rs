@@ -20,3 +20,16 @@ pub const FORWARDED_HEADER: &str = "x-triad-forwarded";
 /// Response metadata a follower adds to a request it forwarded: the leader's address, so a client
 /// can talk to the leader directly from then on (no forward hop in the steady state).
 pub const LEADER_HEADER: &str = "x-triad-leader";
+
+/// The connections a gRPC server accepts on `listener`, with Nagle's algorithm off. tonic's
+/// `Server::tcp_nodelay` applies only to listeners tonic binds itself; on a stream of our own the
+/// accepted sockets keep Nagle on, and a response written in pieces (headers, data, trailers) then
+/// waits for the client's delayed ACK: 40 ms on Linux, seen as the p99 of every unary call.
+pub fn incoming(listener: tokio::net::TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}

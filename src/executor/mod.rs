@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::pb::executor_service_client::ExecutorServiceClient;
 use crate::api::pb::{self, report_task_request::Kind};
@@ -160,7 +159,7 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
         .add_service(health_service)
         .add_service(reflection)
         .add_service(WorkerServiceServer::new(worker::Worker { agent: agent.clone() }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { server_stop.wait().await });
+        .serve_with_incoming_shutdown(crate::api::incoming(listener), async move { server_stop.wait().await });
     let server = tokio::spawn(server);
 
     let (flush_tx, flush_rx) = tokio::sync::oneshot::channel();

@@ -21,7 +21,6 @@ use std::time::Duration;
 use anyhow::Context;
 use openraft::{BasicNode, SnapshotPolicy};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::pb::cluster_service_server::ClusterServiceServer;
 use crate::api::pb::executor_service_server::ExecutorServiceServer;
@@ -130,7 +129,7 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
             shutdown: shutdown.clone(),
         }));
     let mut stop = shutdown.clone();
-    let serving = tokio::spawn(server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { stop.wait().await }));
+    let serving = tokio::spawn(server.serve_with_incoming_shutdown(crate::api::incoming(listener), async move { stop.wait().await }));
 
     if cfg.bootstrap && !raft.is_initialized().await.context("reading raft state")? {
         let members: BTreeMap<u64, BasicNode> = cfg.peers.iter().map(|p| (p.id, BasicNode { addr: p.addr.clone() })).collect();

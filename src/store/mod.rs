@@ -2,8 +2,12 @@
 //! ([`LogStore`]) and the state machine with its snapshots ([`StateMachineStore`]).
 //!
 //! Invariants:
-//! - Nothing is reported durable before it is: `save_vote`, `append` (before the callback),
-//!   `truncate`, `purge` and snapshot installation flush sled first.
+//! - Nothing is reported durable before it is: `save_vote`, `truncate`, `purge` and snapshot
+//!   installation flush sled first; `append` writes its entries and hands openraft's callback to
+//!   the log's flusher thread, which calls it only after a flush that began after the write.
+//!   Raft's core thus never waits on the disk (it keeps sending heartbeats and replicating, and
+//!   the leader's flush overlaps the followers'), and appends that arrive during one flush share
+//!   the next.
 //! - The state machine is the pure [`State`] in memory plus the latest snapshot in sled. On start
 //!   the snapshot is loaded and openraft re-applies the committed log after it, so the in-memory
 //!   state never runs ahead of what the log and snapshot can rebuild.
@@ -90,14 +94,43 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    /// Appends waiting for a flush; the flusher thread ends when every clone is dropped.
+    flushes: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// A flush slower than this is logged: the disk is holding up commits.
+const SLOW_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Flushes sled for the appends queued so far, then reports each of them done, in order. Every
+/// callback is queued after its entries were written, so the flush that follows covers them.
+fn flusher(db: sled::Db, queue: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = queue.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(queue.try_iter());
+        let started = std::time::Instant::now();
+        let flushed = db.flush();
+        if started.elapsed() > SLOW_FLUSH {
+            tracing::warn!(ms = started.elapsed().as_millis() as u64, appends = waiting.len(), "slow log flush");
+        }
+        for callback in waiting {
+            callback.log_io_completed(flushed.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+        }
+    }
 }
 
 impl LogStore {
     pub fn new(db: &sled::Db) -> Result<Self, StorageError> {
+        let (flushes, queue) = std::sync::mpsc::channel();
+        let flushing = db.clone();
+        std::thread::Builder::new()
+            .name("triad-log-flush".into())
+            .spawn(move || flusher(flushing, queue))
+            .map_err(write_err)?;
         Ok(LogStore {
             db: db.clone(),
             log: db.open_tree("log").map_err(read_err)?,
             meta: db.open_tree("meta").map_err(read_err)?,
+            flushes,
         })
     }
 
@@ -193,20 +226,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = codec::encode(&entry).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
             batch.insert(&index_key(entry.log_id.index), bytes);
         }
+        let started = std::time::Instant::now();
         self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        // Durable before openraft may count this node towards a quorum.
-        let flushed = self.db.flush_async().await;
-        match flushed {
-            Ok(_) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let err = std::io::Error::other(e.to_string());
-                callback.log_io_completed(Err(err));
-                Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
-            }
+        if started.elapsed() > SLOW_FLUSH {
+            tracing::warn!(ms = started.elapsed().as_millis() as u64, "slow log write");
         }
+        // Durable before openraft may count this node towards a quorum: the callback waits for
+        // the flusher. (If the flusher is gone, so is the store: report the failure.)
+        if let Err(std::sync::mpsc::SendError(callback)) = self.flushes.send(callback) {
+            callback.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
+            return Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, std::io::Error::other("log flusher stopped")));
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
