@@ -8,8 +8,9 @@
 //! - campaigns a random `[min, max)` after this master last heard from a leader (or granted a
 //!   vote), checked every few milliseconds;
 //! - draws a new timeout for every campaign, so a split vote is settled by the next draw;
-//! - backs off by `2 * max` after a voter answered with a longer log than ours (openraft's
-//!   "smaller log" rule: let the better-informed master win instead of bumping terms).
+//! - waits one `max` longer after a voter answered with a longer log than ours (openraft's
+//!   "smaller log" rule: let the better-informed master win instead of bumping terms; openraft
+//!   waits `2 * max`, which made such a failover take a second).
 //!
 //! The leader's heartbeat is sent from here too, every `heartbeat` (openraft's `heartbeat_interval`
 //! also bounds every append-entries call, and triad needs that bound far longer than the period:
@@ -41,8 +42,9 @@ pub struct Timer {
     heard: Instant,
     /// The timeout drawn for the current wait.
     timeout: Duration,
-    /// No leader heard and no campaign yet since start: the wait is one `max` longer.
-    starting: bool,
+    /// Added to this wait only: one `max` at start (no leader heard yet) and after a voter showed
+    /// a longer log. Hearing a leader or campaigning ends it.
+    extra: Duration,
 }
 
 impl Timer {
@@ -50,7 +52,7 @@ impl Timer {
     /// `max` longer than later ones, so a restarted master gives the sitting leader time to reach
     /// it before it campaigns.
     pub fn new(min: Duration, max: Duration, now: Instant, draw: f64) -> Self {
-        let mut t = Timer { min, max, heard: now, timeout: Duration::ZERO, starting: true };
+        let mut t = Timer { min, max, heard: now, timeout: Duration::ZERO, extra: max };
         t.timeout = t.pick(draw);
         t
     }
@@ -61,7 +63,7 @@ impl Timer {
 
     /// A leader's append-entries or snapshot, or a vote this master granted.
     pub fn heard(&mut self, now: Instant) {
-        self.starting = false;
+        self.extra = Duration::ZERO;
         if now > self.heard {
             self.heard = now;
         }
@@ -70,8 +72,8 @@ impl Timer {
     /// A voter refused our vote because its log is longer than ours: wait longer this time.
     pub fn greater_log(&mut self, now: Instant, draw: f64) {
         self.heard = self.heard.max(now);
-        self.starting = false;
-        self.timeout = self.max * 2 + self.pick(draw);
+        self.timeout = self.pick(draw);
+        self.extra = self.max;
     }
 
     /// Is it time to campaign?
@@ -83,13 +85,13 @@ impl Timer {
     /// random timeout.
     pub fn campaigned(&mut self, now: Instant, draw: f64) {
         self.heard = now;
-        self.starting = false;
+        self.extra = Duration::ZERO;
         self.timeout = self.pick(draw);
     }
 
     /// When the current wait ends.
     pub fn deadline(&self) -> Instant {
-        self.heard + self.timeout + if self.starting { self.max } else { Duration::ZERO }
+        self.heard + self.timeout + self.extra
     }
 }
 
@@ -212,13 +214,16 @@ mod tests {
     }
 
     #[test]
-    fn a_longer_log_elsewhere_backs_off_by_two_max() {
+    fn a_longer_log_elsewhere_backs_off_by_one_max() {
         let t0 = Instant::now();
         let mut t = Timer::new(MIN, MAX, t0, 0.0);
         t.campaigned(t0, 0.0);
         t.greater_log(t0 + ms(5), 0.0);
-        assert!(!t.due(t0 + ms(5) + MAX * 2 + MIN - ms(1)));
-        assert!(t.due(t0 + ms(5) + MAX * 2 + MIN));
+        assert!(!t.due(t0 + ms(5) + MAX + MIN - ms(1)));
+        assert!(t.due(t0 + ms(5) + MAX + MIN));
+        // Only for that wait: once a leader is heard, waits are back to [min, max).
+        t.heard(t0 + ms(10));
+        assert!(t.due(t0 + ms(10) + MIN));
     }
 
     #[test]
