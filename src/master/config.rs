@@ -65,8 +65,8 @@ impl Default for RaftTimings {
     fn default() -> Self {
         RaftTimings {
             heartbeat_ms: 50,
-            election_min_ms: 250,
-            election_max_ms: 350,
+            election_min_ms: 350,
+            election_max_ms: 500,
             snapshot_every: 20_000,
             keep_logs: 1_000,
             leader_wait_ms: 3_000,
@@ -173,8 +173,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.raft.heartbeat_ms, RaftTimings::default().heartbeat_ms, "an omitted [raft] takes the defaults");
-        assert_eq!((cfg.raft.heartbeat_ms, cfg.raft.election_min_ms, cfg.raft.election_max_ms), (50, 250, 350));
-        assert_eq!(cfg.raft.lease_ms(), 200);
+        assert_eq!((cfg.raft.heartbeat_ms, cfg.raft.election_min_ms, cfg.raft.election_max_ms), (50, 350, 500));
+        assert_eq!(cfg.raft.lease_ms(), 300);
         assert_eq!(cfg.advertise_addr(), "127.0.0.1:7101");
         cfg.apply_env(|k| (k == "TRIAD_MASTER_ADVERTISE").then(|| "10.0.0.1:7101".to_string())).unwrap();
         assert_eq!(cfg.advertise_addr(), "10.0.0.1:7101");

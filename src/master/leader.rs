@@ -234,7 +234,9 @@ impl Duties {
         // start is sent to an executor that refuses it for silence. (The window is shorter than
         // the TTL, which `needs_dead_scan` relies on.)
         let unplaceable = if tick { self.liveness.sweep(self.ttl.mul_f64(crate::executor::SELF_FENCE_FRACTION).saturating_sub(TICK), now) } else { 0 };
-        let (dead, placements, to_start, to_stop, to_lose) = {
+        // Off the async worker: a pass over a large state holds the state's read lock, and apply
+        // (waiting for the write lock) must not pin the runtime's other worker meanwhile.
+        let (dead, placements, to_start, to_stop, to_lose) = crate::store::off_runtime(|| {
             let applied = node.applied.read().expect("poisoned");
             let state = &applied.state;
             let dead: Vec<Command> = if tick && self.needs_dead_scan(state, unplaceable) {
@@ -291,7 +293,7 @@ impl Duties {
                 })
                 .collect();
             (dead, plan.assignments, to_start, to_stop, to_lose)
-        };
+        });
         let m = crate::metrics::get();
         for cmd in &dead {
             if let Command::ExecutorDead { id, .. } = cmd {

@@ -70,10 +70,13 @@ async fn in_background_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 
     rx.await.map_err(|_| std::io::Error::other("snapshot thread panicked"))
 }
 
-/// Runs CPU-heavy synchronous work (encoding or decoding a whole state: seconds for millions of
-/// jobs) without stalling the runtime thread it is on, which also drives Raft heartbeats: a
-/// stalled leader would be deposed. Outside a multi-threaded runtime (tests) it just runs.
-fn heavy<T>(f: impl FnOnce() -> T) -> T {
+/// Runs synchronous work that is CPU-heavy or waits for the state's lock (encoding or decoding a
+/// whole state: seconds for millions of jobs; apply waiting for the write lock while the leader's
+/// duties read a large state) without pinning the runtime thread it is on: the runtime moves its
+/// other tasks, Raft's core and heartbeats among them, to another thread. On two cores a pinned
+/// pair of workers silenced the leader and followers deposed it, over and over. Outside a
+/// multi-threaded runtime (tests) it just runs.
+pub(crate) fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
@@ -318,7 +321,7 @@ impl StateMachineStore {
 
     async fn write_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
         let subject = ErrorSubject::Snapshot(Some(snap.meta.signature()));
-        heavy(|| {
+        off_runtime(|| {
             let bytes = codec::encode(snap).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
             self.tree.insert(KEY_SNAPSHOT, bytes).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))
         })?;
@@ -361,23 +364,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut applied = self.applied.write().expect("state lock poisoned");
-        let mut out = Vec::new();
-        for entry in entries {
-            applied.last_applied = Some(entry.log_id);
-            let response = match entry.payload {
-                EntryPayload::Blank => Response::default(),
-                EntryPayload::Normal(req) => Response {
-                    results: req.commands.iter().map(|c| applied.state.apply(c)).collect(),
-                },
-                EntryPayload::Membership(m) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
-                    Response::default()
-                }
-            };
-            out.push(response);
-        }
-        Ok(out)
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        off_runtime(move || {
+            let mut applied = self.applied.write().expect("state lock poisoned");
+            let mut out = Vec::new();
+            for entry in entries {
+                applied.last_applied = Some(entry.log_id);
+                let response = match entry.payload {
+                    EntryPayload::Blank => Response::default(),
+                    EntryPayload::Normal(req) => Response {
+                        results: req.commands.iter().map(|c| applied.state.apply(c)).collect(),
+                    },
+                    EntryPayload::Membership(m) => {
+                        applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                        Response::default()
+                    }
+                };
+                out.push(response);
+            }
+            Ok(out)
+        })
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -391,7 +397,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-        let new: Applied = heavy(|| codec::decode(&data)).map_err(|e| io_err(subject, ErrorVerb::Read, e))?;
+        let new: Applied = off_runtime(|| codec::decode(&data)).map_err(|e| io_err(subject, ErrorVerb::Read, e))?;
         // Durable first, then visible: a crash after the flush restarts from this snapshot.
         self.write_snapshot(&StoredSnapshot { meta: meta.clone(), data }).await?;
         *self.applied.write().expect("state lock poisoned") = Applied {
