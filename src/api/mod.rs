@@ -21,6 +21,13 @@ pub const FORWARDED_HEADER: &str = "x-triad-forwarded";
 /// can talk to the leader directly from then on (no forward hop in the steady state).
 pub const LEADER_HEADER: &str = "x-triad-leader";
 
+/// Names the leader at `addr` in a response's or an error's metadata ([`LEADER_HEADER`]).
+pub fn name_leader(metadata: &mut tonic::metadata::MetadataMap, addr: &str) {
+    if let Ok(v) = addr.parse() {
+        metadata.insert(LEADER_HEADER, v);
+    }
+}
+
 /// The connections a gRPC server accepts on `listener`, with Nagle's algorithm off. tonic's
 /// `Server::tcp_nodelay` applies only to listeners tonic binds itself; on a stream of our own the
 /// accepted sockets keep Nagle on, and a response written in pieces (headers, data, trailers) then

@@ -13,7 +13,7 @@
 //!
 //! Heartbeat stream invariants:
 //! - Only the leader holds streams. A follower refuses to open one (UNAVAILABLE, naming the leader
-//!   in [`LEADER_HEADER`] when it knows it), rather than proxying: a proxied stream would keep
+//!   in [`crate::api::LEADER_HEADER`] when it knows it), rather than proxying: a proxied stream would keep
 //!   every beat on two masters for as long as the stream lives.
 //! - Every beat is judged as it arrives; on a master that is no longer the ready leader it ends
 //!   the stream with UNAVAILABLE (and the hint), so leadership is checked per beat, never assumed
@@ -30,7 +30,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::liveness::Liveness;
 use super::node::{forwarded, is_forwarded, now_ms, LocalError, Node, Route};
-use crate::api::LEADER_HEADER;
 use crate::api::convert::{executor_to_pb, rejection_to_status, resources_from_pb};
 use crate::api::pb::executor_service_client::ExecutorServiceClient;
 use crate::api::pb::executor_service_server::ExecutorService;
@@ -77,9 +76,7 @@ struct Beats {
 
 /// Names the leader in a refusal's metadata, for the client to go there.
 fn with_leader_hint(mut s: Status, addr: &str) -> Status {
-    if let Ok(v) = addr.parse() {
-        s.metadata_mut().insert(LEADER_HEADER, v);
-    }
+    crate::api::name_leader(s.metadata_mut(), addr);
     s
 }
 

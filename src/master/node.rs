@@ -12,7 +12,7 @@ use openraft::ServerState;
 use tonic::transport::Channel;
 use tonic::Status;
 
-use crate::api::{FORWARDED_HEADER, LEADER_HEADER};
+use crate::api::FORWARDED_HEADER;
 use crate::raft::network::Channels;
 use crate::raft::{NodeId, Raft, RaftMetrics, Request, Response};
 use crate::state::{Command, Outcome, Rejection};
@@ -163,7 +163,7 @@ impl Node {
 
     /// Runs `local` on the leader, or `remote` against the leader's channel, re-routing when
     /// leadership moves, all within the leader-wait bound. A forwarded answer names the leader
-    /// ([`LEADER_HEADER`]) so the client can go there directly next time.
+    /// ([`crate::api::LEADER_HEADER`]) so the client can go there directly next time.
     pub async fn on_leader<T, L, LF, R, RF>(&self, forwarded: bool, local: L, remote: R) -> Result<tonic::Response<T>, Status>
     where
         L: Fn() -> LF,
@@ -188,9 +188,7 @@ impl Node {
                         None => continue,
                         Some(Ok(r)) => {
                             let mut r = tonic::Response::new(r.into_inner());
-                            if let Ok(v) = addr.parse() {
-                                r.metadata_mut().insert(LEADER_HEADER, v);
-                            }
+                            crate::api::name_leader(r.metadata_mut(), &addr);
                             return Ok(r);
                         }
                         // The leader could not be reached at all (killed, or its address gone):

@@ -101,8 +101,8 @@ pub struct LogStore {
     flushes: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
-/// A flush slower than this is logged: the disk is holding up commits.
-const SLOW_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
+/// A log write or flush slower than this is logged: the disk is holding up commits.
+const SLOW_LOG_IO: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Flushes sled for the appends queued so far, then reports each of them done, in order. Every
 /// callback is queued after its entries were written, so the flush that follows covers them.
@@ -112,7 +112,7 @@ fn flusher(db: sled::Db, queue: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>
         waiting.extend(queue.try_iter());
         let started = std::time::Instant::now();
         let flushed = db.flush();
-        if started.elapsed() > SLOW_FLUSH {
+        if started.elapsed() > SLOW_LOG_IO {
             tracing::warn!(ms = started.elapsed().as_millis() as u64, appends = waiting.len(), "slow log flush");
         }
         for callback in waiting {
@@ -231,14 +231,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let started = std::time::Instant::now();
         self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        if started.elapsed() > SLOW_FLUSH {
+        if started.elapsed() > SLOW_LOG_IO {
             tracing::warn!(ms = started.elapsed().as_millis() as u64, "slow log write");
         }
         // Durable before openraft may count this node towards a quorum: the callback waits for
         // the flusher. (If the flusher is gone, so is the store: report the failure.)
         if let Err(std::sync::mpsc::SendError(callback)) = self.flushes.send(callback) {
-            callback.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
-            return Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, std::io::Error::other("log flusher stopped")));
+            let stopped = || std::io::Error::other("log flusher stopped");
+            callback.log_io_completed(Err(stopped()));
+            return Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, stopped()));
         }
         Ok(())
     }
