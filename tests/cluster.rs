@@ -441,7 +441,7 @@ async fn heartbeat_streams_live_on_the_leader_only_and_end_when_it_stops_leading
     let leader = c.wait_leader(ELECTION).await;
     let leader_addr = c.master(leader).addr.clone();
     let follower = c.followers(leader)[0];
-    let beat = || pb::HeartbeatRequest { executor_id: "ghost".into(), epoch: 7, attempts: vec![pb::RunningAttempt { job_id: "j".into(), task_index: 0, token: 42 }] };
+    let beat = || pb::HeartbeatRequest { executor_id: "ghost".into(), epoch: 7, attempts: vec![pb::RunningAttempt { job_id: "j".into(), task_index: 0, token: 42 }], seq: 1 };
 
     // A follower refuses the stream and names the leader; a client pointed at the follower moves.
     let refused = match open_heartbeat_stream(&c.master(follower).addr, beat()).await {

@@ -14,6 +14,7 @@
 pub mod config;
 mod heartbeat;
 mod http;
+pub mod lease;
 pub mod runner;
 mod worker;
 
@@ -37,11 +38,6 @@ use runner::{AttemptEvent, EventKind, ExitStatus, Runner};
 /// Attempts are killed once heartbeats have gone unacknowledged for this fraction of the TTL,
 /// leaving the rest of the TTL as margin for clock-rate differences and the kill itself.
 pub const SELF_FENCE_FRACTION: f64 = 0.6;
-/// After a fenced period ends (a pause, a partition), starts are refused for this long: the
-/// leader may have given up on a start it sent before (and placed the task elsewhere) while the
-/// request sat in a socket buffer; such requests arrive right at the recovery. A start the leader
-/// still wants is retried and lands after the grace.
-pub const RECOVERY_GRACE: Duration = Duration::from_secs(1);
 /// Grace between SIGTERM and SIGKILL when stopping an attempt.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long a stopping executor keeps trying to deliver its last reports and to deregister.
@@ -78,8 +74,8 @@ pub struct Agent {
     /// No new work is accepted.
     pub draining: AtomicBool,
     last_ack: Mutex<Instant>,
-    /// When the last fenced period ended (an ack after none for the fencing window).
-    recovered_at: Mutex<Option<Instant>>,
+    /// When each recent heartbeat was sent: the leases starts are judged by ([`lease`]).
+    beats: Mutex<lease::BeatLog>,
     ttl: Mutex<Duration>,
     heartbeat: Mutex<Duration>,
 }
@@ -128,7 +124,7 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
         epoch: AtomicU64::new(0),
         draining: AtomicBool::new(false),
         last_ack: Mutex::new(Instant::now()),
-        recovered_at: Mutex::new(None),
+        beats: Mutex::new(lease::BeatLog::default()),
         ttl: Mutex::new(Duration::from_secs(5)),
         heartbeat: Mutex::new(Duration::from_secs(1)),
     });
@@ -240,12 +236,18 @@ impl Agent {
 
     /// No heartbeat acknowledged within the self-fencing window: take no new work.
     pub fn is_fenced(&self) -> bool {
-        self.since_ack() > self.ttl().mul_f64(SELF_FENCE_FRACTION)
+        self.since_ack() > self.fence_window()
     }
 
-    /// Just out of a fenced period (see [`RECOVERY_GRACE`]): take no new work yet.
-    pub fn is_recovering(&self) -> bool {
-        self.recovered_at.lock().expect("poisoned").is_some_and(|t| t.elapsed() < RECOVERY_GRACE)
+    /// The self-fencing window: attempts die after this long without an acknowledged beat, and
+    /// a start is accepted only this long after the beat it names was sent ([`lease`]).
+    pub fn fence_window(&self) -> Duration {
+        self.ttl().mul_f64(SELF_FENCE_FRACTION)
+    }
+
+    /// May a start that names heartbeat `seq` run now? (See [`lease`].)
+    pub fn check_lease(&self, seq: u64) -> Result<(), lease::LeaseError> {
+        self.beats.lock().expect("poisoned").check(seq, Instant::now(), self.fence_window())
     }
 
     fn since_ack(&self) -> Duration {
@@ -271,8 +273,11 @@ impl Agent {
     /// Kills an attempt without waiting; `cause` labels the kill in the metrics and the log.
     fn stop_in_background(self: &Arc<Self>, token: u64, cause: &'static str) {
         let me = self.clone();
+        // A self-fence races the leader's TTL: the rest of it after the fencing window is all
+        // the time there is, so SIGKILL follows SIGTERM within a quarter of that.
+        let grace = if cause == "self_fence" { STOP_GRACE.min(self.ttl().mul_f64((1.0 - SELF_FENCE_FRACTION) / 4.0)) } else { STOP_GRACE };
         tokio::spawn(async move {
-            if me.runner.stop(token, STOP_GRACE).await {
+            if me.runner.stop(token, grace).await {
                 crate::metrics::executor().kills.with_label_values(&[cause]).inc();
                 tracing::info!(token, cause, "killed an attempt");
             }
@@ -284,28 +289,41 @@ impl Agent {
 /// answer: acknowledgement, kills, re-registration, draining. Self-fences before every beat.
 async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shutdown::Trigger) {
     let mut link = heartbeat::Link::default();
+    let mut next_beat = Instant::now() + agent.heartbeat_interval();
     loop {
-        let interval = agent.heartbeat_interval();
+        // Wake for the next beat, or as the fencing window closes if that comes first: the
+        // attempts must be dead well before the leader's TTL runs out, not a beat interval late.
+        // (Once fenced, no start is accepted, so there is nothing new to kill before the beat.)
+        let mut wait = next_beat.saturating_duration_since(Instant::now());
+        if let Some(open) = agent.fence_window().checked_sub(agent.since_ack()) {
+            wait = wait.min(open + Duration::from_millis(5));
+        }
+        let wake = tokio::time::Instant::now() + wait;
         tokio::select! {
             _ = stop.wait() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep_until(wake) => {}
         }
         // Self-fence before talking to anyone: after a pause the old attempts must die first.
-        let (since_ack, ttl) = (agent.since_ack(), agent.ttl());
         let skip = crate::chaos::on(crate::chaos::Bug::SkipFencing);
-        if !skip && since_ack > ttl.mul_f64(SELF_FENCE_FRACTION) && !agent.runner.live_tokens().is_empty() {
-            tracing::warn!(since_ack_ms = since_ack.as_millis() as u64, "no heartbeat acknowledged: self-fencing, killing all attempts");
+        if !skip && agent.is_fenced() && !agent.runner.live_tokens().is_empty() {
+            tracing::warn!(since_ack_ms = agent.since_ack().as_millis() as u64, "no heartbeat acknowledged: self-fencing, killing all attempts");
             crate::metrics::executor().self_fences.inc();
             for t in agent.runner.live_tokens() {
                 agent.stop_in_background(t, "self_fence");
             }
         }
+        if Instant::now() < next_beat {
+            continue;
+        }
+        next_beat = Instant::now() + agent.heartbeat_interval();
+        let sent = Instant::now();
+        let seq = agent.beats.lock().expect("poisoned").record(sent, agent.fence_window());
         let req = pb::HeartbeatRequest {
             executor_id: agent.id.clone(),
             epoch: agent.epoch.load(Ordering::SeqCst),
             attempts: agent.running(),
+            seq,
         };
-        let sent = Instant::now();
         // The whole beat is bounded like a unary heartbeat (a deadline per attempt, a bound on the
         // retries); a beat cut short drops the stream it was on.
         let bound = agent.hb_client.call_timeout + agent.hb_client.retry_for;
@@ -329,10 +347,10 @@ async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shu
             // until the new registration (whose epoch the leader will use).
             agent.epoch.store(0, Ordering::SeqCst);
         } else {
-            if agent.is_fenced() {
-                *agent.recovered_at.lock().expect("poisoned") = Some(Instant::now());
-            }
-            *agent.last_ack.lock().expect("poisoned") = Instant::now();
+            // The beat was acknowledged as of when it was sent, not as of now: a slow answer
+            // must not stretch the fencing window.
+            let mut last = agent.last_ack.lock().expect("poisoned");
+            *last = (*last).max(sent);
         }
         for t in &resp.kill_tokens {
             agent.stop_in_background(*t, "leader");

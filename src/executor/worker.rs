@@ -28,9 +28,6 @@ impl WorkerService for Worker {
         if self.agent.is_fenced() {
             return Err(Status::failed_precondition("executor is self-fenced (no heartbeat acknowledged recently)"));
         }
-        if self.agent.is_recovering() {
-            return Err(Status::unavailable("executor is just out of a fenced period; retry shortly"));
-        }
         let epoch = self.agent.epoch.load(Ordering::SeqCst);
         if r.epoch < epoch {
             return Err(Status::failed_precondition(format!("stale executor epoch {} (current {epoch})", r.epoch)));
@@ -38,6 +35,12 @@ impl WorkerService for Worker {
         if r.epoch > epoch {
             // The leader committed our registration before its reply reached us: retry shortly.
             return Err(Status::unavailable(format!("executor has not yet learned epoch {} (has {epoch})", r.epoch)));
+        }
+        // Late or unstamped: the leader may have given this start up. It retries with the stamp
+        // of a newer beat if it still wants it.
+        if let Err(e) = self.agent.check_lease(r.lease_seq) {
+            crate::metrics::executor().stale_starts.inc();
+            return Err(Status::unavailable(format!("start of token {} refused: {e}; retry with a newer heartbeat", r.token)));
         }
         let spec = AttemptSpec {
             job_id: r.job_id,

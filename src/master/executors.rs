@@ -22,7 +22,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use openraft::ServerState;
@@ -43,6 +43,10 @@ pub struct Executors {
     pub node: Arc<Node>,
     pub liveness: Arc<Liveness>,
     pub timings: ExecutorTimings,
+    /// A leader acknowledges heartbeats only while a quorum acknowledged it within this long:
+    /// a deposed leader cut off from the others must not keep its executors from self-fencing
+    /// while the new leader declares them dead and places their work elsewhere.
+    pub quorum_lease: Duration,
     /// The master's shutdown: ends every open heartbeat stream.
     pub shutdown: Shutdown,
 }
@@ -127,12 +131,19 @@ impl Executors {
             // Leading but not caught up yet (or no longer leading): judge nothing from stale state.
             return Err(LocalError::Status(Status::unavailable("leader is catching up; retry")));
         }
+        if !self.within_quorum_lease() {
+            return Err(LocalError::Status(Status::unavailable(format!(
+                "master {} has not heard from a quorum within {} ms; retry",
+                self.node.id,
+                self.quorum_lease.as_millis()
+            ))));
+        }
         let applied = self.node.applied.read().expect("poisoned");
         let state = &applied.state;
         let current = state.executor(&h.executor_id).filter(|e| e.epoch == h.epoch);
         match current.map(|e| e.state) {
             Some(s @ (ExecutorState::Alive | ExecutorState::Draining)) => {
-                self.liveness.seen(&h.executor_id, Instant::now());
+                self.liveness.beat(&h.executor_id, h.epoch, h.seq, Instant::now());
                 crate::metrics::get().heartbeats.inc();
                 let skip = crate::chaos::on(crate::chaos::Bug::SkipFencing);
                 Ok(pb::HeartbeatResponse {
@@ -148,6 +159,15 @@ impl Executors {
                 draining: false,
             }),
         }
+    }
+
+    /// Has a quorum acknowledged this leader within [`Executors::quorum_lease`]? (A single-voter
+    /// cluster is its own quorum.)
+    fn within_quorum_lease(&self) -> bool {
+        let m = self.node.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().voter_ids().count() <= 1
+            || m.millis_since_quorum_ack.is_some_and(|ms| u128::from(ms) < self.quorum_lease.as_millis())
     }
 
     /// Decides whether a heartbeat stream may open here: on the leader (waiting, within the

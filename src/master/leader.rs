@@ -93,6 +93,10 @@ struct Pending {
     tries: u32,
     next_try: Instant,
     in_flight: bool,
+    /// When this leader received the heartbeat its latest request for the start named (none:
+    /// no request sent yet). The start is given up only a fencing window after it
+    /// (`executor::lease`), so a request still in the network is refused by then.
+    stamp: Option<Instant>,
 }
 
 struct Duties {
@@ -279,10 +283,11 @@ impl Duties {
             };
             let (to_start, to_stop) = self.dispatch_work(state, wall, tick);
             // Starts given up on: report the attempt lost so the task is retried elsewhere.
+            let window = self.ttl.mul_f64(crate::executor::SELF_FENCE_FRACTION);
             let to_lose: Vec<Command> = self
                 .starts
                 .iter()
-                .filter(|(_, p)| !p.in_flight && p.tries >= MAX_START_TRIES)
+                .filter(|(_, p)| !p.in_flight && p.tries >= MAX_START_TRIES && crate::executor::lease::may_give_up(p.stamp, now, window))
                 .filter_map(|(token, _)| to_start_lookup(state, *token))
                 .map(|(job, index, token)| Command::TaskLost {
                     job,
@@ -332,20 +337,26 @@ impl Duties {
         let now = Instant::now();
         let mut to_start = Vec::new();
         let mut assigned = HashSet::new();
+        let live = self.liveness.view();
         for a in state.live_attempts() {
             if a.state != crate::state::TaskState::Assigned {
                 continue;
             }
             assigned.insert(a.token);
-            let p = self.starts.entry(a.token).or_insert(Pending { tries: 0, next_try: now, in_flight: false });
+            let p = self.starts.entry(a.token).or_insert(Pending { tries: 0, next_try: now, in_flight: false, stamp: None });
             if p.in_flight || p.tries >= MAX_START_TRIES || p.next_try > now {
                 continue;
             }
-            if let Some(req) = start_request(state, &a.job, a.index) {
-                p.in_flight = true;
-                to_start.push(req);
-            }
+            let Some((addr, mut req)) = start_request(state, &a.job, a.index) else { continue };
+            // Not before this leader has heard a beat of the executor's current registration:
+            // the start must name one (its lease). The next beat brings it.
+            let Some(stamp) = live.stamp(&a.executor, req.epoch) else { continue };
+            req.lease_seq = stamp.seq;
+            p.stamp = Some(stamp.received);
+            p.in_flight = true;
+            to_start.push((addr, req));
         }
+        drop(live);
         // Forget attempts that started, finished or were lost.
         self.starts.retain(|t, _| assigned.contains(t));
 
@@ -441,6 +452,7 @@ fn start_request(state: &State, job_id: &crate::state::JobId, index: u32) -> Opt
             range_start: uuid::Uuid::from_u128(start).to_string(),
             range_end: uuid::Uuid::from_u128(end).to_string(),
             epoch: exec.epoch,
+            lease_seq: 0,
         },
     ))
 }

@@ -23,6 +23,20 @@ struct Seen {
     at: Instant,
     /// As of the last sweep (or the heartbeat that ended a silence).
     placeable: bool,
+    /// The newest numbered heartbeat heard from the executor: what the starts sent to it name
+    /// (see `executor::lease`).
+    stamp: Option<Stamp>,
+}
+
+/// A numbered heartbeat as the leader received it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// The registration epoch the beat was sent under.
+    pub epoch: u64,
+    /// The beat's number (`HeartbeatRequest.seq`, never 0 here).
+    pub seq: u64,
+    /// When this leader received it.
+    pub received: Instant,
 }
 
 #[derive(Default)]
@@ -49,6 +63,12 @@ impl View<'_> {
     pub fn is_placeable(&self, id: &str) -> bool {
         self.0.last_seen.get(id).is_some_and(|s| s.placeable)
     }
+
+    /// The newest beat heard from `id` under registration `epoch`: none before this leader has
+    /// heard one (a start may then not be sent yet).
+    pub fn stamp(&self, id: &str, epoch: u64) -> Option<Stamp> {
+        self.0.last_seen.get(id).and_then(|s| s.stamp).filter(|st| st.epoch == epoch)
+    }
 }
 
 impl Liveness {
@@ -69,8 +89,24 @@ impl Liveness {
                 }
             }
             None => {
-                inner.last_seen.insert(id.to_string(), Seen { at, placeable: true });
+                inner.last_seen.insert(id.to_string(), Seen { at, placeable: true, stamp: None });
                 inner.generation += 1;
+            }
+        }
+    }
+
+    /// Records heartbeat number `seq` (0: unnumbered) of `id`'s registration `epoch`, received
+    /// at `at`: a sighting, and the stamp later starts name when newer than the one held.
+    pub fn beat(&self, id: &str, epoch: u64, seq: u64, at: Instant) {
+        self.seen(id, at);
+        if seq == 0 {
+            return;
+        }
+        let mut inner = self.lock();
+        if let Some(s) = inner.last_seen.get_mut(id) {
+            let newer = s.stamp.is_none_or(|st| st.epoch != epoch || st.seq < seq);
+            if newer {
+                s.stamp = Some(Stamp { epoch, seq, received: at });
             }
         }
     }
@@ -80,7 +116,7 @@ impl Liveness {
     pub fn reset<'a>(&self, ids: impl IntoIterator<Item = &'a ExecutorId>, at: Instant) {
         let mut inner = self.lock();
         for id in ids {
-            let s = inner.last_seen.entry(id.clone()).or_insert(Seen { at, placeable: true });
+            let s = inner.last_seen.entry(id.clone()).or_insert(Seen { at, placeable: true, stamp: None });
             s.at = s.at.max(at);
             s.placeable = true;
         }
@@ -121,6 +157,11 @@ impl Liveness {
         self.view().is_fresh(id, ttl, now)
     }
 
+    /// The newest beat heard from `id` under `epoch` (see [`View::stamp`]).
+    pub fn stamp(&self, id: &str, epoch: u64) -> Option<Stamp> {
+        self.view().stamp(id, epoch)
+    }
+
     /// When `id` was last heard from.
     pub fn last_seen(&self, id: &str) -> Option<Instant> {
         self.lock().last_seen.get(id).map(|s| s.at)
@@ -144,6 +185,27 @@ mod tests {
         l.reset(&ids, t0 + Duration::from_secs(10));
         assert!(l.is_fresh("b", ttl, t0 + Duration::from_secs(14)));
         assert!(!l.is_fresh("b", ttl, t0 + Duration::from_secs(15)));
+    }
+
+    #[test]
+    fn starts_name_the_newest_beat_of_the_current_epoch() {
+        let l = Liveness::default();
+        let t0 = Instant::now();
+        l.seen("a", t0);
+        assert_eq!(l.stamp("a", 1), None, "a registration is no beat");
+        l.beat("a", 1, 5, t0);
+        l.beat("a", 1, 4, t0 + Duration::from_secs(1)); // reordered: the older number is ignored
+        assert_eq!(l.stamp("a", 1), Some(Stamp { epoch: 1, seq: 5, received: t0 }));
+        l.beat("a", 1, 0, t0 + Duration::from_secs(2)); // unnumbered: a sighting only
+        assert_eq!(l.stamp("a", 1).map(|s| s.seq), Some(5));
+        assert!(l.is_fresh("a", Duration::from_secs(1), t0 + Duration::from_millis(2500)));
+        assert_eq!(l.stamp("a", 2), None, "another epoch's beat names nothing for this one");
+        l.beat("a", 2, 1, t0 + Duration::from_secs(3)); // a new process numbers from 1 again
+        assert_eq!(l.stamp("a", 2).map(|s| s.seq), Some(1));
+        // A new leader's grace period keeps no stamp from before: it never had one.
+        let fresh = Liveness::default();
+        fresh.reset(&["a".to_string()], t0);
+        assert_eq!(fresh.stamp("a", 2), None);
     }
 
     #[test]

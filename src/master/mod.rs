@@ -126,6 +126,9 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
             node: node.clone(),
             liveness,
             timings: cfg.executors.clone(),
+            // Stamps and acks stop before the voters' lease ends, so every beat a deposed leader
+            // acknowledged came before any successor was elected (see `executor::lease`).
+            quorum_lease: Duration::from_millis(cfg.raft.lease_ms()),
             shutdown: shutdown.clone(),
         }));
     let mut stop = shutdown.clone();

@@ -349,6 +349,8 @@ struct SimBeats {
     tx: Option<tokio::sync::mpsc::Sender<pb::HeartbeatRequest>>,
     /// When its unanswered beat was sent.
     sent: Option<Instant>,
+    /// The number of its last beat (numbered like a real executor's, see `executor::lease`).
+    seq: u64,
     /// Which of its streams `tx` belongs to: answers from a stream it replaced are ignored.
     stream: u64,
 }
@@ -442,7 +444,7 @@ pub async fn heartbeats(client: Client, executors: usize, hz: f64, duration: Dur
             let mut sims: Vec<SimBeats> = Vec::with_capacity(chunk.len());
             let mut answers = futures::stream::SelectAll::new();
             for (tx, a) in opened {
-                sims.push(SimBeats { tx: Some(tx), sent: None, stream: 0 });
+                sims.push(SimBeats { tx: Some(tx), sent: None, stream: 0, seq: 0 });
                 answers.push(a);
             }
             let step = period.div_f64(chunk.len().max(1) as f64);
@@ -483,7 +485,8 @@ pub async fn heartbeats(client: Client, executors: usize, hz: f64, duration: Dur
                             }
                         }
                         if let Some(tx) = &s.tx {
-                            let req = pb::HeartbeatRequest { executor_id: chunk[i].clone(), epoch: my_epochs[i], attempts: Vec::new() };
+                            s.seq += 1;
+                            let req = pb::HeartbeatRequest { executor_id: chunk[i].clone(), epoch: my_epochs[i], attempts: Vec::new(), seq: s.seq };
                             match tx.try_send(req) {
                                 Ok(()) => s.sent = Some(Instant::now()),
                                 Err(_) => {
