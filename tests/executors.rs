@@ -560,3 +560,52 @@ async fn heartbeat_stream_moves_to_the_new_leader_when_the_leader_is_killed() {
     assert_eq!(epoch(&c).await, Some(("alive".to_string(), epoch0)), "the executor's registration did not survive the failover");
     assert_eq!(streams_on(new_leader).await, Some(1.0));
 }
+
+/// Guarantee 4 against delayed requests (`executor::lease`): a StartAttempt that names no
+/// heartbeat, an unknown one, or one sent longer ago than the fencing window is refused with
+/// UNAVAILABLE (the leader retries with a fresher one), counted, and nothing runs. This is the
+/// start a partition held in a socket buffer after the leader had placed the task elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_names_a_stale_heartbeat_is_refused_and_runs_nothing() {
+    let c = cluster();
+    c.wait_leader(ELECTION).await;
+    let http = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let a = Executor::start_with(&c.masters_arg(), c.dir.path(), "exec-a", 2, &[], &["--http-listen", &http]);
+    a.id().await;
+    let metric = |page: &str, series: &str| sample(page, series).unwrap_or(0.0);
+    // Beat 1 was sent just after the executor registered; wait until it is older than the fencing
+    // window (60 % of the 2 s TTL) by counting later acknowledged beats (250 ms apart).
+    let hb_ok = r#"triad_executor_heartbeats_total{result="ok"}"#;
+    wait_for("8 acknowledged heartbeats (beat 1 is then > 1.2 s old)", Duration::from_secs(20), || async {
+        (metric(&http_get(&http, "/metrics").await?, hb_ok) >= 8.0).then_some(())
+    })
+    .await;
+    let s: serde_json::Value = serde_json::from_str(&http_get(&http, "/status").await.unwrap()).unwrap();
+    let (worker, epoch) = (s["addr"].as_str().unwrap().to_string(), s["epoch"].as_u64().unwrap());
+    let marker = c.dir.path().join("stale-start-ran");
+    let mut w = pb::worker_service_client::WorkerServiceClient::connect(format!("http://{worker}")).await.unwrap();
+    for (token, lease_seq, why) in [(900_001u64, 0u64, "names no heartbeat"), (900_002, 1, "names heartbeat 1,"), (900_003, 1 << 40, "does not know")] {
+        let req = pb::StartAttemptRequest {
+            job_id: uuid::Uuid::new_v4().to_string(),
+            task_index: 0,
+            task_count: 1,
+            attempt: 1,
+            token,
+            command: format!("touch {}", marker.display()),
+            shell: true,
+            epoch,
+            lease_seq,
+            ..Default::default()
+        };
+        let e = w.start_attempt(req).await.expect_err("a start without a live lease ran");
+        assert_eq!(e.code(), tonic::Code::Unavailable, "lease {lease_seq}: {e:?}");
+        assert!(e.message().contains(why), "lease {lease_seq}: {:?} does not say {why:?}", e.message());
+    }
+    let page = http_get(&http, "/metrics").await.unwrap();
+    assert_eq!(metric(&page, "triad_executor_stale_starts_total"), 3.0);
+    assert_eq!(metric(&page, "triad_executor_attempts_started_total"), 0.0);
+    assert!(!marker.exists(), "a refused start spawned its command");
+    // The executor still takes work the leader sends with a live lease.
+    let r = c.client().submit_job(shell_job(1, "true", 1)).await.unwrap();
+    wait_job_state(&c, &r.job_id, "succeeded", Duration::from_secs(30)).await;
+}

@@ -40,6 +40,7 @@ impl WorkerService for Worker {
         // of a newer beat if it still wants it.
         if let Err(e) = self.agent.check_lease(r.lease_seq) {
             crate::metrics::executor().stale_starts.inc();
+            tracing::info!(token = r.token, "start refused: {e}");
             return Err(Status::unavailable(format!("start of token {} refused: {e}; retry with a newer heartbeat", r.token)));
         }
         let spec = AttemptSpec {
