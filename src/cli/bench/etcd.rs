@@ -34,14 +34,19 @@ const PUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Closed-loop puts of `value_size`-byte values under unique keys to `endpoint` (give the etcd
 /// leader's client URL host:port, as `bench submit` talks to triad's leader).
 pub async fn put(endpoint: &str, load: Load, value_size: usize) -> anyhow::Result<Report> {
-    let channel = crate::raft::network::channel(endpoint).with_context(|| format!("bad etcd endpoint {endpoint:?}"))?;
+    // One channel (one HTTP/2 connection) per `--connections`, as `bench submit` does.
+    let channels = (0..load.connections.max(1))
+        .map(|_| crate::raft::network::channel(endpoint).with_context(|| format!("bad etcd endpoint {endpoint:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let channel = channels[0].clone();
+    let channels = Arc::new(channels);
     let value = Arc::new(vec![b'x'; value_size]);
     let run = uuid::Uuid::new_v4().simple().to_string();
     // Fail early and clearly when nothing answers there.
     let probe = put_once(channel.clone(), format!("triad-bench/{run}/probe").into_bytes(), value.to_vec()).await;
     probe.map_err(|s| anyhow::anyhow!("etcd at {endpoint} did not accept a put: {}", s.message()))?;
     let mut report = closed_loop("etcd-put", load, move |w, i| {
-        let (channel, value, key) = (channel.clone(), value.clone(), format!("triad-bench/{run}/{w}/{i}").into_bytes());
+        let (channel, value, key) = (channels[w % channels.len()].clone(), value.clone(), format!("triad-bench/{run}/{w}/{i}").into_bytes());
         async move { put_once(channel, key, value.to_vec()).await.is_ok() }
     })
     .await;

@@ -122,11 +122,16 @@ fn trivial_job(key: String, placeable: bool) -> pb::SubmitJobRequest {
 /// Closed-loop submissions: `concurrency` workers, each submitting as soon as the last returned,
 /// optionally paced to `rate` per second in total.
 pub async fn submit(client: Client, load: Load) -> anyhow::Result<Report> {
-    let client = Arc::new(leader_client(&client).await?);
+    // One client (one HTTP/2 connection) per `--connections`, the workers spread over them.
+    let mut clients = Vec::new();
+    for _ in 0..load.connections.max(1) {
+        clients.push(leader_client(&client).await?);
+    }
+    let clients = Arc::new(clients);
     let run = uuid::Uuid::new_v4().simple().to_string();
     Ok(closed_loop("submit", load, move |w, i| {
-        let (client, key) = (client.clone(), format!("{run}-{w}-{i}"));
-        async move { client.submit_job(trivial_job(key, false)).await.is_ok() }
+        let (clients, key) = (clients.clone(), format!("{run}-{w}-{i}"));
+        async move { clients[w % clients.len()].submit_job(trivial_job(key, false)).await.is_ok() }
     })
     .await)
 }
@@ -142,6 +147,9 @@ pub struct Load {
     /// Pace to this many operations per second in total (default: as fast as possible).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Client connections (one HTTP/2 connection each); worker `w` uses connection `w % N`.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
 }
 
 /// Runs `op(worker, i)` in `concurrency` closed loops (each worker issues its next operation as
@@ -189,6 +197,7 @@ where
     let elapsed = started.elapsed();
     let mut extra = BTreeMap::new();
     extra.insert("CONCURRENCY".into(), load.concurrency.to_string());
+    extra.insert("CONNECTIONS".into(), load.connections.max(1).to_string());
     let h = hist.lock().expect("poisoned");
     Report::from_hist(name, &h, errors.load(Ordering::Relaxed), elapsed, extra)
 }
