@@ -3,7 +3,8 @@
 //! A StartAttempt can sit in a socket buffer for seconds (a partition, a paused process) and
 //! arrive after the leader gave up on it and placed the task elsewhere. Timers on the executor's
 //! side ("refuse starts for a while after a silence") only narrow that window. Instead every
-//! start names the latest heartbeat the leader had received from this executor (its `seq`), and:
+//! start names the latest heartbeat the leader had received from this executor (its `seq`; the
+//! registration is numbered the same way, so work can start before the first beat), and:
 //!
 //! - the executor runs a start only while `now < sent(seq) + window`, where `sent` is when this
 //!   process first sent that beat and `window` is the self-fencing window

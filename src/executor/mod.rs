@@ -199,7 +199,10 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
 impl Agent {
     /// Registers (retrying until it succeeds); a new epoch invalidates every older attempt.
     async fn register(&self) -> anyhow::Result<()> {
+        // Numbered like a beat, as of its first try: work can be started under it at once.
+        let seq = self.beats.lock().expect("poisoned").record(Instant::now(), self.fence_window());
         let req = pb::RegisterRequest {
+            seq,
             executor_id: self.id.clone(),
             addr: self.addr.clone(),
             capacity: Some(pb::Resources { slots: self.cfg.slots, cpu_millis: self.cfg.cpu_millis, memory_mib: self.cfg.memory_mib }),

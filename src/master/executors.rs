@@ -118,6 +118,7 @@ impl Executors {
         self.liveness.seen(&r.executor_id, Instant::now());
         match self.node.write_one(cmd).await? {
             Ok(Outcome::Registered { epoch }) => {
+                self.liveness.beat(&r.executor_id, epoch, r.seq, Instant::now());
                 tracing::info!(executor = %r.executor_id, addr = %r.addr, epoch, "executor registered");
                 Ok(pb::RegisterResponse { epoch, ttl_ms: self.timings.ttl_ms, heartbeat_ms: self.timings.heartbeat_ms })
             }

@@ -410,7 +410,7 @@ pub async fn heartbeats(client: Client, executors: usize, hz: f64, duration: Dur
         regs.push(tokio::spawn(async move {
             for (j, id) in chunk.into_iter().enumerate() {
                 let r = ExecutorServiceClient::new(chan.clone())
-                    .register(pb::RegisterRequest { executor_id: id, addr: "127.0.0.1:9".into(), capacity: Some(pb::Resources::default()), labels: Default::default() })
+                    .register(pb::RegisterRequest { executor_id: id, addr: "127.0.0.1:9".into(), capacity: Some(pb::Resources::default()), labels: Default::default(), seq: 0 })
                     .await?;
                 epochs.lock().expect("poisoned")[base + j] = r.into_inner().epoch;
             }
