@@ -496,3 +496,38 @@ async fn heartbeat_streams_live_on_the_leader_only_and_end_when_it_stops_leading
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
     assert_eq!(leader_hint(&ended).as_deref(), Some(c.master(seen).addr.as_str()), "{ended:?}");
 }
+
+/// A leader that has lost its quorum stops acknowledging heartbeats within the voters' lease,
+/// although it still believes it leads (openraft 0.9 does not step down by itself): otherwise
+/// a deposed leader cut off with some executors would keep them from fencing themselves while
+/// the new leader declares them dead and places their work elsewhere (`executor::lease`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_a_quorum_stops_acknowledging_heartbeats() {
+    let mut c = Cluster::start(3, |_| {});
+    let leader = c.wait_leader(ELECTION).await;
+    let addr = c.master(leader).addr.clone();
+    let beat = |seq| pb::HeartbeatRequest { executor_id: "ghost".into(), epoch: 1, attempts: Vec::new(), seq };
+    let mut hb = pb::executor_service_client::ExecutorServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    // With its quorum, the leader judges the beat (an unknown executor: register again).
+    let r = wait_for("the leader to judge a heartbeat", Duration::from_secs(10), || {
+        let mut hb = hb.clone();
+        async move { hb.heartbeat(beat(1)).await.ok().map(|r| r.into_inner()) }
+    })
+    .await;
+    assert!(r.reregister, "{r:?}");
+    for f in c.followers(leader) {
+        c.kill(f);
+    }
+    let refused = wait_for("the leader to refuse heartbeats without a quorum", Duration::from_secs(10), || {
+        let mut hb = hb.clone();
+        async move {
+            let mut req = tonic::Request::new(beat(2));
+            req.set_timeout(Duration::from_secs(2));
+            hb.heartbeat(req).await.err().filter(|s| s.message().contains("quorum"))
+        }
+    })
+    .await;
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(c.status(leader).await.map(|s| s.role).as_deref(), Some("leader"), "the test needs a leader that still believes it leads");
+    let _ = hb.heartbeat(beat(3)).await.expect_err("a leader without a quorum acknowledged a heartbeat");
+}
