@@ -8,7 +8,7 @@
 //!
 //! - the executor runs a start only while `now < sent(seq) + window`, where `sent` is when this
 //!   process first sent that beat and `window` is the self-fencing window
-//!   (`SELF_FENCE_FRACTION` × TTL);
+//!   ([`super::fence_window`] of the TTL);
 //! - the leader gives up on a start (the attempt is lost, the task placed again) only once
 //!   `window` has passed since it *received* that beat — received after it was sent — or by
 //!   declaring the executor dead, a full TTL after the last beat it heard.

@@ -38,6 +38,13 @@ use runner::{AttemptEvent, EventKind, ExitStatus, Runner};
 /// Attempts are killed once heartbeats have gone unacknowledged for this fraction of the TTL,
 /// leaving the rest of the TTL as margin for clock-rate differences and the kill itself.
 pub const SELF_FENCE_FRACTION: f64 = 0.6;
+
+/// The self-fencing window of a TTL: attempts die after this long without an acknowledged beat,
+/// a start runs only this long after the beat it names was sent, and the leader gives a start up
+/// only this long after it received that beat ([`lease`]).
+pub fn fence_window(ttl: Duration) -> Duration {
+    ttl.mul_f64(SELF_FENCE_FRACTION)
+}
 /// Grace between SIGTERM and SIGKILL when stopping an attempt.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long a stopping executor keeps trying to deliver its last reports and to deregister.
@@ -242,10 +249,9 @@ impl Agent {
         self.since_ack() > self.fence_window()
     }
 
-    /// The self-fencing window: attempts die after this long without an acknowledged beat, and
-    /// a start is accepted only this long after the beat it names was sent ([`lease`]).
+    /// [`fence_window`] of the TTL this executor was given.
     pub fn fence_window(&self) -> Duration {
-        self.ttl().mul_f64(SELF_FENCE_FRACTION)
+        fence_window(self.ttl())
     }
 
     /// May a start that names heartbeat `seq` run now? (See [`lease`].)
@@ -273,12 +279,17 @@ impl Agent {
             .collect()
     }
 
-    /// Kills an attempt without waiting; `cause` labels the kill in the metrics and the log.
-    fn stop_in_background(self: &Arc<Self>, token: u64, cause: &'static str) {
+    /// How long a self-fenced attempt gets between SIGTERM and SIGKILL. A self-fence races the
+    /// leader's TTL: the rest of it after the fencing window is all the time there is, so the
+    /// kill takes at most a quarter of that.
+    fn self_fence_grace(&self) -> Duration {
+        STOP_GRACE.min(self.ttl().saturating_sub(self.fence_window()) / 4)
+    }
+
+    /// Kills an attempt without waiting (SIGKILL after `grace`); `cause` labels the kill in the
+    /// metrics and the log.
+    fn stop_in_background(self: &Arc<Self>, token: u64, cause: &'static str, grace: Duration) {
         let me = self.clone();
-        // A self-fence races the leader's TTL: the rest of it after the fencing window is all
-        // the time there is, so SIGKILL follows SIGTERM within a quarter of that.
-        let grace = if cause == "self_fence" { STOP_GRACE.min(self.ttl().mul_f64((1.0 - SELF_FENCE_FRACTION) / 4.0)) } else { STOP_GRACE };
         tokio::spawn(async move {
             if me.runner.stop(token, grace).await {
                 crate::metrics::executor().kills.with_label_values(&[cause]).inc();
@@ -312,14 +323,14 @@ async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shu
             tracing::warn!(since_ack_ms = agent.since_ack().as_millis() as u64, "no heartbeat acknowledged: self-fencing, killing all attempts");
             crate::metrics::executor().self_fences.inc();
             for t in agent.runner.live_tokens() {
-                agent.stop_in_background(t, "self_fence");
+                agent.stop_in_background(t, "self_fence", agent.self_fence_grace());
             }
         }
         if Instant::now() < next_beat {
             continue;
         }
-        next_beat = Instant::now() + agent.heartbeat_interval();
         let sent = Instant::now();
+        next_beat = sent + agent.heartbeat_interval();
         let seq = agent.beats.lock().expect("poisoned").record(sent, agent.fence_window());
         let req = pb::HeartbeatRequest {
             executor_id: agent.id.clone(),
@@ -356,13 +367,13 @@ async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shu
             *last = (*last).max(sent);
         }
         for t in &resp.kill_tokens {
-            agent.stop_in_background(*t, "leader");
+            agent.stop_in_background(*t, "leader", STOP_GRACE);
         }
         if resp.reregister {
             tracing::warn!("the leader does not know this executor (declared dead?): registering again");
             if !skip {
                 for t in agent.runner.live_tokens() {
-                    agent.stop_in_background(t, "reregister");
+                    agent.stop_in_background(t, "reregister", STOP_GRACE);
                 }
             }
             tokio::select! {
@@ -434,7 +445,7 @@ async fn report_loop(agent: Arc<Agent>, mut events: mpsc::UnboundedReceiver<Atte
                 Ok(resp) => {
                     m.reports.with_label_values(&[if resp.kill { "stale" } else { "accepted" }]).inc();
                     if resp.kill {
-                        agent.stop_in_background(ev.token, "stale_report");
+                        agent.stop_in_background(ev.token, "stale_report", STOP_GRACE);
                     }
                     break;
                 }

@@ -237,7 +237,7 @@ impl Duties {
         // Not placeable from a tick before the executor's own fencing window closes, so no
         // start is sent to an executor that refuses it for silence. (The window is shorter than
         // the TTL, which `needs_dead_scan` relies on.)
-        let unplaceable = if tick { self.liveness.sweep(self.ttl.mul_f64(crate::executor::SELF_FENCE_FRACTION).saturating_sub(TICK), now) } else { 0 };
+        let unplaceable = if tick { self.liveness.sweep(crate::executor::fence_window(self.ttl).saturating_sub(TICK), now) } else { 0 };
         // Off the async worker: a pass over a large state holds the state's read lock, and apply
         // (waiting for the write lock) must not pin the runtime's other worker meanwhile.
         let (dead, placements, to_start, to_stop, to_lose) = crate::store::off_runtime(|| {
@@ -283,7 +283,7 @@ impl Duties {
             };
             let (to_start, to_stop) = self.dispatch_work(state, wall, tick);
             // Starts given up on: report the attempt lost so the task is retried elsewhere.
-            let window = self.ttl.mul_f64(crate::executor::SELF_FENCE_FRACTION);
+            let window = crate::executor::fence_window(self.ttl);
             let to_lose: Vec<Command> = self
                 .starts
                 .iter()

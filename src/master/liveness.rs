@@ -45,6 +45,29 @@ struct Inner {
     generation: u64,
 }
 
+impl Inner {
+    /// Records a sighting of `id` at `at` (placeable again, the generation moved if that
+    /// flipped), then lets `update` change its entry. One hash lookup when the entry exists.
+    fn sighting(&mut self, id: &str, at: Instant, update: impl FnOnce(&mut Seen)) {
+        match self.last_seen.get_mut(id) {
+            Some(s) => {
+                s.at = s.at.max(at);
+                if !s.placeable {
+                    s.placeable = true;
+                    self.generation += 1;
+                }
+                update(s);
+            }
+            None => {
+                let mut s = Seen { at, placeable: true, stamp: None };
+                update(&mut s);
+                self.last_seen.insert(id.to_string(), s);
+                self.generation += 1;
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Liveness {
     inner: Mutex<Inner>,
@@ -78,37 +101,17 @@ impl Liveness {
 
     /// Records a heartbeat (or registration) from `id` at `at`.
     pub fn seen(&self, id: &str, at: Instant) {
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        match inner.last_seen.get_mut(id) {
-            Some(s) => {
-                s.at = s.at.max(at);
-                if !s.placeable {
-                    s.placeable = true;
-                    inner.generation += 1;
-                }
-            }
-            None => {
-                inner.last_seen.insert(id.to_string(), Seen { at, placeable: true, stamp: None });
-                inner.generation += 1;
-            }
-        }
+        self.lock().sighting(id, at, |_| {});
     }
 
     /// Records heartbeat number `seq` (0: unnumbered) of `id`'s registration `epoch`, received
     /// at `at`: a sighting, and the stamp later starts name when newer than the one held.
     pub fn beat(&self, id: &str, epoch: u64, seq: u64, at: Instant) {
-        self.seen(id, at);
-        if seq == 0 {
-            return;
-        }
-        let mut inner = self.lock();
-        if let Some(s) = inner.last_seen.get_mut(id) {
-            let newer = s.stamp.is_none_or(|st| st.epoch != epoch || st.seq < seq);
-            if newer {
+        self.lock().sighting(id, at, |s| {
+            if seq != 0 && s.stamp.is_none_or(|st| st.epoch != epoch || st.seq < seq) {
                 s.stamp = Some(Stamp { epoch, seq, received: at });
             }
-        }
+        });
     }
 
     /// Starts every listed executor's grace period at `at` (a sighting newer than `at`, e.g. a

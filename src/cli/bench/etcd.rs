@@ -38,12 +38,11 @@ pub async fn put(endpoint: &str, load: Load, value_size: usize) -> anyhow::Resul
     let channels = (0..load.connections.max(1))
         .map(|_| crate::raft::network::channel(endpoint).with_context(|| format!("bad etcd endpoint {endpoint:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let channel = channels[0].clone();
     let channels = Arc::new(channels);
     let value = Arc::new(vec![b'x'; value_size]);
     let run = uuid::Uuid::new_v4().simple().to_string();
     // Fail early and clearly when nothing answers there.
-    let probe = put_once(channel.clone(), format!("triad-bench/{run}/probe").into_bytes(), value.to_vec()).await;
+    let probe = put_once(channels[0].clone(), format!("triad-bench/{run}/probe").into_bytes(), value.to_vec()).await;
     probe.map_err(|s| anyhow::anyhow!("etcd at {endpoint} did not accept a put: {}", s.message()))?;
     let mut report = closed_loop("etcd-put", load, move |w, i| {
         let (channel, value, key) = (channels[w % channels.len()].clone(), value.clone(), format!("triad-bench/{run}/{w}/{i}").into_bytes());

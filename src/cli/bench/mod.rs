@@ -123,10 +123,9 @@ fn trivial_job(key: String, placeable: bool) -> pb::SubmitJobRequest {
 /// optionally paced to `rate` per second in total.
 pub async fn submit(client: Client, load: Load) -> anyhow::Result<Report> {
     // One client (one HTTP/2 connection) per `--connections`, the workers spread over them.
-    let mut clients = Vec::new();
-    for _ in 0..load.connections.max(1) {
-        clients.push(leader_client(&client).await?);
-    }
+    let first = leader_client(&client).await?;
+    let mut clients = (1..load.connections.max(1)).map(|_| Client::new(first.masters().to_vec())).collect::<anyhow::Result<Vec<_>>>()?;
+    clients.insert(0, first);
     let clients = Arc::new(clients);
     let run = uuid::Uuid::new_v4().simple().to_string();
     Ok(closed_loop("submit", load, move |w, i| {
