@@ -375,7 +375,13 @@ async fn metrics_and_status_follow_the_cluster_and_health_flips_on_a_node_cut_of
     for i in 0..5 {
         client.submit_job(submit_req(&format!("m{i}"), "true", &[])).await.unwrap();
     }
-    let after = http_get(&http, "/metrics").await.expect("/metrics");
+    // openraft publishes its metrics (the applied index) after the apply that answered the
+    // client, so the page may lag by a moment: wait for it, bounded.
+    let after = wait_for("/metrics to show the five applied entries", Duration::from_secs(10), || async {
+        let page = http_get(&http, "/metrics").await?;
+        (sample(&page, "triad_raft{field=\"applied_index\"}")? >= applied0 + 5.0).then_some(page)
+    })
+    .await;
     assert_eq!(sample(&after, "triad_jobs{state=\"pending\"}"), Some(pending0 + 5.0));
     assert_eq!(sample(&after, "triad_tasks{state=\"pending\"}"), Some(pending0 + 5.0));
     assert!(sample(&after, "triad_raft{field=\"applied_index\"}").unwrap() >= applied0 + 5.0);
