@@ -26,8 +26,13 @@ pub struct Metrics {
     pub tasks: IntGaugeVec,
     pub executors: IntGaugeVec,
     pub is_leader: IntGauge,
+    pub batch_commands: prometheus::Histogram,
+    pub commit_seconds: prometheus::Histogram,
+    pub log_flush_seconds: prometheus::Histogram,
 }
 
+/// Commands per Raft entry (group commit), in powers of two up to the batch limit.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 /// Registers metrics in one registry; the one place metric objects are made.
@@ -59,6 +64,10 @@ impl Builder {
 
     fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
         self.register(IntGaugeVec::new(Opts::new(name, help), labels).expect("metric"))
+    }
+
+    fn histogram_of(&self, name: &str, help: &str, buckets: &[f64]) -> prometheus::Histogram {
+        self.register(prometheus::Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("metric"))
     }
 
     fn histogram(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -93,6 +102,9 @@ impl Metrics {
             tasks: b.gauge_vec("tasks", "Tasks in the local state machine, by state", &["state"]),
             executors: b.gauge_vec("executors", "Executors in the local state machine, by state", &["state"]),
             is_leader: b.gauge("raft_is_leader", "1 when this master is the leader"),
+            batch_commands: b.histogram_of("batch_commands", "Leader: commands per Raft entry (group commit)", BATCH_BUCKETS),
+            commit_seconds: b.histogram_of("commit_seconds", "Leader: a batch's latency from proposal to applied", LATENCY_BUCKETS),
+            log_flush_seconds: b.histogram_of("log_flush_seconds", "Raft log: one flush of sled (making every append queued before it durable)", LATENCY_BUCKETS),
             registry: b.registry,
         }
     }

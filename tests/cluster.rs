@@ -537,3 +537,60 @@ async fn a_leader_without_a_quorum_stops_acknowledging_heartbeats() {
     assert_eq!(c.status(leader).await.map(|s| s.role).as_deref(), Some("leader"), "the test needs a leader that still believes it leads");
     let _ = hb.heartbeat(beat(3)).await.expect_err("a leader without a quorum acknowledged a heartbeat");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_submissions_are_answered_in_order_and_survive_the_leader() {
+    let mut c = Cluster::start(3, |_| {});
+    let leader = c.wait_leader(ELECTION).await;
+    let follower = c.followers(leader)[0];
+    let mut acked: Vec<(String, String)> = Vec::new(); // (job id, key)
+    // On the leader, and on a follower (which forwards each submission to the leader).
+    for m in [leader, follower] {
+        let pipe = c.client_for(m).pipeline().await.unwrap_or_else(|e| panic!("open SubmitJobs on master {m}: {e}"));
+        // 300 submissions in flight at once on one stream; among them a bad one and a repeat.
+        let key = |i: usize| format!("pipe-{m}-{i}");
+        let reqs: Vec<pb::SubmitJobRequest> = (0..300)
+            .map(|i| match i {
+                50 => pb::SubmitJobRequest { spec: None, ..submit_req(&key(i), "true", &[]) },
+                100 => submit_req(&key(0), "true", &[]),
+                _ => submit_req(&key(i), "true", &[]),
+            })
+            .collect();
+        let answers = futures::future::join_all(reqs.into_iter().map(|r| pipe.submit(r))).await;
+        let first = answers[0].as_ref().expect("submission 0").job_id.clone();
+        let mut ids = BTreeSet::new();
+        for (i, a) in answers.into_iter().enumerate() {
+            match i {
+                50 => assert_eq!(a.expect_err("a submission without a spec").code(), Code::InvalidArgument),
+                100 => {
+                    let a = a.expect("the repeated key");
+                    assert_eq!((a.job_id.as_str(), a.created), (first.as_str(), false), "a repeated key names the first job");
+                }
+                _ => {
+                    let a = a.unwrap_or_else(|e| panic!("submission {i} on master {m}: {e}"));
+                    assert!(a.created, "submission {i} created no job");
+                    assert!(ids.insert(a.job_id.clone()), "submission {i} answered with another's job id");
+                    acked.push((a.job_id, key(i)));
+                }
+            }
+        }
+    }
+    // Every answer belongs to its own request: the job it names carries that request's key.
+    let client = c.client();
+    for (id, key) in acked.iter().step_by(7) {
+        assert_eq!(&client.get_job(id, false).await.expect("read an acknowledged job").idempotency_key, key);
+    }
+
+    // A stream to a master that dies fails its submissions (retryably), it does not hang them;
+    // and every acknowledged job is still there on the new leader.
+    let pipe = c.client_for(leader).pipeline().await.expect("open SubmitJobs");
+    c.kill(leader);
+    let e = pipe.submit(submit_req("after-kill", "true", &[])).await.expect_err("submit on a dead master's stream");
+    assert!(triad::client::retryable(&e), "not retryable: {e}");
+    c.wait_leader(ELECTION).await;
+    let jobs: BTreeMap<String, String> =
+        c.client().list_all_jobs("", false).await.expect("list after failover").into_iter().map(|j| (j.id, j.idempotency_key)).collect();
+    for (id, key) in &acked {
+        assert_eq!(jobs.get(id), Some(key), "acknowledged job {id} ({key}) lost after the leader was killed");
+    }
+}

@@ -21,6 +21,16 @@ pub const FORWARDED_HEADER: &str = "x-triad-forwarded";
 /// can talk to the leader directly from then on (no forward hop in the steady state).
 pub const LEADER_HEADER: &str = "x-triad-leader";
 
+/// Did this status come from the connection failing under the call (refused, reset, broken
+/// mid-body: the peer died), not from an answer of the peer? tonic builds such statuses locally
+/// from the transport's error, so they carry it as their source; statuses the peer sent do not.
+/// A killed master's streams and requests fail as `UNKNOWN` "h2 protocol error" this way, which
+/// is as retryable as a refused connection.
+pub fn is_connection_failure(s: &tonic::Status) -> bool {
+    use std::error::Error;
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled) && s.source().is_some()
+}
+
 /// Names the leader at `addr` in a response's or an error's metadata ([`LEADER_HEADER`]).
 pub fn name_leader(metadata: &mut tonic::metadata::MetadataMap, addr: &str) {
     if let Ok(v) = addr.parse() {

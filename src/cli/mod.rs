@@ -112,6 +112,10 @@ pub enum BenchCmd {
     Submit {
         #[command(flatten)]
         load: bench::Load,
+        /// `stream`: each connection carries one SubmitJobs stream that its workers pipeline
+        /// their submissions on; `unary`: one SubmitJob call per submission.
+        #[arg(long, value_enum, default_value_t = bench::Api::Stream)]
+        api: bench::Api,
         #[command(flatten)]
         out: OutputArg,
         #[command(flatten)]
@@ -424,7 +428,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Job(cmd) => job(cmd).await,
         Cmd::Bench(cmd) => {
             match cmd {
-                BenchCmd::Submit { load, out, m } => bench::submit(m.client()?, load).await?.print(out.format)?,
+                BenchCmd::Submit { load, api, out, m } => bench::submit(m.client()?, load, api).await?.print(out.format)?,
                 BenchCmd::EtcdPut { endpoint, load, value_size, out } => {
                     bench::etcd::put(&endpoint, load, value_size).await?.print(out.format)?
                 }

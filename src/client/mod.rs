@@ -17,6 +17,9 @@ use crate::api::pb::job_service_client::JobServiceClient;
 use crate::api::{pb, MAX_MESSAGE_BYTES};
 use crate::raft::network::channel;
 
+pub mod pipeline;
+pub use pipeline::SubmitPipeline;
+
 /// Per-attempt deadline of a client call.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(6);
 /// Total time a call keeps retrying retryable failures (leader elections take ~1 s).
@@ -39,6 +42,7 @@ pub struct Client {
 pub fn retryable(s: &Status) -> bool {
     matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted)
         || (s.code() == Code::Unknown && s.message().contains("transport"))
+        || crate::api::is_connection_failure(s)
 }
 
 /// Parses `a:p,b:p,c:p`.
@@ -146,7 +150,7 @@ impl Client {
         }
     }
 
-    fn jobs(c: Channel) -> JobServiceClient<Channel> {
+    pub(crate) fn jobs(c: Channel) -> JobServiceClient<Channel> {
         JobServiceClient::new(c).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
@@ -160,6 +164,12 @@ impl Client {
             async move { Self::jobs(c).submit_job(req).await }
         })
         .await
+    }
+
+    /// Opens a [`SubmitPipeline`] to the master the next call would go to (the leader, once a
+    /// call has followed its hint).
+    pub async fn pipeline(&self) -> Result<SubmitPipeline, Status> {
+        SubmitPipeline::open(self.preferred_channel().1, self.call_timeout).await
     }
 
     pub async fn get_job(&self, id: &str, stale: bool) -> Result<pb::Job, Status> {

@@ -63,7 +63,10 @@ async fn run(raft: Raft, node_id: u64, timeout: Duration, mut rx: mpsc::Receiver
             let _permit = permit;
             let (commands, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().unzip();
             let n = commands.len();
+            let (m, started) = (crate::metrics::get(), std::time::Instant::now());
+            m.batch_commands.observe(n as f64);
             let result = tokio::time::timeout(timeout, raft.client_write(Request { commands })).await;
+            m.commit_seconds.observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(Ok(resp)) if resp.data.results.len() == n => {
                     for (reply, r) in replies.into_iter().zip(resp.data.results) {

@@ -1,9 +1,16 @@
 //! JobService on every master: submissions and cancels go through Raft on the leader; reads are
 //! linearizable through the leader by default, or stale from the local replica on request.
+//!
+//! A submission arrives alone (`SubmitJob`) or pipelined on a `SubmitJobs` stream; both are
+//! judged by the one [`Jobs::submit`], and a stream answers in request order, each answer only
+//! once its job is committed and applied, exactly as the unary call would have.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use futures::stream::{FuturesOrdered, Stream, StreamExt};
+use futures::future::BoxFuture;
+use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use super::node::{forwarded, is_forwarded, now_ms, LocalError, Node};
@@ -12,13 +19,41 @@ use crate::api::pb::job_service_client::JobServiceClient;
 use crate::api::pb::job_service_server::JobService;
 use crate::api::pb::{self, ReadConsistency};
 use crate::api::MAX_MESSAGE_BYTES;
+use crate::shutdown::Shutdown;
 use crate::state::{Command, JobState, Outcome};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Submissions one `SubmitJobs` stream may have in flight. Beyond it the stream's requests stay
+/// unread, and HTTP/2 flow control holds the client back.
+pub const MAX_PIPELINED: usize = 1024;
 
+#[derive(Clone)]
 pub struct Jobs {
     pub node: Arc<Node>,
+    /// The master's shutdown: ends every open `SubmitJobs` stream.
+    pub shutdown: Shutdown,
+}
+
+/// The answers of one `SubmitJobs` stream.
+pub type SubmitStream = Pin<Box<dyn Stream<Item = Result<pb::SubmitJobsResponse, Status>> + Send + 'static>>;
+
+/// What a `SubmitJobs` stream carries between answers.
+struct Pipeline {
+    jobs: Jobs,
+    forwarded: bool,
+    inbound: Streaming<pb::SubmitJobRequest>,
+    /// False once the client closed its side: the stream ends after the last answer.
+    reading: bool,
+    shutdown: Shutdown,
+    in_flight: FuturesOrdered<BoxFuture<'static, pb::SubmitJobsResponse>>,
+}
+
+fn answer(r: Result<pb::SubmitJobResponse, Status>) -> pb::SubmitJobsResponse {
+    match r {
+        Ok(r) => pb::SubmitJobsResponse { result: Some(r), code: 0, message: String::new() },
+        Err(s) => pb::SubmitJobsResponse { result: None, code: s.code() as i32, message: s.message().to_string() },
+    }
 }
 
 fn client(chan: tonic::transport::Channel) -> JobServiceClient<tonic::transport::Channel> {
@@ -26,6 +61,57 @@ fn client(chan: tonic::transport::Channel) -> JobServiceClient<tonic::transport:
 }
 
 impl Jobs {
+    /// Judges one submission wherever it lands: validates it, then submits it on the leader
+    /// (here, or forwarded there).
+    async fn submit(&self, forwarded_in: bool, mut msg: pb::SubmitJobRequest) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        if msg.idempotency_key.is_empty() {
+            // Keyed from here on, so that re-sending it (forwarding retries after a leader
+            // change) can never create a second job.
+            msg.idempotency_key = Uuid::new_v4().to_string();
+        }
+        // Validate wherever the request lands: bad input never needs a leader.
+        let spec = job_spec_from_pb(msg.spec.clone())?;
+        self.node
+            .on_leader(forwarded_in, || self.submit_local(&msg, &spec), |c| {
+                let m = msg.clone();
+                async move { client(c).submit_job(forwarded(m)).await }
+            })
+            .await
+    }
+
+    /// The answers of a `SubmitJobs` stream: up to [`MAX_PIPELINED`] submissions in flight,
+    /// answered in request order. A broken request side or shutdown ends it with that error
+    /// (the submissions still in flight are dropped: the client re-sends them under their keys).
+    fn pipeline(self, forwarded: bool, inbound: Streaming<pb::SubmitJobRequest>) -> SubmitStream {
+        let shutdown = self.shutdown.clone();
+        let start = Pipeline { jobs: self, forwarded, inbound, reading: true, shutdown, in_flight: FuturesOrdered::new() };
+        Box::pin( futures::stream::unfold(Some(start), |state| async move {
+            let mut p = state?;
+            loop {
+                if !p.reading && p.in_flight.is_empty() {
+                    return None;
+                }
+                let read = p.reading && p.in_flight.len() < MAX_PIPELINED;
+                tokio::select! {
+                    biased;
+                    _ = p.shutdown.wait() => {
+                        let s = Status::unavailable(format!("master {} is shutting down", p.jobs.node.id));
+                        return Some((Err(s), None));
+                    }
+                    Some(a) = p.in_flight.next(), if !p.in_flight.is_empty() => return Some((Ok(a), Some(p))),
+                    m = p.inbound.message(), if read => match m {
+                        Ok(Some(req)) => {
+                            let (jobs, fwd) = (p.jobs.clone(), p.forwarded);
+                            p.in_flight.push_back(Box::pin(async move { answer(jobs.submit(fwd, req).await.map(Response::into_inner)) }));
+                        }
+                        Ok(None) => p.reading = false,
+                        Err(s) => return Some((Err(s), None)),
+                    },
+                }
+            }
+        }))
+    }
+
     async fn submit_local(&self, req: &pb::SubmitJobRequest, spec: &crate::state::JobSpec) -> Result<pb::SubmitJobResponse, LocalError> {
         // A retry of an already-applied submission needs no new entry (applied implies committed).
         if !req.idempotency_key.is_empty() {
@@ -91,18 +177,14 @@ fn is_stale(c: i32) -> bool {
 impl JobService for Jobs {
     async fn submit_job(&self, req: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let fwd = is_forwarded(&req);
-        let mut msg = req.into_inner();
-        if msg.idempotency_key.is_empty() {
-            // Keyed from here on, so that re-sending it (forwarding retries after a leader
-            // change) can never create a second job.
-            msg.idempotency_key = Uuid::new_v4().to_string();
-        }
-        // Validate wherever the request lands: bad input never needs a leader.
-        let spec = job_spec_from_pb(msg.spec.clone())?;
-        self
-            .node
-            .on_leader(fwd, || self.submit_local(&msg, &spec), |c| { let m = msg.clone(); async move { client(c).submit_job(forwarded(m)).await } })
-            .await
+        self.submit(fwd, req.into_inner()).await
+    }
+
+    type SubmitJobsStream = SubmitStream;
+
+    async fn submit_jobs(&self, req: Request<Streaming<pb::SubmitJobRequest>>) -> Result<Response<SubmitStream>, Status> {
+        let fwd = is_forwarded(&req);
+        Ok(Response::new(self.clone().pipeline(fwd, req.into_inner())))
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {

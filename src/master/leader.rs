@@ -36,11 +36,17 @@ const DISPATCH_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_START_TRIES: u32 = 6;
 /// The duties loop runs at least this often even when nothing is applied.
 const TICK: Duration = Duration::from_millis(100);
-/// A periodic full planning pass (every pending task, for retry backoffs that expired) costs
-/// time proportional to the backlog while holding the state's read lock, which apply needs: it
-/// is spaced so that it takes at most 1/FULL_PASS_SPACING of the time (a change of executors or
-/// of their loads still plans everything at once).
+/// A full planning pass (every pending task) costs time proportional to the backlog while
+/// holding the state's read lock, which apply needs, so it runs only when it can place something
+/// a partial pass cannot: when the executors or their loads changed (at once), or when a retry
+/// backoff seen by the last pass has ended (at most 1/FULL_PASS_SPACING of the time).
 const FULL_PASS_SPACING: u32 = 20;
+/// Besides those, a full pass runs as a safety net at most 1/SAFETY_PASS_SPACING of the time and
+/// at least every SAFETY_PASS_EVERY. A backlog that cannot be placed thus costs apply a stall of
+/// one pass per second or less, instead of one every 20 pass-lengths (which showed in the
+/// submission p99 with 10^5 pending jobs).
+const SAFETY_PASS_SPACING: u32 = 1000;
+const SAFETY_PASS_EVERY: Duration = Duration::from_secs(1);
 /// Cancelled attempts younger than this are stopped by a new leader too (older ones are
 /// reconciled by heartbeats anyway).
 const STOP_HORIZON_MS: u64 = 10 * 60 * 1000;
@@ -110,8 +116,13 @@ struct Duties {
     /// Jobs (by seq) with tasks that fit on no executor as of `executors_seen`: skipped until the
     /// executors or their loads change, so a backlog that cannot be placed costs nothing per round.
     unplaceable: HashSet<u64>,
-    /// Earliest time of the next periodic full pass (see [`FULL_PASS_SPACING`]).
+    /// Earliest time of the next full pass for an ended backoff (see [`FULL_PASS_SPACING`]).
     next_full: Instant,
+    /// Time of the next safety-net full pass (see [`SAFETY_PASS_SPACING`]).
+    next_safety: Instant,
+    /// The earliest end of a retry backoff (leader wall ms) among the tasks the last passes left
+    /// out for it: a full pass is due then.
+    backoff_due: Option<u64>,
     liveness: Arc<Liveness>,
     ttl: Duration,
     starts: HashMap<Token, Pending>,
@@ -149,6 +160,8 @@ async fn run(node: Arc<Node>, term: u64, liveness: Arc<Liveness>, timings: Execu
         planned_seq: 0,
         unplaceable: HashSet::new(),
         next_full: Instant::now(),
+        next_safety: Instant::now(),
+        backoff_due: None,
         liveness,
         ttl: Duration::from_millis(timings.ttl_ms),
         starts: HashMap::new(),
@@ -238,10 +251,14 @@ impl Duties {
         // start is sent to an executor that refuses it for silence. (The window is shorter than
         // the TTL, which `needs_dead_scan` relies on.)
         let unplaceable = if tick { self.liveness.sweep(crate::executor::fence_window(self.ttl).saturating_sub(TICK), now) } else { 0 };
-        // Off the async worker: a pass over a large state holds the state's read lock, and apply
-        // (waiting for the write lock) must not pin the runtime's other worker meanwhile.
-        let (dead, placements, to_start, to_stop, to_lose) = crate::store::off_runtime(|| {
-            let applied = node.applied.read().expect("poisoned");
+        // A round after an apply that changed nothing about the executors plans only the new
+        // jobs: light, so it runs right here. Ticks (dead scans, full passes) and re-plans after
+        // a change go off the async worker: a pass over a large state holds the state's read
+        // lock, and apply (waiting for the write lock) must not pin the runtime's other worker
+        // meanwhile.
+        let light = !tick
+            && node.applied.try_read().is_ok_and(|a| (a.state.executor_changes(), self.liveness.generation()) == self.executors_seen);
+        let (dead, placements, to_start, to_stop, to_lose) = crate::store::with_read(&node.applied, light, |applied| {
             let state = &applied.state;
             let dead: Vec<Command> = if tick && self.needs_dead_scan(state, unplaceable) {
                 let live = self.liveness.view();
@@ -260,7 +277,8 @@ impl Duties {
             if seen != self.executors_seen {
                 self.unplaceable.clear();
             }
-            let full = (tick && now >= self.next_full) || seen != self.executors_seen;
+            let backoff_ended = self.backoff_due.is_some_and(|due| due <= wall);
+            let full = seen != self.executors_seen || (tick && now >= self.next_full && (backoff_ended || now >= self.next_safety));
             let after = if full { None } else { Some(self.planned_seq) };
             self.executors_seen = seen;
             self.planned_seq = state.next_seq().saturating_sub(1);
@@ -275,8 +293,13 @@ impl Duties {
                         let placed: HashSet<(crate::state::JobId, u32)> = plan.assignments.iter().map(|a| (a.job, a.index)).collect();
                         self.unplaceable.extend(input.pending.iter().filter(|t| !placed.contains(&(t.job, t.index))).map(|t| t.seq));
                     }
+                    let unplaceable = &self.unplaceable;
+                    let next = state.next_backoff_end(wall, after, |seq| !unplaceable.contains(&seq));
+                    self.backoff_due = if full { next } else { earliest(self.backoff_due, next) };
                     if full {
-                        self.next_full = Instant::now() + TICK.max(now.elapsed() * FULL_PASS_SPACING);
+                        let took = now.elapsed();
+                        self.next_full = Instant::now() + TICK.max(took * FULL_PASS_SPACING);
+                        self.next_safety = Instant::now() + SAFETY_PASS_EVERY.max(took * SAFETY_PASS_SPACING);
                     }
                     plan
                 }
@@ -455,6 +478,14 @@ fn start_request(state: &State, job_id: &crate::state::JobId, index: u32) -> Opt
             lease_seq: 0,
         },
     ))
+}
+
+/// The earlier of two optional times.
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// The planner's view of the state: placeable executors are alive and were heard from within

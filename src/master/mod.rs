@@ -120,7 +120,7 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(JobServiceServer::new(jobs::Jobs { node: node.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(JobServiceServer::new(jobs::Jobs { node: node.clone(), shutdown: shutdown.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(ClusterServiceServer::new(cluster::Cluster { node: node.clone() }))
         .add_service(ExecutorServiceServer::new(executors::Executors {
             node: node.clone(),

@@ -87,8 +87,7 @@ pub fn now_ms() -> u64 {
 /// Did a call fail because the peer could not be reached at all (connection refused or reset,
 /// no route), as opposed to an answer from it?
 pub fn is_unreachable(s: &Status) -> bool {
-    use std::error::Error;
-    s.code() == tonic::Code::Unavailable && s.source().is_some_and(|e| e.is::<tonic::transport::Error>())
+    crate::api::is_connection_failure(s)
 }
 
 /// Was this request forwarded by another master?

@@ -145,6 +145,19 @@ impl State {
         })
     }
 
+    /// The earliest end of a retry backoff after `now` among the pending tasks of the jobs
+    /// submitted after `after_seq` that `keep` accepts: when a task that
+    /// [`State::pending_tasks_where`] leaves out today becomes placeable.
+    pub fn next_backoff_end(&self, now: Millis, after_seq: Option<u64>, keep: impl Fn(u64) -> bool) -> Option<Millis> {
+        let range = (after_seq.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded);
+        self.active
+            .range(range)
+            .filter(|(seq, c)| c.pending > 0 && keep(**seq))
+            .filter_map(|(seq, _)| self.jobs.get(seq))
+            .flat_map(|j| j.tasks.iter().filter(|t| t.state == TaskState::Pending && t.not_before > now).map(|t| t.not_before))
+            .min()
+    }
+
     /// Jobs that reached a terminal state at or after `since`, oldest first: where the
     /// dispatcher finds cancelled attempts that may still run and must be killed.
     pub fn jobs_recently_finished(&self, since: Millis) -> impl Iterator<Item = &Job> + '_ {

@@ -393,6 +393,10 @@ fn queries() {
     let seq1 = s.job(&j(1)).unwrap().seq;
     let kept: Vec<_> = s.pending_tasks_where(100, None, |seq| seq != seq1).map(|(job, i)| (job.id, i)).collect();
     assert_eq!(kept, [(j(2), 0), (j(4), 0)]);
+    // Job 4 (submitted at 100) is the only task in the future at 10; none is after 100.
+    assert_eq!(s.next_backoff_end(10, None, |_| true), Some(100));
+    assert_eq!(s.next_backoff_end(10, None, |seq| seq != s.job(&j(4)).unwrap().seq), None);
+    assert_eq!(s.next_backoff_end(100, None, |_| true), None);
 
     s.apply(&assign(&[(2, 0, "e2"), (1, 1, "e1")], 10)).unwrap();
     s.apply(&started(2, 0, 1, 11)).unwrap();

@@ -5,6 +5,8 @@
 # (`triad dev --executors 0`) on loopback, each driven by the same closed-loop harness:
 # `triad bench etcd-put` (durable puts to the etcd leader) and `triad bench submit` (durable
 # submissions to the triad leader), at each concurrency in CONCURRENCY, RUNS times, DURATION each.
+# triad runs twice: `--api unary` (one SubmitJob call per submission, as etcd's one Put per put)
+# and `--api stream` (the workers pipeline their submissions on one SubmitJobs stream).
 # Prints one JSON line per run and a table of medians. Not part of CI (it takes minutes).
 #
 # Env: CONCURRENCY (default "16 64 256"), RUNS (3), DURATION (10s), TRIAD (target/release/triad).
@@ -58,25 +60,29 @@ export TRIAD_MASTERS=127.0.0.1:7801,127.0.0.1:7802,127.0.0.1:7803
 wait_until "a triad leader" 60 grep -q "export TRIAD_MASTERS" "$WORK/triad-dev.log"
 for c in $CONCURRENCY; do
   for r in $(seq "$RUNS"); do
-    "$TRIAD" bench submit --concurrency "$c" --duration "$DURATION" -o json \
-      | jq -c --arg sys triad '{sys: $sys, c: (.extra.CONCURRENCY|tonumber), rate: .rate_per_sec, p50: .p50_ms, p99: .p99_ms, errors}' \
-      | tee -a "$RESULTS"
+    for api in unary stream; do
+      "$TRIAD" bench submit --api "$api" --concurrency "$c" --duration "$DURATION" -o json \
+        | jq -c --arg sys "triad-$api" '{sys: $sys, c: (.extra.CONCURRENCY|tonumber), rate: .rate_per_sec, p50: .p50_ms, p99: .p99_ms, errors}' \
+        | tee -a "$RESULTS"
+    done
   done
 done
 
 # ---- medians ----------------------------------------------------------------------------------
 echo
 echo "medians of $RUNS runs of $DURATION ($(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg))"
-printf '%-12s %-30s %-30s %s\n' CONCURRENCY "etcd puts/s (p50/p99 ms)" "triad submits/s (p50/p99 ms)" "triad/etcd"
+printf '%-12s %-26s %-26s %-26s %s\n' CONCURRENCY "etcd puts/s (p50/p99 ms)" "triad unary (p50/p99)" "triad stream (p50/p99)" "unary/etcd stream/etcd"
 jq -s -r '
   def median: sort | .[(length/2|floor)];
+  def fig($rs): [($rs|map(.rate)|median), ($rs|map(.p50)|median), ($rs|map(.p99)|median)];
   group_by(.c)[] as $g
-  | ($g | map(select(.sys=="etcd"))) as $e | ($g | map(select(.sys=="triad"))) as $t
-  | [$g[0].c,
-     ($e|map(.rate)|median), ($e|map(.p50)|median), ($e|map(.p99)|median),
-     ($t|map(.rate)|median), ($t|map(.p50)|median), ($t|map(.p99)|median)]
+  | [$g[0].c]
+    + fig($g | map(select(.sys=="etcd")))
+    + fig($g | map(select(.sys=="triad-unary")))
+    + fig($g | map(select(.sys=="triad-stream")))
   | @tsv' "$RESULTS" |
-while IFS=$'\t' read -r c er e50 e99 tr t50 t99; do
-  printf '%-12s %-30s %-30s %.2f\n' "$c" "$(printf '%.0f (%.1f/%.1f)' "$er" "$e50" "$e99")" \
-    "$(printf '%.0f (%.1f/%.1f)' "$tr" "$t50" "$t99")" "$(awk -v a="$tr" -v b="$er" 'BEGIN { print a / b }')"
+while IFS=$'\t' read -r c er e50 e99 ur u50 u99 sr s50 s99; do
+  printf '%-12s %-26s %-26s %-26s %.2f %.2f\n' "$c" "$(printf '%.0f (%.1f/%.1f)' "$er" "$e50" "$e99")" \
+    "$(printf '%.0f (%.1f/%.1f)' "$ur" "$u50" "$u99")" "$(printf '%.0f (%.1f/%.1f)' "$sr" "$s50" "$s99")" \
+    "$(awk -v a="$ur" -v b="$er" 'BEGIN { print a / b }')" "$(awk -v a="$sr" -v b="$er" 'BEGIN { print a / b }')"
 done

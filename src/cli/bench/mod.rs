@@ -119,20 +119,47 @@ fn trivial_job(key: String, placeable: bool) -> pb::SubmitJobRequest {
     }
 }
 
-/// Closed-loop submissions: `concurrency` workers, each submitting as soon as the last returned,
-/// optionally paced to `rate` per second in total.
-pub async fn submit(client: Client, load: Load) -> anyhow::Result<Report> {
+/// How `bench submit` sends its submissions.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// One SubmitJobs stream per connection, shared by its workers.
+    Stream,
+    /// One SubmitJob call per submission.
+    Unary,
+}
+
+/// Closed-loop submissions: `concurrency` workers, each submitting as soon as its last
+/// submission was acknowledged, optionally paced to `rate` per second in total.
+pub async fn submit(client: Client, load: Load, api: Api) -> anyhow::Result<Report> {
     // One client (one HTTP/2 connection) per `--connections`, the workers spread over them.
     let first = leader_client(&client).await?;
     let mut clients = (1..load.connections.max(1)).map(|_| Client::new(first.masters().to_vec())).collect::<anyhow::Result<Vec<_>>>()?;
     clients.insert(0, first);
-    let clients = Arc::new(clients);
     let run = uuid::Uuid::new_v4().simple().to_string();
-    Ok(closed_loop("submit", load, move |w, i| {
-        let (clients, key) = (clients.clone(), format!("{run}-{w}-{i}"));
-        async move { clients[w % clients.len()].submit_job(trivial_job(key, false)).await.is_ok() }
-    })
-    .await)
+    let mut report = match api {
+        Api::Unary => {
+            let clients = Arc::new(clients);
+            closed_loop("submit", load, move |w, i| {
+                let (clients, key) = (clients.clone(), format!("{run}-{w}-{i}"));
+                async move { clients[w % clients.len()].submit_job(trivial_job(key, false)).await.is_ok() }
+            })
+            .await
+        }
+        Api::Stream => {
+            let mut pipelines = Vec::new();
+            for c in &clients {
+                pipelines.push(c.pipeline().await.map_err(|e| anyhow::anyhow!(super::status_line(&e)))?);
+            }
+            let pipelines = Arc::new(pipelines);
+            closed_loop("submit", load, move |w, i| {
+                let (pipelines, key) = (pipelines.clone(), format!("{run}-{w}-{i}"));
+                async move { pipelines[w % pipelines.len()].submit(trivial_job(key, false)).await.is_ok() }
+            })
+            .await
+        }
+    };
+    report.extra.insert("API".into(), format!("{api:?}").to_lowercase());
+    Ok(report)
 }
 
 /// The shape of a closed-loop load: how many workers, for how long, paced or not.
