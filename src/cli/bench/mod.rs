@@ -178,6 +178,9 @@ pub struct Load {
     pub connections: usize,
 }
 
+/// How long a closed-loop worker pauses after a failed operation.
+const ERROR_PAUSE: Duration = Duration::from_millis(10);
+
 /// Runs `op(worker, i)` in `concurrency` closed loops (each worker issues its next operation as
 /// soon as the last returned, or at its paced slot) for `duration`, and reports the latency of
 /// the operations that succeeded (`op` returns whether it did). The one load generator behind
@@ -209,6 +212,9 @@ where
                     let _ = local.record(t.elapsed().as_micros().max(1) as u64);
                 } else {
                     errors.fetch_add(1, Ordering::Relaxed);
+                    // A target that fails fast (a broken stream, a refusing master) is not
+                    // hammered in a tight loop that would take the CPU the cluster needs.
+                    tokio::time::sleep(ERROR_PAUSE).await;
                 }
                 i += 1;
             }
