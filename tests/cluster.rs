@@ -317,6 +317,19 @@ async fn masters_are_added_removed_and_a_wiped_master_replaced_while_writes_cont
 
     // A fourth master joins as a learner, catches up, becomes a voter.
     let addr4 = c.spawn_joiner(4);
+    // Not a member yet: it does not pass its empty view off as the cluster's status; a client
+    // that asks it first moves on to a member.
+    let mut alone = triad::client::Client::new(vec![addr4.clone()]).unwrap();
+    alone.retry_for = Duration::ZERO;
+    let e = wait_for("the joiner to answer", Duration::from_secs(10), || async {
+        alone.cluster_status().await.err().filter(|e| e.message().contains("not a member"))
+    })
+    .await;
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    let mut order = vec![addr4.clone()];
+    order.extend(c.addrs().into_iter().filter(|a| *a != addr4));
+    let s = triad::client::Client::new(order).unwrap().cluster_status().await.expect("status via the members");
+    assert!(s.leader_id != 0 && s.masters.len() == 3, "{s:?}");
     let m = c.client().add_master(4, &addr4).await.expect("add master 4");
     assert_eq!(m.voters, vec![1, 2, 3, 4]);
     progress(50).await;

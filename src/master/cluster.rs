@@ -154,6 +154,15 @@ impl Cluster {
 #[tonic::async_trait]
 impl ClusterService for Cluster {
     async fn cluster_status(&self, _req: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        // A master that belongs to no cluster yet (started without bootstrap, not added yet: a
+        // replacement being set up) knows of no other master: its view would read as a cluster
+        // without masters. UNAVAILABLE sends the client to the next master instead.
+        if self.node.metrics().membership_config.membership().voter_ids().next().is_none() {
+            return Err(Status::unavailable(format!(
+                "master {} is not a member of a cluster yet (not bootstrapped, not added with `triad cluster add-master`)",
+                self.node.id
+            )));
+        }
         Ok(Response::new(gather_status(&self.node).await))
     }
 

@@ -1,5 +1,6 @@
 # Shared by the measurement scripts in tests/bench/ (sourced, not run): a scratch directory and
-# background processes that are cleaned up however the script ends, and bounded waits.
+# background processes that are cleaned up however the script ends (KEEP=1 keeps the scratch
+# directory, with every log), and bounded waits.
 
 TRIAD=${TRIAD:-target/release/triad}
 WORK=$(mktemp -d "/tmp/triad-${BENCH_NAME:-bench}.XXXXXX")
@@ -7,7 +8,7 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ -n "${KEEP:-}" ]; then echo "kept $WORK (logs, data)" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT INT TERM
 [ -x "$TRIAD" ] || cargo build --release --locked -p triad
