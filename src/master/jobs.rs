@@ -45,7 +45,6 @@ struct Pipeline {
     inbound: Streaming<pb::SubmitJobRequest>,
     /// False once the client closed its side: the stream ends after the last answer.
     reading: bool,
-    shutdown: Shutdown,
     in_flight: FuturesOrdered<BoxFuture<'static, pb::SubmitJobsResponse>>,
 }
 
@@ -83,9 +82,8 @@ impl Jobs {
     /// answered in request order. A broken request side or shutdown ends it with that error
     /// (the submissions still in flight are dropped: the client re-sends them under their keys).
     fn pipeline(self, forwarded: bool, inbound: Streaming<pb::SubmitJobRequest>) -> SubmitStream {
-        let shutdown = self.shutdown.clone();
-        let start = Pipeline { jobs: self, forwarded, inbound, reading: true, shutdown, in_flight: FuturesOrdered::new() };
-        Box::pin( futures::stream::unfold(Some(start), |state| async move {
+        let start = Pipeline { jobs: self, forwarded, inbound, reading: true, in_flight: FuturesOrdered::new() };
+        Box::pin(futures::stream::unfold(Some(start), |state| async move {
             let mut p = state?;
             loop {
                 if !p.reading && p.in_flight.is_empty() {
@@ -94,7 +92,7 @@ impl Jobs {
                 let read = p.reading && p.in_flight.len() < MAX_PIPELINED;
                 tokio::select! {
                     biased;
-                    _ = p.shutdown.wait() => {
+                    _ = p.jobs.shutdown.wait() => {
                         let s = Status::unavailable(format!("master {} is shutting down", p.jobs.node.id));
                         return Some((Err(s), None));
                     }

@@ -295,7 +295,7 @@ impl Duties {
                     }
                     let unplaceable = &self.unplaceable;
                     let next = state.next_backoff_end(wall, after, |seq| !unplaceable.contains(&seq));
-                    self.backoff_due = if full { next } else { earliest(self.backoff_due, next) };
+                    self.backoff_due = if full { next } else { self.backoff_due.into_iter().chain(next).min() };
                     if full {
                         let took = now.elapsed();
                         self.next_full = Instant::now() + TICK.max(took * FULL_PASS_SPACING);
@@ -478,14 +478,6 @@ fn start_request(state: &State, job_id: &crate::state::JobId, index: u32) -> Opt
             lease_seq: 0,
         },
     ))
-}
-
-/// The earlier of two optional times.
-fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
 }
 
 /// The planner's view of the state: placeable executors are alive and were heard from within

@@ -84,12 +84,6 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Did a call fail because the peer could not be reached at all (connection refused or reset,
-/// no route), as opposed to an answer from it?
-pub fn is_unreachable(s: &Status) -> bool {
-    crate::api::is_connection_failure(s)
-}
-
 /// Was this request forwarded by another master?
 pub fn is_forwarded<T>(req: &tonic::Request<T>) -> bool {
     req.metadata().contains_key(FORWARDED_HEADER)
@@ -194,7 +188,7 @@ impl Node {
                         // it is about to be replaced. Hold the request until a newer term knows
                         // a leader, instead of bouncing it to the client, which would retry
                         // only after its own backoff.
-                        Some(Err(s)) if is_unreachable(&s) && Instant::now() < deadline => {
+                        Some(Err(s)) if crate::api::is_connection_failure(&s) && Instant::now() < deadline => {
                             self.wait_for_newer_term(term, deadline).await;
                         }
                         Some(Err(s)) => return Err(s),

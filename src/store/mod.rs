@@ -98,17 +98,17 @@ const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
 
 /// The storage of a master: the sled database (Raft log, vote, metadata, snapshot pointer) and
 /// the directory of snapshot files.
-pub struct Dbs {
+pub struct Storage {
     pub raft: sled::Db,
     pub snapshot_dir: std::path::PathBuf,
 }
 
 /// Opens (or creates) the storage of a master under `dir`.
-pub fn open(dir: &Path) -> std::io::Result<Dbs> {
+pub fn open(dir: &Path) -> std::io::Result<Storage> {
     let snapshot_dir = dir.join("snapshots");
     std::fs::create_dir_all(&snapshot_dir)?;
     let raft = sled::Config::new().path(dir.join("raft.sled")).mode(sled::Mode::HighThroughput).cache_capacity(SLED_CACHE_BYTES).open()?;
-    Ok(Dbs { raft, snapshot_dir })
+    Ok(Storage { raft, snapshot_dir })
 }
 
 /// Runs `f` on a thread of its own and awaits its result: encoding a snapshot of a large state
@@ -187,7 +187,7 @@ pub(crate) fn with_read<T>(applied: &SharedApplied, light: bool, f: impl FnOnce(
 }
 
 /// Opens both stores over a master's databases.
-pub fn open_stores(dbs: &Dbs) -> Result<(LogStore, StateMachineStore), StorageError> {
+pub fn open_stores(dbs: &Storage) -> Result<(LogStore, StateMachineStore), StorageError> {
     Ok((LogStore::new(&dbs.raft)?, StateMachineStore::new(dbs)?))
 }
 
@@ -411,7 +411,7 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    pub fn new(dbs: &Dbs) -> Result<Self, StorageError> {
+    pub fn new(dbs: &Storage) -> Result<Self, StorageError> {
         let tree = dbs.raft.open_tree("sm").map_err(read_err)?;
         let store = StateMachineStore { db: dbs.raft.clone(), tree, snapshot_dir: Arc::new(dbs.snapshot_dir.clone()), applied: Arc::default() };
         if let Some(snap) = store.read_snapshot()? {
@@ -497,7 +497,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             bytes = stored.data.len(),
             encode_ms = encoded.as_millis() as u64,
             write_ms = (started.elapsed() - encoded).as_millis() as u64,
-            "snapshot built (apply waits for the encode, which holds the state's read lock)"
+            "snapshot built"
         );
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
