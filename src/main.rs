@@ -8,7 +8,10 @@ async fn main() {
     if cli.is_printing_command() {
         // SAFETY: called before any other thread writes to a pipe; SIG_DFL installs no handler.
         unsafe {
-            let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
         }
     }
     match triad::cli::run(cli).await {

@@ -5,7 +5,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -32,8 +33,10 @@ pub struct Metrics {
 }
 
 /// Commands per Raft entry (group commit), in powers of two up to the batch limit.
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
-const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const BATCH_BUCKETS: &[f64] =
+    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 /// Registers metrics in one registry; the one place metric objects are made.
 struct Builder {
@@ -67,11 +70,22 @@ impl Builder {
     }
 
     fn histogram_of(&self, name: &str, help: &str, buckets: &[f64]) -> prometheus::Histogram {
-        self.register(prometheus::Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("metric"))
+        self.register(
+            prometheus::Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            )
+            .expect("metric"),
+        )
     }
 
     fn histogram(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-        self.register(HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels).expect("metric"))
+        self.register(
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("metric"),
+        )
     }
 }
 
@@ -86,25 +100,72 @@ impl Metrics {
     fn new() -> Metrics {
         let b = Builder::new("triad");
         Metrics {
-            submissions: b.counter_vec("submissions_total", "Job submissions answered by this master as leader, by result", &["result"]),
-            submit_seconds: b.histogram("submit_seconds", "Leader-side latency of a submission (propose to applied)", &["result"]),
-            heartbeats: b.counter("heartbeats_total", "Executor heartbeats received by this master as leader"),
-            heartbeat_streams: b.gauge("heartbeat_streams", "Executor heartbeat streams open on this master"),
-            reschedules: b.counter_vec("reschedules_total", "Attempts lost and rescheduled, by cause", &["cause"]),
-            fencing_rejections: b.counter("fencing_rejections_total", "Task reports rejected for a stale fencing token"),
-            dispatch_seconds: b.histogram("dispatch_seconds", "StartAttempt call latency to executors", &["result"]),
-            schedule_seconds: b.histogram("schedule_seconds", "Scheduling round latency (plan and commit)", &["result"]),
+            submissions: b.counter_vec(
+                "submissions_total",
+                "Job submissions answered by this master as leader, by result",
+                &["result"],
+            ),
+            submit_seconds: b.histogram(
+                "submit_seconds",
+                "Leader-side latency of a submission (propose to applied)",
+                &["result"],
+            ),
+            heartbeats: b.counter(
+                "heartbeats_total",
+                "Executor heartbeats received by this master as leader",
+            ),
+            heartbeat_streams: b
+                .gauge("heartbeat_streams", "Executor heartbeat streams open on this master"),
+            reschedules: b.counter_vec(
+                "reschedules_total",
+                "Attempts lost and rescheduled, by cause",
+                &["cause"],
+            ),
+            fencing_rejections: b.counter(
+                "fencing_rejections_total",
+                "Task reports rejected for a stale fencing token",
+            ),
+            dispatch_seconds: b.histogram(
+                "dispatch_seconds",
+                "StartAttempt call latency to executors",
+                &["result"],
+            ),
+            schedule_seconds: b.histogram(
+                "schedule_seconds",
+                "Scheduling round latency (plan and commit)",
+                &["result"],
+            ),
             placements: b.counter("placements_total", "Tasks placed by this master as leader"),
             elections: b.counter("raft_elections_total", "Terms this master has seen begin"),
             raft: b.gauge_vec("raft", "Raft position of this master", &["field"]),
-            replication_lag: b.gauge_vec("raft_replication_lag", "Leader: entries each follower is behind", &["follower"]),
+            replication_lag: b.gauge_vec(
+                "raft_replication_lag",
+                "Leader: entries each follower is behind",
+                &["follower"],
+            ),
             jobs: b.gauge_vec("jobs", "Jobs in the local state machine, by state", &["state"]),
             tasks: b.gauge_vec("tasks", "Tasks in the local state machine, by state", &["state"]),
-            executors: b.gauge_vec("executors", "Executors in the local state machine, by state", &["state"]),
+            executors: b.gauge_vec(
+                "executors",
+                "Executors in the local state machine, by state",
+                &["state"],
+            ),
             is_leader: b.gauge("raft_is_leader", "1 when this master is the leader"),
-            batch_commands: b.histogram_of("batch_commands", "Leader: commands per Raft entry (group commit)", BATCH_BUCKETS),
-            commit_seconds: b.histogram_of("commit_seconds", "Leader: a batch's latency from proposal to applied", LATENCY_BUCKETS),
-            log_flush_seconds: b.histogram_of("log_flush_seconds", "Raft log: one flush of sled (making every append queued before it durable)", LATENCY_BUCKETS),
+            batch_commands: b.histogram_of(
+                "batch_commands",
+                "Leader: commands per Raft entry (group commit)",
+                BATCH_BUCKETS,
+            ),
+            commit_seconds: b.histogram_of(
+                "commit_seconds",
+                "Leader: a batch's latency from proposal to applied",
+                LATENCY_BUCKETS,
+            ),
+            log_flush_seconds: b.histogram_of(
+                "log_flush_seconds",
+                "Raft log: one flush of sled (making every append queued before it durable)",
+                LATENCY_BUCKETS,
+            ),
             registry: b.registry,
         }
     }

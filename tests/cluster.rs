@@ -20,12 +20,19 @@ async fn job_submitted_through_a_follower_is_readable_through_every_master() {
     let leader = c.wait_leader(ELECTION).await;
     let follower = c.followers(leader)[0];
 
-    let r = c.client_for(follower).submit_job(submit_req("via-follower", "true", &[])).await.expect("submit via follower");
+    let r = c
+        .client_for(follower)
+        .submit_job(submit_req("via-follower", "true", &[]))
+        .await
+        .expect("submit via follower");
     assert!(r.created);
 
     for m in 1..=3 {
         let client = c.client_for(m);
-        let job = client.get_job(&r.job_id, false).await.unwrap_or_else(|e| panic!("linearizable read on master {m}: {e}"));
+        let job = client
+            .get_job(&r.job_id, false)
+            .await
+            .unwrap_or_else(|e| panic!("linearizable read on master {m}: {e}"));
         assert_eq!(job.id, r.job_id);
         assert_eq!(job.state, "pending");
         assert_eq!(job.tasks.len(), 1);
@@ -36,7 +43,8 @@ async fn job_submitted_through_a_follower_is_readable_through_every_master() {
         .await;
     }
     // The same key through another master names the same job.
-    let again = c.client_for(leader).submit_job(submit_req("via-follower", "true", &[])).await.unwrap();
+    let again =
+        c.client_for(leader).submit_job(submit_req("via-follower", "true", &[])).await.unwrap();
     assert_eq!((again.job_id, again.created), (r.job_id, false));
 
     // A client given every master, the follower first: the forwarded answer names the leader and
@@ -47,7 +55,11 @@ async fn job_submitted_through_a_follower_is_readable_through_every_master() {
     let client = triad::client::Client::new(order.clone()).unwrap();
     assert_eq!(client.current_master(), order[0]);
     client.submit_job(submit_req("hinted", "true", &[])).await.unwrap();
-    assert_eq!(client.current_master(), c.masters[leader as usize - 1].addr, "the client did not follow the leader hint");
+    assert_eq!(
+        client.current_master(),
+        c.masters[leader as usize - 1].addr,
+        "the client did not follow the leader hint"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,7 +73,8 @@ async fn leader_killed_during_continuous_submission_loses_no_acknowledged_job() 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for _ in 0..4 {
-        let (client, acked, next, stop) = (client.clone(), acked.clone(), next.clone(), stop.clone());
+        let (client, acked, next, stop) =
+            (client.clone(), acked.clone(), next.clone(), stop.clone());
         workers.push(tokio::spawn(async move {
             let mut errors = Vec::new();
             while !stop.load(Ordering::Relaxed) {
@@ -78,15 +91,20 @@ async fn leader_killed_during_continuous_submission_loses_no_acknowledged_job() 
         }));
     }
     let count = || acked.lock().unwrap().len();
-    wait_for("200 acknowledged submissions before the kill", Duration::from_secs(30), || async { (count() >= 200).then_some(()) }).await;
+    wait_for("200 acknowledged submissions before the kill", Duration::from_secs(30), || async {
+        (count() >= 200).then_some(())
+    })
+    .await;
     c.kill(old_leader);
     let killed_at = Instant::now();
     let before = count();
     let new_leader = c.wait_leader(ELECTION).await;
     assert_ne!(new_leader, old_leader);
-    wait_for("200 more acknowledged submissions after the kill", Duration::from_secs(30), || async {
-        (count() >= before + 200).then_some(())
-    })
+    wait_for(
+        "200 more acknowledged submissions after the kill",
+        Duration::from_secs(30),
+        || async { (count() >= before + 200).then_some(()) },
+    )
     .await;
     eprintln!("failover: writes continued {} ms after the kill", killed_at.elapsed().as_millis());
     stop.store(true, Ordering::Relaxed);
@@ -129,11 +147,15 @@ async fn all_masters_killed_and_restarted_keep_every_acknowledged_job() {
     }
     c.wait_leader(ELECTION).await;
     let jobs = c.client().list_all_jobs("", false).await.unwrap();
-    let found: BTreeMap<String, String> = jobs.into_iter().map(|j| (j.id, j.idempotency_key)).collect();
+    let found: BTreeMap<String, String> =
+        jobs.into_iter().map(|j| (j.id, j.idempotency_key)).collect();
     let missing: Vec<_> = acked.iter().filter(|(id, _)| !found.contains_key(*id)).collect();
     let extra: Vec<_> = found.iter().filter(|(id, _)| !acked.contains_key(*id)).collect();
     let statuses = futures_statuses(&c).await;
-    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}\nextra {extra:?}\nmasters {statuses:?}");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}\nextra {extra:?}\nmasters {statuses:?}"
+    );
 }
 
 async fn futures_statuses(c: &Cluster) -> Vec<Option<pb::MasterStatus>> {
@@ -171,9 +193,13 @@ async fn stopped_master_catches_up_through_a_snapshot_after_the_log_was_purged()
         t.await.unwrap();
     }
     // Snapshots and purges run in the background after the writes.
-    let s = wait_for("the leader to snapshot and purge its log past what the lagger has", Duration::from_secs(20), || async {
-        c.status(leader).await.filter(|s| s.snapshot_index > 0 && s.purged_index > lagger_last)
-    })
+    let s = wait_for(
+        "the leader to snapshot and purge its log past what the lagger has",
+        Duration::from_secs(20),
+        || async {
+            c.status(leader).await.filter(|s| s.snapshot_index > 0 && s.purged_index > lagger_last)
+        },
+    )
     .await;
     assert_eq!(s.jobs, 2560);
 
@@ -205,18 +231,36 @@ async fn bad_input_is_invalid_argument_and_no_quorum_is_unavailable_within_the_b
         ("absurd task count", spec(&|s| s.task_count = 10_000_000)),
         ("absurd argument size", spec(&|s| s.args = vec!["x".repeat(2 << 20)])),
         ("absurd attempts", spec(&|s| s.max_attempts = 1_000_000)),
-        ("no spec", pb::SubmitJobRequest { name: "x".into(), idempotency_key: "k".into(), spec: None }),
+        (
+            "no spec",
+            pb::SubmitJobRequest { name: "x".into(), idempotency_key: "k".into(), spec: None },
+        ),
     ];
     for (what, req) in cases {
         let e = client.submit_job(req).await.expect_err(what);
         assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e}");
         assert!(!e.message().is_empty());
     }
-    assert_eq!(client.get_job("not-a-uuid", false).await.unwrap_err().code(), Code::InvalidArgument);
-    assert_eq!(client.list_jobs("bogus-state", 0, "", false).await.unwrap_err().code(), Code::InvalidArgument);
-    assert_eq!(client.list_jobs("", 0, "nope", false).await.unwrap_err().code(), Code::InvalidArgument);
-    assert_eq!(client.list_jobs("", 5000, "", false).await.unwrap_err().code(), Code::InvalidArgument);
-    assert_eq!(client.get_job(&uuid::Uuid::new_v4().to_string(), false).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        client.get_job("not-a-uuid", false).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        client.list_jobs("bogus-state", 0, "", false).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        client.list_jobs("", 0, "nope", false).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        client.list_jobs("", 5000, "", false).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        client.get_job(&uuid::Uuid::new_v4().to_string(), false).await.unwrap_err().code(),
+        Code::NotFound
+    );
 
     // No quorum: two masters gone. The survivor answers UNAVAILABLE within its bound, not a hang.
     c.kill(1);
@@ -231,8 +275,15 @@ async fn bad_input_is_invalid_argument_and_no_quorum_is_unavailable_within_the_b
         };
         let took = started.elapsed();
         assert_eq!(e.code(), Code::Unavailable, "{what}: {e}");
-        assert!(took < Duration::from_secs(5), "{what} took {took:?} (bound is 2 s wait + one election)");
-        eprintln!("{what} without quorum: UNAVAILABLE after {} ms: {}", took.as_millis(), e.message());
+        assert!(
+            took < Duration::from_secs(5),
+            "{what} took {took:?} (bound is 2 s wait + one election)"
+        );
+        eprintln!(
+            "{what} without quorum: UNAVAILABLE after {} ms: {}",
+            took.as_millis(),
+            e.message()
+        );
     }
 }
 
@@ -241,7 +292,8 @@ async fn cli_submits_reads_lists_cancels_and_reports_cluster_status() {
     let c = Cluster::start(3, |_| {});
     c.wait_leader(ELECTION).await;
 
-    let (code, out, err) = c.cli(&["job", "submit", "--name", "hello", "--tasks", "2", "--", "echo", "hello"]);
+    let (code, out, err) =
+        c.cli(&["job", "submit", "--name", "hello", "--tasks", "2", "--", "echo", "hello"]);
     assert_eq!(code, 0, "{err}");
     let id = out.trim().to_string();
     uuid::Uuid::parse_str(&id).expect("submit prints a job id");
@@ -302,7 +354,10 @@ async fn masters_are_added_removed_and_a_wiped_master_replaced_while_writes_cont
             while !stop.load(Ordering::Relaxed) {
                 let key = format!("m{w}-{i}");
                 i += 1;
-                let r = client.submit_job(submit_req(&key, "true", &[])).await.unwrap_or_else(|e| panic!("{key}: {e}"));
+                let r = client
+                    .submit_job(submit_req(&key, "true", &[]))
+                    .await
+                    .unwrap_or_else(|e| panic!("{key}: {e}"));
                 acked.lock().unwrap().insert(key, r.job_id);
             }
         }));
@@ -311,7 +366,12 @@ async fn masters_are_added_removed_and_a_wiped_master_replaced_while_writes_cont
     let progress = |n: usize| {
         let target = count() + n;
         let count = &count;
-        async move { wait_for(&format!("{target} acknowledged writes"), Duration::from_secs(30), || async { (count() >= target).then_some(()) }).await }
+        async move {
+            wait_for(&format!("{target} acknowledged writes"), Duration::from_secs(30), || async {
+                (count() >= target).then_some(())
+            })
+            .await
+        }
     };
     progress(50).await;
 
@@ -328,7 +388,11 @@ async fn masters_are_added_removed_and_a_wiped_master_replaced_while_writes_cont
     assert_eq!(e.code(), Code::Unavailable, "{e}");
     let mut order = vec![addr4.clone()];
     order.extend(c.addrs().into_iter().filter(|a| *a != addr4));
-    let s = triad::client::Client::new(order).unwrap().cluster_status().await.expect("status via the members");
+    let s = triad::client::Client::new(order)
+        .unwrap()
+        .cluster_status()
+        .await
+        .expect("status via the members");
     assert!(s.leader_id != 0 && s.masters.len() == 3, "{s:?}");
     let m = c.client().add_master(4, &addr4).await.expect("add master 4");
     assert_eq!(m.voters, vec![1, 2, 3, 4]);
@@ -366,7 +430,8 @@ async fn masters_are_added_removed_and_a_wiped_master_replaced_while_writes_cont
         c.wait_applied(id, s.applied_index, Duration::from_secs(20)).await;
     }
     let jobs = c.client().list_all_jobs("", false).await.unwrap();
-    let found: BTreeMap<String, String> = jobs.into_iter().map(|j| (j.idempotency_key, j.id)).collect();
+    let found: BTreeMap<String, String> =
+        jobs.into_iter().map(|j| (j.idempotency_key, j.id)).collect();
     for (k, id) in acked.lock().unwrap().iter() {
         assert_eq!(found.get(k), Some(id), "acknowledged job {k} missing");
     }
@@ -390,11 +455,13 @@ async fn metrics_and_status_follow_the_cluster_and_health_flips_on_a_node_cut_of
     }
     // openraft publishes its metrics (the applied index) after the apply that answered the
     // client, so the page may lag by a moment: wait for it, bounded.
-    let after = wait_for("/metrics to show the five applied entries", Duration::from_secs(10), || async {
-        let page = http_get(&http, "/metrics").await?;
-        (sample(&page, "triad_raft{field=\"applied_index\"}")? >= applied0 + 5.0).then_some(page)
-    })
-    .await;
+    let after =
+        wait_for("/metrics to show the five applied entries", Duration::from_secs(10), || async {
+            let page = http_get(&http, "/metrics").await?;
+            (sample(&page, "triad_raft{field=\"applied_index\"}")? >= applied0 + 5.0)
+                .then_some(page)
+        })
+        .await;
     assert_eq!(sample(&after, "triad_jobs{state=\"pending\"}"), Some(pending0 + 5.0));
     assert_eq!(sample(&after, "triad_tasks{state=\"pending\"}"), Some(pending0 + 5.0));
     assert!(sample(&after, "triad_raft{field=\"applied_index\"}").unwrap() >= applied0 + 5.0);
@@ -404,27 +471,39 @@ async fn metrics_and_status_follow_the_cluster_and_health_flips_on_a_node_cut_of
     assert!(after.contains("triad_submit_seconds_bucket"), "submit latency histogram");
 
     // /status has the same facts as `triad cluster status`.
-    let status: serde_json::Value = serde_json::from_str(&http_get(&http, "/status").await.expect("/status")).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(&http, "/status").await.expect("/status")).unwrap();
     let (code, out, _) = c.cli(&["cluster", "status", "-o", "json"]);
     assert_eq!(code, 0);
     let cli: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["leader_id"], cli["leader_id"]);
     let view = |v: &serde_json::Value| -> Vec<(u64, String, String)> {
-        v["masters"].as_array().unwrap().iter().map(|m| (m["id"].as_u64().unwrap(), m["addr"].to_string(), m["role"].to_string())).collect()
+        v["masters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["id"].as_u64().unwrap(), m["addr"].to_string(), m["role"].to_string()))
+            .collect()
     };
     assert_eq!(view(&status), view(&cli));
 
     // gRPC health: SERVING everywhere; NOT_SERVING on a master cut off from its quorum.
     for m in 1..=3 {
         let addr = c.master(m).addr.clone();
-        wait_for(&format!("master {m} SERVING"), Duration::from_secs(10), || async { grpc_serving(&addr).await.filter(|s| *s) }).await;
+        wait_for(&format!("master {m} SERVING"), Duration::from_secs(10), || async {
+            grpc_serving(&addr).await.filter(|s| *s)
+        })
+        .await;
     }
     let survivor = leader; // the leader itself: it keeps believing it leads, the lease says otherwise
     for f in c.followers(leader) {
         c.kill(f);
     }
     let addr = c.master(survivor).addr.clone();
-    wait_for("the cut-off master NOT_SERVING", Duration::from_secs(10), || async { grpc_serving(&addr).await.filter(|s| !*s) }).await;
+    wait_for("the cut-off master NOT_SERVING", Duration::from_secs(10), || async {
+        grpc_serving(&addr).await.filter(|s| !*s)
+    })
+    .await;
 }
 
 /// Opens a heartbeat stream on `addr` with `first` queued as its first beat; returns the request
@@ -432,18 +511,29 @@ async fn metrics_and_status_follow_the_cluster_and_health_flips_on_a_node_cut_of
 async fn open_heartbeat_stream(
     addr: &str,
     first: pb::HeartbeatRequest,
-) -> Result<(tokio::sync::mpsc::Sender<pb::HeartbeatRequest>, tonic::Streaming<pb::HeartbeatResponse>), tonic::Status> {
+) -> Result<
+    (tokio::sync::mpsc::Sender<pb::HeartbeatRequest>, tonic::Streaming<pb::HeartbeatResponse>),
+    tonic::Status,
+> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.try_send(first).unwrap();
-    let mut client = pb::executor_service_client::ExecutorServiceClient::new(triad::raft::network::channel(addr).unwrap());
+    let mut client = pb::executor_service_client::ExecutorServiceClient::new(
+        triad::raft::network::channel(addr).unwrap(),
+    );
     let open = client.heartbeat_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let r = tokio::time::timeout(Duration::from_secs(10), open).await.expect("opening a heartbeat stream hung")?;
+    let r = tokio::time::timeout(Duration::from_secs(10), open)
+        .await
+        .expect("opening a heartbeat stream hung")?;
     Ok((tx, r.into_inner()))
 }
 
 /// The next answer on a heartbeat stream, bounded: Ok(None) when the stream ended cleanly.
-async fn next_answer(rx: &mut tonic::Streaming<pb::HeartbeatResponse>) -> Result<Option<pb::HeartbeatResponse>, tonic::Status> {
-    tokio::time::timeout(Duration::from_secs(10), rx.message()).await.expect("no answer to a heartbeat within 10 s")
+async fn next_answer(
+    rx: &mut tonic::Streaming<pb::HeartbeatResponse>,
+) -> Result<Option<pb::HeartbeatResponse>, tonic::Status> {
+    tokio::time::timeout(Duration::from_secs(10), rx.message())
+        .await
+        .expect("no answer to a heartbeat within 10 s")
 }
 
 fn leader_hint(s: &tonic::Status) -> Option<String> {
@@ -460,25 +550,36 @@ async fn heartbeat_streams_live_on_the_leader_only_and_end_when_it_stops_leading
     let leader = c.wait_leader(ELECTION).await;
     let leader_addr = c.master(leader).addr.clone();
     let follower = c.followers(leader)[0];
-    let beat = || pb::HeartbeatRequest { executor_id: "ghost".into(), epoch: 7, attempts: vec![pb::RunningAttempt { job_id: "j".into(), task_index: 0, token: 42 }], seq: 1 };
+    let beat = || pb::HeartbeatRequest {
+        executor_id: "ghost".into(),
+        epoch: 7,
+        attempts: vec![pb::RunningAttempt { job_id: "j".into(), task_index: 0, token: 42 }],
+        seq: 1,
+    };
 
     // A follower refuses the stream and names the leader; a client pointed at the follower moves.
     let refused = match open_heartbeat_stream(&c.master(follower).addr, beat()).await {
         // tonic may hand back the (empty) stream first and the refusal with its first message.
-        Ok((_tx, mut rx)) => next_answer(&mut rx).await.expect_err("a follower answered a heartbeat stream"),
+        Ok((_tx, mut rx)) => {
+            next_answer(&mut rx).await.expect_err("a follower answered a heartbeat stream")
+        }
         Err(s) => s,
     };
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert_eq!(leader_hint(&refused).as_deref(), Some(leader_addr.as_str()), "{refused:?}");
     let mut others = c.addrs();
     others.retain(|a| *a != c.master(follower).addr);
-    let client = triad::client::Client::new([vec![c.master(follower).addr.clone()], others].concat()).unwrap();
+    let client =
+        triad::client::Client::new([vec![c.master(follower).addr.clone()], others].concat())
+            .unwrap();
     assert!(client.failed(0, &refused), "the refusal's hint was not followed");
     assert_eq!(client.current_master(), leader_addr);
 
     // The leader answers each beat, in order, by the heartbeat rule: an unknown executor must
     // register again and kill everything it runs.
-    let (tx, mut rx) = open_heartbeat_stream(&leader_addr, beat()).await.expect("the leader refused a heartbeat stream");
+    let (tx, mut rx) = open_heartbeat_stream(&leader_addr, beat())
+        .await
+        .expect("the leader refused a heartbeat stream");
     for i in 0..3 {
         let r = next_answer(&mut rx).await.expect("a beat failed").expect("the stream ended");
         assert!(r.reregister && r.kill_tokens == vec![42], "beat {i}: {r:?}");
@@ -506,12 +607,16 @@ async fn heartbeat_streams_live_on_the_leader_only_and_end_when_it_stops_leading
     .await;
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     let seen = wait_for("the old leader to follow the new one", ELECTION, || async {
-        c.status(leader).await.filter(|s| s.role != "leader" && s.leader_id != leader && s.leader_id != 0).map(|s| s.leader_id)
+        c.status(leader)
+            .await
+            .filter(|s| s.role != "leader" && s.leader_id != leader && s.leader_id != 0)
+            .map(|s| s.leader_id)
     })
     .await;
     assert!(others.contains(&new_leader) && others.contains(&seen));
     tx.send(beat()).await.unwrap();
-    let ended = next_answer(&mut rx).await.expect_err("a master that no longer leads answered a beat");
+    let ended =
+        next_answer(&mut rx).await.expect_err("a master that no longer leads answered a beat");
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
     assert_eq!(leader_hint(&ended).as_deref(), Some(c.master(seen).addr.as_str()), "{ended:?}");
 }
@@ -525,8 +630,16 @@ async fn a_leader_without_a_quorum_stops_acknowledging_heartbeats() {
     let mut c = Cluster::start(3, |_| {});
     let leader = c.wait_leader(ELECTION).await;
     let addr = c.master(leader).addr.clone();
-    let beat = |seq| pb::HeartbeatRequest { executor_id: "ghost".into(), epoch: 1, attempts: Vec::new(), seq };
-    let mut hb = pb::executor_service_client::ExecutorServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let beat = |seq| pb::HeartbeatRequest {
+        executor_id: "ghost".into(),
+        epoch: 1,
+        attempts: Vec::new(),
+        seq,
+    };
+    let mut hb =
+        pb::executor_service_client::ExecutorServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
     // With its quorum, the leader judges the beat (an unknown executor: register again).
     let r = wait_for("the leader to judge a heartbeat", Duration::from_secs(10), || {
         let mut hb = hb.clone();
@@ -537,18 +650,29 @@ async fn a_leader_without_a_quorum_stops_acknowledging_heartbeats() {
     for f in c.followers(leader) {
         c.kill(f);
     }
-    let refused = wait_for("the leader to refuse heartbeats without a quorum", Duration::from_secs(10), || {
-        let mut hb = hb.clone();
-        async move {
-            let mut req = tonic::Request::new(beat(2));
-            req.set_timeout(Duration::from_secs(2));
-            hb.heartbeat(req).await.err().filter(|s| s.message().contains("quorum"))
-        }
-    })
+    let refused = wait_for(
+        "the leader to refuse heartbeats without a quorum",
+        Duration::from_secs(10),
+        || {
+            let mut hb = hb.clone();
+            async move {
+                let mut req = tonic::Request::new(beat(2));
+                req.set_timeout(Duration::from_secs(2));
+                hb.heartbeat(req).await.err().filter(|s| s.message().contains("quorum"))
+            }
+        },
+    )
     .await;
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    assert_eq!(c.status(leader).await.map(|s| s.role).as_deref(), Some("leader"), "the test needs a leader that still believes it leads");
-    let _ = hb.heartbeat(beat(3)).await.expect_err("a leader without a quorum acknowledged a heartbeat");
+    assert_eq!(
+        c.status(leader).await.map(|s| s.role).as_deref(),
+        Some("leader"),
+        "the test needs a leader that still believes it leads"
+    );
+    let _ = hb
+        .heartbeat(beat(3))
+        .await
+        .expect_err("a leader without a quorum acknowledged a heartbeat");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,9 +681,13 @@ async fn pipelined_submissions_are_answered_in_order_and_survive_the_leader() {
     let leader = c.wait_leader(ELECTION).await;
     let follower = c.followers(leader)[0];
     let mut acked: Vec<(String, String)> = Vec::new(); // (job id, key)
-    // On the leader, and on a follower (which forwards each submission to the leader).
+                                                       // On the leader, and on a follower (which forwards each submission to the leader).
     for m in [leader, follower] {
-        let pipe = c.client_for(m).pipeline().await.unwrap_or_else(|e| panic!("open SubmitJobs on master {m}: {e}"));
+        let pipe = c
+            .client_for(m)
+            .pipeline()
+            .await
+            .unwrap_or_else(|e| panic!("open SubmitJobs on master {m}: {e}"));
         // 300 submissions in flight at once on one stream; among them a bad one and a repeat.
         let key = |i: usize| format!("pipe-{m}-{i}");
         let reqs: Vec<pb::SubmitJobRequest> = (0..300)
@@ -572,19 +700,28 @@ async fn pipelined_submissions_are_answered_in_order_and_survive_the_leader() {
         let answers = futures::future::join_all(reqs.into_iter().map(|r| pipe.submit(r))).await;
         // Submissions on one stream are answered in order but proposed concurrently: of two with
         // one key, either may be the one that created the job; both name it.
-        let (a0, a100) = (answers[0].as_ref().expect("submission 0"), answers[100].as_ref().expect("the repeated key"));
+        let (a0, a100) = (
+            answers[0].as_ref().expect("submission 0"),
+            answers[100].as_ref().expect("the repeated key"),
+        );
         assert_eq!(a0.job_id, a100.job_id, "a repeated key names the same job");
         assert!(a0.created != a100.created, "exactly one of the two created it: {a0:?} {a100:?}");
         acked.push((a0.job_id.clone(), key(0)));
         let mut ids = BTreeSet::from([a0.job_id.clone()]);
         for (i, a) in answers.into_iter().enumerate() {
             match i {
-                50 => assert_eq!(a.expect_err("a submission without a spec").code(), Code::InvalidArgument),
+                50 => assert_eq!(
+                    a.expect_err("a submission without a spec").code(),
+                    Code::InvalidArgument
+                ),
                 0 | 100 => {}
                 _ => {
                     let a = a.unwrap_or_else(|e| panic!("submission {i} on master {m}: {e}"));
                     assert!(a.created, "submission {i} created no job");
-                    assert!(ids.insert(a.job_id.clone()), "submission {i} answered with another's job id");
+                    assert!(
+                        ids.insert(a.job_id.clone()),
+                        "submission {i} answered with another's job id"
+                    );
                     acked.push((a.job_id, key(i)));
                 }
             }
@@ -593,19 +730,35 @@ async fn pipelined_submissions_are_answered_in_order_and_survive_the_leader() {
     // Every answer belongs to its own request: the job it names carries that request's key.
     let client = c.client();
     for (id, key) in acked.iter().step_by(7) {
-        assert_eq!(&client.get_job(id, false).await.expect("read an acknowledged job").idempotency_key, key);
+        assert_eq!(
+            &client.get_job(id, false).await.expect("read an acknowledged job").idempotency_key,
+            key
+        );
     }
 
     // A stream to a master that dies fails its submissions (retryably), it does not hang them;
     // and every acknowledged job is still there on the new leader.
     let pipe = c.client_for(leader).pipeline().await.expect("open SubmitJobs");
     c.kill(leader);
-    let e = pipe.submit(submit_req("after-kill", "true", &[])).await.expect_err("submit on a dead master's stream");
+    let e = pipe
+        .submit(submit_req("after-kill", "true", &[]))
+        .await
+        .expect_err("submit on a dead master's stream");
     assert!(triad::client::retryable(&e), "not retryable: {e}");
     c.wait_leader(ELECTION).await;
-    let jobs: BTreeMap<String, String> =
-        c.client().list_all_jobs("", false).await.expect("list after failover").into_iter().map(|j| (j.id, j.idempotency_key)).collect();
+    let jobs: BTreeMap<String, String> = c
+        .client()
+        .list_all_jobs("", false)
+        .await
+        .expect("list after failover")
+        .into_iter()
+        .map(|j| (j.id, j.idempotency_key))
+        .collect();
     for (id, key) in &acked {
-        assert_eq!(jobs.get(id), Some(key), "acknowledged job {id} ({key}) lost after the leader was killed");
+        assert_eq!(
+            jobs.get(id),
+            Some(key),
+            "acknowledged job {id} ({key}) lost after the leader was killed"
+        );
     }
 }

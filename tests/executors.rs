@@ -41,7 +41,9 @@ async fn wait_executors(c: &Cluster, n: usize) {
     wait_for(&format!("{n} alive executors"), Duration::from_secs(20), || async {
         let r = client
             .call(|ch| async move {
-                pb::executor_service_client::ExecutorServiceClient::new(ch).list_executors(pb::ListExecutorsRequest { consistency: 0 }).await
+                pb::executor_service_client::ExecutorServiceClient::new(ch)
+                    .list_executors(pb::ListExecutorsRequest { consistency: 0 })
+                    .await
             })
             .await
             .ok()?;
@@ -68,7 +70,8 @@ fn running_on(job: &pb::Job) -> Vec<(u32, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_tasks_run_once_each_with_tiling_uuid_ranges_and_a_failing_job_fails_with_its_exit_code() {
+async fn four_tasks_run_once_each_with_tiling_uuid_ranges_and_a_failing_job_fails_with_its_exit_code(
+) {
     let c = cluster();
     c.wait_leader(ELECTION).await;
     let _a = Executor::start(&c.masters_arg(), c.dir.path(), "exec-a", 4, &[]);
@@ -91,8 +94,16 @@ async fn four_tasks_run_once_each_with_tiling_uuid_ranges_and_a_failing_job_fail
         let (code, out, err) = c.cli(&["job", "logs", &id, "--task", &t.index.to_string()]);
         assert_eq!(code, 0, "logs: {err}");
         let f: Vec<&str> = out.split_whitespace().collect();
-        assert_eq!(f, vec![t.index.to_string().as_str(), "4", "1", f[3], f[4], id.as_str()], "task {} output {out:?}", t.index);
-        ranges.push((uuid::Uuid::parse_str(f[3]).unwrap().as_u128(), uuid::Uuid::parse_str(f[4]).unwrap().as_u128()));
+        assert_eq!(
+            f,
+            vec![t.index.to_string().as_str(), "4", "1", f[3], f[4], id.as_str()],
+            "task {} output {out:?}",
+            t.index
+        );
+        ranges.push((
+            uuid::Uuid::parse_str(f[3]).unwrap().as_u128(),
+            uuid::Uuid::parse_str(f[4]).unwrap().as_u128(),
+        ));
     }
     assert_eq!(executors.len(), 2, "tasks spread over both executors: {executors:?}");
     // The ranges tile the 128-bit space: contiguous, inclusive, from 0 to the maximum.
@@ -102,7 +113,18 @@ async fn four_tasks_run_once_each_with_tiling_uuid_ranges_and_a_failing_job_fail
         assert_eq!(w[0].1 + 1, w[1].0, "ranges must be contiguous: {ranges:x?}");
     }
 
-    let (code, out, _) = c.cli(&["job", "submit", "--max-attempts", "2", "--backoff", "100ms", "--wait", "--shell", "--", "exit 3"]);
+    let (code, out, _) = c.cli(&[
+        "job",
+        "submit",
+        "--max-attempts",
+        "2",
+        "--backoff",
+        "100ms",
+        "--wait",
+        "--shell",
+        "--",
+        "exit 3",
+    ]);
     assert_ne!(code, 0, "a failing job exits non-zero");
     let id = out.lines().next().unwrap().trim();
     let (_, out, _) = c.cli(&["job", "get", id, "-o", "json"]);
@@ -110,7 +132,10 @@ async fn four_tasks_run_once_each_with_tiling_uuid_ranges_and_a_failing_job_fail
     assert_eq!(j["state"], "failed");
     let attempts = j["tasks"][0]["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "max attempts respected");
-    assert!(attempts.iter().all(|a| a["exit_code"] == 3 && a["has_exit_code"] == true), "{attempts:?}");
+    assert!(
+        attempts.iter().all(|a| a["exit_code"] == 3 && a["has_exit_code"] == true),
+        "{attempts:?}"
+    );
     let (_, human, _) = c.cli(&["job", "get", id]);
     assert!(human.contains("failed") && human.contains(" 3 "), "exit code visible: {human}");
 }
@@ -142,7 +167,10 @@ async fn killed_executors_tasks_run_elsewhere_within_the_ttl() {
     })
     .await;
     let delay = killed.elapsed();
-    eprintln!("executor killed -> tasks running elsewhere: {} ms (TTL {TTL_MS} ms)", delay.as_millis());
+    eprintln!(
+        "executor killed -> tasks running elsewhere: {} ms (TTL {TTL_MS} ms)",
+        delay.as_millis()
+    );
     assert!(delay <= Duration::from_millis(TTL_MS + 1000), "rescheduling took {delay:?}");
     let job = wait_job_state(&c, &r.job_id, "succeeded", Duration::from_secs(30)).await;
     for t in &job.tasks {
@@ -168,7 +196,9 @@ async fn a_crashed_executor_leaves_no_attempt_behind() {
         d = pids.display()
     );
     let r = c.client().submit_job(shell_job(1, &script, 5)).await.unwrap();
-    let read_pid = |name: &str| std::fs::read_to_string(pids.join(name)).ok().and_then(|s| s.trim().parse::<i32>().ok());
+    let read_pid = |name: &str| {
+        std::fs::read_to_string(pids.join(name)).ok().and_then(|s| s.trim().parse::<i32>().ok())
+    };
     let (leader, child) = wait_for("the first attempt's pids", Duration::from_secs(20), || async {
         Some((read_pid("leader-1")?, read_pid("child-1")?))
     })
@@ -176,16 +206,23 @@ async fn a_crashed_executor_leaves_no_attempt_behind() {
     assert!(alive(leader) && alive(child));
 
     a.kill();
-    wait_for("the attempt's group leader to die with its executor", Duration::from_secs(10), || async {
-        (!alive(leader)).then_some(())
-    })
+    wait_for(
+        "the attempt's group leader to die with its executor",
+        Duration::from_secs(10),
+        || async { (!alive(leader)).then_some(()) },
+    )
     .await;
-    assert!(alive(child), "nothing but the restarted executor kills the forked child (else this test proves nothing)");
+    assert!(
+        alive(child),
+        "nothing but the restarted executor kills the forked child (else this test proves nothing)"
+    );
 
     let _a = Executor::start(&c.masters_arg(), c.dir.path(), "exec-a", 1, &[]);
-    wait_for("the restarted executor to kill the leftover child", Duration::from_secs(20), || async {
-        (!alive(child)).then_some(())
-    })
+    wait_for(
+        "the restarted executor to kill the leftover child",
+        Duration::from_secs(20),
+        || async { (!alive(child)).then_some(()) },
+    )
     .await;
     // The work goes on: a later attempt runs on the restarted executor.
     wait_for("a second attempt running", Duration::from_secs(30), || async {
@@ -204,17 +241,32 @@ async fn executor_metrics_status_and_health_follow_its_state() {
     let mut c = cluster();
     c.wait_leader(ELECTION).await;
     let http = format!("127.0.0.1:{}", free_ports(1)[0]);
-    let a = Executor::start_with(&c.masters_arg(), c.dir.path(), "exec-a", 2, &[], &["--http-listen", &http]);
+    let a = Executor::start_with(
+        &c.masters_arg(),
+        c.dir.path(),
+        "exec-a",
+        2,
+        &[],
+        &["--http-listen", &http],
+    );
     let id = a.id().await;
-    let status = wait_for("/status to show a healthy registered executor", Duration::from_secs(20), || async {
-        let s: serde_json::Value = serde_json::from_str(&http_get(&http, "/status").await?).ok()?;
-        (s["registered"] == true && s["healthy"] == true).then_some(s)
-    })
+    let status = wait_for(
+        "/status to show a healthy registered executor",
+        Duration::from_secs(20),
+        || async {
+            let s: serde_json::Value =
+                serde_json::from_str(&http_get(&http, "/status").await?).ok()?;
+            (s["registered"] == true && s["healthy"] == true).then_some(s)
+        },
+    )
     .await;
     assert_eq!(status["id"], id.as_str());
     assert!(status["epoch"].as_u64().unwrap() > 0);
     let worker = status["addr"].as_str().unwrap().to_string();
-    wait_for("gRPC health SERVING", Duration::from_secs(10), || async { grpc_serving(&worker).await.filter(|s| *s) }).await;
+    wait_for("gRPC health SERVING", Duration::from_secs(10), || async {
+        grpc_serving(&worker).await.filter(|s| *s)
+    })
+    .await;
 
     let metric = |page: &str, series: &str| sample(page, series).unwrap_or(0.0);
     let before = http_get(&http, "/metrics").await.expect("/metrics");
@@ -222,25 +274,36 @@ async fn executor_metrics_status_and_health_follow_its_state() {
     let r = c.client().submit_job(shell_job(3, "true", 1)).await.unwrap();
     wait_job_state(&c, &r.job_id, "succeeded", Duration::from_secs(30)).await;
     let ok = r#"triad_executor_attempts_finished_total{outcome="succeeded"}"#;
-    let after = wait_for("/metrics to count the finished attempts", Duration::from_secs(10), || async {
-        let page = http_get(&http, "/metrics").await?;
-        (metric(&page, ok) >= metric(&before, ok) + 3.0).then_some(page)
-    })
-    .await;
-    assert!(metric(&after, "triad_executor_attempts_started_total") >= metric(&before, "triad_executor_attempts_started_total") + 3.0);
+    let after =
+        wait_for("/metrics to count the finished attempts", Duration::from_secs(10), || async {
+            let page = http_get(&http, "/metrics").await?;
+            (metric(&page, ok) >= metric(&before, ok) + 3.0).then_some(page)
+        })
+        .await;
+    assert!(
+        metric(&after, "triad_executor_attempts_started_total")
+            >= metric(&before, "triad_executor_attempts_started_total") + 3.0
+    );
     let hb_ok = r#"triad_executor_heartbeats_total{result="ok"}"#;
     wait_for("/metrics to count acknowledged heartbeats", Duration::from_secs(10), || async {
         (metric(&http_get(&http, "/metrics").await?, hb_ok) > metric(&before, hb_ok)).then_some(())
     })
     .await;
-    assert!(metric(&after, r#"triad_executor_reports_total{result="accepted"}"#) >= 6.0, "a start and an end report per attempt");
+    assert!(
+        metric(&after, r#"triad_executor_reports_total{result="accepted"}"#) >= 6.0,
+        "a start and an end report per attempt"
+    );
 
     // No quorum, no acknowledged heartbeats: the executor fences itself and says so.
     for id in 1..=3 {
         c.kill(id);
     }
-    wait_for("gRPC health NOT_SERVING once fenced", Duration::from_secs(20), || async { grpc_serving(&worker).await.filter(|s| !*s) }).await;
-    let s: serde_json::Value = serde_json::from_str(&http_get(&http, "/status").await.unwrap()).unwrap();
+    wait_for("gRPC health NOT_SERVING once fenced", Duration::from_secs(20), || async {
+        grpc_serving(&worker).await.filter(|s| !*s)
+    })
+    .await;
+    let s: serde_json::Value =
+        serde_json::from_str(&http_get(&http, "/status").await.unwrap()).unwrap();
     assert_eq!(s["fenced"], true);
     let page = http_get(&http, "/metrics").await.unwrap();
     assert_eq!(metric(&page, "triad_executor_fenced"), 1.0);
@@ -253,7 +316,11 @@ fn attempt_intervals(path: &std::path::Path) -> BTreeMap<(u32, u64), (u128, Opti
     for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         // A line cut short by the kill that ended its attempt (e.g. `date` SIGKILLed) is skipped.
-        let parsed = (f.get(1).and_then(|s| s.parse().ok()), f.get(2).and_then(|s| s.parse().ok()), f.get(3).and_then(|s| s.parse().ok()));
+        let parsed = (
+            f.get(1).and_then(|s| s.parse().ok()),
+            f.get(2).and_then(|s| s.parse().ok()),
+            f.get(3).and_then(|s| s.parse().ok()),
+        );
         let (Some(task), Some(token), Some(t)) = parsed else { continue };
         let (task, token, t): (u32, u64, u128) = (task, token, t);
         match f[0] {
@@ -297,8 +364,11 @@ async fn leader_killed_while_a_job_runs_the_job_completes_without_overlapping_at
 
     let intervals = attempt_intervals(&log);
     for task in 0..6u32 {
-        let mut mine: Vec<(u128, u128)> =
-            intervals.iter().filter(|((t, _), _)| *t == task).map(|(_, (s, e))| (*s, e.unwrap_or(u128::MAX))).collect();
+        let mut mine: Vec<(u128, u128)> = intervals
+            .iter()
+            .filter(|((t, _), _)| *t == task)
+            .map(|(_, (s, e))| (*s, e.unwrap_or(u128::MAX)))
+            .collect();
         assert!(!mine.is_empty(), "task {task} never ran");
         mine.sort();
         for w in mine.windows(2) {
@@ -317,12 +387,16 @@ async fn paused_executor_is_fenced_its_stale_attempt_killed_and_the_work_done_on
     let log = c.dir.path().join("attempts.log");
     let pids = c.dir.path().join("pids");
     std::fs::create_dir_all(&pids).unwrap();
-    let script = format!("echo $$ > {}/$TRIAD_FENCING_TOKEN; {}", pids.display(), logging_script(&log, 5));
+    let script =
+        format!("echo $$ > {}/$TRIAD_FENCING_TOKEN; {}", pids.display(), logging_script(&log, 5));
     let r = c.client().submit_job(shell_job(1, &script, 3)).await.unwrap();
     let first = wait_for("the attempt running on A", Duration::from_secs(20), || async {
         let j = c.client().get_job(&r.job_id, false).await.ok()?;
         let a = j.tasks[0].attempts.last()?.clone();
-        (j.tasks[0].state == "running" && a.executor == a_id && pids.join(a.token.to_string()).exists()).then_some(a)
+        (j.tasks[0].state == "running"
+            && a.executor == a_id
+            && pids.join(a.token.to_string()).exists())
+        .then_some(a)
     })
     .await;
     let stale_pid: i32 = wait_for("pid file", Duration::from_secs(5), || async {
@@ -344,11 +418,17 @@ async fn paused_executor_is_fenced_its_stale_attempt_killed_and_the_work_done_on
     assert!(alive(stale_pid), "the paused executor's attempt is still there while it is paused");
     a.signal(Signal::SIGCONT);
     // On waking, A fences itself: the stale attempt dies well before its 5 s sleep would end.
-    wait_for("the stale attempt killed", Duration::from_secs(4), || async { (!alive(stale_pid)).then_some(()) }).await;
+    wait_for("the stale attempt killed", Duration::from_secs(4), || async {
+        (!alive(stale_pid)).then_some(())
+    })
+    .await;
 
     let job = wait_job_state(&c, &r.job_id, "succeeded", Duration::from_secs(30)).await;
     let attempts = &job.tasks[0].attempts;
-    assert_eq!(attempts[0].state, "lost", "the stale attempt's report was not accepted: {attempts:?}");
+    assert_eq!(
+        attempts[0].state, "lost",
+        "the stale attempt's report was not accepted: {attempts:?}"
+    );
     assert_eq!(attempts.iter().filter(|a| a.state == "succeeded").count(), 1);
     // Side effects: exactly one attempt finished, and it was not the fenced one.
     let intervals = attempt_intervals(&log);
@@ -373,7 +453,11 @@ async fn cancel_kills_the_running_processes() {
     let script = format!("echo $$ > {}/$TRIAD_TASK_INDEX; sleep 100", pids.display());
     let r = c.client().submit_job(shell_job(2, &script, 1)).await.unwrap();
     let live: Vec<i32> = wait_for("both tasks started", Duration::from_secs(20), || async {
-        let p: Vec<i32> = (0..2).filter_map(|i| std::fs::read_to_string(pids.join(i.to_string())).ok()?.trim().parse().ok()).collect();
+        let p: Vec<i32> = (0..2)
+            .filter_map(|i| {
+                std::fs::read_to_string(pids.join(i.to_string())).ok()?.trim().parse().ok()
+            })
+            .collect();
         (p.len() == 2).then_some(p)
     })
     .await;
@@ -440,7 +524,9 @@ async fn triad_dev_runs_a_job_and_prints_its_output_then_stops_cleanly() {
     wait_for("two executors", Duration::from_secs(20), || async {
         let r = c
             .call(|ch| async move {
-                pb::executor_service_client::ExecutorServiceClient::new(ch).list_executors(pb::ListExecutorsRequest { consistency: 0 }).await
+                pb::executor_service_client::ExecutorServiceClient::new(ch)
+                    .list_executors(pb::ListExecutorsRequest { consistency: 0 })
+                    .await
             })
             .await
             .ok()?;
@@ -485,7 +571,10 @@ async fn drained_executor_finishes_its_work_takes_no_more_and_leaves() {
     assert_eq!(code, 0, "{err}");
     let second = c.client().submit_job(shell_job(2, "true", 1)).await.unwrap();
     let j = wait_job_state(&c, &second.job_id, "succeeded", Duration::from_secs(20)).await;
-    assert!(j.tasks.iter().all(|t| t.attempts[0].executor == b_id), "new work went to the draining executor");
+    assert!(
+        j.tasks.iter().all(|t| t.attempts[0].executor == b_id),
+        "new work went to the draining executor"
+    );
     // A finishes what it ran, then deregisters and exits by itself.
     let j = wait_job_state(&c, &first.job_id, "succeeded", Duration::from_secs(20)).await;
     assert!(j.tasks.iter().all(|t| t.attempts.len() == 1 && t.attempts[0].executor == a_id));
@@ -498,7 +587,9 @@ async fn drained_executor_finishes_its_work_takes_no_more_and_leaves() {
     a.child = None;
     let (_, out, _) = c.cli(&["executor", "list", "-o", "json"]);
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let state = list.as_array().unwrap().iter().find(|e| e["id"] == a_id.as_str()).unwrap()["state"].clone();
+    let state = list.as_array().unwrap().iter().find(|e| e["id"] == a_id.as_str()).unwrap()
+        ["state"]
+        .clone();
     assert_eq!(state, "left");
 }
 
@@ -510,18 +601,33 @@ async fn heartbeat_stream_moves_to_the_new_leader_when_the_leader_is_killed() {
     let mut c = cluster();
     let leader = c.wait_leader(ELECTION).await;
     let http = format!("127.0.0.1:{}", free_ports(1)[0]);
-    let a = Executor::start_with(&c.masters_arg(), c.dir.path(), "exec-a", 2, &[], &["--http-listen", &http]);
+    let a = Executor::start_with(
+        &c.masters_arg(),
+        c.dir.path(),
+        "exec-a",
+        2,
+        &[],
+        &["--http-listen", &http],
+    );
     let id = a.id().await;
     wait_executors(&c, 1).await;
     let metric = |page: &str, series: &str| sample(page, series).unwrap_or(0.0);
-    let master_http: BTreeMap<u64, String> = c.masters.iter().map(|m| (m.id, m.http.clone().unwrap())).collect();
+    let master_http: BTreeMap<u64, String> =
+        c.masters.iter().map(|m| (m.id, m.http.clone().unwrap())).collect();
     let streams_on = |m: u64| {
         let addr = master_http[&m].clone();
         async move { http_get(&addr, "/metrics").await.map(|p| metric(&p, "triad_heartbeat_streams")) }
     };
-    wait_for("the executor's heartbeat stream on the leader", Duration::from_secs(20), || async { (streams_on(leader).await? == 1.0).then_some(()) }).await;
+    wait_for("the executor's heartbeat stream on the leader", Duration::from_secs(20), || async {
+        (streams_on(leader).await? == 1.0).then_some(())
+    })
+    .await;
     for f in c.followers(leader) {
-        assert_eq!(streams_on(f).await, Some(0.0), "master {f} (a follower) holds a heartbeat stream");
+        assert_eq!(
+            streams_on(f).await,
+            Some(0.0),
+            "master {f} (a follower) holds a heartbeat stream"
+        );
     }
     let epoch = |c: &Cluster| {
         let client = c.client();
@@ -529,7 +635,9 @@ async fn heartbeat_stream_moves_to_the_new_leader_when_the_leader_is_killed() {
         async move {
             let r = client
                 .call(|ch| async move {
-                    pb::executor_service_client::ExecutorServiceClient::new(ch).list_executors(pb::ListExecutorsRequest { consistency: 0 }).await
+                    pb::executor_service_client::ExecutorServiceClient::new(ch)
+                        .list_executors(pb::ListExecutorsRequest { consistency: 0 })
+                        .await
                 })
                 .await
                 .ok()?;
@@ -541,23 +649,44 @@ async fn heartbeat_stream_moves_to_the_new_leader_when_the_leader_is_killed() {
 
     c.kill(leader);
     let new_leader = c.wait_leader(ELECTION).await;
-    wait_for("the executor's heartbeat stream on the new leader", Duration::from_secs(20), || async {
-        (streams_on(new_leader).await? == 1.0).then_some(())
-    })
+    wait_for(
+        "the executor's heartbeat stream on the new leader",
+        Duration::from_secs(20),
+        || async { (streams_on(new_leader).await? == 1.0).then_some(()) },
+    )
     .await;
     // Beats keep being acknowledged on the new stream, for longer than the TTL.
     let hb_ok = r#"triad_executor_heartbeats_total{result="ok"}"#;
     let page = http_get(&http, "/metrics").await.expect("/metrics");
-    let (ok0, unary0) = (metric(&page, hb_ok), metric(&page, r#"triad_executor_heartbeat_streams_total{result="unary"}"#));
-    let page = wait_for("acknowledged beats for a TTL after the failover", Duration::from_secs(20), || async {
-        let page = http_get(&http, "/metrics").await?;
-        (metric(&page, hb_ok) >= ok0 + (TTL_MS / 250 + 2) as f64).then_some(page)
-    })
+    let (ok0, unary0) = (
+        metric(&page, hb_ok),
+        metric(&page, r#"triad_executor_heartbeat_streams_total{result="unary"}"#),
+    );
+    let page = wait_for(
+        "acknowledged beats for a TTL after the failover",
+        Duration::from_secs(20),
+        || async {
+            let page = http_get(&http, "/metrics").await?;
+            (metric(&page, hb_ok) >= ok0 + (TTL_MS / 250 + 2) as f64).then_some(page)
+        },
+    )
     .await;
-    assert_eq!(metric(&page, r#"triad_executor_heartbeat_streams_total{result="unary"}"#), unary0, "beats went unary with a leader to stream to");
-    assert_eq!(metric(&page, "triad_executor_registrations_total"), 1.0, "the executor had to register again");
+    assert_eq!(
+        metric(&page, r#"triad_executor_heartbeat_streams_total{result="unary"}"#),
+        unary0,
+        "beats went unary with a leader to stream to"
+    );
+    assert_eq!(
+        metric(&page, "triad_executor_registrations_total"),
+        1.0,
+        "the executor had to register again"
+    );
     assert_eq!(metric(&page, "triad_executor_fenced"), 0.0);
-    assert_eq!(epoch(&c).await, Some(("alive".to_string(), epoch0)), "the executor's registration did not survive the failover");
+    assert_eq!(
+        epoch(&c).await,
+        Some(("alive".to_string(), epoch0)),
+        "the executor's registration did not survive the failover"
+    );
     assert_eq!(streams_on(new_leader).await, Some(1.0));
 }
 
@@ -570,21 +699,37 @@ async fn a_start_that_names_a_stale_heartbeat_is_refused_and_runs_nothing() {
     let c = cluster();
     c.wait_leader(ELECTION).await;
     let http = format!("127.0.0.1:{}", free_ports(1)[0]);
-    let a = Executor::start_with(&c.masters_arg(), c.dir.path(), "exec-a", 2, &[], &["--http-listen", &http]);
+    let a = Executor::start_with(
+        &c.masters_arg(),
+        c.dir.path(),
+        "exec-a",
+        2,
+        &[],
+        &["--http-listen", &http],
+    );
     a.id().await;
     let metric = |page: &str, series: &str| sample(page, series).unwrap_or(0.0);
     // Beat 1 was sent just after the executor registered; wait until it is older than the fencing
     // window (60 % of the 2 s TTL) by counting later acknowledged beats (250 ms apart).
     let hb_ok = r#"triad_executor_heartbeats_total{result="ok"}"#;
-    wait_for("8 acknowledged heartbeats (beat 1 is then > 1.2 s old)", Duration::from_secs(20), || async {
-        (metric(&http_get(&http, "/metrics").await?, hb_ok) >= 8.0).then_some(())
-    })
+    wait_for(
+        "8 acknowledged heartbeats (beat 1 is then > 1.2 s old)",
+        Duration::from_secs(20),
+        || async { (metric(&http_get(&http, "/metrics").await?, hb_ok) >= 8.0).then_some(()) },
+    )
     .await;
-    let s: serde_json::Value = serde_json::from_str(&http_get(&http, "/status").await.unwrap()).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&http_get(&http, "/status").await.unwrap()).unwrap();
     let (worker, epoch) = (s["addr"].as_str().unwrap().to_string(), s["epoch"].as_u64().unwrap());
     let marker = c.dir.path().join("stale-start-ran");
-    let mut w = pb::worker_service_client::WorkerServiceClient::connect(format!("http://{worker}")).await.unwrap();
-    for (token, lease_seq, why) in [(900_001u64, 0u64, "names no heartbeat"), (900_002, 1, "names heartbeat 1,"), (900_003, 1 << 40, "does not know")] {
+    let mut w = pb::worker_service_client::WorkerServiceClient::connect(format!("http://{worker}"))
+        .await
+        .unwrap();
+    for (token, lease_seq, why) in [
+        (900_001u64, 0u64, "names no heartbeat"),
+        (900_002, 1, "names heartbeat 1,"),
+        (900_003, 1 << 40, "does not know"),
+    ] {
         let req = pb::StartAttemptRequest {
             job_id: uuid::Uuid::new_v4().to_string(),
             task_index: 0,
@@ -599,7 +744,11 @@ async fn a_start_that_names_a_stale_heartbeat_is_refused_and_runs_nothing() {
         };
         let e = w.start_attempt(req).await.expect_err("a start without a live lease ran");
         assert_eq!(e.code(), tonic::Code::Unavailable, "lease {lease_seq}: {e:?}");
-        assert!(e.message().contains(why), "lease {lease_seq}: {:?} does not say {why:?}", e.message());
+        assert!(
+            e.message().contains(why),
+            "lease {lease_seq}: {:?} does not say {why:?}",
+            e.message()
+        );
     }
     let page = http_get(&http, "/metrics").await.unwrap();
     assert_eq!(metric(&page, "triad_executor_stale_starts_total"), 3.0);

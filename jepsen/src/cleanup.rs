@@ -85,9 +85,16 @@ impl Guard {
     /// what a crashed run left, and installs the signal handler and the panic hook.
     pub fn acquire() -> anyhow::Result<Guard> {
         let path = "/run/triad-jepsen.lock";
-        let lock = File::options().create(true).truncate(false).write(true).open(path).with_context(|| format!("opening {path}"))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {path}"))?;
         let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|_| anyhow::anyhow!("another triad-jepsen run holds {path}; wait for it to finish"))?;
+            .map_err(|_| {
+                anyhow::anyhow!("another triad-jepsen run holds {path}; wait for it to finish")
+            })?;
         let removed = crate::net::sweep();
         if !removed.is_empty() {
             eprintln!("startup sweep: removed leftovers of an earlier run: {}", removed.join(" "));
@@ -129,7 +136,9 @@ fn install_signal_thread() {
         .name("signals".into())
         .spawn(move || {
             if let Ok(sig) = set.wait() {
-                eprintln!("\ntriad-jepsen: {sig:?}: tearing the cluster down (the run directory is kept)");
+                eprintln!(
+                    "\ntriad-jepsen: {sig:?}: tearing the cluster down (the run directory is kept)"
+                );
                 teardown();
                 std::process::exit(130);
             }

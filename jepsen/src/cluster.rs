@@ -56,8 +56,11 @@ impl Cluster {
     pub fn new(opts: &Options, hosts: &[Host], t0: Instant) -> anyhow::Result<Cluster> {
         let master_hosts: Vec<&Host> = hosts.iter().filter(|h| h.name.starts_with('m')).collect();
         let exec_hosts: Vec<&Host> = hosts.iter().filter(|h| h.name.starts_with('e')).collect();
-        let peers: Vec<(u64, String)> =
-            master_hosts.iter().enumerate().map(|(i, h)| (i as u64 + 1, format!("{}:{MASTER_PORT}", h.ip))).collect();
+        let peers: Vec<(u64, String)> = master_hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (i as u64 + 1, format!("{}:{MASTER_PORT}", h.ip)))
+            .collect();
         let masters_arg = peers.iter().map(|(_, a)| a.as_str()).collect::<Vec<_>>().join(",");
         let mut base_env: Vec<(String, String)> = Vec::new();
         if let Some(f) = &opts.log_filter {
@@ -70,7 +73,8 @@ impl Cluster {
             std::fs::create_dir_all(dir.join("data"))?;
             let addr = format!("{}:{MASTER_PORT}", h.ip);
             let config = dir.join("master.toml");
-            std::fs::write(&config, master_toml(id, &addr, &dir.join("data"), &peers)).with_context(|| format!("writing {}", config.display()))?;
+            std::fs::write(&config, master_toml(id, &addr, &dir.join("data"), &peers))
+                .with_context(|| format!("writing {}", config.display()))?;
             let mut env = base_env.clone();
             if let Some(b) = &opts.bug {
                 env.push(("TRIAD_CHAOS_BUG".into(), b.clone()));
@@ -82,7 +86,13 @@ impl Cluster {
                 env,
                 log: dir.join("master.log"),
             };
-            masters.push(Node { id, name: h.name.clone(), host: (*h).clone(), addr, proc: Proc::new(&h.name, spec) });
+            masters.push(Node {
+                id,
+                name: h.name.clone(),
+                host: (*h).clone(),
+                addr,
+                proc: Proc::new(&h.name, spec),
+            });
         }
         let mut executors = Vec::new();
         for (i, h) in exec_hosts.iter().enumerate() {
@@ -146,7 +156,11 @@ impl Cluster {
     }
 
     pub fn node_mut(&mut self, name: &str) -> &mut Node {
-        self.masters.iter_mut().chain(self.executors.iter_mut()).find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
+        self.masters
+            .iter_mut()
+            .chain(self.executors.iter_mut())
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
     }
 
     pub fn master_by_id(&self, id: u64) -> Option<&Node> {
@@ -196,7 +210,8 @@ impl Cluster {
 /// A master's TOML config, written out by hand so that options added to `MasterConfig` later
 /// (all defaulted) never break the suite.
 fn master_toml(id: u64, addr: &str, data: &Path, peers: &[(u64, String)]) -> String {
-    let peers: Vec<String> = peers.iter().map(|(i, a)| format!("{{ id = {i}, addr = \"{a}\" }}")).collect();
+    let peers: Vec<String> =
+        peers.iter().map(|(i, a)| format!("{{ id = {i}, addr = \"{a}\" }}")).collect();
     format!(
         "# written by triad-jepsen\nid = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nbootstrap = true\npeers = [{}]\n",
         data.display(),
@@ -220,13 +235,19 @@ pub struct LeaderView {
 
 impl LeaderView {
     pub fn update(&self, node: u64, term: u64, leader: bool) {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).insert(node, Seen { term, leader, at: Instant::now() });
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node, Seen { term, leader, at: Instant::now() });
     }
 
     /// The master that most recently (within `fresh`) claimed leadership in the highest term.
     pub fn leader(&self, fresh: Duration) -> Option<u64> {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.iter().filter(|(_, s)| s.leader && s.at.elapsed() <= fresh).max_by_key(|(_, s)| s.term).map(|(id, _)| *id)
+        g.iter()
+            .filter(|(_, s)| s.leader && s.at.elapsed() <= fresh)
+            .max_by_key(|(_, s)| s.term)
+            .map(|(id, _)| *id)
     }
 }
 
@@ -255,20 +276,40 @@ pub async fn poll_leader(
         rec.invoke(process, Call::LeaderPoll { node, term: 0, leader: false });
         let mut req = tonic::Request::new(pb::NodeStatusRequest { with_digest: false });
         req.set_timeout(timeout);
-        let r = tokio::time::timeout(timeout, pb::cluster_service_client::ClusterServiceClient::new(chan.clone()).node_status(req)).await;
+        let r = tokio::time::timeout(
+            timeout,
+            pb::cluster_service_client::ClusterServiceClient::new(chan.clone()).node_status(req),
+        )
+        .await;
         match r {
             Ok(Ok(st)) => {
                 let st = st.into_inner();
                 let leader = st.role == "leader";
                 view.update(st.id, st.term, leader);
-                rec.record(process, triad_jepsen::history::OpType::Ok, Call::LeaderPoll { node: st.id, term: st.term, leader });
+                rec.record(
+                    process,
+                    triad_jepsen::history::OpType::Ok,
+                    Call::LeaderPoll { node: st.id, term: st.term, leader },
+                );
             }
-            Ok(Err(s)) if s.code() == tonic::Code::Unavailable && !s.message().contains("timed out") && !s.message().contains("deadline") => {
+            Ok(Err(s))
+                if s.code() == tonic::Code::Unavailable
+                    && !s.message().contains("timed out")
+                    && !s.message().contains("deadline") =>
+            {
                 // Connection refused / reset before anything was asked: nothing happened.
-                rec.record(process, triad_jepsen::history::OpType::Fail, Call::LeaderPoll { node, term: 0, leader: false });
+                rec.record(
+                    process,
+                    triad_jepsen::history::OpType::Fail,
+                    Call::LeaderPoll { node, term: 0, leader: false },
+                );
             }
             _ => {
-                rec.record(process, triad_jepsen::history::OpType::Info, Call::LeaderPoll { node, term: 0, leader: false });
+                rec.record(
+                    process,
+                    triad_jepsen::history::OpType::Info,
+                    Call::LeaderPoll { node, term: 0, leader: false },
+                );
                 process = rec.new_process();
             }
         }
@@ -293,7 +334,12 @@ pub async fn find_leader(addrs: &[(u64, String)], timeout: Duration) -> Option<u
 }
 
 /// Waits (bounded) until a leader is elected and `executors` executors are alive.
-pub async fn wait_ready(addrs: &[(u64, String)], masters: Vec<String>, executors: usize, bound: Duration) -> anyhow::Result<()> {
+pub async fn wait_ready(
+    addrs: &[(u64, String)],
+    masters: Vec<String>,
+    executors: usize,
+    bound: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + bound;
     loop {
         if find_leader(addrs, Duration::from_millis(500)).await.is_some() {
@@ -311,11 +357,14 @@ pub async fn wait_ready(addrs: &[(u64, String)], masters: Vec<String>, executors
         let r = client
             .call(|c| async move {
                 pb::executor_service_client::ExecutorServiceClient::new(c)
-                    .list_executors(pb::ListExecutorsRequest { consistency: pb::ReadConsistency::Linearizable as i32 })
+                    .list_executors(pb::ListExecutorsRequest {
+                        consistency: pb::ReadConsistency::Linearizable as i32,
+                    })
                     .await
             })
             .await;
-        let alive = r.map(|r| r.executors.iter().filter(|e| e.state == "alive").count()).unwrap_or(0);
+        let alive =
+            r.map(|r| r.executors.iter().filter(|e| e.state == "alive").count()).unwrap_or(0);
         if alive >= executors {
             return Ok(());
         }

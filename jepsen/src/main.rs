@@ -23,7 +23,10 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "triad-jepsen", about = "triad's chaos suite: real processes on separate network hosts, a nemesis, recorded histories and checkers")]
+#[command(
+    name = "triad-jepsen",
+    about = "triad's chaos suite: real processes on separate network hosts, a nemesis, recorded histories and checkers"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -126,7 +129,10 @@ fn main() {
         },
         Cmd::Cleanup => {
             let removed = net::sweep();
-            println!("removed: {}", if removed.is_empty() { "nothing".to_string() } else { removed.join(" ") });
+            println!(
+                "removed: {}",
+                if removed.is_empty() { "nothing".to_string() } else { removed.join(" ") }
+            );
             0
         }
         Cmd::Test(args) => match test(args) {
@@ -152,11 +158,17 @@ fn test(mut args: TestArgs) -> anyhow::Result<bool> {
         None => self_exe.parent().context("exe dir")?.join("triad"),
     };
     let triad_bin = triad_bin.canonicalize().with_context(|| {
-        format!("no triad binary at {} (build it: cargo build --release -p triad, or pass --triad-bin)", triad_bin.display())
+        format!(
+            "no triad binary at {} (build it: cargo build --release -p triad, or pass --triad-bin)",
+            triad_bin.display()
+        )
     })?;
     let seed = args.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
     args.seed = Some(seed);
-    let store = args.store.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("store"));
+    let store = args
+        .store
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("store"));
     // Before any thread exists: the lock, the sweep, the signal mask and handler, the panic hook.
     let guard = cleanup::Guard::acquire()?;
     let (run_id, dir) = run::make_run_dir(&store, &args.nemesis, seed)?;

@@ -97,7 +97,13 @@ pub fn parse(spec: &str) -> anyhow::Result<Vec<Fault>> {
             "all" => ALL.to_vec(),
             "kill" => vec![Fault::Kill, Fault::KillLeader],
             "pause" => vec![Fault::Pause, Fault::PauseLeader],
-            "partition" => vec![Fault::IsolateOne, Fault::IsolateLeader, Fault::Split, Fault::Bridge, Fault::Loss],
+            "partition" => vec![
+                Fault::IsolateOne,
+                Fault::IsolateLeader,
+                Fault::Split,
+                Fault::Bridge,
+                Fault::Loss,
+            ],
             other => match ALL.iter().find(|f| f.name() == other) {
                 Some(f) => vec![*f],
                 None => bail!(
@@ -209,14 +215,25 @@ impl Nemesis {
                 rec.end_ns = Some(monotonic_ns());
                 rec.end_s = Some(self.since());
             }
-            println!("[+{:6.1}s] nemesis: healed {}{}", self.since(), rec.kind, if healed.is_empty() { String::new() } else { format!(": {}", healed.join(", ")) });
+            println!(
+                "[+{:6.1}s] nemesis: healed {}{}",
+                self.since(),
+                rec.kind,
+                if healed.is_empty() { String::new() } else { format!(": {}", healed.join(", ")) }
+            );
             self.write(&rec);
             records.push(rec);
         }
         records
     }
 
-    fn start_record(&self, f: Fault, targets: Vec<String>, detail: String, leader: Option<String>) -> FaultRecord {
+    fn start_record(
+        &self,
+        f: Fault,
+        targets: Vec<String>,
+        detail: String,
+        leader: Option<String>,
+    ) -> FaultRecord {
         FaultRecord {
             kind: f.name().to_string(),
             targets,
@@ -230,7 +247,11 @@ impl Nemesis {
     }
 
     /// Firewall changes run `nft`/`iptables` once per host: off the async workers.
-    async fn apply_net(&self, drop_from: Vec<(String, BTreeSet<String>)>, loss: Option<u32>) -> anyhow::Result<()> {
+    async fn apply_net(
+        &self,
+        drop_from: Vec<(String, BTreeSet<String>)>,
+        loss: Option<u32>,
+    ) -> anyhow::Result<()> {
         let net = self.net.clone();
         tokio::task::spawn_blocking(move || net.apply(&drop_from, loss)).await?
     }
@@ -239,7 +260,10 @@ impl Nemesis {
         let leader = self.leader().await;
         let (masters, executors): (Vec<String>, Vec<String>) = {
             let c = self.cluster.lock().await;
-            (c.masters.iter().map(|m| m.name.clone()).collect(), c.executors.iter().map(|e| e.name.clone()).collect())
+            (
+                c.masters.iter().map(|m| m.name.clone()).collect(),
+                c.executors.iter().map(|e| e.name.clone()).collect(),
+            )
         };
         let random_master = masters.choose(&mut self.rng).cloned().expect("masters");
         let leader_or_random = leader.clone().unwrap_or_else(|| random_master.clone());
@@ -259,7 +283,8 @@ impl Nemesis {
             }
             Fault::IsolateOne | Fault::IsolateLeader => {
                 let t = if f == Fault::IsolateOne { random_master } else { leader_or_random };
-                let rest: Vec<String> = masters.iter().chain(executors.iter()).filter(|n| **n != t).cloned().collect();
+                let rest: Vec<String> =
+                    masters.iter().chain(executors.iter()).filter(|n| **n != t).cloned().collect();
                 let groups = vec![vec![t.clone()], rest];
                 let detail = describe(&groups, None);
                 let rec = self.start_record(f, vec![t], detail, leader);
@@ -299,13 +324,23 @@ impl Nemesis {
             }
             Fault::Loss => {
                 let pct = self.rng.gen_range(20..=40);
-                let rec = self.start_record(f, vec![], format!("{pct}% of packets between hosts dropped"), leader);
+                let rec = self.start_record(
+                    f,
+                    vec![],
+                    format!("{pct}% of packets between hosts dropped"),
+                    leader,
+                );
                 self.apply_net(Vec::new(), Some(pct)).await?;
                 Ok((rec, Undo::Net))
             }
             Fault::Restart => {
                 let down_ms = self.rng.gen_range(0..=2000);
-                let mut rec = self.start_record(f, masters.clone(), format!("all masters, down {down_ms} ms"), leader);
+                let mut rec = self.start_record(
+                    f,
+                    masters.clone(),
+                    format!("all masters, down {down_ms} ms"),
+                    leader,
+                );
                 {
                     let mut c = self.cluster.lock().await;
                     for m in &masters {
@@ -326,7 +361,8 @@ impl Nemesis {
             }
             Fault::ExecutorKill => {
                 let Some(t) = random_executor else { bail!("no executors") };
-                let rec = self.start_record(f, vec![t.clone()], format!("{t} and its attempts"), leader);
+                let rec =
+                    self.start_record(f, vec![t.clone()], format!("{t} and its attempts"), leader);
                 let mut c = self.cluster.lock().await;
                 let node = c.node_mut(&t);
                 crate::net::kill_ns_processes(&node.host.ns);
@@ -335,19 +371,30 @@ impl Nemesis {
             }
             Fault::ExecutorCrash => {
                 let Some(t) = random_executor else { bail!("no executors") };
-                let rec = self.start_record(f, vec![t.clone()], format!("{t} (its attempts live on)"), leader);
+                let rec = self.start_record(
+                    f,
+                    vec![t.clone()],
+                    format!("{t} (its attempts live on)"),
+                    leader,
+                );
                 self.cluster.lock().await.node_mut(&t).proc.kill().await?;
                 Ok((rec, Undo::Restart(vec![t])))
             }
             Fault::ExecutorPause => {
                 let Some(t) = random_executor else { bail!("no executors") };
-                let rec = self.start_record(f, vec![t.clone()], format!("{t} (its attempts run on)"), leader);
+                let rec = self.start_record(
+                    f,
+                    vec![t.clone()],
+                    format!("{t} (its attempts run on)"),
+                    leader,
+                );
                 self.cluster.lock().await.node_mut(&t).proc.pause()?;
                 Ok((rec, Undo::Resume(vec![t])))
             }
             Fault::ExecutorPartition => {
                 let Some(t) = random_executor else { bail!("no executors") };
-                let rest: Vec<String> = masters.iter().chain(executors.iter()).filter(|n| **n != t).cloned().collect();
+                let rest: Vec<String> =
+                    masters.iter().chain(executors.iter()).filter(|n| **n != t).cloned().collect();
                 let groups = vec![vec![t.clone()], rest];
                 let detail = describe(&groups, None);
                 let rec = self.start_record(f, vec![t], detail, leader);
@@ -395,7 +442,12 @@ pub fn grudge(groups: &[Vec<String>], bridge: Option<&String>) -> Vec<(String, B
     let mut out = Vec::new();
     for (i, g) in groups.iter().enumerate() {
         for x in g {
-            let others: BTreeSet<String> = groups.iter().enumerate().filter(|(j, _)| *j != i).flat_map(|(_, h)| h.iter().cloned()).collect();
+            let others: BTreeSet<String> = groups
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .flat_map(|(_, h)| h.iter().cloned())
+                .collect();
             out.push((x.clone(), others));
         }
     }
@@ -421,7 +473,10 @@ mod tests {
     fn groups_parse_and_expand() {
         assert!(parse("none").unwrap().is_empty());
         assert_eq!(parse("all").unwrap().len(), ALL.len());
-        assert_eq!(parse("kill,pause").unwrap(), vec![Fault::Kill, Fault::KillLeader, Fault::Pause, Fault::PauseLeader]);
+        assert_eq!(
+            parse("kill,pause").unwrap(),
+            vec![Fault::Kill, Fault::KillLeader, Fault::Pause, Fault::PauseLeader]
+        );
         assert_eq!(parse("isolate-leader").unwrap(), vec![Fault::IsolateLeader]);
         assert!(parse("bogus").is_err());
     }

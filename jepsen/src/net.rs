@@ -43,7 +43,12 @@ pub fn run(prog: &str, args: &[&str]) -> anyhow::Result<String> {
         .output()
         .with_context(|| format!("running {prog} {}", args.join(" ")))?;
     if !out.status.success() {
-        bail!("{prog} {} failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{prog} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -60,7 +65,12 @@ fn run_stdin(prog: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
     child.stdin.take().expect("piped").write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("{prog} {} failed ({}): {}\ninput:\n{input}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{prog} {} failed ({}): {}\ninput:\n{input}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -80,7 +90,11 @@ pub fn list_namespaces() -> Vec<String> {
 
 /// Pids of every process in namespace `ns`.
 pub fn ns_pids(ns: &str) -> Vec<i32> {
-    ip(&["netns", "pids", ns]).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+    ip(&["netns", "pids", ns])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }
 
 /// SIGKILLs every process in `ns` (SIGCONT too, so stopped ones die at once).
@@ -144,8 +158,13 @@ impl Net {
         ip(&["-n", SWITCH_NS, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", SWITCH_NS, "link", "set", "br0", "up"])?;
         // Belt and braces: no netfilter on bridged frames inside the switch (ignored if unsupported).
-        let _ = run("ip", &["netns", "exec", SWITCH_NS, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"]);
-        ip(&["link", "add", HOST_LINK, "type", "veth", "peer", "name", "runner", "netns", SWITCH_NS])?;
+        let _ = run(
+            "ip",
+            &["netns", "exec", SWITCH_NS, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"],
+        );
+        ip(&[
+            "link", "add", HOST_LINK, "type", "veth", "peer", "name", "runner", "netns", SWITCH_NS,
+        ])?;
         ip(&["-n", SWITCH_NS, "link", "set", "runner", "master", "br0", "up"])?;
         ip(&["addr", "add", &format!("{RUNNER_IP}/24"), "dev", HOST_LINK])?;
         ip(&["link", "set", HOST_LINK, "up"])?;
@@ -156,7 +175,10 @@ impl Net {
             let port = format!("p-{name}");
             ip(&["netns", "add", &ns])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", SWITCH_NS])?;
+            ip(&[
+                "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
+                SWITCH_NS,
+            ])?;
             ip(&["-n", SWITCH_NS, "link", "set", &port, "master", "br0", "up"])?;
             ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
@@ -174,7 +196,11 @@ impl Net {
 
     /// Installs on each host a rule set dropping what it receives from `drop_from[host]` (host
     /// names), plus `loss` percent of everything from the other hosts. Replaces earlier rules.
-    pub fn apply(&self, drop_from: &[(String, BTreeSet<String>)], loss: Option<u32>) -> anyhow::Result<()> {
+    pub fn apply(
+        &self,
+        drop_from: &[(String, BTreeSet<String>)],
+        loss: Option<u32>,
+    ) -> anyhow::Result<()> {
         // One `nft`/`iptables` per host, all hosts at once: the fault starts (and heals) everywhere
         // within a few milliseconds.
         std::thread::scope(|scope| {
@@ -187,22 +213,37 @@ impl Net {
                         .find(|(n, _)| *n == h.name)
                         .map(|(_, set)| set.iter().map(|n| self.host(n).ip.clone()).collect())
                         .unwrap_or_default();
-                    let others: Vec<String> = self.hosts.iter().filter(|o| o.name != h.name).map(|o| o.ip.clone()).collect();
+                    let others: Vec<String> = self
+                        .hosts
+                        .iter()
+                        .filter(|o| o.name != h.name)
+                        .map(|o| o.ip.clone())
+                        .collect();
                     scope.spawn(move || self.apply_host(h, &ips, loss.map(|l| (l, others))))
                 })
                 .collect();
-            handles.into_iter().try_for_each(|j| j.join().unwrap_or_else(|_| Err(anyhow::anyhow!("firewall thread panicked"))))
+            handles.into_iter().try_for_each(|j| {
+                j.join().unwrap_or_else(|_| Err(anyhow::anyhow!("firewall thread panicked")))
+            })
         })
     }
 
-    fn apply_host(&self, h: &Host, drop_ips: &[String], loss: Option<(u32, Vec<String>)>) -> anyhow::Result<()> {
+    fn apply_host(
+        &self,
+        h: &Host,
+        drop_ips: &[String],
+        loss: Option<(u32, Vec<String>)>,
+    ) -> anyhow::Result<()> {
         match self.firewall {
             Firewall::Nft => {
                 let mut s = String::from(
                     "table inet triad_jepsen {\n chain input { type filter hook input priority 0; policy accept; }\n}\nflush chain inet triad_jepsen input\n",
                 );
                 if !drop_ips.is_empty() {
-                    s += &format!("add rule inet triad_jepsen input ip saddr {{ {} }} drop\n", drop_ips.join(", "));
+                    s += &format!(
+                        "add rule inet triad_jepsen input ip saddr {{ {} }} drop\n",
+                        drop_ips.join(", ")
+                    );
                 }
                 if let Some((pct, others)) = &loss {
                     if !others.is_empty() && *pct > 0 {
@@ -227,7 +268,20 @@ impl Net {
                 if let Some((pct, others)) = &loss {
                     let p = format!("{:.2}", *pct as f64 / 100.0);
                     for o in others {
-                        ipt(&["-A", "INPUT", "-s", o, "-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"])?;
+                        ipt(&[
+                            "-A",
+                            "INPUT",
+                            "-s",
+                            o,
+                            "-m",
+                            "statistic",
+                            "--mode",
+                            "random",
+                            "--probability",
+                            &p,
+                            "-j",
+                            "DROP",
+                        ])?;
                     }
                 }
                 Ok(())
@@ -249,7 +303,9 @@ fn detect_firewall(probe_ns: &str) -> anyhow::Result<Firewall> {
     if run("ip", &["netns", "exec", probe_ns, "iptables", "-w", "-L", "INPUT", "-n"]).is_ok() {
         return Ok(Firewall::Iptables);
     }
-    bail!("neither nft nor iptables works inside a network namespace (install nftables or iptables)")
+    bail!(
+        "neither nft nor iptables works inside a network namespace (install nftables or iptables)"
+    )
 }
 
 /// Deletes the namespaces and the runner's link (after their processes are gone).

@@ -60,13 +60,19 @@ pub fn spawn(spec: &Spec, banner: &str) -> anyhow::Result<Child> {
         cmd.pre_exec(|| {
             // The runner blocks SIGINT/SIGTERM/SIGHUP for its signal thread; children get them back.
             let empty = nix::sys::signal::SigSet::empty();
-            let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&empty), None);
+            let _ = nix::sys::signal::pthread_sigmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&empty),
+                None,
+            );
             // Die with the runner (its runtime threads live as long as it does).
             let _ = nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL));
             Ok(())
         });
     }
-    let child = cmd.spawn().with_context(|| format!("spawning {} in {}", spec.program.display(), spec.ns))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("spawning {} in {}", spec.program.display(), spec.ns))?;
     if !cleanup::add_pid(child.id() as i32) {
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
         bail!("tearing down: not starting anything");
@@ -110,7 +116,8 @@ impl Proc {
 
     pub fn signal(&mut self, sig: Signal) -> anyhow::Result<()> {
         let Some(pid) = self.pid() else { bail!("{} is not running", self.name) };
-        kill(Pid::from_raw(pid), sig).with_context(|| format!("kill -{sig:?} {} ({pid})", self.name))?;
+        kill(Pid::from_raw(pid), sig)
+            .with_context(|| format!("kill -{sig:?} {} ({pid})", self.name))?;
         match sig {
             Signal::SIGSTOP => self.paused = true,
             Signal::SIGCONT => self.paused = false,

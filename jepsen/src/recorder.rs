@@ -24,8 +24,15 @@ struct Inner {
 
 impl Recorder {
     pub fn create(path: &Path) -> anyhow::Result<Recorder> {
-        let file = File::options().create_new(true).append(true).open(path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Recorder { inner: Mutex::new(Inner { file, next_index: 0, error: None }), next_process: AtomicU64::new(0) })
+        let file = File::options()
+            .create_new(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        Ok(Recorder {
+            inner: Mutex::new(Inner { file, next_index: 0, error: None }),
+            next_process: AtomicU64::new(0),
+        })
     }
 
     /// A fresh logical process id (a new one after every `info`).

@@ -56,7 +56,8 @@ pub fn write_meta(dir: &Path, m: &RunMeta) -> anyhow::Result<()> {
 /// (name, log) of every node directory (`m*/master.log`, `e*/executor.log`).
 pub fn node_logs(dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(dir).map(|r| r.flatten().collect()).unwrap_or_default();
+    let mut entries: Vec<_> =
+        std::fs::read_dir(dir).map(|r| r.flatten().collect()).unwrap_or_default();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -81,7 +82,9 @@ fn fmt_s(ns: u64) -> String {
 
 /// Judges the run in `dir` and writes `summary.txt` and `verdicts.json` there.
 pub fn judge(dir: &Path) -> anyhow::Result<Outcome> {
-    let meta: RunMeta = serde_json::from_str(&std::fs::read_to_string(meta_path(dir)).context("reading run.json")?)?;
+    let meta: RunMeta = serde_json::from_str(
+        &std::fs::read_to_string(meta_path(dir)).context("reading run.json")?,
+    )?;
     let history: Vec<Op> = read_jsonl(&dir.join("history.jsonl"))?;
     let sink = dir.join("sink.jsonl");
     let side_effects: Vec<SideEffect> = if sink.exists() { read_jsonl(&sink)? } else { Vec::new() };
@@ -145,17 +148,31 @@ pub fn judge(dir: &Path) -> anyhow::Result<Outcome> {
         let _ = writeln!(t, "  (no fault hit the leader)");
     }
     for (kind, f) in &fo {
-        let kept = if f.kept > 0 { format!(" ({} kept the leader's term)", f.kept) } else { String::new() };
-        let _ = writeln!(t, "  {kind:<16} n={:<3} first write: {}", f.elections.len() + f.kept, spread(&f.writes));
+        let kept = if f.kept > 0 {
+            format!(" ({} kept the leader's term)", f.kept)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            t,
+            "  {kind:<16} n={:<3} first write: {}",
+            f.elections.len() + f.kept,
+            spread(&f.writes)
+        );
         let _ = writeln!(t, "  {:<16}       new leader:  {}{kept}", "", spread(&f.elections));
     }
 
-    let final_jobs = checker::final_read(&input.history).map(|(j, _)| j.to_vec()).unwrap_or_default();
+    let final_jobs =
+        checker::final_read(&input.history).map(|(j, _)| j.to_vec()).unwrap_or_default();
     let mut states: BTreeMap<&str, usize> = BTreeMap::new();
     for j in &final_jobs {
         *states.entry(j.state.as_str()).or_default() += 1;
     }
-    let acked = input.history.iter().filter(|o| o.kind == OpType::Ok && matches!(o.call, Call::Submit { .. })).count();
+    let acked = input
+        .history
+        .iter()
+        .filter(|o| o.kind == OpType::Ok && matches!(o.call, Call::Submit { .. }))
+        .count();
     let _ = writeln!(
         t,
         "\njobs: {} acknowledged submits; final read {} jobs ({}); {} side effects; terminal wait {}",
@@ -202,8 +219,19 @@ pub fn judge(dir: &Path) -> anyhow::Result<Outcome> {
 }
 
 fn render_verdict(t: &mut String, v: &Verdict) {
-    let stats: Vec<String> = v.stats.iter().filter(|(k, _)| *k != "violations").map(|(k, s)| format!("{k}={s}")).collect();
-    let _ = writeln!(t, "  {:<26} {}   {}", v.name, if v.valid { "PASS" } else { "FAIL" }, stats.join(" "));
+    let stats: Vec<String> = v
+        .stats
+        .iter()
+        .filter(|(k, _)| *k != "violations")
+        .map(|(k, s)| format!("{k}={s}"))
+        .collect();
+    let _ = writeln!(
+        t,
+        "  {:<26} {}   {}",
+        v.name,
+        if v.valid { "PASS" } else { "FAIL" },
+        stats.join(" ")
+    );
     for d in v.details.iter().take(if v.valid { 0 } else { 5 }) {
         let d: String = d.chars().take(400).collect();
         let _ = writeln!(t, "      - {d}");
@@ -253,7 +281,9 @@ pub fn failovers(history: &[Op], faults: &[FaultRecord]) -> BTreeMap<String, Fai
             .unwrap_or(0);
         let end = f.end_ns.unwrap_or(u64::MAX).max(f.start_ns);
         let elected = history.iter().find_map(|o| match o.call {
-            Call::LeaderPoll { term, leader: true, .. } if o.kind == OpType::Ok && o.time_ns > f.start_ns && term > term_before => {
+            Call::LeaderPoll { term, leader: true, .. }
+                if o.kind == OpType::Ok && o.time_ns > f.start_ns && term > term_before =>
+            {
                 Some(o.time_ns)
             }
             _ => None,
@@ -264,7 +294,11 @@ pub fn failovers(history: &[Op], faults: &[FaultRecord]) -> BTreeMap<String, Fai
         }
         if let Some(t) = history
             .iter()
-            .find(|o| o.kind == OpType::Ok && o.time_ns > f.start_ns && matches!(o.call, Call::Submit { .. }))
+            .find(|o| {
+                o.kind == OpType::Ok
+                    && o.time_ns > f.start_ns
+                    && matches!(o.call, Call::Submit { .. })
+            })
             .map(|o| o.time_ns)
         {
             e.writes.push(t - f.start_ns);
@@ -297,9 +331,18 @@ mod tests {
 
     #[test]
     fn failover_measures_new_leader_and_first_write_for_leader_faults_only() {
-        let poll = |i, t, node, term, leader| op(i, t, OpType::Ok, Call::LeaderPoll { node, term, leader });
-        let submit = |i, t| op(i, t, OpType::Ok, Call::Submit { key: "k".into(), job_id: Some("j".into()) });
-        let h = vec![poll(0, 10, 1, 1, true), poll(1, 150, 2, 2, true), submit(2, 170), poll(3, 400, 2, 2, true), submit(4, 500)];
+        let poll = |i, t, node, term, leader| {
+            op(i, t, OpType::Ok, Call::LeaderPoll { node, term, leader })
+        };
+        let submit =
+            |i, t| op(i, t, OpType::Ok, Call::Submit { key: "k".into(), job_id: Some("j".into()) });
+        let h = vec![
+            poll(0, 10, 1, 1, true),
+            poll(1, 150, 2, 2, true),
+            submit(2, 170),
+            poll(3, 400, 2, 2, true),
+            submit(4, 500),
+        ];
         let faults = vec![
             fault("kill-leader", 100, 300, "m1", "m1"),
             fault("pause", 350, 450, "m2", "m3"), // not the leader: ignored

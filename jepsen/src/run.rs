@@ -27,7 +27,11 @@ use crate::workload::{self, Params, Workload};
 use crate::TestArgs;
 
 /// Creates the run directory (`<store>/<utc time>-<nemesis>-s<seed>`) and points `latest` at it.
-pub fn make_run_dir(store: &std::path::Path, nemesis: &str, seed: u64) -> anyhow::Result<(String, PathBuf)> {
+pub fn make_run_dir(
+    store: &std::path::Path,
+    nemesis: &str,
+    seed: u64,
+) -> anyhow::Result<(String, PathBuf)> {
     std::fs::create_dir_all(store).with_context(|| format!("creating {}", store.display()))?;
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let (d, s) = (secs / 86_400, secs % 86_400);
@@ -41,8 +45,17 @@ pub fn make_run_dir(store: &std::path::Path, nemesis: &str, seed: u64) -> anyhow
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + (month <= 2) as i64;
-    let nem: String = nemesis.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '+' }).take(40).collect();
-    let mut id = format!("{year:04}{month:02}{day:02}T{:02}{:02}{:02}-{nem}-s{seed}", s / 3600, s % 3600 / 60, s % 60);
+    let nem: String = nemesis
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '+' })
+        .take(40)
+        .collect();
+    let mut id = format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}-{nem}-s{seed}",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60
+    );
     let mut dir = store.join(&id);
     let mut n = 1;
     while dir.exists() {
@@ -57,7 +70,13 @@ pub fn make_run_dir(store: &std::path::Path, nemesis: &str, seed: u64) -> anyhow
     Ok((id, dir))
 }
 
-pub async fn test(args: TestArgs, run_id: String, dir: PathBuf, triad_bin: PathBuf, self_exe: PathBuf) -> anyhow::Result<bool> {
+pub async fn test(
+    args: TestArgs,
+    run_id: String,
+    dir: PathBuf,
+    triad_bin: PathBuf,
+    self_exe: PathBuf,
+) -> anyhow::Result<bool> {
     let faults = nemesis::parse(&args.nemesis)?;
     let task_millis = crate::task::parse_range(&args.task_millis)?;
     if args.masters == 0 || args.masters > 9 || args.executors > 9 {
@@ -105,7 +124,13 @@ pub async fn test(args: TestArgs, run_id: String, dir: PathBuf, triad_bin: PathB
         cleanup::add_namespace(&format!("{}-{name}", net::PREFIX));
     }
     let net = Arc::new(tokio::task::spawn_blocking(move || Net::create(&plan)).await??);
-    println!("network: {} hosts on {}.0/24 via switch namespace {} ({:?} rules)", net.hosts.len(), net::SUBNET, net::SWITCH_NS, net.firewall);
+    println!(
+        "network: {} hosts on {}.0/24 via switch namespace {} ({:?} rules)",
+        net.hosts.len(),
+        net::SUBNET,
+        net::SWITCH_NS,
+        net.firewall
+    );
     let opts = cluster::Options {
         triad_bin: triad_bin.clone(),
         run_dir: dir.clone(),
@@ -118,8 +143,15 @@ pub async fn test(args: TestArgs, run_id: String, dir: PathBuf, triad_bin: PathB
     let addrs = c.master_addrs();
     c.start_masters()?;
     c.start_executors()?;
-    cluster::wait_ready(&master_ids, addrs.clone(), args.executors, Duration::from_secs(60)).await.context("cluster did not come up")?;
-    println!("cluster up in {:.1} s: masters {}; executors {}", t0.elapsed().as_secs_f64(), addrs.join(","), c.executors.iter().map(|e| e.addr.as_str()).collect::<Vec<_>>().join(","));
+    cluster::wait_ready(&master_ids, addrs.clone(), args.executors, Duration::from_secs(60))
+        .await
+        .context("cluster did not come up")?;
+    println!(
+        "cluster up in {:.1} s: masters {}; executors {}",
+        t0.elapsed().as_secs_f64(),
+        addrs.join(","),
+        c.executors.iter().map(|e| e.addr.as_str()).collect::<Vec<_>>().join(",")
+    );
     let cluster = Arc::new(tokio::sync::Mutex::new(c));
 
     // --- workload, pollers, nemesis
@@ -130,7 +162,14 @@ pub async fn test(args: TestArgs, run_id: String, dir: PathBuf, triad_bin: PathB
     let (stop_polls, polls_rx) = tokio::sync::watch::channel(false);
     let mut pollers = Vec::new();
     for (id, addr) in &master_ids {
-        pollers.push(tokio::spawn(cluster::poll_leader(rec.clone(), view.clone(), *id, addr.clone(), Duration::from_millis(200), polls_rx.clone())));
+        pollers.push(tokio::spawn(cluster::poll_leader(
+            rec.clone(),
+            view.clone(),
+            *id,
+            addr.clone(),
+            Duration::from_millis(200),
+            polls_rx.clone(),
+        )));
     }
     let params = Params {
         concurrency: args.concurrency.max(1),
@@ -147,12 +186,28 @@ pub async fn test(args: TestArgs, run_id: String, dir: PathBuf, triad_bin: PathB
         retry_for: Duration::from_secs(8),
     };
     let op_bound = params.op_bound();
-    let wl = Arc::new(Workload { params, rec: rec.clone(), masters: addrs.clone(), shared: Mutex::new(Default::default()) });
+    let wl = Arc::new(Workload {
+        params,
+        rec: rec.clone(),
+        masters: addrs.clone(),
+        shared: Mutex::new(Default::default()),
+    });
     meta.start_ns = monotonic_ns();
     let start = Instant::now();
     let until = start + Duration::from_secs(args.time_limit);
-    println!("workload: {} clients, {} ops/s, {} s; nemesis: {}", args.concurrency, args.rate, args.time_limit, if faults.is_empty() { "none".to_string() } else { faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(",") });
-    let workers: Vec<_> = (0..args.concurrency.max(1)).map(|w| tokio::spawn(wl.clone().worker(w, until))).collect();
+    println!(
+        "workload: {} clients, {} ops/s, {} s; nemesis: {}",
+        args.concurrency,
+        args.rate,
+        args.time_limit,
+        if faults.is_empty() {
+            "none".to_string()
+        } else {
+            faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(",")
+        }
+    );
+    let workers: Vec<_> =
+        (0..args.concurrency.max(1)).map(|w| tokio::spawn(wl.clone().worker(w, until))).collect();
     let nem = Nemesis {
         cluster: cluster.clone(),
         net: net.clone(),
@@ -171,7 +226,12 @@ pub async fn test(args: TestArgs, run_id: String, dir: PathBuf, triad_bin: PathB
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                println!("[+{:6.1}s] {} ops recorded, {} jobs acknowledged", start.elapsed().as_secs_f64(), rec.ops(), wl.acknowledged());
+                println!(
+                    "[+{:6.1}s] {} ops recorded, {} jobs acknowledged",
+                    start.elapsed().as_secs_f64(),
+                    rec.ops(),
+                    wl.acknowledged()
+                );
             }
         })
     };
@@ -185,7 +245,11 @@ pub async fn test(args: TestArgs, run_id: String, dir: PathBuf, triad_bin: PathB
     progress.abort();
 
     // --- final phase
-    println!("[+{:6.1}s] final phase: healing everything ({} faults injected)", start.elapsed().as_secs_f64(), faults_done.len());
+    println!(
+        "[+{:6.1}s] final phase: healing everything ({} faults injected)",
+        start.elapsed().as_secs_f64(),
+        faults_done.len()
+    );
     {
         let mut c = cluster.lock().await;
         for d in c.revive_all() {
@@ -197,10 +261,15 @@ pub async fn test(args: TestArgs, run_id: String, dir: PathBuf, triad_bin: PathB
     let healed = monotonic_ns();
     meta.heal_time_ns = Some(healed);
     let healed_at = Instant::now();
-    if let Err(e) = cluster::wait_ready(&master_ids, addrs.clone(), args.executors, Duration::from_secs(60)).await {
+    if let Err(e) =
+        cluster::wait_ready(&master_ids, addrs.clone(), args.executors, Duration::from_secs(60))
+            .await
+    {
         meta.runner_errors.push(format!("after healing: {e:#}"));
     }
-    let (jobs, live) = workload::wait_terminal(addrs.clone(), healed_at + Duration::from_secs(args.final_wait)).await;
+    let (jobs, live) =
+        workload::wait_terminal(addrs.clone(), healed_at + Duration::from_secs(args.final_wait))
+            .await;
     meta.terminal_wait_s = Some(healed_at.elapsed().as_secs_f64());
     println!(
         "[+{:6.1}s] {} jobs, {} still live after {:.1} s; final read",
@@ -210,7 +279,8 @@ pub async fn test(args: TestArgs, run_id: String, dir: PathBuf, triad_bin: PathB
         healed_at.elapsed().as_secs_f64()
     );
     if workload::final_read(&rec, addrs.clone(), Duration::from_secs(60)).await.is_none() {
-        meta.runner_errors.push("the final read failed (the cluster did not answer within 60 s)".into());
+        meta.runner_errors
+            .push("the final read failed (the cluster did not answer within 60 s)".into());
     }
     let _ = stop_polls.send(true);
     for p in pollers {

@@ -28,7 +28,11 @@ pub fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
 fn append(sink: &Path, e: &SideEffect) -> anyhow::Result<()> {
     let mut line = serde_json::to_string(e)?;
     line.push('\n');
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(sink).with_context(|| format!("opening {}", sink.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(sink)
+        .with_context(|| format!("opening {}", sink.display()))?;
     // One write: O_APPEND makes the offset update and the write atomic for a regular file.
     let n = f.write(line.as_bytes())?;
     if n != line.len() {

@@ -80,7 +80,13 @@ enum Kind {
 
 /// Codes after which a submit certainly did not happen (a rejected request).
 fn definite(code: Code) -> bool {
-    matches!(code, Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated | Code::Unimplemented)
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::Unimplemented
+    )
 }
 
 /// For reads and cancels also `FAILED_PRECONDITION`: the state machine applied the command and
@@ -133,12 +139,20 @@ impl Workload {
             }
             // Recent jobs change state: read them more often.
             let n = s.known.len();
-            let i = if rng.gen_bool(0.6) { n - 1 - rng.gen_range(0..n.min(30)) } else { rng.gen_range(0..n) };
+            let i = if rng.gen_bool(0.6) {
+                n - 1 - rng.gen_range(0..n.min(30))
+            } else {
+                rng.gen_range(0..n)
+            };
             Some(s.known[i].clone())
         };
         if r >= self.params.p_submit {
             if let Some((k, j)) = pick(&s, rng) {
-                return if r < self.params.p_submit + self.params.p_cancel { Kind::Cancel(k, j) } else { Kind::Read(k, j) };
+                return if r < self.params.p_submit + self.params.p_cancel {
+                    Kind::Cancel(k, j)
+                } else {
+                    Kind::Read(k, j)
+                };
             }
         }
         if !s.retry.is_empty() && rng.gen_bool(0.5) {
@@ -155,7 +169,11 @@ impl Workload {
         let rec = &self.rec;
         match kind {
             Kind::Submit(key) => {
-                let req = pb::SubmitJobRequest { name: key.clone(), idempotency_key: key.clone(), spec: Some(self.spec(rng)) };
+                let req = pb::SubmitJobRequest {
+                    name: key.clone(),
+                    idempotency_key: key.clone(),
+                    spec: Some(self.spec(rng)),
+                };
                 rec.invoke(process, Call::Submit { key: key.clone(), job_id: None });
                 let r = tokio::time::timeout(bound, client.submit_job(req)).await;
                 let (t, job_id) = match r {
@@ -172,17 +190,24 @@ impl Workload {
                             s.known.push((key, id));
                         }
                     }
-                    (OpType::Info, _) if !s.known.iter().any(|(k, _)| *k == key) => s.retry.push_back(key),
+                    (OpType::Info, _) if !s.known.iter().any(|(k, _)| *k == key) => {
+                        s.retry.push_back(key)
+                    }
                     _ => {}
                 }
                 t
             }
             Kind::Read(key, job_id) => {
-                rec.invoke(process, Call::Read { key: key.clone(), job_id: job_id.clone(), state: None });
+                rec.invoke(
+                    process,
+                    Call::Read { key: key.clone(), job_id: job_id.clone(), state: None },
+                );
                 let r = tokio::time::timeout(bound, client.get_job(&job_id, false)).await;
                 let (t, state) = match r {
                     Ok(Ok(job)) => (OpType::Ok, Some(job.state)),
-                    Ok(Err(s)) if s.code() == Code::NotFound => (OpType::Ok, Some("not-found".to_string())),
+                    Ok(Err(s)) if s.code() == Code::NotFound => {
+                        (OpType::Ok, Some("not-found".to_string()))
+                    }
                     Ok(Err(s)) if definite_rejection(s.code()) => (OpType::Fail, None),
                     _ => (OpType::Info, None),
                 };
@@ -190,11 +215,16 @@ impl Workload {
                 t
             }
             Kind::Cancel(key, job_id) => {
-                rec.invoke(process, Call::Cancel { key: key.clone(), job_id: job_id.clone(), state: None });
+                rec.invoke(
+                    process,
+                    Call::Cancel { key: key.clone(), job_id: job_id.clone(), state: None },
+                );
                 let r = tokio::time::timeout(bound, client.cancel_job(&job_id)).await;
                 let (t, state) = match r {
                     Ok(Ok(resp)) => (OpType::Ok, Some(resp.state)),
-                    Ok(Err(s)) if s.code() == Code::NotFound => (OpType::Ok, Some("not-found".to_string())),
+                    Ok(Err(s)) if s.code() == Code::NotFound => {
+                        (OpType::Ok, Some("not-found".to_string()))
+                    }
                     Ok(Err(s)) if definite_rejection(s.code()) => (OpType::Fail, None),
                     _ => (OpType::Info, None),
                 };
@@ -213,7 +243,9 @@ impl Workload {
                 return;
             }
         };
-        let mut rng = StdRng::seed_from_u64(self.params.seed.wrapping_mul(1_000_003).wrapping_add(worker as u64));
+        let mut rng = StdRng::seed_from_u64(
+            self.params.seed.wrapping_mul(1_000_003).wrapping_add(worker as u64),
+        );
         let mut process = self.rec.new_process();
         // Each worker issues rate/concurrency ops per second on average (exponential gaps).
         let mean = self.params.concurrency as f64 / self.params.rate.max(0.001);
@@ -257,7 +289,9 @@ pub async fn wait_terminal(masters: Vec<String>, deadline: Instant) -> (usize, u
     client.retry_for = Duration::from_secs(5);
     let mut last = (0, usize::MAX);
     loop {
-        if let Ok(Ok(jobs)) = tokio::time::timeout(Duration::from_secs(10), client.list_all_jobs("", false)).await {
+        if let Ok(Ok(jobs)) =
+            tokio::time::timeout(Duration::from_secs(10), client.list_all_jobs("", false)).await
+        {
             let live = jobs.iter().filter(|j| !is_terminal(&j.state)).count();
             last = (jobs.len(), live);
             if live == 0 {
@@ -267,7 +301,10 @@ pub async fn wait_terminal(masters: Vec<String>, deadline: Instant) -> (usize, u
         if Instant::now() >= deadline {
             return last;
         }
-        tokio::time::sleep(Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()))).await;
+        tokio::time::sleep(
+            Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now())),
+        )
+        .await;
     }
 }
 
@@ -306,14 +343,18 @@ async fn read_all(client: Arc<Client>) -> Result<Vec<JobView>, String> {
     let list = client.list_all_jobs("", false).await.map_err(|s| format!("listing jobs: {s}"))?;
     let ids: Vec<String> = list.into_iter().map(|j| j.id).collect();
     // A few readers in parallel; each job is one linearizable GetJob.
-    let chunks: Vec<Vec<String>> = ids.chunks(ids.len().div_ceil(8).max(1)).map(|c| c.to_vec()).collect();
+    let chunks: Vec<Vec<String>> =
+        ids.chunks(ids.len().div_ceil(8).max(1)).map(|c| c.to_vec()).collect();
     let mut handles = Vec::new();
     for chunk in chunks {
         let client = client.clone();
         handles.push(tokio::spawn(async move {
             let mut out = Vec::new();
             for id in chunk {
-                let job = client.get_job(&id, false).await.map_err(|s| format!("reading job {id}: {s}"))?;
+                let job = client
+                    .get_job(&id, false)
+                    .await
+                    .map_err(|s| format!("reading job {id}: {s}"))?;
                 out.push(job_view(job));
             }
             Ok::<_, String>(out)
@@ -340,7 +381,12 @@ fn job_view(j: pb::Job) -> JobView {
                 attempts: t
                     .attempts
                     .into_iter()
-                    .map(|a| AttemptView { number: a.number, token: a.token, executor: a.executor, state: a.state })
+                    .map(|a| AttemptView {
+                        number: a.number,
+                        token: a.token,
+                        executor: a.executor,
+                        state: a.state,
+                    })
                     .collect(),
             })
             .collect(),

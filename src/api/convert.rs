@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::pb;
 use crate::state::{
-    Attempt, AttemptState, Executor, ExecutorState, Job, JobSpec, JobState, Rejection, Resources, Task, TaskCounts,
-    TaskState,
+    Attempt, AttemptState, Executor, ExecutorState, Job, JobSpec, JobState, Rejection, Resources,
+    Task, TaskCounts, TaskState,
 };
 
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -34,7 +34,11 @@ pub fn job_spec_from_pb(spec: Option<pb::JobSpec>) -> Result<JobSpec, Status> {
         resources,
         constraints: s.constraints.into_iter().collect(),
         max_attempts: if s.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { s.max_attempts },
-        retry_backoff_ms: if s.retry_backoff_ms == 0 { DEFAULT_RETRY_BACKOFF_MS } else { s.retry_backoff_ms },
+        retry_backoff_ms: if s.retry_backoff_ms == 0 {
+            DEFAULT_RETRY_BACKOFF_MS
+        } else {
+            s.retry_backoff_ms
+        },
         timeout_ms: s.timeout_ms,
         priority: s.priority,
     };
@@ -63,12 +67,14 @@ pub fn resources_to_pb(r: Resources) -> pb::Resources {
 }
 
 pub fn resources_from_pb(r: Option<pb::Resources>) -> Resources {
-    r.map(|r| Resources { slots: r.slots, cpu_millis: r.cpu_millis, memory_mib: r.memory_mib }).unwrap_or_default()
+    r.map(|r| Resources { slots: r.slots, cpu_millis: r.cpu_millis, memory_mib: r.memory_mib })
+        .unwrap_or_default()
 }
 
 /// Parses a job id given by a client.
 pub fn parse_job_id(s: &str) -> Result<Uuid, Status> {
-    Uuid::from_str(s.trim()).map_err(|_| Status::invalid_argument(format!("invalid job id {s:?}: not a UUID")))
+    Uuid::from_str(s.trim())
+        .map_err(|_| Status::invalid_argument(format!("invalid job id {s:?}: not a UUID")))
 }
 
 pub fn job_state_name(s: JobState) -> &'static str {
@@ -196,9 +202,9 @@ pub fn executor_to_pb(e: &Executor, used: Resources, running: u32) -> pb::Execut
 /// How a state-machine rejection reaches a client.
 pub fn rejection_to_status(r: &Rejection) -> Status {
     match r {
-        Rejection::JobNotFound(_) | Rejection::TaskNotFound(..) | Rejection::ExecutorNotFound(_) => {
-            Status::not_found(r.to_string())
-        }
+        Rejection::JobNotFound(_)
+        | Rejection::TaskNotFound(..)
+        | Rejection::ExecutorNotFound(_) => Status::not_found(r.to_string()),
         Rejection::InvalidSpec(_) => Status::invalid_argument(r.to_string()),
         Rejection::DuplicateJobId(_) => Status::already_exists(r.to_string()),
         _ => Status::failed_precondition(r.to_string()),

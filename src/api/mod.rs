@@ -28,7 +28,8 @@ pub const LEADER_HEADER: &str = "x-triad-leader";
 /// is as retryable as a refused connection.
 pub fn is_connection_failure(s: &tonic::Status) -> bool {
     use std::error::Error;
-    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled) && s.source().is_some()
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
+        && s.source().is_some()
 }
 
 /// Names the leader at `addr` in a response's or an error's metadata ([`LEADER_HEADER`]).
@@ -42,7 +43,9 @@ pub fn name_leader(metadata: &mut tonic::metadata::MetadataMap, addr: &str) {
 /// `Server::tcp_nodelay` applies only to listeners tonic binds itself; on a stream of our own the
 /// accepted sockets keep Nagle on, and a response written in pieces (headers, data, trailers) then
 /// waits for the client's delayed ACK: 40 ms on Linux, seen as the p99 of every unary call.
-pub fn incoming(listener: tokio::net::TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use tokio_stream::StreamExt;
     tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
         let conn = conn?;

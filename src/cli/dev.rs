@@ -57,7 +57,9 @@ impl Proc {
         let sent = Instant::now();
         tokio::time::timeout(reap_within, self.child.wait())
             .await
-            .map_err(|_| anyhow::anyhow!("{} did not exit within {reap_within:?} of SIGKILL", self.name))?
+            .map_err(|_| {
+                anyhow::anyhow!("{} did not exit within {reap_within:?} of SIGKILL", self.name)
+            })?
             .with_context(|| format!("reaping {}", self.name))?;
         Ok(sent)
     }
@@ -71,7 +73,11 @@ impl Proc {
 
 fn spawn(name: &str, args: &[String], log: &Path) -> anyhow::Result<Proc> {
     let exe = std::env::current_exe().context("locating the triad binary")?;
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
     let err = out.try_clone()?;
     let child = Command::new(exe)
         .args(args)
@@ -88,7 +94,11 @@ fn spawn(name: &str, args: &[String], log: &Path) -> anyhow::Result<Proc> {
 /// `master.log` beside the config.
 pub(crate) fn spawn_master(id: u32, config: &Path) -> anyhow::Result<Proc> {
     let log = config.with_file_name("master.log");
-    spawn(&format!("master{id}"), &["master".into(), "--config".into(), config.display().to_string()], &log)
+    spawn(
+        &format!("master{id}"),
+        &["master".into(), "--config".into(), config.display().to_string()],
+        &log,
+    )
 }
 
 /// The port layout of a local cluster, in one place: master `id` (1-based) at `base + id - 1`,
@@ -119,7 +129,12 @@ pub(crate) fn executor_http_addr(base_port: u16, i: u32) -> String {
 
 /// Starts executor `i` (1-based) with its work dir under `data_dir`, labelled `name=executor<i>`
 /// (so an executor's id can be matched to its process). Restarting it keeps its id.
-pub(crate) fn spawn_executor(data_dir: &Path, i: u32, base_port: u16, masters: &str) -> anyhow::Result<Proc> {
+pub(crate) fn spawn_executor(
+    data_dir: &Path,
+    i: u32,
+    base_port: u16,
+    masters: &str,
+) -> anyhow::Result<Proc> {
     let name = format!("executor{i}");
     let dir = data_dir.join(&name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -143,7 +158,10 @@ pub(crate) fn spawn_executor(data_dir: &Path, i: u32, base_port: u16, masters: &
 /// `masters` masters and `executors` executors at `base` would.
 pub(crate) fn check_ports_free(base: u16, masters: u32, executors: u32) -> anyhow::Result<()> {
     let last = base as u32 + 150 + executors.max(1) - 1;
-    anyhow::ensure!(last <= u16::MAX as u32, "--base-port {base} is too high: the cluster needs ports {base}..={last}");
+    anyhow::ensure!(
+        last <= u16::MAX as u32,
+        "--base-port {base} is too high: the cluster needs ports {base}..={last}"
+    );
     let m = (1..=masters).flat_map(|id| [master_port(base, id), master_http_port(base, id)]);
     let e = (1..=executors).flat_map(|i| [executor_port(base, i), executor_http_port(base, i)]);
     for p in m.chain(e) {
@@ -154,7 +172,10 @@ pub(crate) fn check_ports_free(base: u16, masters: u32, executors: u32) -> anyho
 }
 
 /// Polls `cluster status` until a leader is known, for at most `timeout`.
-pub(crate) async fn wait_leader(client: &Client, timeout: Duration) -> anyhow::Result<pb::ClusterStatusResponse> {
+pub(crate) async fn wait_leader(
+    client: &Client,
+    timeout: Duration,
+) -> anyhow::Result<pb::ClusterStatusResponse> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(s) = client.cluster_status().await {
@@ -171,12 +192,19 @@ pub(crate) async fn wait_leader(client: &Client, timeout: Duration) -> anyhow::R
 
 /// Writes the master configs of a local cluster and returns their paths and addresses.
 /// Ports as [`master_port`] lays them out.
-pub fn write_master_configs(dir: &Path, n: u32, base_port: u16) -> anyhow::Result<Vec<(PathBuf, String)>> {
-    let peers: Vec<Peer> = (1..=n).map(|i| Peer { id: i as u64, addr: format!("127.0.0.1:{}", master_port(base_port, i)) }).collect();
+pub fn write_master_configs(
+    dir: &Path,
+    n: u32,
+    base_port: u16,
+) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let peers: Vec<Peer> = (1..=n)
+        .map(|i| Peer { id: i as u64, addr: format!("127.0.0.1:{}", master_port(base_port, i)) })
+        .collect();
     let mut out = Vec::new();
     for p in &peers {
         let node_dir = dir.join(format!("master{}", p.id));
-        std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
+        std::fs::create_dir_all(&node_dir)
+            .with_context(|| format!("creating {}", node_dir.display()))?;
         let cfg = MasterConfig {
             id: p.id,
             listen: p.addr.clone(),
@@ -189,7 +217,8 @@ pub fn write_master_configs(dir: &Path, n: u32, base_port: u16) -> anyhow::Resul
             executors: Default::default(),
         };
         let path = node_dir.join("master.toml");
-        std::fs::write(&path, toml::to_string_pretty(&cfg)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, toml::to_string_pretty(&cfg)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         out.push((path, p.addr.clone()));
     }
     Ok(out)
@@ -199,14 +228,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.masters >= 1 && args.masters <= 7, "--masters must be between 1 and 7");
     anyhow::ensure!(args.executors <= 50, "--executors must be at most 50");
     check_ports_free(args.base_port, args.masters, args.executors)?;
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let configs = write_master_configs(&args.data_dir, args.masters, args.base_port)?;
     let mut procs = Vec::new();
     let mut addrs = Vec::new();
     for (i, (cfg, addr)) in configs.iter().enumerate() {
         let p = spawn_master(i as u32 + 1, cfg)?;
         let http = format!("http://127.0.0.1:{}", master_http_port(args.base_port, i as u32 + 1));
-        println!("{:<10} {addr:<18} pid {:<8} {http}/metrics  log {}", p.name, p.pid().unwrap_or(0), p.log().display());
+        println!(
+            "{:<10} {addr:<18} pid {:<8} {http}/metrics  log {}",
+            p.name,
+            p.pid().unwrap_or(0),
+            p.log().display()
+        );
         procs.push(p);
         addrs.push(addr.clone());
     }
@@ -220,7 +255,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             anyhow::bail!("{e}; see the logs under {}", args.data_dir.display());
         }
     };
-    println!("leader     master{} at {} (elected in {} ms)", leader.leader_id, leader.leader_addr, started.elapsed().as_millis());
+    println!(
+        "leader     master{} at {} (elected in {} ms)",
+        leader.leader_id,
+        leader.leader_addr,
+        started.elapsed().as_millis()
+    );
     for i in 1..=args.executors {
         let p = spawn_executor(&args.data_dir, i, args.base_port, &masters)?;
         println!(
@@ -237,7 +277,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         stop_all(&mut procs, |l| println!("{l}")).await;
         anyhow::bail!("{e}; see the logs under {}", args.data_dir.display());
     }
-    println!("executors  {} registered (ready in {} ms)", args.executors, started.elapsed().as_millis());
+    println!(
+        "executors  {} registered (ready in {} ms)",
+        args.executors,
+        started.elapsed().as_millis()
+    );
     println!("\nexport TRIAD_MASTERS={masters}\n");
     println!("triad dev is running; press Ctrl-C to stop every process.");
 
@@ -270,12 +314,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
 /// Waits until `n` executors are registered with the cluster; fails at once, naming it and its
 /// log, if one of the processes exits first.
-async fn wait_executors(client: &Client, procs: &mut [Proc], n: u32, timeout: Duration) -> anyhow::Result<()> {
+async fn wait_executors(
+    client: &Client,
+    procs: &mut [Proc],
+    n: u32,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         for p in procs.iter_mut() {
             if let Ok(Some(status)) = p.child.try_wait() {
-                anyhow::bail!("{} exited ({status}) while starting; log {}", p.name, p.log().display());
+                anyhow::bail!(
+                    "{} exited ({status}) while starting; log {}",
+                    p.name,
+                    p.log().display()
+                );
             }
         }
         if super::executors::list_executors(client).await.is_ok_and(|e| e.len() >= n as usize) {
@@ -292,7 +345,8 @@ async fn wait_executors(client: &Client, procs: &mut [Proc], n: u32, timeout: Du
 /// then the masters.
 /// `say` gets one line per process.
 pub(crate) async fn stop_all(procs: &mut [Proc], say: impl Fn(String)) {
-    let (mut executors, mut masters): (Vec<&mut Proc>, Vec<&mut Proc>) = procs.iter_mut().partition(|p| p.is_executor());
+    let (mut executors, mut masters): (Vec<&mut Proc>, Vec<&mut Proc>) =
+        procs.iter_mut().partition(|p| p.is_executor());
     stop_group(&mut executors, &say).await;
     stop_group(&mut masters, &say).await;
 }

@@ -7,9 +7,9 @@ use anyhow::Context;
 
 use super::output::{json, table, Format};
 use super::{st, ExecutorCmd, ExecutorRunArgs};
+use crate::api::pb;
 use crate::api::pb::executor_service_client::ExecutorServiceClient;
 use crate::api::pb::worker_service_client::WorkerServiceClient;
-use crate::api::pb;
 use crate::client::{parse_masters, Client};
 use crate::executor::config::ExecutorFile;
 use crate::executor::ExecutorConfig;
@@ -43,7 +43,11 @@ pub async fn run(a: ExecutorRunArgs) -> anyhow::Result<()> {
 
 pub async fn list_executors(client: &Client) -> Result<Vec<pb::ExecutorInfo>, tonic::Status> {
     let r = client
-        .call(|c| async move { ExecutorServiceClient::new(c).list_executors(pb::ListExecutorsRequest { consistency: 0 }).await })
+        .call(|c| async move {
+            ExecutorServiceClient::new(c)
+                .list_executors(pb::ListExecutorsRequest { consistency: 0 })
+                .await
+        })
         .await?;
     Ok(r.executors)
 }
@@ -60,7 +64,8 @@ pub async fn command(cmd: ExecutorCmd) -> anyhow::Result<i32> {
                         .map(|e| {
                             let cap = e.capacity.unwrap_or_default();
                             let used = e.used.unwrap_or_default();
-                            let mut labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                            let mut labels: Vec<String> =
+                                e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                             labels.sort();
                             vec![
                                 e.id.clone(),
@@ -73,7 +78,13 @@ pub async fn command(cmd: ExecutorCmd) -> anyhow::Result<i32> {
                             ]
                         })
                         .collect();
-                    println!("{}", table(&["ID", "ADDRESS", "STATE", "SLOTS", "RUNNING", "EPOCH", "LABELS"], &rows));
+                    println!(
+                        "{}",
+                        table(
+                            &["ID", "ADDRESS", "STATE", "SLOTS", "RUNNING", "EPOCH", "LABELS"],
+                            &rows
+                        )
+                    );
                 }
             }
             Ok(0)
@@ -83,7 +94,11 @@ pub async fn command(cmd: ExecutorCmd) -> anyhow::Result<i32> {
             client
                 .call(|c| {
                     let id = id.clone();
-                    async move { ExecutorServiceClient::new(c).drain_executor(pb::DrainExecutorRequest { executor_id: id }).await }
+                    async move {
+                        ExecutorServiceClient::new(c)
+                            .drain_executor(pb::DrainExecutorRequest { executor_id: id })
+                            .await
+                    }
                 })
                 .await
                 .map_err(st)?;
@@ -94,11 +109,25 @@ pub async fn command(cmd: ExecutorCmd) -> anyhow::Result<i32> {
 }
 
 /// Streams a task's stdout (or stderr) from the executor that ran the chosen attempt.
-pub async fn logs(client: &Client, job_id: &str, task: u32, attempt: Option<u32>, stderr: bool) -> anyhow::Result<()> {
+pub async fn logs(
+    client: &Client,
+    job_id: &str,
+    task: u32,
+    attempt: Option<u32>,
+    stderr: bool,
+) -> anyhow::Result<()> {
     let job = client.get_job(job_id, false).await.map_err(st)?;
-    let t = job.tasks.iter().find(|t| t.index == task).with_context(|| format!("job {job_id} has no task {task}"))?;
+    let t = job
+        .tasks
+        .iter()
+        .find(|t| t.index == task)
+        .with_context(|| format!("job {job_id} has no task {task}"))?;
     let a = match attempt {
-        Some(n) => t.attempts.iter().find(|a| a.number == n).with_context(|| format!("task {task} has no attempt {n}"))?,
+        Some(n) => t
+            .attempts
+            .iter()
+            .find(|a| a.number == n)
+            .with_context(|| format!("task {task} has no attempt {n}"))?,
         None => t
             .attempts
             .iter()
@@ -108,9 +137,13 @@ pub async fn logs(client: &Client, job_id: &str, task: u32, attempt: Option<u32>
             .with_context(|| format!("task {task} of job {job_id} has not run yet"))?,
     };
     let execs = list_executors(client).await.map_err(st)?;
-    let exec = execs.iter().find(|e| e.id == a.executor).with_context(|| format!("executor {} is unknown", a.executor))?;
+    let exec = execs
+        .iter()
+        .find(|e| e.id == a.executor)
+        .with_context(|| format!("executor {} is unknown", a.executor))?;
     let chan = crate::raft::network::channel(&exec.addr)?;
-    let mut worker = WorkerServiceClient::new(chan).max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
+    let mut worker =
+        WorkerServiceClient::new(chan).max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
     let mut offset = 0u64;
     let mut out = std::io::stdout().lock();
     loop {
@@ -126,7 +159,14 @@ pub async fn logs(client: &Client, job_id: &str, task: u32, attempt: Option<u32>
         let r = worker
             .read_output(req)
             .await
-            .map_err(|s| anyhow::anyhow!("reading output from executor {} at {}: {}", exec.id, exec.addr, super::status_line(&s)))?
+            .map_err(|s| {
+                anyhow::anyhow!(
+                    "reading output from executor {} at {}: {}",
+                    exec.id,
+                    exec.addr,
+                    super::status_line(&s)
+                )
+            })?
             .into_inner();
         out.write_all(&r.data)?;
         offset += r.data.len() as u64;

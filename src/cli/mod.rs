@@ -18,7 +18,11 @@ use crate::client::{parse_masters, Client};
 use output::{age, json, table, Format};
 
 #[derive(Parser, Debug)]
-#[command(name = "triad", version, about = "A fault-tolerant job scheduler: Raft masters, executors, a CLI.")]
+#[command(
+    name = "triad",
+    version,
+    about = "A fault-tolerant job scheduler: Raft masters, executors, a CLI."
+)]
 pub struct Cli {
     /// Log format of long-running commands (master, executor).
     #[arg(long, global = true, value_enum, default_value = "human")]
@@ -391,10 +395,14 @@ fn st(s: Status) -> anyhow::Error {
 }
 
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIAD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIAD_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")
+    });
     use std::io::IsTerminal;
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Human => b.init(),
         LogFormat::Json => b.json().init(),
@@ -428,7 +436,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Job(cmd) => job(cmd).await,
         Cmd::Bench(cmd) => {
             match cmd {
-                BenchCmd::Submit { load, api, out, m } => bench::submit(m.client()?, load, api).await?.print(out.format)?,
+                BenchCmd::Submit { load, api, out, m } => {
+                    bench::submit(m.client()?, load, api).await?.print(out.format)?
+                }
                 BenchCmd::EtcdPut { endpoint, load, value_size, out } => {
                     bench::etcd::put(&endpoint, load, value_size).await?.print(out.format)?
                 }
@@ -438,15 +448,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     }
                 }
                 BenchCmd::Heartbeats { executors, hz, duration, connections, out, m } => {
-                    bench::heartbeats(m.client()?, executors, hz, duration, connections).await?.print(out.format)?
+                    bench::heartbeats(m.client()?, executors, hz, duration, connections)
+                        .await?
+                        .print(out.format)?
                 }
-                BenchCmd::Failover { kills, executor_kills, data_dir, keep, base_port, round_timeout, out } => {
-                    let args = bench::failover::FailoverArgs { kills, executor_kills, data_dir, keep, base_port, round_timeout };
+                BenchCmd::Failover {
+                    kills,
+                    executor_kills,
+                    data_dir,
+                    keep,
+                    base_port,
+                    round_timeout,
+                    out,
+                } => {
+                    let args = bench::failover::FailoverArgs {
+                        kills,
+                        executor_kills,
+                        data_dir,
+                        keep,
+                        base_port,
+                        round_timeout,
+                    };
                     for r in bench::failover::run(args).await? {
                         r.print(out.format)?;
                     }
                 }
-                BenchCmd::Placement { executors, tasks, rounds, out } => bench::placement(executors, tasks, rounds).print(out.format)?,
+                BenchCmd::Placement { executors, tasks, rounds, out } => {
+                    bench::placement(executors, tasks, rounds).print(out.format)?
+                }
             }
             Ok(0)
         }
@@ -458,7 +487,8 @@ async fn job(cmd: JobCmd) -> anyhow::Result<i32> {
     match cmd {
         JobCmd::Submit(a) => {
             let client = a.m.client()?;
-            let (command, args) = a.command.split_first().context("a command is required after --")?;
+            let (command, args) =
+                a.command.split_first().context("a command is required after --")?;
             let req = pb::SubmitJobRequest {
                 name: a.name.clone(),
                 idempotency_key: a.idempotency_key.clone().unwrap_or_default(),
@@ -468,7 +498,11 @@ async fn job(cmd: JobCmd) -> anyhow::Result<i32> {
                     env: a.env.iter().cloned().collect(),
                     shell: a.shell,
                     task_count: a.tasks,
-                    resources: Some(pb::Resources { slots: a.slots, cpu_millis: a.cpu, memory_mib: a.memory }),
+                    resources: Some(pb::Resources {
+                        slots: a.slots,
+                        cpu_millis: a.cpu,
+                        memory_mib: a.memory,
+                    }),
                     constraints: a.constraints.iter().cloned().collect(),
                     max_attempts: a.max_attempts,
                     retry_backoff_ms: a.backoff.map_or(0, |d| d.as_millis() as u64),
@@ -492,7 +526,11 @@ async fn job(cmd: JobCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         JobCmd::List { state, stale, out, m } => {
-            let jobs = m.client()?.list_all_jobs(state.as_deref().unwrap_or(""), stale).await.map_err(st)?;
+            let jobs = m
+                .client()?
+                .list_all_jobs(state.as_deref().unwrap_or(""), stale)
+                .await
+                .map_err(st)?;
             match out.format {
                 Format::Json => json(&jobs)?,
                 Format::Table => {
@@ -501,7 +539,13 @@ async fn job(cmd: JobCmd) -> anyhow::Result<i32> {
                         .map(|j| {
                             let c = j.counts.unwrap_or_default();
                             let total = j.spec.as_ref().map_or(0, |s| s.task_count);
-                            vec![j.id.clone(), j.name.clone(), j.state.clone(), format!("{}/{}", c.succeeded, total), age(j.created_at_ms)]
+                            vec![
+                                j.id.clone(),
+                                j.name.clone(),
+                                j.state.clone(),
+                                format!("{}/{}", c.succeeded, total),
+                                age(j.created_at_ms),
+                            ]
                         })
                         .collect();
                     println!("{}", table(&["ID", "NAME", "STATE", "DONE", "CREATED"], &rows));
@@ -546,12 +590,16 @@ fn print_job(j: &pb::Job) {
                 t.attempts.len().to_string(),
                 a.map_or("-".into(), |a| a.executor.clone()),
                 a.map_or("-".into(), |a| a.token.to_string()),
-                a.and_then(|a| a.has_exit_code.then(|| a.exit_code.to_string())).unwrap_or_else(|| "-".into()),
+                a.and_then(|a| a.has_exit_code.then(|| a.exit_code.to_string()))
+                    .unwrap_or_else(|| "-".into()),
                 a.map_or(String::new(), |a| a.error.clone()),
             ]
         })
         .collect();
-    println!("\n{}", table(&["TASK", "STATE", "ATTEMPTS", "EXECUTOR", "TOKEN", "EXIT", "ERROR"], &rows));
+    println!(
+        "\n{}",
+        table(&["TASK", "STATE", "ATTEMPTS", "EXECUTOR", "TOKEN", "EXIT", "ERROR"], &rows)
+    );
 }
 
 /// Polls the job until it is terminal; exit status 0 only when it succeeded. On a terminal, a
@@ -561,9 +609,11 @@ pub async fn wait_job(client: &Client, id: &str) -> anyhow::Result<i32> {
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} tasks ({elapsed})")
-                .expect("valid template")
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} tasks ({elapsed})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         b
     });
@@ -574,7 +624,12 @@ pub async fn wait_job(client: &Client, id: &str) -> anyhow::Result<i32> {
             let c = j.counts.unwrap_or_default();
             b.set_length(j.spec.as_ref().map_or(0, |s| s.task_count as u64));
             b.set_position((c.succeeded + c.failed + c.cancelled) as u64);
-            b.set_message(format!("{} {} (running {})", &j.id[..8.min(j.id.len())], j.state, c.running));
+            b.set_message(format!(
+                "{} {} (running {})",
+                &j.id[..8.min(j.id.len())],
+                j.state,
+                c.running
+            ));
             b.tick();
         }
         if matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled") {
@@ -617,7 +672,13 @@ async fn cluster(cmd: ClusterCmd) -> anyhow::Result<i32> {
                             ]
                         })
                         .collect();
-                    println!("{}", table(&["ID", "ADDRESS", "ROLE", "TERM", "LAST LOG", "APPLIED", "REACHABLE"], &rows));
+                    println!(
+                        "{}",
+                        table(
+                            &["ID", "ADDRESS", "ROLE", "TERM", "LAST LOG", "APPLIED", "REACHABLE"],
+                            &rows
+                        )
+                    );
                     if s.leader_id != 0 {
                         println!("\nleader: master {} at {}", s.leader_id, s.leader_addr);
                     } else {

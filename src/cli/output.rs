@@ -52,7 +52,8 @@ pub fn age(ms: u64) -> String {
     if ms == 0 {
         return "-".into();
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now =
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let d = Duration::from_millis(now.saturating_sub(ms));
     let secs = d.as_secs();
     if secs < 60 {
@@ -70,7 +71,10 @@ pub fn age(ms: u64) -> String {
 mod tests {
     #[test]
     fn table_aligns_columns() {
-        let t = super::table(&["ID", "STATE"], &[vec!["a".into(), "running".into()], vec!["long-id".into(), "x".into()]]);
+        let t = super::table(
+            &["ID", "STATE"],
+            &[vec!["a".into(), "running".into()], vec!["long-id".into(), "x".into()]],
+        );
         assert_eq!(t, "ID       STATE\na        running\nlong-id  x");
     }
 }

@@ -47,7 +47,8 @@ pub fn retryable(s: &Status) -> bool {
 
 /// Parses `a:p,b:p,c:p`.
 pub fn parse_masters(list: &str) -> anyhow::Result<Vec<String>> {
-    let masters: Vec<String> = list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let masters: Vec<String> =
+        list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     if masters.is_empty() {
         bail!("no masters given: pass --masters host:port,... or set TRIAD_MASTERS");
     }
@@ -63,7 +64,13 @@ impl Client {
             .iter()
             .map(|m| channel(m).with_context(|| format!("bad master address {m:?}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Client { masters, channels, preferred: AtomicUsize::new(0), call_timeout: CALL_TIMEOUT, retry_for: RETRY_FOR })
+        Ok(Client {
+            masters,
+            channels,
+            preferred: AtomicUsize::new(0),
+            call_timeout: CALL_TIMEOUT,
+            retry_for: RETRY_FOR,
+        })
     }
 
     pub fn masters(&self) -> &[String] {
@@ -88,7 +95,10 @@ impl Client {
             let (idx, chan) = self.preferred_channel();
             let result = match tokio::time::timeout(self.call_timeout, f(chan)).await {
                 Ok(r) => r,
-                Err(_) => Err(Status::deadline_exceeded(format!("master {} did not answer within {:?}", self.masters[idx], self.call_timeout))),
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "master {} did not answer within {:?}",
+                    self.masters[idx], self.call_timeout
+                ))),
             };
             if let Err(s) = &result {
                 if retryable(s) {
@@ -131,7 +141,12 @@ impl Client {
         if self.follow_leader_hint(idx, s.metadata()) {
             return true;
         }
-        let _ = self.preferred.compare_exchange(idx, (idx + 1) % self.channels.len(), Ordering::Relaxed, Ordering::Relaxed);
+        let _ = self.preferred.compare_exchange(
+            idx,
+            (idx + 1) % self.channels.len(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         false
     }
 
@@ -139,7 +154,10 @@ impl Client {
     /// it is one of the masters this client was given (an address it was not given may not be
     /// reachable from here). Returns whether the preference moved to it.
     fn follow_leader_hint(&self, idx: usize, metadata: &tonic::metadata::MetadataMap) -> bool {
-        let Some(leader) = metadata.get(crate::api::LEADER_HEADER).and_then(|v| v.to_str().ok()) else { return false };
+        let Some(leader) = metadata.get(crate::api::LEADER_HEADER).and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
         match self.masters.iter().position(|m| m == leader) {
             Some(i) if i != idx => {
                 tracing::debug!(from = %self.masters[idx], to = %leader, "following the leader hint");
@@ -155,7 +173,10 @@ impl Client {
     }
 
     /// Submits a job; retries reuse the idempotency key, so at most one job is created.
-    pub async fn submit_job(&self, mut req: pb::SubmitJobRequest) -> Result<pb::SubmitJobResponse, Status> {
+    pub async fn submit_job(
+        &self,
+        mut req: pb::SubmitJobRequest,
+    ) -> Result<pb::SubmitJobResponse, Status> {
         if req.idempotency_key.is_empty() {
             req.idempotency_key = uuid::Uuid::new_v4().to_string();
         }
@@ -181,7 +202,13 @@ impl Client {
         r.await?.job.ok_or_else(|| Status::internal("empty GetJob response"))
     }
 
-    pub async fn list_jobs(&self, state: &str, page_size: u32, page_token: &str, stale: bool) -> Result<pb::ListJobsResponse, Status> {
+    pub async fn list_jobs(
+        &self,
+        state: &str,
+        page_size: u32,
+        page_token: &str,
+        stale: bool,
+    ) -> Result<pb::ListJobsResponse, Status> {
         let req = pb::ListJobsRequest {
             state: state.to_string(),
             page_size,
@@ -219,7 +246,10 @@ impl Client {
     }
 
     pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, Status> {
-        self.call(|c| async move { ClusterServiceClient::new(c).cluster_status(pb::ClusterStatusRequest {}).await }).await
+        self.call(|c| async move {
+            ClusterServiceClient::new(c).cluster_status(pb::ClusterStatusRequest {}).await
+        })
+        .await
     }
 
     pub async fn add_master(&self, id: u64, addr: &str) -> Result<pb::MembershipResponse, Status> {
@@ -232,18 +262,28 @@ impl Client {
     }
 
     pub async fn remove_master(&self, id: u64) -> Result<pb::MembershipResponse, Status> {
-        self.call(|c| async move { ClusterServiceClient::new(c).remove_master(pb::RemoveMasterRequest { id }).await }).await
+        self.call(|c| async move {
+            ClusterServiceClient::new(c).remove_master(pb::RemoveMasterRequest { id }).await
+        })
+        .await
     }
 }
 
 /// One master's own status, asked directly (no retry, no failover).
-pub async fn node_status(addr: &str, timeout: Duration, with_digest: bool) -> Result<pb::MasterStatus, Status> {
-    let chan = channel(addr).map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?;
+pub async fn node_status(
+    addr: &str,
+    timeout: Duration,
+    with_digest: bool,
+) -> Result<pb::MasterStatus, Status> {
+    let chan = channel(addr)
+        .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?;
     let mut req = tonic::Request::new(pb::NodeStatusRequest { with_digest });
     req.set_timeout(timeout);
     match tokio::time::timeout(timeout, ClusterServiceClient::new(chan).node_status(req)).await {
         Ok(r) => r.map(|r| r.into_inner()),
-        Err(_) => Err(Status::deadline_exceeded(format!("{addr} did not answer within {timeout:?}"))),
+        Err(_) => {
+            Err(Status::deadline_exceeded(format!("{addr} did not answer within {timeout:?}")))
+        }
     }
 }
 
@@ -263,7 +303,9 @@ mod tests {
     async fn failover_rotates_through_every_master_again_and_again() {
         // Nothing listens on these ports: every call fails, and must keep rotating.
         let ports: Vec<u16> = (0..3)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+            })
             .collect();
         let mut c = Client::new(ports.iter().map(|p| format!("127.0.0.1:{p}")).collect()).unwrap();
         c.retry_for = Duration::from_millis(1500);
@@ -284,7 +326,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_leader_hint_moves_the_client_to_that_master_only_if_it_was_given() {
-        let c = Client::new(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into(), "127.0.0.1:3".into()]).unwrap();
+        let c = Client::new(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into(), "127.0.0.1:3".into()])
+            .unwrap();
         let answer = |hint: &'static str| {
             let mut r = tonic::Response::new(());
             r.metadata_mut().insert(crate::api::LEADER_HEADER, hint.parse().unwrap());
@@ -302,8 +345,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refusal_naming_the_leader_moves_the_client_there_and_any_other_failure_to_the_next_master() {
-        let c = Client::new(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into(), "127.0.0.1:3".into()]).unwrap();
+    async fn a_refusal_naming_the_leader_moves_the_client_there_and_any_other_failure_to_the_next_master(
+    ) {
+        let c = Client::new(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into(), "127.0.0.1:3".into()])
+            .unwrap();
         let refusal = |hint: &'static str| {
             let mut s = Status::unavailable("not the leader");
             s.metadata_mut().insert(crate::api::LEADER_HEADER, hint.parse().unwrap());

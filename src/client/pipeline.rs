@@ -46,15 +46,27 @@ fn from_answer(a: pb::SubmitJobsResponse) -> Answer {
 
 impl SubmitPipeline {
     /// Opens a stream on `channel`, waiting at most `call_timeout` for the master to accept it.
-    pub async fn open(channel: tonic::transport::Channel, call_timeout: Duration) -> Result<SubmitPipeline, Status> {
+    pub async fn open(
+        channel: tonic::transport::Channel,
+        call_timeout: Duration,
+    ) -> Result<SubmitPipeline, Status> {
         let (requests, rx) = mpsc::unbounded_channel();
         let mut client = super::Client::jobs(channel);
-        let opened = tokio::time::timeout(call_timeout, client.submit_jobs(UnboundedReceiverStream::new(rx))).await;
+        let opened = tokio::time::timeout(
+            call_timeout,
+            client.submit_jobs(UnboundedReceiverStream::new(rx)),
+        )
+        .await;
         let mut answers = match opened {
             Ok(r) => r?.into_inner(),
-            Err(_) => return Err(Status::deadline_exceeded(format!("the master did not accept a SubmitJobs stream within {call_timeout:?}"))),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "the master did not accept a SubmitJobs stream within {call_timeout:?}"
+                )))
+            }
         };
-        let queue = Arc::new(Mutex::new(Queue { requests, waiting: VecDeque::new(), broken: None }));
+        let queue =
+            Arc::new(Mutex::new(Queue { requests, waiting: VecDeque::new(), broken: None }));
         let reader = queue.clone();
         // Ends when the stream does: after the pipeline is dropped (its request side closes and
         // the master finishes what it holds) or when the stream breaks.
@@ -67,13 +79,22 @@ impl SubmitPipeline {
                             Some(w) => {
                                 let _ = w.send(from_answer(a));
                             }
-                            None => break Status::internal("SubmitJobs answered a request that was never sent"),
+                            None => {
+                                break Status::internal(
+                                    "SubmitJobs answered a request that was never sent",
+                                )
+                            }
                         }
                     }
-                    Ok(None) => break Status::unavailable("the master closed the SubmitJobs stream"),
+                    Ok(None) => {
+                        break Status::unavailable("the master closed the SubmitJobs stream")
+                    }
                     // The master died or the connection broke: as retryable as a refused call.
                     Err(s) if crate::api::is_connection_failure(&s) => {
-                        break Status::unavailable(format!("the SubmitJobs stream broke: {}", s.message()))
+                        break Status::unavailable(format!(
+                            "the SubmitJobs stream broke: {}",
+                            s.message()
+                        ))
                     }
                     Err(s) => break s,
                 }
@@ -99,13 +120,18 @@ impl SubmitPipeline {
             if let Some(s) = &q.broken {
                 return Err(s.clone());
             }
-            q.requests.send(req).map_err(|_| Status::unavailable("the SubmitJobs stream is closed"))?;
+            q.requests
+                .send(req)
+                .map_err(|_| Status::unavailable("the SubmitJobs stream is closed"))?;
             q.waiting.push_back(tx);
         }
         match tokio::time::timeout(self.call_timeout, rx).await {
             Ok(Ok(a)) => a,
             Ok(Err(_)) => Err(Status::unavailable("the SubmitJobs stream ended")),
-            Err(_) => Err(Status::deadline_exceeded(format!("no answer on the SubmitJobs stream within {:?}", self.call_timeout))),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer on the SubmitJobs stream within {:?}",
+                self.call_timeout
+            ))),
         }
     }
 }

@@ -27,7 +27,8 @@ pub struct ExecutorFile {
 
 impl ExecutorFile {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading executor config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading executor config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing executor config {}", path.display()))
     }
 
@@ -72,7 +73,10 @@ impl ExecutorFile {
 
     /// The final configuration, with defaults for whatever is still unset.
     pub fn into_config(self) -> anyhow::Result<ExecutorConfig> {
-        anyhow::ensure!(!self.masters.is_empty(), "no masters given: pass --masters, set TRIAD_MASTERS, or list them in the config file");
+        anyhow::ensure!(
+            !self.masters.is_empty(),
+            "no masters given: pass --masters, set TRIAD_MASTERS, or list them in the config file"
+        );
         Ok(ExecutorConfig {
             masters: self.masters,
             slots: self.slots.unwrap_or(4),

@@ -52,7 +52,11 @@ struct Open {
 impl Link {
     /// Sends one beat and returns the leader's answer to it. Bounded by the caller (the whole
     /// beat) and by `client.call_timeout` for each response awaited.
-    pub async fn beat(&mut self, client: &Client, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse, Status> {
+    pub async fn beat(
+        &mut self,
+        client: &Client,
+        req: pb::HeartbeatRequest,
+    ) -> Result<pb::HeartbeatResponse, Status> {
         let m = crate::metrics::executor();
         if let Some(mut open) = self.open.take() {
             match open.exchange(req.clone(), client.call_timeout).await {
@@ -105,7 +109,10 @@ impl Link {
 }
 
 /// One beat as a unary call, failing over and forwarded like any other call.
-async fn unary(client: &Client, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse, Status> {
+async fn unary(
+    client: &Client,
+    req: pb::HeartbeatRequest,
+) -> Result<pb::HeartbeatResponse, Status> {
     crate::metrics::executor().heartbeat_streams.with_label_values(&["unary"]).inc();
     client
         .call(|c| {
@@ -117,28 +124,46 @@ async fn unary(client: &Client, req: pb::HeartbeatRequest) -> Result<pb::Heartbe
 
 impl Open {
     /// Opens a stream on `chan` carrying `first`, and waits (at most `limit`) for its answer.
-    async fn start(chan: Channel, master: usize, first: pb::HeartbeatRequest, limit: Duration) -> Result<(Open, pb::HeartbeatResponse), Status> {
+    async fn start(
+        chan: Channel,
+        master: usize,
+        first: pb::HeartbeatRequest,
+        limit: Duration,
+    ) -> Result<(Open, pb::HeartbeatResponse), Status> {
         let (tx, rx) = mpsc::channel(1);
-        tx.try_send(first).map_err(|e| Status::internal(format!("queueing the first beat: {e}")))?;
+        tx.try_send(first)
+            .map_err(|e| Status::internal(format!("queueing the first beat: {e}")))?;
         let open = async move {
-            let mut inbound = ExecutorServiceClient::new(chan).heartbeat_stream(ReceiverStream::new(rx)).await?.into_inner();
+            let mut inbound = ExecutorServiceClient::new(chan)
+                .heartbeat_stream(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
             let r = next(&mut inbound).await?;
             Ok((Open { master, tx, rx: inbound }, r))
         };
-        tokio::time::timeout(limit, open)
-            .await
-            .map_err(|_| Status::deadline_exceeded(format!("no answer to a new heartbeat stream within {limit:?}")))?
+        tokio::time::timeout(limit, open).await.map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "no answer to a new heartbeat stream within {limit:?}"
+            ))
+        })?
     }
 
     /// Sends one beat and waits (at most `limit`) for its answer.
-    async fn exchange(&mut self, req: pb::HeartbeatRequest, limit: Duration) -> Result<pb::HeartbeatResponse, Status> {
+    async fn exchange(
+        &mut self,
+        req: pb::HeartbeatRequest,
+        limit: Duration,
+    ) -> Result<pb::HeartbeatResponse, Status> {
         let beat = async {
-            self.tx.send(req).await.map_err(|_| Status::unavailable("the heartbeat stream is closed"))?;
+            self.tx
+                .send(req)
+                .await
+                .map_err(|_| Status::unavailable("the heartbeat stream is closed"))?;
             next(&mut self.rx).await
         };
-        tokio::time::timeout(limit, beat)
-            .await
-            .map_err(|_| Status::deadline_exceeded(format!("no answer to a heartbeat within {limit:?}")))?
+        tokio::time::timeout(limit, beat).await.map_err(|_| {
+            Status::deadline_exceeded(format!("no answer to a heartbeat within {limit:?}"))
+        })?
     }
 }
 

@@ -23,8 +23,15 @@ use crate::shutdown::Shutdown;
 /// How often the health tracker re-evaluates (fencing sets in without any event).
 const HEALTH_TICK: Duration = Duration::from_millis(200);
 
-pub async fn serve(agent: Arc<Agent>, listener: tokio::net::TcpListener, mut shutdown: Shutdown) -> std::io::Result<()> {
-    let app = Router::new().route("/metrics", get(metrics)).route("/status", get(status)).with_state(agent);
+pub async fn serve(
+    agent: Arc<Agent>,
+    listener: tokio::net::TcpListener,
+    mut shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(agent);
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await
 }
 
@@ -58,7 +65,9 @@ pub struct RunningAttempt {
 impl Agent {
     /// The state the leader may place work in: registered, not fenced, not draining.
     pub fn is_healthy(&self) -> bool {
-        self.epoch.load(Ordering::SeqCst) > 0 && !self.is_fenced() && !self.draining.load(Ordering::SeqCst)
+        self.epoch.load(Ordering::SeqCst) > 0
+            && !self.is_fenced()
+            && !self.draining.load(Ordering::SeqCst)
     }
 
     pub fn status(&self) -> Status {
@@ -68,7 +77,13 @@ impl Agent {
             .live_tokens()
             .into_iter()
             .filter_map(|t| self.runner.get(t))
-            .map(|a| RunningAttempt { job_id: a.job_id, task_index: a.task_index, attempt: a.attempt, token: a.token, pid: a.pid })
+            .map(|a| RunningAttempt {
+                job_id: a.job_id,
+                task_index: a.task_index,
+                attempt: a.attempt,
+                token: a.token,
+                pid: a.pid,
+            })
             .collect();
         Status {
             id: self.id.clone(),

@@ -49,7 +49,10 @@ impl std::fmt::Display for LeaseError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LeaseError::Unstamped => write!(f, "the start names no heartbeat of this executor"),
-            LeaseError::Unknown(seq) => write!(f, "the start names heartbeat {seq}, which this executor process does not know"),
+            LeaseError::Unknown(seq) => write!(
+                f,
+                "the start names heartbeat {seq}, which this executor process does not know"
+            ),
             LeaseError::Expired { seq, age } => {
                 write!(f, "the start names heartbeat {seq}, sent {} ms ago: older than the fencing window", age.as_millis())
             }
@@ -61,7 +64,9 @@ impl BeatLog {
     /// Numbers a beat about to be sent at `now`, forgetting beats older than `window`.
     pub fn record(&mut self, now: Instant, window: Duration) -> u64 {
         self.last += 1;
-        while self.sent.front().is_some_and(|&(_, at)| now.saturating_duration_since(at) >= window) || self.sent.len() >= MAX_BEATS {
+        while self.sent.front().is_some_and(|&(_, at)| now.saturating_duration_since(at) >= window)
+            || self.sent.len() >= MAX_BEATS
+        {
             self.sent.pop_front();
         }
         self.sent.push_back((self.last, now));
@@ -111,7 +116,11 @@ mod tests {
         // The same moment is fine for the newer beat: a retry with a fresher stamp runs.
         assert_eq!(log.check(s2, t0 + W, W), Ok(()));
         assert_eq!(log.check(0, t0, W), Err(LeaseError::Unstamped));
-        assert_eq!(log.check(99, t0, W), Err(LeaseError::Unknown(99)), "a beat never sent (another process's)");
+        assert_eq!(
+            log.check(99, t0, W),
+            Err(LeaseError::Unknown(99)),
+            "a beat never sent (another process's)"
+        );
     }
 
     #[test]
@@ -152,7 +161,10 @@ mod tests {
                 let arrives = received + Duration::from_millis(start_delay_ms);
                 let runs = log.check(seq, arrives, W).is_ok();
                 let given_up_before = may_give_up(Some(received), arrives, W);
-                assert!(!(runs && given_up_before), "beat delay {beat_delay_ms} ms, start delay {start_delay_ms} ms");
+                assert!(
+                    !(runs && given_up_before),
+                    "beat delay {beat_delay_ms} ms, start delay {start_delay_ms} ms"
+                );
             }
         }
     }

@@ -29,8 +29,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::api::pb::executor_service_client::ExecutorServiceClient;
-use crate::api::pb::{self, report_task_request::Kind};
 use crate::api::pb::worker_service_server::WorkerServiceServer;
+use crate::api::pb::{self, report_task_request::Kind};
 use crate::client::Client;
 use crate::shutdown::{self, Shutdown};
 use runner::{AttemptEvent, EventKind, ExitStatus, Runner};
@@ -102,9 +102,11 @@ fn load_or_create_id(dir: &std::path::Path) -> anyhow::Result<String> {
 
 /// Runs an executor until `shutdown` fires (or it finishes draining).
 pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.work_dir).with_context(|| format!("creating work dir {}", cfg.work_dir.display()))?;
+    std::fs::create_dir_all(&cfg.work_dir)
+        .with_context(|| format!("creating work dir {}", cfg.work_dir.display()))?;
     let id = load_or_create_id(&cfg.work_dir)?;
-    let listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let listener =
+        TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let bound = listener.local_addr()?;
     let addr = cfg.advertise.clone().unwrap_or_else(|| bound.to_string());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -114,7 +116,10 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
     let sweep = runner.clone();
     match tokio::task::spawn_blocking(move || sweep.kill_leftovers()).await? {
         Ok(0) => {}
-        Ok(n) => tracing::warn!(killed = n, "killed attempts left running by an earlier executor process"),
+        Ok(n) => tracing::warn!(
+            killed = n,
+            "killed attempts left running by an earlier executor process"
+        ),
         Err(e) => return Err(e).context("killing attempts left by an earlier executor process"),
     }
     let client = Client::new(cfg.masters.clone())?;
@@ -147,7 +152,9 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
         });
     }
     if let Some(http_addr) = &cfg.http_listen {
-        let l = TcpListener::bind(http_addr).await.with_context(|| format!("binding http {http_addr}"))?;
+        let l = TcpListener::bind(http_addr)
+            .await
+            .with_context(|| format!("binding http {http_addr}"))?;
         tracing::info!(http = %http_addr, "serving /metrics and /status");
         tokio::spawn(http::serve(agent.clone(), l, stop.clone()));
     }
@@ -162,7 +169,9 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
         .add_service(health_service)
         .add_service(reflection)
         .add_service(WorkerServiceServer::new(worker::Worker { agent: agent.clone() }))
-        .serve_with_incoming_shutdown(crate::api::incoming(listener), async move { server_stop.wait().await });
+        .serve_with_incoming_shutdown(crate::api::incoming(listener), async move {
+            server_stop.wait().await
+        });
     let server = tokio::spawn(server);
 
     let (flush_tx, flush_rx) = tokio::sync::oneshot::channel();
@@ -212,7 +221,11 @@ impl Agent {
             seq,
             executor_id: self.id.clone(),
             addr: self.addr.clone(),
-            capacity: Some(pb::Resources { slots: self.cfg.slots, cpu_millis: self.cfg.cpu_millis, memory_mib: self.cfg.memory_mib }),
+            capacity: Some(pb::Resources {
+                slots: self.cfg.slots,
+                cpu_millis: self.cfg.cpu_millis,
+                memory_mib: self.cfg.memory_mib,
+            }),
             labels: self.cfg.labels.clone().into_iter().collect(),
         };
         let mut backoff = Duration::from_millis(100);
@@ -228,13 +241,16 @@ impl Agent {
                 Ok(r) => {
                     self.epoch.store(r.epoch, Ordering::SeqCst);
                     *self.ttl.lock().expect("poisoned") = Duration::from_millis(r.ttl_ms.max(100));
-                    *self.heartbeat.lock().expect("poisoned") = Duration::from_millis(r.heartbeat_ms.clamp(50, 60_000));
+                    *self.heartbeat.lock().expect("poisoned") =
+                        Duration::from_millis(r.heartbeat_ms.clamp(50, 60_000));
                     *self.last_ack.lock().expect("poisoned") = Instant::now();
                     crate::metrics::executor().registrations.inc();
                     tracing::info!(epoch = r.epoch, "registered");
                     return Ok(());
                 }
-                Err(e) if e.code() == tonic::Code::InvalidArgument => anyhow::bail!("registration refused: {}", e.message()),
+                Err(e) if e.code() == tonic::Code::InvalidArgument => {
+                    anyhow::bail!("registration refused: {}", e.message())
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "registration failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -275,7 +291,11 @@ impl Agent {
         let live = self.runner.live_tokens();
         live.into_iter()
             .filter_map(|t| self.runner.get(t))
-            .map(|a| pb::RunningAttempt { job_id: a.job_id, task_index: a.task_index, token: a.token })
+            .map(|a| pb::RunningAttempt {
+                job_id: a.job_id,
+                task_index: a.task_index,
+                token: a.token,
+            })
             .collect()
     }
 
@@ -320,7 +340,10 @@ async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shu
         // Self-fence before talking to anyone: after a pause the old attempts must die first.
         let skip = crate::chaos::on(crate::chaos::Bug::SkipFencing);
         if !skip && agent.is_fenced() && !agent.runner.live_tokens().is_empty() {
-            tracing::warn!(since_ack_ms = agent.since_ack().as_millis() as u64, "no heartbeat acknowledged: self-fencing, killing all attempts");
+            tracing::warn!(
+                since_ack_ms = agent.since_ack().as_millis() as u64,
+                "no heartbeat acknowledged: self-fencing, killing all attempts"
+            );
             crate::metrics::executor().self_fences.inc();
             for t in agent.runner.live_tokens() {
                 agent.stop_in_background(t, "self_fence", agent.self_fence_grace());
@@ -343,7 +366,9 @@ async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shu
         let bound = agent.hb_client.call_timeout + agent.hb_client.retry_for;
         let r = match tokio::time::timeout(bound, link.beat(&agent.hb_client, req)).await {
             Ok(r) => r,
-            Err(_) => Err(tonic::Status::deadline_exceeded(format!("heartbeat not answered within {bound:?}"))),
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "heartbeat not answered within {bound:?}"
+            ))),
         };
         let result = if r.is_ok() { "ok" } else { "error" };
         let m = crate::metrics::executor();
@@ -370,7 +395,9 @@ async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shu
             agent.stop_in_background(*t, "leader", STOP_GRACE);
         }
         if resp.reregister {
-            tracing::warn!("the leader does not know this executor (declared dead?): registering again");
+            tracing::warn!(
+                "the leader does not know this executor (declared dead?): registering again"
+            );
             if !skip {
                 for t in agent.runner.live_tokens() {
                     agent.stop_in_background(t, "reregister", STOP_GRACE);
@@ -393,7 +420,11 @@ async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shu
 
 /// Turns runner events into task reports, each retried until the leader answers for good. Once
 /// `flush` fires it delivers what is queued (bounded by the farewell timeout) and returns.
-async fn report_loop(agent: Arc<Agent>, mut events: mpsc::UnboundedReceiver<AttemptEvent>, mut flush: tokio::sync::oneshot::Receiver<()>) {
+async fn report_loop(
+    agent: Arc<Agent>,
+    mut events: mpsc::UnboundedReceiver<AttemptEvent>,
+    mut flush: tokio::sync::oneshot::Receiver<()>,
+) {
     let mut flushing = false;
     loop {
         let ev = if flushing {
@@ -411,16 +442,22 @@ async fn report_loop(agent: Arc<Agent>, mut events: mpsc::UnboundedReceiver<Atte
         let m = crate::metrics::executor();
         match &ev.kind {
             EventKind::Started { .. } => m.attempts_started.inc(),
-            EventKind::Finished { status } => m.attempts_finished.with_label_values(&[status.outcome()]).inc(),
+            EventKind::Finished { status } => {
+                m.attempts_finished.with_label_values(&[status.outcome()]).inc()
+            }
         }
         let (kind, exit_code, error) = match &ev.kind {
             EventKind::Started { .. } => (Kind::Started, 0, String::new()),
             EventKind::Finished { status } => match status {
                 ExitStatus::Exited(c) => (Kind::Finished, *c, String::new()),
-                ExitStatus::Signaled(s) => (Kind::Finished, 128 + s, format!("killed by signal {s}")),
+                ExitStatus::Signaled(s) => {
+                    (Kind::Finished, 128 + s, format!("killed by signal {s}"))
+                }
                 ExitStatus::TimedOut => (Kind::Finished, 124, "timed out".to_string()),
                 ExitStatus::Killed => (Kind::Lost, 0, "stopped by the executor".to_string()),
-                ExitStatus::SpawnFailed(m) => (Kind::Finished, 127, format!("could not start: {m}")),
+                ExitStatus::SpawnFailed(m) => {
+                    (Kind::Finished, 127, format!("could not start: {m}"))
+                }
             },
         };
         let req = pb::ReportTaskRequest {
@@ -432,7 +469,8 @@ async fn report_loop(agent: Arc<Agent>, mut events: mpsc::UnboundedReceiver<Atte
             exit_code,
             error,
         };
-        let deadline = Instant::now() + if flushing { FAREWELL_TIMEOUT } else { Duration::from_secs(3600) };
+        let deadline =
+            Instant::now() + if flushing { FAREWELL_TIMEOUT } else { Duration::from_secs(3600) };
         while Instant::now() < deadline {
             let r = agent
                 .client
@@ -443,13 +481,18 @@ async fn report_loop(agent: Arc<Agent>, mut events: mpsc::UnboundedReceiver<Atte
                 .await;
             match r {
                 Ok(resp) => {
-                    m.reports.with_label_values(&[if resp.kill { "stale" } else { "accepted" }]).inc();
+                    m.reports
+                        .with_label_values(&[if resp.kill { "stale" } else { "accepted" }])
+                        .inc();
                     if resp.kill {
                         agent.stop_in_background(ev.token, "stale_report", STOP_GRACE);
                     }
                     break;
                 }
-                Err(e) if e.code() == tonic::Code::InvalidArgument || e.code() == tonic::Code::NotFound => {
+                Err(e)
+                    if e.code() == tonic::Code::InvalidArgument
+                        || e.code() == tonic::Code::NotFound =>
+                {
                     m.reports.with_label_values(&["refused"]).inc();
                     tracing::warn!(token = ev.token, error = %e, "report refused for good");
                     break;

@@ -173,11 +173,7 @@ pub enum RunnerError {
     InvalidSpec { token: u64, reason: String },
     /// Another live attempt (another token) already uses this attempt's directory.
     #[error("token {token}: attempt directory {} is in use by live token {other_token}", dir.display())]
-    DirInUse {
-        token: u64,
-        other_token: u64,
-        dir: PathBuf,
-    },
+    DirInUse { token: u64, other_token: u64, dir: PathBuf },
     /// Preparing the attempt's directory or output files failed.
     #[error("token {token}: preparing {}: {source}", path.display())]
     Prepare {
@@ -196,11 +192,7 @@ pub enum RunnerError {
     },
     /// No output exists for the requested attempt.
     #[error("no output for job {job_id} task {task_index} attempt {attempt}")]
-    OutputNotFound {
-        job_id: String,
-        task_index: u32,
-        attempt: u32,
-    },
+    OutputNotFound { job_id: String, task_index: u32, attempt: u32 },
     /// Reading an output file failed.
     #[error("reading {}: {source}", path.display())]
     Read {
@@ -285,10 +277,7 @@ impl Runner {
         {
             let mut attempts = self.lock();
             if let Some(existing) = attempts.get(&token) {
-                return Err(RunnerError::AlreadyExists {
-                    token,
-                    pid: existing.info.pid,
-                });
+                return Err(RunnerError::AlreadyExists { token, pid: existing.info.pid });
             }
             if let Some(other) = attempts.values().find(|e| {
                 e.is_live()
@@ -296,11 +285,7 @@ impl Runner {
                     && e.info.task_index == spec.task_index
                     && e.info.attempt == spec.attempt
             }) {
-                return Err(RunnerError::DirInUse {
-                    token,
-                    other_token: other.info.token,
-                    dir,
-                });
+                return Err(RunnerError::DirInUse { token, other_token: other.info.token, dir });
             }
             let info = AttemptInfo {
                 token,
@@ -312,27 +297,15 @@ impl Runner {
                 stdout_path: stdout_path.clone(),
                 stderr_path: stderr_path.clone(),
             };
-            attempts.insert(
-                token,
-                Entry {
-                    info,
-                    stop_requested: false,
-                    done: done_rx,
-                },
-            );
+            attempts.insert(token, Entry { info, stop_requested: false, done: done_rx });
         }
 
         let prepared = prepare_dir(token, &dir, &stdout_path, &stderr_path).await;
-        let spawned = prepared
-            .and_then(|(stdout, stderr)| {
-                build_command(&spec, &dir, stdout, stderr)
-                    .spawn()
-                    .map_err(|source| RunnerError::Spawn {
-                        token,
-                        program: program_name(&spec),
-                        source,
-                    })
-            });
+        let spawned = prepared.and_then(|(stdout, stderr)| {
+            build_command(&spec, &dir, stdout, stderr).spawn().map_err(|source| {
+                RunnerError::Spawn { token, program: program_name(&spec), source }
+            })
+        });
         let child = match spawned {
             Ok(child) => child,
             Err(err) => {
@@ -345,9 +318,7 @@ impl Runner {
         let pid = child.id().expect("freshly spawned child has a pid");
         {
             let mut attempts = self.lock();
-            let entry = attempts
-                .get_mut(&token)
-                .expect("a live attempt is never forgotten");
+            let entry = attempts.get_mut(&token).expect("a live attempt is never forgotten");
             entry.info.pid = Some(pid);
             if entry.stop_requested {
                 // stop() came while we were spawning: it could not signal a pid it did not
@@ -359,11 +330,9 @@ impl Runner {
         self.record_running(token, pid);
         tracing::info!(token, pid, job_id = %spec.job_id, task = spec.task_index, attempt = spec.attempt, "attempt started");
         let runner = self.clone();
-        tokio::spawn(async move {
-            runner
-                .wait_attempt(token, pid, child, spec.timeout, done_tx)
-                .await
-        });
+        tokio::spawn(
+            async move { runner.wait_attempt(token, pid, child, spec.timeout, done_tx).await },
+        );
         Ok(pid)
     }
 
@@ -382,16 +351,11 @@ impl Runner {
             }
             entry.done.clone()
         };
-        if tokio::time::timeout(grace, wait_done(&mut done))
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, wait_done(&mut done)).await.is_err() {
             {
                 let attempts = self.lock();
-                if let Some(pid) = attempts
-                    .get(&token)
-                    .filter(|e| e.is_live())
-                    .and_then(|e| e.info.pid)
+                if let Some(pid) =
+                    attempts.get(&token).filter(|e| e.is_live()).and_then(|e| e.info.pid)
                 {
                     tracing::info!(token, pid, "attempt outlived its grace period; killing");
                     signal_group(pid, Signal::SIGKILL);
@@ -426,12 +390,8 @@ impl Runner {
 
     /// Tokens of attempts still running (or being started), ascending.
     pub fn live_tokens(&self) -> Vec<u64> {
-        let mut tokens: Vec<_> = self
-            .lock()
-            .values()
-            .filter(|e| e.is_live())
-            .map(|e| e.info.token)
-            .collect();
+        let mut tokens: Vec<_> =
+            self.lock().values().filter(|e| e.is_live()).map(|e| e.info.token).collect();
         tokens.sort_unstable();
         tokens
     }
@@ -466,19 +426,13 @@ impl Runner {
         offset: u64,
         max_bytes: usize,
     ) -> Result<(Vec<u8>, bool), RunnerError> {
-        let not_found = || RunnerError::OutputNotFound {
-            job_id: job_id.to_owned(),
-            task_index,
-            attempt,
-        };
+        let not_found =
+            || RunnerError::OutputNotFound { job_id: job_id.to_owned(), task_index, attempt };
         if !is_path_component(job_id) {
             return Err(not_found());
         }
         let attempt = match attempt {
-            0 => self
-                .latest_attempt(job_id, task_index)
-                .await
-                .ok_or_else(not_found)?,
+            0 => self.latest_attempt(job_id, task_index).await.ok_or_else(not_found)?,
             n => n,
         };
         // Liveness is read before the file, so a `false` here never hides output written later.
@@ -488,13 +442,12 @@ impl Runner {
                 && e.info.task_index == task_index
                 && e.info.attempt == attempt
         });
-        let path = self
-            .attempt_dir(job_id, task_index, attempt)
-            .join(if stderr { "stderr" } else { "stdout" });
-        let read_err = |source| RunnerError::Read {
-            path: path.clone(),
-            source,
-        };
+        let path = self.attempt_dir(job_id, task_index, attempt).join(if stderr {
+            "stderr"
+        } else {
+            "stdout"
+        });
+        let read_err = |source| RunnerError::Read { path: path.clone(), source };
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -511,10 +464,7 @@ impl Runner {
         if offset < len {
             file.seek(SeekFrom::Start(offset)).await.map_err(read_err)?;
             let want = (len - offset).min(max_bytes as u64);
-            file.take(want)
-                .read_to_end(&mut buf)
-                .await
-                .map_err(read_err)?;
+            file.take(want).read_to_end(&mut buf).await.map_err(read_err)?;
         }
         let eof = !live && offset.saturating_add(buf.len() as u64) >= len;
         Ok((buf, eof))
@@ -559,11 +509,7 @@ impl Runner {
                 .map(|e| self.attempt_dir(&e.info.job_id, e.info.task_index, e.info.attempt))
                 .collect()
         };
-        for path in attempt_dirs
-            .into_iter()
-            .filter(|p| !live.contains(p))
-            .chain(strays)
-        {
+        for path in attempt_dirs.into_iter().filter(|p| !live.contains(p)).chain(strays) {
             let removed = if path.is_dir() {
                 std::fs::remove_dir_all(&path)
             } else {
@@ -628,9 +574,7 @@ impl Runner {
     fn finish(&self, token: u64, outcome: ExitStatus, done: watch::Sender<bool>) {
         let status = {
             let mut attempts = self.lock();
-            let entry = attempts
-                .get_mut(&token)
-                .expect("a live attempt is never forgotten");
+            let entry = attempts.get_mut(&token).expect("a live attempt is never forgotten");
             debug_assert!(entry.is_live(), "attempt {token} finished twice");
             let status = match outcome {
                 failed @ ExitStatus::SpawnFailed(_) => failed,
@@ -646,12 +590,7 @@ impl Runner {
     }
 
     fn send(&self, token: u64, kind: EventKind) {
-        if self
-            .inner
-            .events
-            .send(AttemptEvent { token, kind })
-            .is_err()
-        {
+        if self.inner.events.send(AttemptEvent { token, kind }).is_err() {
             tracing::debug!(token, "attempt event dropped: no receiver");
         }
     }
@@ -664,20 +603,12 @@ impl Runner {
             .filter(|e| e.info.job_id == job_id && e.info.task_index == task_index)
             .map(|e| e.info.attempt)
             .max();
-        let task_dir = self
-            .inner
-            .work_dir
-            .join(ATTEMPTS_DIR)
-            .join(job_id)
-            .join(task_index.to_string());
+        let task_dir =
+            self.inner.work_dir.join(ATTEMPTS_DIR).join(job_id).join(task_index.to_string());
         let mut on_disk = None;
         if let Ok(mut entries) = tokio::fs::read_dir(&task_dir).await {
             while let Ok(Some(entry)) = entries.next_entry().await {
-                if let Some(n) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|s| s.parse::<u32>().ok())
-                {
+                if let Some(n) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
                     on_disk = on_disk.max(Some(n));
                 }
             }
@@ -716,19 +647,25 @@ impl Runner {
         let mut killed = 0;
         for entry in read_dir_or_empty(&dir)? {
             let path = entry?.path();
-            let record = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok()).zip(
-                std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u32>().ok()),
-            );
+            let record =
+                path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok()).zip(
+                    std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u32>().ok()),
+                );
             if let Some((token, pgid)) = record.filter(|(_, pgid)| *pgid > 1) {
                 let marker = format!("TRIAD_FENCING_TOKEN={token}");
                 let ours = group_members(pgid).into_iter().any(|pid| {
                     let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
                     let has_token = env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes());
                     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
-                    has_token || matches!((&cwd, &attempts_root), (Some(c), Some(r)) if c.starts_with(r))
+                    has_token
+                        || matches!((&cwd, &attempts_root), (Some(c), Some(r)) if c.starts_with(r))
                 });
                 if ours {
-                    tracing::warn!(token, pgid, "killing an attempt left running by an earlier executor process");
+                    tracing::warn!(
+                        token,
+                        pgid,
+                        "killing an attempt left running by an earlier executor process"
+                    );
                     signal_group(pgid, Signal::SIGKILL);
                     let deadline = std::time::Instant::now() + LEFTOVER_KILL_WAIT;
                     while !group_members(pgid).is_empty() && std::time::Instant::now() < deadline {
@@ -756,25 +693,14 @@ impl Runner {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
         // Nothing panics while holding the lock; recovering keeps one bug from stopping them all.
-        self.inner
-            .attempts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.attempts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 fn validate(spec: &AttemptSpec) -> Result<(), RunnerError> {
-    let invalid = |reason: String| {
-        Err(RunnerError::InvalidSpec {
-            token: spec.token,
-            reason,
-        })
-    };
+    let invalid = |reason: String| Err(RunnerError::InvalidSpec { token: spec.token, reason });
     if !is_path_component(&spec.job_id) {
-        return invalid(format!(
-            "job id {:?} is not a plain directory name",
-            spec.job_id
-        ));
+        return invalid(format!("job id {:?} is not a plain directory name", spec.job_id));
     }
     if spec.attempt == 0 {
         return invalid("attempt numbers start at 1".into());
@@ -819,7 +745,11 @@ async fn prepare_dir(
     })
     .await;
     prepared.unwrap_or_else(|e| {
-        Err(RunnerError::Prepare { token, path: PathBuf::new(), source: std::io::Error::other(e.to_string()) })
+        Err(RunnerError::Prepare {
+            token,
+            path: PathBuf::new(),
+            source: std::io::Error::other(e.to_string()),
+        })
     })
 }
 
@@ -963,11 +893,7 @@ mod tests {
     fn harness() -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let (tx, events) = mpsc::unbounded_channel();
-        Harness {
-            runner: Runner::new(dir.path().to_path_buf(), tx),
-            events,
-            dir,
-        }
+        Harness { runner: Runner::new(dir.path().to_path_buf(), tx), events, dir }
     }
 
     fn spec(token: u64, command: &str, args: &[&str]) -> AttemptSpec {
@@ -988,10 +914,7 @@ mod tests {
     }
 
     fn shell(token: u64, script: &str) -> AttemptSpec {
-        AttemptSpec {
-            shell: true,
-            ..spec(token, script, &[])
-        }
+        AttemptSpec { shell: true, ..spec(token, script, &[]) }
     }
 
     impl Harness {
@@ -1007,11 +930,7 @@ mod tests {
         async fn finished(&mut self, token: u64) -> ExitStatus {
             loop {
                 let event = self.next_event().await;
-                if let AttemptEvent {
-                    token: t,
-                    kind: EventKind::Finished { status },
-                } = event
-                {
+                if let AttemptEvent { token: t, kind: EventKind::Finished { status } } = event {
                     if t == token {
                         return status;
                     }
@@ -1028,14 +947,7 @@ mod tests {
         async fn output(&self, spec: &AttemptSpec, stderr: bool) -> String {
             let (bytes, eof) = self
                 .runner
-                .read_output(
-                    &spec.job_id,
-                    spec.task_index,
-                    spec.attempt,
-                    stderr,
-                    0,
-                    1 << 20,
-                )
+                .read_output(&spec.job_id, spec.task_index, spec.attempt, stderr, 0, 1 << 20)
                 .await
                 .expect("read_output");
             assert!(eof, "finished attempt's output should be at eof");
@@ -1061,14 +973,10 @@ mod tests {
         match nix::sys::signal::kill(Pid::from_raw(pid), None) {
             Err(Errno::ESRCH) => true,
             _ => std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|stat| {
-                    stat.rsplit_once(") ")
-                        .is_some_and(|(_, rest)| rest.starts_with('Z'))
-                })
+                .map(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
                 .unwrap_or(true),
         }
     }
-
 
     fn env_map(output: &str) -> BTreeMap<String, String> {
         output
@@ -1097,20 +1005,13 @@ mod tests {
             ("USER_VAR", "user value"),
         ];
         for (key, value) in expect {
-            assert_eq!(
-                env.get(key).map(String::as_str),
-                Some(value),
-                "{key} in {env:?}"
-            );
+            assert_eq!(env.get(key).map(String::as_str), Some(value), "{key} in {env:?}");
         }
         if let Ok(path) = std::env::var("PATH") {
             assert_eq!(env.get("PATH"), Some(&path), "PATH is inherited");
         }
         // cargo sets CARGO_* for test binaries; the attempt must not see the executor's env.
-        assert!(
-            !env.keys().any(|k| k.starts_with("CARGO")),
-            "executor env leaked: {env:?}"
-        );
+        assert!(!env.keys().any(|k| k.starts_with("CARGO")), "executor env leaked: {env:?}");
     }
 
     #[tokio::test]
@@ -1143,24 +1044,13 @@ mod tests {
     #[tokio::test]
     async fn exit_codes_and_foreign_signals_propagate() {
         let mut h = harness();
+        assert_eq!(h.run_to_end(spec(1, "true", &[])).await, ExitStatus::Exited(0));
         assert_eq!(
-            h.run_to_end(spec(1, "true", &[])).await,
-            ExitStatus::Exited(0)
-        );
-        assert_eq!(
-            h.run_to_end(AttemptSpec {
-                attempt: 2,
-                ..shell(2, "exit 7")
-            })
-            .await,
+            h.run_to_end(AttemptSpec { attempt: 2, ..shell(2, "exit 7") }).await,
             ExitStatus::Exited(7)
         );
         assert_eq!(
-            h.run_to_end(AttemptSpec {
-                attempt: 3,
-                ..shell(3, "kill -9 $$")
-            })
-            .await,
+            h.run_to_end(AttemptSpec { attempt: 3, ..shell(3, "kill -9 $$") }).await,
             ExitStatus::Signaled(9)
         );
         let info = h.runner.get(2).expect("known");
@@ -1171,28 +1061,20 @@ mod tests {
     #[tokio::test]
     async fn nonexistent_program_reports_spawn_failed_without_started() {
         let mut h = harness();
-        let err = h
-            .runner
-            .start(spec(5, "/nonexistent/triad-no-such-program", &[]))
-            .await
-            .unwrap_err();
+        let err =
+            h.runner.start(spec(5, "/nonexistent/triad-no-such-program", &[])).await.unwrap_err();
         assert!(
             matches!(&err, RunnerError::Spawn { token: 5, program, .. } if program.contains("no-such-program")),
             "{err}"
         );
-        assert!(
-            err.to_string().contains("token 5"),
-            "error names the token: {err}"
-        );
+        assert!(err.to_string().contains("token 5"), "error names the token: {err}");
         let event = h.next_event().await;
         assert!(
             matches!(
                 &event,
                 AttemptEvent {
                     token: 5,
-                    kind: EventKind::Finished {
-                        status: ExitStatus::SpawnFailed(_)
-                    }
+                    kind: EventKind::Finished { status: ExitStatus::SpawnFailed(_) }
                 }
             ),
             "first and only event is Finished(SpawnFailed), got {event:?}"
@@ -1202,10 +1084,7 @@ mod tests {
         assert_eq!(info.pid, None);
         assert!(matches!(
             h.runner.start(spec(5, "true", &[])).await,
-            Err(RunnerError::AlreadyExists {
-                token: 5,
-                pid: None
-            })
+            Err(RunnerError::AlreadyExists { token: 5, pid: None })
         ));
         assert!(h.events.try_recv().is_err(), "no further events");
     }
@@ -1219,12 +1098,7 @@ mod tests {
         };
         let pid = h.runner.start(s.clone()).await.expect("start");
         assert_eq!(h.finished(1).await, ExitStatus::TimedOut);
-        let bg: i32 = h
-            .output(&s, false)
-            .await
-            .trim()
-            .parse()
-            .expect("background pid");
+        let bg: i32 = h.output(&s, false).await.trim().parse().expect("background pid");
         assert!(is_gone(pid as i32), "leader {pid} survived the timeout");
         wait_until("background sleep to die", || async { is_gone(bg) }).await;
     }
@@ -1232,17 +1106,10 @@ mod tests {
     #[tokio::test]
     async fn stop_kills_the_whole_process_group() {
         let mut h = harness();
-        let pid = h
-            .runner
-            .start(shell(1, "sleep 1000 & sleep 1000"))
-            .await
-            .expect("start");
+        let pid = h.runner.start(shell(1, "sleep 1000 & sleep 1000")).await.expect("start");
         assert_eq!(
             h.next_event().await,
-            AttemptEvent {
-                token: 1,
-                kind: EventKind::Started { pid }
-            }
+            AttemptEvent { token: 1, kind: EventKind::Started { pid } }
         );
         let mut members = Vec::new();
         wait_until("sh and both sleeps in the group", || {
@@ -1253,25 +1120,14 @@ mod tests {
         .await;
         assert!(members.contains(&(pid as i32)));
 
-        assert!(
-            h.runner.stop(1, Duration::from_secs(5)).await,
-            "attempt was live"
-        );
-        assert_eq!(
-            h.runner.get(1).and_then(|i| i.status),
-            Some(ExitStatus::Killed)
-        );
+        assert!(h.runner.stop(1, Duration::from_secs(5)).await, "attempt was live");
+        assert_eq!(h.runner.get(1).and_then(|i| i.status), Some(ExitStatus::Killed));
         assert_eq!(h.finished(1).await, ExitStatus::Killed);
         for member in &members {
-            wait_until(&format!("group member {member} to die"), || async {
-                is_gone(*member)
-            })
-            .await;
+            wait_until(&format!("group member {member} to die"), || async { is_gone(*member) })
+                .await;
         }
-        assert!(
-            !h.runner.stop(1, Duration::from_secs(5)).await,
-            "a finished attempt is not live"
-        );
+        assert!(!h.runner.stop(1, Duration::from_secs(5)).await, "a finished attempt is not live");
     }
 
     #[tokio::test]
@@ -1301,12 +1157,7 @@ mod tests {
         let mut h = harness();
         let s = shell(1, "sleep 1000 & echo $!");
         assert_eq!(h.run_to_end(s.clone()).await, ExitStatus::Exited(0));
-        let bg: i32 = h
-            .output(&s, false)
-            .await
-            .trim()
-            .parse()
-            .expect("background pid");
+        let bg: i32 = h.output(&s, false).await.trim().parse().expect("background pid");
         wait_until("orphaned sleep to die", || async { is_gone(bg) }).await;
     }
 
@@ -1324,10 +1175,7 @@ mod tests {
             other => panic!("exactly one concurrent start must spawn: {other:?}"),
         };
         match h.runner.start(s.clone()).await {
-            Err(RunnerError::AlreadyExists {
-                token: 9,
-                pid: Some(p),
-            }) => assert_eq!(p, pid),
+            Err(RunnerError::AlreadyExists { token: 9, pid: Some(p) }) => assert_eq!(p, pid),
             other => panic!("a later duplicate reports the existing pid: {other:?}"),
         }
         wait_until("the attempt to write its marker", || async {
@@ -1336,38 +1184,21 @@ mod tests {
         .await;
         assert!(h.runner.stop(9, Duration::from_secs(5)).await);
         assert!(
-            matches!(
-                h.runner.start(s.clone()).await,
-                Err(RunnerError::AlreadyExists { .. })
-            ),
+            matches!(h.runner.start(s.clone()).await, Err(RunnerError::AlreadyExists { .. })),
             "finished tokens stay known"
         );
 
         assert_eq!(
             h.next_event().await,
-            AttemptEvent {
-                token: 9,
-                kind: EventKind::Started { pid }
-            }
+            AttemptEvent { token: 9, kind: EventKind::Started { pid } }
         );
         assert_eq!(
             h.next_event().await,
-            AttemptEvent {
-                token: 9,
-                kind: EventKind::Finished {
-                    status: ExitStatus::Killed
-                }
-            }
+            AttemptEvent { token: 9, kind: EventKind::Finished { status: ExitStatus::Killed } }
         );
         let extra: Vec<_> = std::iter::from_fn(|| h.events.try_recv().ok()).collect();
-        assert!(
-            extra.is_empty(),
-            "no events beyond one Started and one Finished: {extra:?}"
-        );
-        assert_eq!(
-            std::fs::read_to_string(&marker).expect("marker"),
-            "spawned\n"
-        );
+        assert!(extra.is_empty(), "no events beyond one Started and one Finished: {extra:?}");
+        assert_eq!(std::fs::read_to_string(&marker).expect("marker"), "spawned\n");
         assert_eq!(h.runner.list().len(), 1);
     }
 
@@ -1375,10 +1206,7 @@ mod tests {
     async fn read_output_streams_by_offset_and_survives_a_runner_restart() {
         let mut h = harness();
         // A live attempt: output so far is readable but never eof.
-        let live = AttemptSpec {
-            task_index: 3,
-            ..shell(2, "echo first; sleep 1000")
-        };
+        let live = AttemptSpec { task_index: 3, ..shell(2, "echo first; sleep 1000") };
         h.runner.start(live.clone()).await.expect("start");
         wait_until("first line", || async {
             h.runner
@@ -1387,55 +1215,27 @@ mod tests {
                 .is_ok_and(|(b, eof)| b == b"first\n" && !eof)
         })
         .await;
-        let (rest, eof) = h
-            .runner
-            .read_output("job-a", 3, 1, false, 6, 100)
-            .await
-            .expect("read");
-        assert!(
-            rest.is_empty() && !eof,
-            "caught up with a live attempt is not eof"
-        );
+        let (rest, eof) = h.runner.read_output("job-a", 3, 1, false, 6, 100).await.expect("read");
+        assert!(rest.is_empty() && !eof, "caught up with a live attempt is not eof");
         assert!(h.runner.stop(2, Duration::from_secs(5)).await);
         assert_eq!(
-            h.runner
-                .read_output("job-a", 3, 1, false, 6, 100)
-                .await
-                .expect("read"),
+            h.runner.read_output("job-a", 3, 1, false, 6, 100).await.expect("read"),
             (vec![], true)
         );
 
-        assert_eq!(
-            h.run_to_end(shell(1, "printf 'hello world'")).await,
-            ExitStatus::Exited(0)
-        );
+        assert_eq!(h.run_to_end(shell(1, "printf 'hello world'")).await, ExitStatus::Exited(0));
         let read = |runner: Runner, attempt, offset, max| async move {
-            runner
-                .read_output("job-a", 2, attempt, false, offset, max)
-                .await
-                .expect("read")
+            runner.read_output("job-a", 2, attempt, false, offset, max).await.expect("read")
         };
-        assert_eq!(
-            read(h.runner.clone(), 1, 0, 5).await,
-            (b"hello".to_vec(), false)
-        );
-        assert_eq!(
-            read(h.runner.clone(), 1, 5, 100).await,
-            (b" world".to_vec(), true)
-        );
-        assert_eq!(
-            read(h.runner.clone(), 0, 6, 3).await,
-            (b"wor".to_vec(), false)
-        );
+        assert_eq!(read(h.runner.clone(), 1, 0, 5).await, (b"hello".to_vec(), false));
+        assert_eq!(read(h.runner.clone(), 1, 5, 100).await, (b" world".to_vec(), true));
+        assert_eq!(read(h.runner.clone(), 0, 6, 3).await, (b"wor".to_vec(), false));
         assert_eq!(read(h.runner.clone(), 1, 100, 10).await, (vec![], true));
 
         // A new runner over the same work dir knows nothing in memory, yet finds the files.
         let (tx, _rx) = mpsc::unbounded_channel();
         let restarted = Runner::new(h.dir.path().to_path_buf(), tx);
-        assert_eq!(
-            read(restarted.clone(), 0, 0, 100).await,
-            (b"hello world".to_vec(), true)
-        );
+        assert_eq!(read(restarted.clone(), 0, 0, 100).await, (b"hello world".to_vec(), true));
         assert!(matches!(
             restarted.read_output("job-a", 2, 7, false, 0, 10).await,
             Err(RunnerError::OutputNotFound { attempt: 7, .. })
@@ -1470,10 +1270,7 @@ mod tests {
         let mut h = harness();
         for token in 1..=3 {
             h.runner
-                .start(AttemptSpec {
-                    attempt: token as u32,
-                    ..spec(token, "sleep", &["1000"])
-                })
+                .start(AttemptSpec { attempt: token as u32, ..spec(token, "sleep", &["1000"]) })
                 .await
                 .expect("start");
         }
@@ -1481,10 +1278,7 @@ mod tests {
         h.runner.stop_all(Duration::from_secs(5)).await;
         assert!(h.runner.live_tokens().is_empty());
         for token in 1..=3 {
-            assert_eq!(
-                h.runner.get(token).and_then(|i| i.status),
-                Some(ExitStatus::Killed)
-            );
+            assert_eq!(h.runner.get(token).and_then(|i| i.status), Some(ExitStatus::Killed));
         }
         let mut finished = 0;
         while finished < 3 {
@@ -1498,14 +1292,8 @@ mod tests {
     #[tokio::test]
     async fn cleanup_removes_all_but_live_attempt_dirs_and_forget_drops_finished_only() {
         let mut h = harness();
-        assert_eq!(
-            h.run_to_end(spec(1, "true", &[])).await,
-            ExitStatus::Exited(0)
-        );
-        let live = AttemptSpec {
-            job_id: "job-b".into(),
-            ..spec(2, "sleep", &["1000"])
-        };
+        assert_eq!(h.run_to_end(spec(1, "true", &[])).await, ExitStatus::Exited(0));
+        let live = AttemptSpec { job_id: "job-b".into(), ..spec(2, "sleep", &["1000"]) };
         h.runner.start(live).await.expect("start");
         std::fs::write(h.dir.path().join("attempts/stray"), b"x").expect("stray file");
         std::fs::write(h.dir.path().join("keep-me"), b"x").expect("file outside attempts");
@@ -1516,27 +1304,14 @@ mod tests {
             .expect("join")
             .expect("cleanup");
         let attempts = h.dir.path().join("attempts");
-        let left: Vec<_> = std::fs::read_dir(&attempts)
-            .expect("dir")
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert_eq!(
-            left,
-            vec!["job-b"],
-            "only the live attempt's job dir remains"
-        );
+        let left: Vec<_> =
+            std::fs::read_dir(&attempts).expect("dir").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec!["job-b"], "only the live attempt's job dir remains");
         assert!(attempts.join("job-b/2/1/stdout").exists());
-        assert!(
-            h.dir.path().join("keep-me").exists(),
-            "nothing outside attempts/ is touched"
-        );
+        assert!(h.dir.path().join("keep-me").exists(), "nothing outside attempts/ is touched");
 
         h.runner.forget(2);
-        assert!(
-            h.runner.get(2).is_some(),
-            "a live attempt cannot be forgotten"
-        );
+        assert!(h.runner.get(2).is_some(), "a live attempt cannot be forgotten");
         h.runner.forget(1);
         assert!(h.runner.get(1).is_none());
         h.runner.stop_all(Duration::from_secs(5)).await;
@@ -1547,34 +1322,10 @@ mod tests {
     async fn invalid_specs_are_rejected_before_anything_runs() {
         let h = harness();
         for (bad, why) in [
-            (
-                AttemptSpec {
-                    job_id: "../escape".into(),
-                    ..spec(1, "true", &[])
-                },
-                "job id",
-            ),
-            (
-                AttemptSpec {
-                    job_id: "".into(),
-                    ..spec(2, "true", &[])
-                },
-                "job id",
-            ),
-            (
-                AttemptSpec {
-                    attempt: 0,
-                    ..spec(3, "true", &[])
-                },
-                "attempt",
-            ),
-            (
-                AttemptSpec {
-                    task_index: 4,
-                    ..spec(4, "true", &[])
-                },
-                "task index",
-            ),
+            (AttemptSpec { job_id: "../escape".into(), ..spec(1, "true", &[]) }, "job id"),
+            (AttemptSpec { job_id: "".into(), ..spec(2, "true", &[]) }, "job id"),
+            (AttemptSpec { attempt: 0, ..spec(3, "true", &[]) }, "attempt"),
+            (AttemptSpec { task_index: 4, ..spec(4, "true", &[]) }, "task index"),
         ] {
             let err = h.runner.start(bad).await.unwrap_err();
             assert!(
@@ -1589,26 +1340,9 @@ mod tests {
     #[tokio::test]
     async fn a_second_live_token_for_the_same_attempt_dir_is_refused() {
         let mut h = harness();
-        h.runner
-            .start(spec(1, "sleep", &["1000"]))
-            .await
-            .expect("start");
-        let err = h
-            .runner
-            .start(spec(2, "sleep", &["1000"]))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                RunnerError::DirInUse {
-                    token: 2,
-                    other_token: 1,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        h.runner.start(spec(1, "sleep", &["1000"])).await.expect("start");
+        let err = h.runner.start(spec(2, "sleep", &["1000"])).await.unwrap_err();
+        assert!(matches!(err, RunnerError::DirInUse { token: 2, other_token: 1, .. }), "{err}");
         assert!(h.runner.stop(1, Duration::from_secs(5)).await);
         assert_eq!(h.finished(1).await, ExitStatus::Killed);
         assert!(
@@ -1675,7 +1409,10 @@ mod tests {
         std::fs::write(running.join("64"), "not a pid").unwrap();
 
         let runner = h.runner.clone();
-        let killed = tokio::task::spawn_blocking(move || runner.kill_leftovers()).await.unwrap().expect("kill_leftovers");
+        let killed = tokio::task::spawn_blocking(move || runner.kill_leftovers())
+            .await
+            .unwrap()
+            .expect("kill_leftovers");
         assert_eq!(killed, 2);
         assert!(by_token.wait().unwrap().code().is_none(), "killed by a signal");
         assert!(by_cwd.wait().unwrap().code().is_none(), "killed by a signal");

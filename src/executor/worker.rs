@@ -20,28 +20,42 @@ pub struct Worker {
 
 #[tonic::async_trait]
 impl WorkerService for Worker {
-    async fn start_attempt(&self, req: Request<pb::StartAttemptRequest>) -> Result<Response<pb::StartAttemptResponse>, Status> {
+    async fn start_attempt(
+        &self,
+        req: Request<pb::StartAttemptRequest>,
+    ) -> Result<Response<pb::StartAttemptResponse>, Status> {
         let r = req.into_inner();
         if self.agent.draining.load(Ordering::SeqCst) {
             return Err(Status::failed_precondition("executor is draining"));
         }
         if self.agent.is_fenced() {
-            return Err(Status::failed_precondition("executor is self-fenced (no heartbeat acknowledged recently)"));
+            return Err(Status::failed_precondition(
+                "executor is self-fenced (no heartbeat acknowledged recently)",
+            ));
         }
         let epoch = self.agent.epoch.load(Ordering::SeqCst);
         if r.epoch < epoch {
-            return Err(Status::failed_precondition(format!("stale executor epoch {} (current {epoch})", r.epoch)));
+            return Err(Status::failed_precondition(format!(
+                "stale executor epoch {} (current {epoch})",
+                r.epoch
+            )));
         }
         if r.epoch > epoch {
             // The leader committed our registration before its reply reached us: retry shortly.
-            return Err(Status::unavailable(format!("executor has not yet learned epoch {} (has {epoch})", r.epoch)));
+            return Err(Status::unavailable(format!(
+                "executor has not yet learned epoch {} (has {epoch})",
+                r.epoch
+            )));
         }
         // Late or unstamped: the leader may have given this start up. It retries with the stamp
         // of a newer beat if it still wants it.
         if let Err(e) = self.agent.check_lease(r.lease_seq) {
             crate::metrics::executor().stale_starts.inc();
             tracing::info!(token = r.token, "start refused: {e}");
-            return Err(Status::unavailable(format!("start of token {} refused: {e}; retry with a newer heartbeat", r.token)));
+            return Err(Status::unavailable(format!(
+                "start of token {} refused: {e}; retry with a newer heartbeat",
+                r.token
+            )));
         }
         let spec = AttemptSpec {
             job_id: r.job_id,
@@ -66,20 +80,32 @@ impl WorkerService for Worker {
         match started {
             Ok(pid) => Ok(Response::new(pb::StartAttemptResponse { pid })),
             // Idempotent: the leader retried a start that had already worked.
-            Err(RunnerError::AlreadyExists { pid, .. }) => Ok(Response::new(pb::StartAttemptResponse { pid: pid.unwrap_or(0) })),
-            Err(e @ (RunnerError::InvalidSpec { .. } | RunnerError::DirInUse { .. })) => Err(Status::invalid_argument(e.to_string())),
+            Err(RunnerError::AlreadyExists { pid, .. }) => {
+                Ok(Response::new(pb::StartAttemptResponse { pid: pid.unwrap_or(0) }))
+            }
+            Err(e @ (RunnerError::InvalidSpec { .. } | RunnerError::DirInUse { .. })) => {
+                Err(Status::invalid_argument(e.to_string()))
+            }
             // A spawn failure is reported as the attempt's exit (127), not as a dispatch failure.
-            Err(RunnerError::Spawn { .. } | RunnerError::Prepare { .. }) => Ok(Response::new(pb::StartAttemptResponse { pid: 0 })),
+            Err(RunnerError::Spawn { .. } | RunnerError::Prepare { .. }) => {
+                Ok(Response::new(pb::StartAttemptResponse { pid: 0 }))
+            }
             Err(e) => Err(Status::internal(e.to_string())),
         }
     }
 
-    async fn stop_attempt(&self, req: Request<pb::StopAttemptRequest>) -> Result<Response<pb::StopAttemptResponse>, Status> {
+    async fn stop_attempt(
+        &self,
+        req: Request<pb::StopAttemptRequest>,
+    ) -> Result<Response<pb::StopAttemptResponse>, Status> {
         let was_running = self.agent.runner.stop(req.into_inner().token, STOP_GRACE).await;
         Ok(Response::new(pb::StopAttemptResponse { was_running }))
     }
 
-    async fn query_attempt(&self, req: Request<pb::QueryAttemptRequest>) -> Result<Response<pb::QueryAttemptResponse>, Status> {
+    async fn query_attempt(
+        &self,
+        req: Request<pb::QueryAttemptRequest>,
+    ) -> Result<Response<pb::QueryAttemptResponse>, Status> {
         let token = req.into_inner().token;
         Ok(Response::new(match self.agent.runner.get(token) {
             None => pb::QueryAttemptResponse::default(),
@@ -92,10 +118,18 @@ impl WorkerService for Worker {
         }))
     }
 
-    async fn read_output(&self, req: Request<pb::ReadOutputRequest>) -> Result<Response<pb::ReadOutputResponse>, Status> {
+    async fn read_output(
+        &self,
+        req: Request<pb::ReadOutputRequest>,
+    ) -> Result<Response<pb::ReadOutputResponse>, Status> {
         let r = req.into_inner();
         let max = if r.max_bytes == 0 { MAX_READ } else { (r.max_bytes as usize).min(MAX_READ) };
-        match self.agent.runner.read_output(&r.job_id, r.task_index, r.attempt, r.stderr, r.offset, max).await {
+        match self
+            .agent
+            .runner
+            .read_output(&r.job_id, r.task_index, r.attempt, r.stderr, r.offset, max)
+            .await
+        {
             Ok((data, eof)) => Ok(Response::new(pb::ReadOutputResponse { data, eof })),
             Err(e @ RunnerError::OutputNotFound { .. }) => Err(Status::not_found(e.to_string())),
             Err(e) => Err(Status::internal(e.to_string())),

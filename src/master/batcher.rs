@@ -38,7 +38,10 @@ impl Batcher {
     }
 
     /// Proposes one command as part of the next batch; resolves once it is committed and applied.
-    pub async fn propose(&self, command: Command) -> Result<Result<Outcome, Rejection>, LocalError> {
+    pub async fn propose(
+        &self,
+        command: Command,
+    ) -> Result<Result<Outcome, Rejection>, LocalError> {
         let (reply, rx) = oneshot::channel();
         let stopped = || LocalError::Status(tonic::Status::unavailable("master is stopping"));
         self.tx.send((command, reply)).await.map_err(|_| stopped())?;
@@ -46,7 +49,12 @@ impl Batcher {
     }
 }
 
-async fn run(raft: Raft, node_id: u64, timeout: Duration, mut rx: mpsc::Receiver<(Command, Reply)>) {
+async fn run(
+    raft: Raft,
+    node_id: u64,
+    timeout: Duration,
+    mut rx: mpsc::Receiver<(Command, Reply)>,
+) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
@@ -65,7 +73,8 @@ async fn run(raft: Raft, node_id: u64, timeout: Duration, mut rx: mpsc::Receiver
             let n = commands.len();
             let (m, started) = (crate::metrics::get(), std::time::Instant::now());
             m.batch_commands.observe(n as f64);
-            let result = tokio::time::timeout(timeout, raft.client_write(Request { commands })).await;
+            let result =
+                tokio::time::timeout(timeout, raft.client_write(Request { commands })).await;
             m.commit_seconds.observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(Ok(resp)) if resp.data.results.len() == n => {
@@ -74,9 +83,13 @@ async fn run(raft: Raft, node_id: u64, timeout: Duration, mut rx: mpsc::Receiver
                     }
                 }
                 Ok(Ok(resp)) => {
-                    let msg = format!("batch of {n} commands produced {} results", resp.data.results.len());
+                    let msg = format!(
+                        "batch of {n} commands produced {} results",
+                        resp.data.results.len()
+                    );
                     for reply in replies {
-                        let _ = reply.send(Err(LocalError::Status(tonic::Status::internal(msg.clone()))));
+                        let _ = reply
+                            .send(Err(LocalError::Status(tonic::Status::internal(msg.clone()))));
                     }
                 }
                 Ok(Err(e)) => {

@@ -9,9 +9,9 @@ use openraft::{BasicNode, ServerState};
 use tonic::{Request, Response, Status};
 
 use super::node::{forwarded, is_forwarded, LocalError, Node};
+use crate::api::pb;
 use crate::api::pb::cluster_service_client::ClusterServiceClient;
 use crate::api::pb::cluster_service_server::ClusterService;
-use crate::api::pb;
 
 /// Deadline for asking a peer for its status.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -69,14 +69,14 @@ impl Cluster {
             pid: std::process::id(),
         }
     }
-
 }
 
 /// Every member's status as seen from `node` (its own directly, the others over gRPC with a
 /// deadline), and the leader: the reachable master that says it leads in the highest term.
 pub async fn gather_status(node: &Node) -> pb::ClusterStatusResponse {
     let m = node.metrics();
-    let members: Vec<(u64, String)> = m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+    let members: Vec<(u64, String)> =
+        m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
     let futs = members.into_iter().map(|(id, addr)| async move {
         if id == node.id {
             Cluster::local_status(node, false)
@@ -85,50 +85,63 @@ pub async fn gather_status(node: &Node) -> pb::ClusterStatusResponse {
         }
     });
     let masters: Vec<pb::MasterStatus> = futures::future::join_all(futs).await;
-    let leader = masters.iter().filter(|s| s.reachable && s.role == "leader").max_by_key(|s| s.term);
+    let leader =
+        masters.iter().filter(|s| s.reachable && s.role == "leader").max_by_key(|s| s.term);
     let (leader_id, leader_addr) = leader.map(|l| (l.id, l.addr.clone())).unwrap_or_default();
     pb::ClusterStatusResponse { masters, leader_id, leader_addr }
 }
 
 async fn peer_status(node: &Node, id: u64, addr: String) -> pb::MasterStatus {
-        let unreachable = |error: String| pb::MasterStatus {
-            id,
-            addr: addr.clone(),
-            role: "unreachable".into(),
-            reachable: false,
-            error,
-            ..Default::default()
-        };
-        let chan = match node.channels.get(&addr) {
-            Ok(c) => c,
-            Err(e) => return unreachable(e.to_string()),
-        };
-        let mut req = Request::new(pb::NodeStatusRequest { with_digest: false });
-        req.set_timeout(PEER_STATUS_TIMEOUT);
-        match tokio::time::timeout(PEER_STATUS_TIMEOUT, ClusterServiceClient::new(chan).node_status(req)).await {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(s)) => unreachable(s.message().to_string()),
-            Err(_) => unreachable("timed out".into()),
-        }
+    let unreachable = |error: String| pb::MasterStatus {
+        id,
+        addr: addr.clone(),
+        role: "unreachable".into(),
+        reachable: false,
+        error,
+        ..Default::default()
+    };
+    let chan = match node.channels.get(&addr) {
+        Ok(c) => c,
+        Err(e) => return unreachable(e.to_string()),
+    };
+    let mut req = Request::new(pb::NodeStatusRequest { with_digest: false });
+    req.set_timeout(PEER_STATUS_TIMEOUT);
+    match tokio::time::timeout(
+        PEER_STATUS_TIMEOUT,
+        ClusterServiceClient::new(chan).node_status(req),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(s)) => unreachable(s.message().to_string()),
+        Err(_) => unreachable("timed out".into()),
+    }
 }
 
 impl Cluster {
-
-    async fn change_membership_local(&self, add: Option<(u64, String)>, remove: Option<u64>) -> Result<pb::MembershipResponse, LocalError> {
+    async fn change_membership_local(
+        &self,
+        add: Option<(u64, String)>,
+        remove: Option<u64>,
+    ) -> Result<pb::MembershipResponse, LocalError> {
         let m = self.node.metrics();
         let membership = m.membership_config.membership().clone();
         let mut voters: BTreeSet<u64> = membership.voter_ids().collect();
         let raft_err = |e: String| LocalError::Status(Status::failed_precondition(e));
         if let Some((id, addr)) = add {
             if voters.contains(&id) {
-                return Err(Status::already_exists(format!("master {id} is already a voter")).into());
+                return Err(
+                    Status::already_exists(format!("master {id} is already a voter")).into()
+                );
             }
             // Learner first: it catches up (blocking) before it can count towards a quorum.
-            self.node
-                .raft
-                .add_learner(id, BasicNode { addr }, true)
-                .await
-                .map_err(|e| if e.forward_to_leader().is_some() { LocalError::NotLeader } else { raft_err(e.to_string()) })?;
+            self.node.raft.add_learner(id, BasicNode { addr }, true).await.map_err(|e| {
+                if e.forward_to_leader().is_some() {
+                    LocalError::NotLeader
+                } else {
+                    raft_err(e.to_string())
+                }
+            })?;
             voters.insert(id);
         }
         if let Some(id) = remove {
@@ -137,23 +150,33 @@ impl Cluster {
             }
             voters.remove(&id);
             if voters.is_empty() {
-                return Err(Status::failed_precondition(format!("refusing to remove master {id}: it is the last voter")).into());
+                return Err(Status::failed_precondition(format!(
+                    "refusing to remove master {id}: it is the last voter"
+                ))
+                .into());
             }
         }
-        let r = self
-            .node
-            .raft
-            .change_membership(voters, false)
-            .await
-            .map_err(|e| if e.forward_to_leader().is_some() { LocalError::NotLeader } else { raft_err(e.to_string()) })?;
+        let r = self.node.raft.change_membership(voters, false).await.map_err(|e| {
+            if e.forward_to_leader().is_some() {
+                LocalError::NotLeader
+            } else {
+                raft_err(e.to_string())
+            }
+        })?;
         let mem = r.membership.map(|m| m.clone()).unwrap_or(membership);
-        Ok(pb::MembershipResponse { voters: mem.voter_ids().collect(), learners: mem.learner_ids().collect() })
+        Ok(pb::MembershipResponse {
+            voters: mem.voter_ids().collect(),
+            learners: mem.learner_ids().collect(),
+        })
     }
 }
 
 #[tonic::async_trait]
 impl ClusterService for Cluster {
-    async fn cluster_status(&self, _req: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+    async fn cluster_status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         // A master that belongs to no cluster yet (started without bootstrap, not added yet: a
         // replacement being set up) knows of no other master: its view would read as a cluster
         // without masters. UNAVAILABLE sends the client to the next master instead.
@@ -166,38 +189,51 @@ impl ClusterService for Cluster {
         Ok(Response::new(gather_status(&self.node).await))
     }
 
-    async fn node_status(&self, req: Request<pb::NodeStatusRequest>) -> Result<Response<pb::MasterStatus>, Status> {
+    async fn node_status(
+        &self,
+        req: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::MasterStatus>, Status> {
         Ok(Response::new(Self::local_status(&self.node, req.get_ref().with_digest)))
     }
 
-    async fn add_master(&self, req: Request<pb::AddMasterRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn add_master(
+        &self,
+        req: Request<pb::AddMasterRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
         if msg.id == 0 || msg.addr.trim().is_empty() {
             return Err(Status::invalid_argument("add-master needs a non-zero id and an address"));
         }
-        self
-            .node
+        self.node
             .on_leader(
                 fwd,
                 || self.change_membership_local(Some((msg.id, msg.addr.clone())), None),
-                |c| { let m = msg.clone(); async move { ClusterServiceClient::new(c).add_master(forwarded(m)).await } },
+                |c| {
+                    let m = msg.clone();
+                    async move { ClusterServiceClient::new(c).add_master(forwarded(m)).await }
+                },
             )
             .await
     }
 
-    async fn remove_master(&self, req: Request<pb::RemoveMasterRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn remove_master(
+        &self,
+        req: Request<pb::RemoveMasterRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
         if msg.id == 0 {
             return Err(Status::invalid_argument("remove-master needs a non-zero id"));
         }
-        self
-            .node
+        self.node
             .on_leader(
                 fwd,
                 || self.change_membership_local(None, Some(msg.id)),
-                |c| { let m = msg.clone(); async move { ClusterServiceClient::new(c).remove_master(forwarded(m)).await } },
+                |c| {
+                    let m = msg.clone();
+                    async move { ClusterServiceClient::new(c).remove_master(forwarded(m)).await }
+                },
             )
             .await
     }

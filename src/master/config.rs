@@ -97,8 +97,10 @@ fn default_true() -> bool {
 impl MasterConfig {
     /// Reads a config file, applies `TRIAD_MASTER_*` overrides and checks it.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-        let mut cfg: MasterConfig = toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let mut cfg: MasterConfig =
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
         cfg.apply_env(|k| std::env::var(k).ok())?;
         cfg.check()?;
         Ok(cfg)
@@ -107,7 +109,8 @@ impl MasterConfig {
     /// Environment overrides: `TRIAD_MASTER_ID`, `_LISTEN`, `_ADVERTISE`, `_DATA_DIR`, `_BOOTSTRAP`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
         if let Some(v) = get("TRIAD_MASTER_ID") {
-            self.id = v.parse().with_context(|| format!("TRIAD_MASTER_ID={v:?} is not a number"))?;
+            self.id =
+                v.parse().with_context(|| format!("TRIAD_MASTER_ID={v:?} is not a number"))?;
         }
         if let Some(v) = get("TRIAD_MASTER_LISTEN") {
             self.listen = v;
@@ -122,7 +125,9 @@ impl MasterConfig {
             self.http_listen = Some(v);
         }
         if let Some(v) = get("TRIAD_MASTER_BOOTSTRAP") {
-            self.bootstrap = v.parse().with_context(|| format!("TRIAD_MASTER_BOOTSTRAP={v:?} is not true/false"))?;
+            self.bootstrap = v
+                .parse()
+                .with_context(|| format!("TRIAD_MASTER_BOOTSTRAP={v:?} is not true/false"))?;
         }
         Ok(())
     }
@@ -135,7 +140,10 @@ impl MasterConfig {
             bail!("bootstrap is on but peers does not list this master (id {})", self.id);
         }
         let r = &self.raft;
-        if r.heartbeat_ms == 0 || r.election_min_ms <= 2 * r.heartbeat_ms + 1 || r.election_max_ms <= r.election_min_ms {
+        if r.heartbeat_ms == 0
+            || r.election_min_ms <= 2 * r.heartbeat_ms + 1
+            || r.election_max_ms <= r.election_min_ms
+        {
             bail!("raft timings must satisfy 0 < 2 * heartbeat_ms + 1 < election_min_ms < election_max_ms");
         }
         Ok(())
@@ -172,20 +180,33 @@ mod tests {
                peers = [{ id = 1, addr = "127.0.0.1:7101" }]"#,
         )
         .unwrap();
-        assert_eq!(cfg.raft.heartbeat_ms, RaftTimings::default().heartbeat_ms, "an omitted [raft] takes the defaults");
-        assert_eq!((cfg.raft.heartbeat_ms, cfg.raft.election_min_ms, cfg.raft.election_max_ms), (50, 350, 500));
+        assert_eq!(
+            cfg.raft.heartbeat_ms,
+            RaftTimings::default().heartbeat_ms,
+            "an omitted [raft] takes the defaults"
+        );
+        assert_eq!(
+            (cfg.raft.heartbeat_ms, cfg.raft.election_min_ms, cfg.raft.election_max_ms),
+            (50, 350, 500)
+        );
         assert_eq!(cfg.raft.lease_ms(), 300);
         assert_eq!(cfg.advertise_addr(), "127.0.0.1:7101");
-        cfg.apply_env(|k| (k == "TRIAD_MASTER_ADVERTISE").then(|| "10.0.0.1:7101".to_string())).unwrap();
+        cfg.apply_env(|k| (k == "TRIAD_MASTER_ADVERTISE").then(|| "10.0.0.1:7101".to_string()))
+            .unwrap();
         assert_eq!(cfg.advertise_addr(), "10.0.0.1:7101");
         cfg.check().unwrap();
     }
 
     #[test]
     fn rejects_unknown_keys_and_bad_timings() {
-        assert!(toml::from_str::<MasterConfig>("id = 1\nlisten = \"a\"\ndata_dir = \"d\"\nbogus = 1").is_err());
-        let mut cfg: MasterConfig =
-            toml::from_str("id = 1\nlisten = \"a\"\ndata_dir = \"d\"\npeers = [{ id = 1, addr = \"a\" }]").unwrap();
+        assert!(toml::from_str::<MasterConfig>(
+            "id = 1\nlisten = \"a\"\ndata_dir = \"d\"\nbogus = 1"
+        )
+        .is_err());
+        let mut cfg: MasterConfig = toml::from_str(
+            "id = 1\nlisten = \"a\"\ndata_dir = \"d\"\npeers = [{ id = 1, addr = \"a\" }]",
+        )
+        .unwrap();
         cfg.raft.election_min_ms = 50;
         assert!(cfg.check().is_err());
         cfg.raft.election_min_ms = 2 * cfg.raft.heartbeat_ms + 1; // leaves no room for the lease

@@ -52,7 +52,8 @@ pub struct Executors {
 }
 
 /// The responses of one executor's heartbeat stream.
-pub type BeatStream = Pin<Box<dyn Stream<Item = Result<pb::HeartbeatResponse, Status>> + Send + 'static>>;
+pub type BeatStream =
+    Pin<Box<dyn Stream<Item = Result<pb::HeartbeatResponse, Status>> + Send + 'static>>;
 
 /// Counts an open heartbeat stream in the `heartbeat_streams` gauge for as long as it lives.
 struct OpenStream;
@@ -97,7 +98,11 @@ pub fn stale_tokens(state: &State, executor: &str, reported: &[pb::RunningAttemp
                 .ok()
                 .and_then(|id| state.job(&id))
                 .and_then(|j| j.tasks.get(a.task_index as usize))
-                .and_then(|t| t.current().filter(|c| t.state.is_live() && c.token == a.token && c.executor == executor));
+                .and_then(|t| {
+                    t.current().filter(|c| {
+                        t.state.is_live() && c.token == a.token && c.executor == executor
+                    })
+                });
             current.is_none()
         })
         .map(|a| a.token)
@@ -105,7 +110,10 @@ pub fn stale_tokens(state: &State, executor: &str, reported: &[pb::RunningAttemp
 }
 
 impl Executors {
-    async fn register_local(&self, r: &pb::RegisterRequest) -> Result<pb::RegisterResponse, LocalError> {
+    async fn register_local(
+        &self,
+        r: &pb::RegisterRequest,
+    ) -> Result<pb::RegisterResponse, LocalError> {
         let cmd = Command::RegisterExecutor {
             id: r.executor_id.clone(),
             addr: r.addr.clone(),
@@ -120,14 +128,21 @@ impl Executors {
             Ok(Outcome::Registered { epoch }) => {
                 self.liveness.beat(&r.executor_id, epoch, r.seq, Instant::now());
                 tracing::info!(executor = %r.executor_id, addr = %r.addr, epoch, "executor registered");
-                Ok(pb::RegisterResponse { epoch, ttl_ms: self.timings.ttl_ms, heartbeat_ms: self.timings.heartbeat_ms })
+                Ok(pb::RegisterResponse {
+                    epoch,
+                    ttl_ms: self.timings.ttl_ms,
+                    heartbeat_ms: self.timings.heartbeat_ms,
+                })
             }
             Ok(o) => Err(Status::internal(format!("unexpected outcome {o:?}")).into()),
             Err(r) => Err(rejection_to_status(&r).into()),
         }
     }
 
-    fn heartbeat_local(&self, h: &pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse, LocalError> {
+    fn heartbeat_local(
+        &self,
+        h: &pb::HeartbeatRequest,
+    ) -> Result<pb::HeartbeatResponse, LocalError> {
         if !self.node.is_ready_leader() {
             // Leading but not caught up yet (or no longer leading): judge nothing from stale state.
             return Err(LocalError::Status(Status::unavailable("leader is catching up; retry")));
@@ -148,7 +163,11 @@ impl Executors {
                 crate::metrics::get().heartbeats.inc();
                 let skip = crate::chaos::on(crate::chaos::Bug::SkipFencing);
                 Ok(pb::HeartbeatResponse {
-                    kill_tokens: if skip { Vec::new() } else { stale_tokens(state, &h.executor_id, &h.attempts) },
+                    kill_tokens: if skip {
+                        Vec::new()
+                    } else {
+                        stale_tokens(state, &h.executor_id, &h.attempts)
+                    },
                     reregister: false,
                     draining: s == ExecutorState::Draining,
                 })
@@ -168,7 +187,8 @@ impl Executors {
         let m = self.node.raft.metrics();
         let m = m.borrow();
         m.membership_config.membership().voter_ids().count() <= 1
-            || m.millis_since_quorum_ack.is_some_and(|ms| u128::from(ms) < self.quorum_lease.as_millis())
+            || m.millis_since_quorum_ack
+                .is_some_and(|ms| u128::from(ms) < self.quorum_lease.as_millis())
     }
 
     /// Decides whether a heartbeat stream may open here: on the leader (waiting, within the
@@ -200,12 +220,21 @@ impl Executors {
     fn stream_refusal(&self, e: LocalError) -> Status {
         let status = match e {
             LocalError::Status(s) => s,
-            LocalError::NotLeader => Status::unavailable(format!("master {} is not the leader", self.node.id)),
+            LocalError::NotLeader => {
+                Status::unavailable(format!("master {} is not the leader", self.node.id))
+            }
         };
         let m = self.node.metrics();
-        match m.current_leader.filter(|l| *l != self.node.id).and_then(|l| Some((l, self.node.member_addr(&m, l)?))) {
+        match m
+            .current_leader
+            .filter(|l| *l != self.node.id)
+            .and_then(|l| Some((l, self.node.member_addr(&m, l)?)))
+        {
             Some((l, addr)) => with_leader_hint(
-                Status::new(status.code(), format!("{}; the leader is master {l} at {addr}", status.message())),
+                Status::new(
+                    status.code(),
+                    format!("{}; the leader is master {l} at {addr}", status.message()),
+                ),
                 &addr,
             ),
             None => status,
@@ -240,10 +269,15 @@ impl Executors {
         }))
     }
 
-    async fn report_local(&self, r: &pb::ReportTaskRequest) -> Result<pb::ReportTaskResponse, LocalError> {
+    async fn report_local(
+        &self,
+        r: &pb::ReportTaskRequest,
+    ) -> Result<pb::ReportTaskResponse, LocalError> {
         let job = crate::api::convert::parse_job_id(&r.job_id)?;
         let (index, token, now) = (r.task_index, r.token, now_ms());
-        let cmd = match Kind::try_from(r.kind).map_err(|_| Status::invalid_argument(format!("unknown report kind {}", r.kind)))? {
+        let cmd = match Kind::try_from(r.kind)
+            .map_err(|_| Status::invalid_argument(format!("unknown report kind {}", r.kind)))?
+        {
             Kind::Started => Command::TaskStarted { job, index, token, now },
             Kind::Finished => Command::TaskFinished {
                 job,
@@ -267,7 +301,9 @@ impl Executors {
                 pb::ReportTaskResponse { accepted: true, kill, message: rej.to_string() }
             }
             // Final either way (job gone, task terminal): the executor stops retrying.
-            Err(rej) => pb::ReportTaskResponse { accepted: true, kill: false, message: rej.to_string() },
+            Err(rej) => {
+                pb::ReportTaskResponse { accepted: true, kill: false, message: rej.to_string() }
+            }
         })
     }
 
@@ -295,53 +331,77 @@ impl Executors {
 
 #[tonic::async_trait]
 impl ExecutorService for Executors {
-    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
         if msg.executor_id.is_empty() || msg.addr.is_empty() {
             return Err(Status::invalid_argument("executor_id and addr are required"));
         }
-        self
-            .node
-            .on_leader(fwd, || self.register_local(&msg), |c| {
-                let m = msg.clone();
-                async move { client(c).register(forwarded(m)).await }
-            })
+        self.node
+            .on_leader(
+                fwd,
+                || self.register_local(&msg),
+                |c| {
+                    let m = msg.clone();
+                    async move { client(c).register(forwarded(m)).await }
+                },
+            )
             .await
     }
 
-    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
-        self
-            .node
-            .on_leader(fwd, || async { self.heartbeat_local(&msg) }, |c| {
-                let m = msg.clone();
-                async move { client(c).heartbeat(forwarded(m)).await }
-            })
+        self.node
+            .on_leader(
+                fwd,
+                || async { self.heartbeat_local(&msg) },
+                |c| {
+                    let m = msg.clone();
+                    async move { client(c).heartbeat(forwarded(m)).await }
+                },
+            )
             .await
     }
 
     type HeartbeatStreamStream = BeatStream;
 
-    async fn heartbeat_stream(&self, req: Request<Streaming<pb::HeartbeatRequest>>) -> Result<Response<BeatStream>, Status> {
+    async fn heartbeat_stream(
+        &self,
+        req: Request<Streaming<pb::HeartbeatRequest>>,
+    ) -> Result<Response<BeatStream>, Status> {
         self.accept_stream().await?;
         Ok(Response::new(self.clone().beats(req.into_inner())))
     }
 
-    async fn report_task(&self, req: Request<pb::ReportTaskRequest>) -> Result<Response<pb::ReportTaskResponse>, Status> {
+    async fn report_task(
+        &self,
+        req: Request<pb::ReportTaskRequest>,
+    ) -> Result<Response<pb::ReportTaskResponse>, Status> {
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
-        self
-            .node
-            .on_leader(fwd, || self.report_local(&msg), |c| {
-                let m = msg.clone();
-                async move { client(c).report_task(forwarded(m)).await }
-            })
+        self.node
+            .on_leader(
+                fwd,
+                || self.report_local(&msg),
+                |c| {
+                    let m = msg.clone();
+                    async move { client(c).report_task(forwarded(m)).await }
+                },
+            )
             .await
     }
 
-    async fn list_executors(&self, req: Request<pb::ListExecutorsRequest>) -> Result<Response<pb::ListExecutorsResponse>, Status> {
+    async fn list_executors(
+        &self,
+        req: Request<pb::ListExecutorsRequest>,
+    ) -> Result<Response<pb::ListExecutorsResponse>, Status> {
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
         if msg.consistency == pb::ReadConsistency::Stale as i32 {
@@ -351,8 +411,7 @@ impl ExecutorService for Executors {
             self.node.linearize().await?;
             Ok(self.list_local())
         };
-        self
-            .node
+        self.node
             .on_leader(fwd, local, |c| {
                 let m = msg.clone();
                 async move { client(c).list_executors(forwarded(m)).await }
@@ -360,15 +419,21 @@ impl ExecutorService for Executors {
             .await
     }
 
-    async fn drain_executor(&self, req: Request<pb::DrainExecutorRequest>) -> Result<Response<pb::DrainExecutorResponse>, Status> {
+    async fn drain_executor(
+        &self,
+        req: Request<pb::DrainExecutorRequest>,
+    ) -> Result<Response<pb::DrainExecutorResponse>, Status> {
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
         let local = || async {
-            self.simple_write(Command::DrainExecutor { id: msg.executor_id.clone(), now: now_ms() }).await?;
+            self.simple_write(Command::DrainExecutor {
+                id: msg.executor_id.clone(),
+                now: now_ms(),
+            })
+            .await?;
             Ok(pb::DrainExecutorResponse {})
         };
-        self
-            .node
+        self.node
             .on_leader(fwd, local, |c| {
                 let m = msg.clone();
                 async move { client(c).drain_executor(forwarded(m)).await }
@@ -376,15 +441,21 @@ impl ExecutorService for Executors {
             .await
     }
 
-    async fn deregister(&self, req: Request<pb::DeregisterRequest>) -> Result<Response<pb::DeregisterResponse>, Status> {
+    async fn deregister(
+        &self,
+        req: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
         let local = || async {
-            self.simple_write(Command::DeregisterExecutor { id: msg.executor_id.clone(), now: now_ms() }).await?;
+            self.simple_write(Command::DeregisterExecutor {
+                id: msg.executor_id.clone(),
+                now: now_ms(),
+            })
+            .await?;
             Ok(pb::DeregisterResponse {})
         };
-        self
-            .node
+        self.node
             .on_leader(fwd, local, |c| {
                 let m = msg.clone();
                 async move { client(c).deregister(forwarded(m)).await }

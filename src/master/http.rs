@@ -15,8 +15,15 @@ use super::node::Node;
 use crate::shutdown::Shutdown;
 use crate::state::{ExecutorState, JobState, TaskState};
 
-pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener, mut shutdown: Shutdown) -> std::io::Result<()> {
-    let app = Router::new().route("/metrics", get(metrics)).route("/status", get(status)).with_state(node);
+pub async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    mut shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(node);
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await
 }
 
@@ -51,7 +58,13 @@ fn refresh_gauges(node: &Node) {
         let voters: Vec<u64> = r.membership_config.membership().voter_ids().collect();
         let mut matched: Vec<u64> = voters
             .iter()
-            .map(|v| if *v == node.id { last_log } else { repl.get(v).copied().flatten().map_or(0, |l| l.index) })
+            .map(|v| {
+                if *v == node.id {
+                    last_log
+                } else {
+                    repl.get(v).copied().flatten().map_or(0, |l| l.index)
+                }
+            })
             .collect();
         matched.sort_unstable_by(|a, b| b.cmp(a));
         if let Some(c) = matched.get(voters.len() / 2) {
@@ -75,7 +88,13 @@ fn refresh_gauges(node: &Node) {
             tasks[t.state as usize] += 1;
         }
     }
-    for s in [JobState::Pending, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled] {
+    for s in [
+        JobState::Pending,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ] {
         m.jobs.with_label_values(&[crate::api::convert::job_state_name(s)]).set(jobs[s as usize]);
     }
     for s in [
@@ -87,13 +106,19 @@ fn refresh_gauges(node: &Node) {
         TaskState::Lost,
         TaskState::Cancelled,
     ] {
-        m.tasks.with_label_values(&[crate::api::convert::task_state_name(s)]).set(tasks[s as usize]);
+        m.tasks
+            .with_label_values(&[crate::api::convert::task_state_name(s)])
+            .set(tasks[s as usize]);
     }
     let mut execs = [0i64; 4];
     for e in state.executors() {
         execs[e.state as usize] += 1;
     }
-    for s in [ExecutorState::Alive, ExecutorState::Draining, ExecutorState::Left, ExecutorState::Dead] {
-        m.executors.with_label_values(&[crate::api::convert::executor_state_name(s)]).set(execs[s as usize]);
+    for s in
+        [ExecutorState::Alive, ExecutorState::Draining, ExecutorState::Left, ExecutorState::Dead]
+    {
+        m.executors
+            .with_label_values(&[crate::api::convert::executor_state_name(s)])
+            .set(execs[s as usize]);
     }
 }

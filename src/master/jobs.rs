@@ -8,13 +8,15 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::stream::{FuturesOrdered, Stream, StreamExt};
 use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use super::node::{forwarded, is_forwarded, now_ms, LocalError, Node};
-use crate::api::convert::{job_spec_from_pb, job_state_name, job_to_pb, parse_job_id, parse_job_state, rejection_to_status};
+use crate::api::convert::{
+    job_spec_from_pb, job_state_name, job_to_pb, parse_job_id, parse_job_state, rejection_to_status,
+};
 use crate::api::pb::job_service_client::JobServiceClient;
 use crate::api::pb::job_service_server::JobService;
 use crate::api::pb::{self, ReadConsistency};
@@ -36,7 +38,8 @@ pub struct Jobs {
 }
 
 /// The answers of one `SubmitJobs` stream.
-pub type SubmitStream = Pin<Box<dyn Stream<Item = Result<pb::SubmitJobsResponse, Status>> + Send + 'static>>;
+pub type SubmitStream =
+    Pin<Box<dyn Stream<Item = Result<pb::SubmitJobsResponse, Status>> + Send + 'static>>;
 
 /// What a `SubmitJobs` stream carries between answers.
 struct Pipeline {
@@ -51,7 +54,11 @@ struct Pipeline {
 fn answer(r: Result<pb::SubmitJobResponse, Status>) -> pb::SubmitJobsResponse {
     match r {
         Ok(r) => pb::SubmitJobsResponse { result: Some(r), code: 0, message: String::new() },
-        Err(s) => pb::SubmitJobsResponse { result: None, code: s.code() as i32, message: s.message().to_string() },
+        Err(s) => pb::SubmitJobsResponse {
+            result: None,
+            code: s.code() as i32,
+            message: s.message().to_string(),
+        },
     }
 }
 
@@ -62,7 +69,11 @@ fn client(chan: tonic::transport::Channel) -> JobServiceClient<tonic::transport:
 impl Jobs {
     /// Judges one submission wherever it lands: validates it, then submits it on the leader
     /// (here, or forwarded there).
-    async fn submit(&self, forwarded_in: bool, mut msg: pb::SubmitJobRequest) -> Result<Response<pb::SubmitJobResponse>, Status> {
+    async fn submit(
+        &self,
+        forwarded_in: bool,
+        mut msg: pb::SubmitJobRequest,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         if msg.idempotency_key.is_empty() {
             // Keyed from here on, so that re-sending it (forwarding retries after a leader
             // change) can never create a second job.
@@ -71,10 +82,14 @@ impl Jobs {
         // Validate wherever the request lands: bad input never needs a leader.
         let spec = job_spec_from_pb(msg.spec.clone())?;
         self.node
-            .on_leader(forwarded_in, || self.submit_local(&msg, &spec), |c| {
-                let m = msg.clone();
-                async move { client(c).submit_job(forwarded(m)).await }
-            })
+            .on_leader(
+                forwarded_in,
+                || self.submit_local(&msg, &spec),
+                |c| {
+                    let m = msg.clone();
+                    async move { client(c).submit_job(forwarded(m)).await }
+                },
+            )
             .await
     }
 
@@ -82,7 +97,13 @@ impl Jobs {
     /// answered in request order. A broken request side or shutdown ends it with that error
     /// (the submissions still in flight are dropped: the client re-sends them under their keys).
     fn pipeline(self, forwarded: bool, inbound: Streaming<pb::SubmitJobRequest>) -> SubmitStream {
-        let start = Pipeline { jobs: self, forwarded, inbound, reading: true, in_flight: FuturesOrdered::new() };
+        let start = Pipeline {
+            jobs: self,
+            forwarded,
+            inbound,
+            reading: true,
+            in_flight: FuturesOrdered::new(),
+        };
         Box::pin(futures::stream::unfold(Some(start), |state| async move {
             let mut p = state?;
             loop {
@@ -110,7 +131,11 @@ impl Jobs {
         }))
     }
 
-    async fn submit_local(&self, req: &pb::SubmitJobRequest, spec: &crate::state::JobSpec) -> Result<pb::SubmitJobResponse, LocalError> {
+    async fn submit_local(
+        &self,
+        req: &pb::SubmitJobRequest,
+        spec: &crate::state::JobSpec,
+    ) -> Result<pb::SubmitJobResponse, LocalError> {
         // A retry of an already-applied submission needs no new entry (applied implies committed).
         if !req.idempotency_key.is_empty() {
             let applied = self.node.applied.read().expect("poisoned");
@@ -129,7 +154,8 @@ impl Jobs {
             // Planted bug: answer before the entry is committed (it may never be).
             let Command::SubmitJob { id, .. } = &cmd else { unreachable!() };
             let id = *id;
-            let _ = self.node.raft.client_write_ff(crate::raft::Request { commands: vec![cmd] }).await;
+            let _ =
+                self.node.raft.client_write_ff(crate::raft::Request { commands: vec![cmd] }).await;
             return Ok(pb::SubmitJobResponse { job_id: id.to_string(), created: true });
         }
         let started = std::time::Instant::now();
@@ -143,7 +169,9 @@ impl Jobs {
         m.submissions.with_label_values(&[result]).inc();
         m.submit_seconds.with_label_values(&[result]).observe(started.elapsed().as_secs_f64());
         match r {
-            Ok(Outcome::Submitted { id, created }) => Ok(pb::SubmitJobResponse { job_id: id.to_string(), created }),
+            Ok(Outcome::Submitted { id, created }) => {
+                Ok(pb::SubmitJobResponse { job_id: id.to_string(), created })
+            }
             Ok(other) => Err(Status::internal(format!("unexpected outcome {other:?}")).into()),
             Err(r) => Err(rejection_to_status(&r).into()),
         }
@@ -157,7 +185,12 @@ impl Jobs {
         }
     }
 
-    fn read_page(&self, filter: Option<JobState>, after: Option<u64>, size: usize) -> pb::ListJobsResponse {
+    fn read_page(
+        &self,
+        filter: Option<JobState>,
+        after: Option<u64>,
+        size: usize,
+    ) -> pb::ListJobsResponse {
         let applied = self.node.applied.read().expect("poisoned");
         let (jobs, next) = applied.state.jobs_page(filter, after, size);
         pb::ListJobsResponse {
@@ -173,19 +206,28 @@ fn is_stale(c: i32) -> bool {
 
 #[tonic::async_trait]
 impl JobService for Jobs {
-    async fn submit_job(&self, req: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+    async fn submit_job(
+        &self,
+        req: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let fwd = is_forwarded(&req);
         self.submit(fwd, req.into_inner()).await
     }
 
     type SubmitJobsStream = SubmitStream;
 
-    async fn submit_jobs(&self, req: Request<Streaming<pb::SubmitJobRequest>>) -> Result<Response<SubmitStream>, Status> {
+    async fn submit_jobs(
+        &self,
+        req: Request<Streaming<pb::SubmitJobRequest>>,
+    ) -> Result<Response<SubmitStream>, Status> {
         let fwd = is_forwarded(&req);
         Ok(Response::new(self.clone().pipeline(fwd, req.into_inner())))
     }
 
-    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
+    async fn get_job(
+        &self,
+        req: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
         let id = parse_job_id(&msg.job_id)?;
@@ -196,20 +238,33 @@ impl JobService for Jobs {
             self.node.linearize().await?;
             Ok(self.read_job(id)?)
         };
-        self.node.on_leader(fwd, local, |c| { let m = msg.clone(); async move { client(c).get_job(forwarded(m)).await } }).await
+        self.node
+            .on_leader(fwd, local, |c| {
+                let m = msg.clone();
+                async move { client(c).get_job(forwarded(m)).await }
+            })
+            .await
     }
 
-    async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
         let filter = if msg.state.is_empty() { None } else { Some(parse_job_state(&msg.state)?) };
         let after = if msg.page_token.is_empty() {
             None
         } else {
-            Some(msg.page_token.parse::<u64>().map_err(|_| Status::invalid_argument(format!("invalid page_token {:?}", msg.page_token)))?)
+            Some(msg.page_token.parse::<u64>().map_err(|_| {
+                Status::invalid_argument(format!("invalid page_token {:?}", msg.page_token))
+            })?)
         };
         if msg.page_size > MAX_PAGE_SIZE {
-            return Err(Status::invalid_argument(format!("page_size {} exceeds the maximum {MAX_PAGE_SIZE}", msg.page_size)));
+            return Err(Status::invalid_argument(format!(
+                "page_size {} exceeds the maximum {MAX_PAGE_SIZE}",
+                msg.page_size
+            )));
         }
         let size = if msg.page_size == 0 { DEFAULT_PAGE_SIZE } else { msg.page_size } as usize;
         if is_stale(msg.consistency) {
@@ -219,10 +274,18 @@ impl JobService for Jobs {
             self.node.linearize().await?;
             Ok(self.read_page(filter, after, size))
         };
-        self.node.on_leader(fwd, local, |c| { let m = msg.clone(); async move { client(c).list_jobs(forwarded(m)).await } }).await
+        self.node
+            .on_leader(fwd, local, |c| {
+                let m = msg.clone();
+                async move { client(c).list_jobs(forwarded(m)).await }
+            })
+            .await
     }
 
-    async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
         let id = parse_job_id(&msg.job_id)?;
@@ -230,12 +293,21 @@ impl JobService for Jobs {
             match self.node.write_one(Command::CancelJob { id, now: now_ms() }).await? {
                 Ok(_) => {
                     let applied = self.node.applied.read().expect("poisoned");
-                    let state = applied.state.job(&id).map(|j| job_state_name(j.state)).unwrap_or("unknown");
+                    let state = applied
+                        .state
+                        .job(&id)
+                        .map(|j| job_state_name(j.state))
+                        .unwrap_or("unknown");
                     Ok(pb::CancelJobResponse { state: state.to_string() })
                 }
                 Err(r) => Err(rejection_to_status(&r).into()),
             }
         };
-        self.node.on_leader(fwd, local, |c| { let m = msg.clone(); async move { client(c).cancel_job(forwarded(m)).await } }).await
+        self.node
+            .on_leader(fwd, local, |c| {
+                let m = msg.clone();
+                async move { client(c).cancel_job(forwarded(m)).await }
+            })
+            .await
     }
 }

@@ -21,8 +21,8 @@ use tonic::Code;
 
 use super::liveness::{Liveness, View};
 use super::node::{now_ms, LocalError, Node};
-use crate::api::pb::worker_service_client::WorkerServiceClient;
 use crate::api::pb;
+use crate::api::pb::worker_service_client::WorkerServiceClient;
 use crate::master::config::ExecutorTimings;
 use crate::scheduler::{self, ExecutorView, PendingTask, PlanInput};
 use crate::shutdown::{self, Shutdown};
@@ -55,7 +55,12 @@ const STOP_HORIZON_MS: u64 = 10 * 60 * 1000;
 const STOP_SCAN_OVERLAP_MS: u64 = 5_000;
 
 /// Watches Raft leadership and runs the duties exactly while this master leads.
-pub async fn watch(node: Arc<Node>, liveness: Arc<Liveness>, timings: ExecutorTimings, mut stop: Shutdown) {
+pub async fn watch(
+    node: Arc<Node>,
+    liveness: Arc<Liveness>,
+    timings: ExecutorTimings,
+    mut stop: Shutdown,
+) {
     let mut rx = node.raft.metrics();
     let mut running: Option<(u64, shutdown::Trigger, tokio::task::JoinHandle<()>)> = None;
     loop {
@@ -72,7 +77,8 @@ pub async fn watch(node: Arc<Node>, liveness: Arc<Liveness>, timings: ExecutorTi
             if leading {
                 tracing::info!(term, "leader duties starting");
                 let (trigger, sd) = shutdown::channel();
-                let h = tokio::spawn(run(node.clone(), term, liveness.clone(), timings.clone(), sd));
+                let h =
+                    tokio::spawn(run(node.clone(), term, liveness.clone(), timings.clone(), sd));
                 running = Some((term, trigger, h));
             }
         }
@@ -135,7 +141,13 @@ struct Duties {
     tx: mpsc::UnboundedSender<DispatchResult>,
 }
 
-async fn run(node: Arc<Node>, term: u64, liveness: Arc<Liveness>, timings: ExecutorTimings, mut stop: Shutdown) {
+async fn run(
+    node: Arc<Node>,
+    term: u64,
+    liveness: Arc<Liveness>,
+    timings: ExecutorTimings,
+    mut stop: Shutdown,
+) {
     // Confirm leadership with a quorum and catch up with everything committed before acting.
     // Stopped duties of an older term may still be here (their catch-up does not watch `stop`):
     // they must neither act nor move `ready_term` back (which would make the current term's
@@ -250,83 +262,123 @@ impl Duties {
         // Not placeable from a tick before the executor's own fencing window closes, so no
         // start is sent to an executor that refuses it for silence. (The window is shorter than
         // the TTL, which `needs_dead_scan` relies on.)
-        let unplaceable = if tick { self.liveness.sweep(crate::executor::fence_window(self.ttl).saturating_sub(TICK), now) } else { 0 };
+        let unplaceable = if tick {
+            self.liveness.sweep(crate::executor::fence_window(self.ttl).saturating_sub(TICK), now)
+        } else {
+            0
+        };
         // A round after an apply that changed nothing about the executors plans only the new
         // jobs: light, so it runs right here. Ticks (dead scans, full passes) and re-plans after
         // a change go off the async worker: a pass over a large state holds the state's read
         // lock, and apply (waiting for the write lock) must not pin the runtime's other worker
         // meanwhile.
         let light = !tick
-            && node.applied.try_read().is_ok_and(|a| (a.state.executor_changes(), self.liveness.generation()) == self.executors_seen);
-        let (dead, placements, to_start, to_stop, to_lose) = crate::store::with_read(&node.applied, light, |applied| {
-            let state = &applied.state;
-            let dead: Vec<Command> = if tick && self.needs_dead_scan(state, unplaceable) {
-                let live = self.liveness.view();
-                let dead: Vec<Command> = state
-                    .executors()
-                    .filter(|e| matches!(e.state, ExecutorState::Alive | ExecutorState::Draining))
-                    .filter(|e| !live.is_fresh(&e.id, self.ttl, now))
-                    .map(|e| Command::ExecutorDead { id: e.id.clone(), epoch: e.epoch, now: wall })
-                    .collect();
-                self.dead_scan_clean = dead.is_empty().then(|| state.executor_changes());
-                dead
-            } else {
-                Vec::new()
-            };
-            let seen = (state.executor_changes(), self.liveness.generation());
-            if seen != self.executors_seen {
-                self.unplaceable.clear();
-            }
-            let backoff_ended = self.backoff_due.is_some_and(|due| due <= wall);
-            let full = seen != self.executors_seen || (tick && now >= self.next_full && (backoff_ended || now >= self.next_safety));
-            let after = if full { None } else { Some(self.planned_seq) };
-            self.executors_seen = seen;
-            self.planned_seq = state.next_seq().saturating_sub(1);
-            let plan = match after {
-                // Nothing new to place and no capacity change: skip planning entirely.
-                Some(s) if s >= self.planned_seq => scheduler::Plan::default(),
-                _ => {
-                    let input = planner_input(state, &self.liveness.view(), wall, after, &self.unplaceable);
-                    let plan = scheduler::plan(&input, MAX_PLACEMENTS_PER_ROUND);
-                    // Not cut short by the limit: every unassigned task was tried and fits nowhere.
-                    if plan.assignments.len() < MAX_PLACEMENTS_PER_ROUND {
-                        let placed: HashSet<(crate::state::JobId, u32)> = plan.assignments.iter().map(|a| (a.job, a.index)).collect();
-                        self.unplaceable.extend(input.pending.iter().filter(|t| !placed.contains(&(t.job, t.index))).map(|t| t.seq));
-                    }
-                    let unplaceable = &self.unplaceable;
-                    let next = state.next_backoff_end(wall, after, |seq| !unplaceable.contains(&seq));
-                    self.backoff_due = if full { next } else { self.backoff_due.into_iter().chain(next).min() };
-                    if full {
-                        let took = now.elapsed();
-                        self.next_full = Instant::now() + TICK.max(took * FULL_PASS_SPACING);
-                        self.next_safety = Instant::now() + SAFETY_PASS_EVERY.max(took * SAFETY_PASS_SPACING);
-                    }
-                    plan
+            && node.applied.try_read().is_ok_and(|a| {
+                (a.state.executor_changes(), self.liveness.generation()) == self.executors_seen
+            });
+        let (dead, placements, to_start, to_stop, to_lose) =
+            crate::store::with_read(&node.applied, light, |applied| {
+                let state = &applied.state;
+                let dead: Vec<Command> = if tick && self.needs_dead_scan(state, unplaceable) {
+                    let live = self.liveness.view();
+                    let dead: Vec<Command> = state
+                        .executors()
+                        .filter(|e| {
+                            matches!(e.state, ExecutorState::Alive | ExecutorState::Draining)
+                        })
+                        .filter(|e| !live.is_fresh(&e.id, self.ttl, now))
+                        .map(|e| Command::ExecutorDead {
+                            id: e.id.clone(),
+                            epoch: e.epoch,
+                            now: wall,
+                        })
+                        .collect();
+                    self.dead_scan_clean = dead.is_empty().then(|| state.executor_changes());
+                    dead
+                } else {
+                    Vec::new()
+                };
+                let seen = (state.executor_changes(), self.liveness.generation());
+                if seen != self.executors_seen {
+                    self.unplaceable.clear();
                 }
-            };
-            let (to_start, to_stop) = self.dispatch_work(state, wall, tick);
-            // Starts given up on: report the attempt lost so the task is retried elsewhere.
-            let window = crate::executor::fence_window(self.ttl);
-            let to_lose: Vec<Command> = self
-                .starts
-                .iter()
-                .filter(|(_, p)| !p.in_flight && p.tries >= MAX_START_TRIES && crate::executor::lease::may_give_up(p.stamp, now, window))
-                .filter_map(|(token, _)| to_start_lookup(state, *token))
-                .map(|(job, index, token)| Command::TaskLost {
-                    job,
-                    index,
-                    token,
-                    reason: "the executor could not start the attempt".into(),
-                    now: wall,
-                })
-                .collect();
-            (dead, plan.assignments, to_start, to_stop, to_lose)
-        });
+                let backoff_ended = self.backoff_due.is_some_and(|due| due <= wall);
+                let full = seen != self.executors_seen
+                    || (tick
+                        && now >= self.next_full
+                        && (backoff_ended || now >= self.next_safety));
+                let after = if full { None } else { Some(self.planned_seq) };
+                self.executors_seen = seen;
+                self.planned_seq = state.next_seq().saturating_sub(1);
+                let plan = match after {
+                    // Nothing new to place and no capacity change: skip planning entirely.
+                    Some(s) if s >= self.planned_seq => scheduler::Plan::default(),
+                    _ => {
+                        let input = planner_input(
+                            state,
+                            &self.liveness.view(),
+                            wall,
+                            after,
+                            &self.unplaceable,
+                        );
+                        let plan = scheduler::plan(&input, MAX_PLACEMENTS_PER_ROUND);
+                        // Not cut short by the limit: every unassigned task was tried and fits nowhere.
+                        if plan.assignments.len() < MAX_PLACEMENTS_PER_ROUND {
+                            let placed: HashSet<(crate::state::JobId, u32)> =
+                                plan.assignments.iter().map(|a| (a.job, a.index)).collect();
+                            self.unplaceable.extend(
+                                input
+                                    .pending
+                                    .iter()
+                                    .filter(|t| !placed.contains(&(t.job, t.index)))
+                                    .map(|t| t.seq),
+                            );
+                        }
+                        let unplaceable = &self.unplaceable;
+                        let next =
+                            state.next_backoff_end(wall, after, |seq| !unplaceable.contains(&seq));
+                        self.backoff_due = if full {
+                            next
+                        } else {
+                            self.backoff_due.into_iter().chain(next).min()
+                        };
+                        if full {
+                            let took = now.elapsed();
+                            self.next_full = Instant::now() + TICK.max(took * FULL_PASS_SPACING);
+                            self.next_safety =
+                                Instant::now() + SAFETY_PASS_EVERY.max(took * SAFETY_PASS_SPACING);
+                        }
+                        plan
+                    }
+                };
+                let (to_start, to_stop) = self.dispatch_work(state, wall, tick);
+                // Starts given up on: report the attempt lost so the task is retried elsewhere.
+                let window = crate::executor::fence_window(self.ttl);
+                let to_lose: Vec<Command> = self
+                    .starts
+                    .iter()
+                    .filter(|(_, p)| {
+                        !p.in_flight
+                            && p.tries >= MAX_START_TRIES
+                            && crate::executor::lease::may_give_up(p.stamp, now, window)
+                    })
+                    .filter_map(|(token, _)| to_start_lookup(state, *token))
+                    .map(|(job, index, token)| Command::TaskLost {
+                        job,
+                        index,
+                        token,
+                        reason: "the executor could not start the attempt".into(),
+                        now: wall,
+                    })
+                    .collect();
+                (dead, plan.assignments, to_start, to_stop, to_lose)
+            });
         let m = crate::metrics::get();
         for cmd in &dead {
             if let Command::ExecutorDead { id, .. } = cmd {
                 tracing::warn!(executor = %id, ttl_ms = self.ttl.as_millis() as u64, "executor silent past its TTL: declaring it dead");
-                let lost = self.node.applied.read().expect("poisoned").state.live_attempts_on(id).len();
+                let lost =
+                    self.node.applied.read().expect("poisoned").state.live_attempts_on(id).len();
                 m.reschedules.with_label_values(&["executor_dead"]).inc_by(lost as u64);
             }
         }
@@ -356,7 +408,12 @@ impl Duties {
     /// scan covers jobs cancelled since the last scan (with an overlap for commands applied
     /// late), so its cost follows the cancel rate, not the number of jobs finished lately;
     /// heartbeat reconciliation stops whatever it misses.
-    fn dispatch_work(&mut self, state: &State, wall: u64, scan_stops: bool) -> (Vec<(String, pb::StartAttemptRequest)>, Vec<(String, Token)>) {
+    fn dispatch_work(
+        &mut self,
+        state: &State,
+        wall: u64,
+        scan_stops: bool,
+    ) -> (Vec<(String, pb::StartAttemptRequest)>, Vec<(String, Token)>) {
         let now = Instant::now();
         let mut to_start = Vec::new();
         let mut assigned = HashSet::new();
@@ -366,7 +423,12 @@ impl Duties {
                 continue;
             }
             assigned.insert(a.token);
-            let p = self.starts.entry(a.token).or_insert(Pending { tries: 0, next_try: now, in_flight: false, stamp: None });
+            let p = self.starts.entry(a.token).or_insert(Pending {
+                tries: 0,
+                next_try: now,
+                in_flight: false,
+                stamp: None,
+            });
             if p.in_flight || p.tries >= MAX_START_TRIES || p.next_try > now {
                 continue;
             }
@@ -390,7 +452,9 @@ impl Duties {
                 from => from.min(wall).saturating_sub(STOP_SCAN_OVERLAP_MS),
             };
             let mut seen = HashSet::new();
-            for job in state.jobs_recently_finished(since).filter(|j| j.state == JobState::Cancelled) {
+            for job in
+                state.jobs_recently_finished(since).filter(|j| j.state == JobState::Cancelled)
+            {
                 for a in job.tasks.iter().flat_map(|t| &t.attempts) {
                     if a.state == AttemptState::Cancelled && a.started_at.is_some() {
                         seen.insert(a.token);
@@ -416,16 +480,23 @@ impl Duties {
             let token = req.token;
             let started = Instant::now();
             let res = async {
-                let chan = channels.get(&addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                let chan =
+                    channels.get(&addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
                 let mut r = tonic::Request::new(req);
                 r.set_timeout(DISPATCH_TIMEOUT);
-                tokio::time::timeout(DISPATCH_TIMEOUT, WorkerServiceClient::new(chan).start_attempt(r))
-                    .await
-                    .map_err(|_| tonic::Status::deadline_exceeded("start timed out"))?
+                tokio::time::timeout(
+                    DISPATCH_TIMEOUT,
+                    WorkerServiceClient::new(chan).start_attempt(r),
+                )
+                .await
+                .map_err(|_| tonic::Status::deadline_exceeded("start timed out"))?
             }
             .await;
             let label = if res.is_ok() { "ok" } else { "error" };
-            crate::metrics::get().dispatch_seconds.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+            crate::metrics::get()
+                .dispatch_seconds
+                .with_label_values(&[label])
+                .observe(started.elapsed().as_secs_f64());
             let _ = tx.send(match res {
                 Ok(_) => DispatchResult::Started(token),
                 Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::InvalidArgument) => {
@@ -443,7 +514,11 @@ impl Duties {
             let mut r = tonic::Request::new(pb::StopAttemptRequest { token });
             r.set_timeout(DISPATCH_TIMEOUT);
             // Best effort: heartbeat reconciliation kills it later if this is lost.
-            let _ = tokio::time::timeout(DISPATCH_TIMEOUT, WorkerServiceClient::new(chan).stop_attempt(r)).await;
+            let _ = tokio::time::timeout(
+                DISPATCH_TIMEOUT,
+                WorkerServiceClient::new(chan).stop_attempt(r),
+            )
+            .await;
         });
     }
 }
@@ -453,7 +528,11 @@ fn to_start_lookup(state: &State, token: Token) -> Option<(crate::state::JobId, 
 }
 
 /// The StartAttempt call for the current attempt of a task, with the executor's address.
-fn start_request(state: &State, job_id: &crate::state::JobId, index: u32) -> Option<(String, pb::StartAttemptRequest)> {
+fn start_request(
+    state: &State,
+    job_id: &crate::state::JobId,
+    index: u32,
+) -> Option<(String, pb::StartAttemptRequest)> {
     let job = state.job(job_id)?;
     let task = job.tasks.get(index as usize)?;
     let attempt = task.current()?;
@@ -483,7 +562,13 @@ fn start_request(state: &State, job_id: &crate::state::JobId, index: u32) -> Opt
 /// The planner's view of the state: placeable executors are alive and were heard from within
 /// their fencing window at the last sweep; pending tasks of every job, or only of jobs submitted
 /// after `after_seq`.
-pub fn planner_input(state: &State, seen: &View<'_>, wall: u64, after_seq: Option<u64>, skip: &HashSet<u64>) -> PlanInput {
+pub fn planner_input(
+    state: &State,
+    seen: &View<'_>,
+    wall: u64,
+    after_seq: Option<u64>,
+    skip: &HashSet<u64>,
+) -> PlanInput {
     let pending: Vec<PendingTask> = state
         .pending_tasks_where(wall, after_seq, |seq| !skip.contains(&seq))
         .map(|(job, index)| PendingTask {

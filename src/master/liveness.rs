@@ -119,7 +119,11 @@ impl Liveness {
     pub fn reset<'a>(&self, ids: impl IntoIterator<Item = &'a ExecutorId>, at: Instant) {
         let mut inner = self.lock();
         for id in ids {
-            let s = inner.last_seen.entry(id.clone()).or_insert(Seen { at, placeable: true, stamp: None });
+            let s = inner.last_seen.entry(id.clone()).or_insert(Seen {
+                at,
+                placeable: true,
+                stamp: None,
+            });
             s.at = s.at.max(at);
             s.placeable = true;
         }

@@ -73,12 +73,17 @@ fn raft_config(cfg: &MasterConfig) -> anyhow::Result<openraft::Config> {
 
 /// Runs a master until `shutdown` fires.
 pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    let dbs = crate::store::open(&cfg.data_dir).with_context(|| format!("opening store in {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let dbs = crate::store::open(&cfg.data_dir)
+        .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?;
     let (log_store, sm_store) = crate::store::open_stores(&dbs).context("opening raft stores")?;
     let applied = sm_store.applied();
     let channels = Channels::default();
-    let election = Election::new(Duration::from_millis(cfg.raft.election_min_ms), Duration::from_millis(cfg.raft.election_max_ms));
+    let election = Election::new(
+        Duration::from_millis(cfg.raft.election_min_ms),
+        Duration::from_millis(cfg.raft.election_max_ms),
+    );
     let network = Network {
         channels: channels.clone(),
         election: election.clone(),
@@ -89,12 +94,21 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
         .context("starting raft")?;
 
     let addr = cfg.advertise_addr().to_string();
-    let node = Arc::new(Node::new(cfg.id, addr.clone(), raft.clone(), applied, channels, cfg.leader_wait()));
+    let node = Arc::new(Node::new(
+        cfg.id,
+        addr.clone(),
+        raft.clone(),
+        applied,
+        channels,
+        cfg.leader_wait(),
+    ));
 
-    let listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let listener =
+        TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let http = match &cfg.http_listen {
         Some(addr) => {
-            let l = TcpListener::bind(addr).await.with_context(|| format!("binding http {addr}"))?;
+            let l =
+                TcpListener::bind(addr).await.with_context(|| format!("binding http {addr}"))?;
             tracing::info!(http = %addr, "serving /metrics and /status");
             Some(tokio::spawn(http::serve(node.clone(), l, shutdown.clone())))
         }
@@ -117,7 +131,12 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
         Duration::from_millis(cfg.raft.heartbeat_ms),
         shutdown.clone(),
     ));
-    let duties = tokio::spawn(leader::watch(node.clone(), liveness.clone(), cfg.executors.clone(), shutdown.clone()));
+    let duties = tokio::spawn(leader::watch(
+        node.clone(),
+        liveness.clone(),
+        cfg.executors.clone(),
+        shutdown.clone(),
+    ));
 
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -128,7 +147,10 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(JobServiceServer::new(jobs::Jobs { node: node.clone(), shutdown: shutdown.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(
+            JobServiceServer::new(jobs::Jobs { node: node.clone(), shutdown: shutdown.clone() })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .add_service(ClusterServiceServer::new(cluster::Cluster { node: node.clone() }))
         .add_service(ExecutorServiceServer::new(executors::Executors {
             node: node.clone(),
@@ -140,10 +162,14 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
             shutdown: shutdown.clone(),
         }));
     let mut stop = shutdown.clone();
-    let serving = tokio::spawn(server.serve_with_incoming_shutdown(crate::api::incoming(listener), async move { stop.wait().await }));
+    let serving = tokio::spawn(server.serve_with_incoming_shutdown(
+        crate::api::incoming(listener),
+        async move { stop.wait().await },
+    ));
 
     if cfg.bootstrap && !raft.is_initialized().await.context("reading raft state")? {
-        let members: BTreeMap<u64, BasicNode> = cfg.peers.iter().map(|p| (p.id, BasicNode { addr: p.addr.clone() })).collect();
+        let members: BTreeMap<u64, BasicNode> =
+            cfg.peers.iter().map(|p| (p.id, BasicNode { addr: p.addr.clone() })).collect();
         // Every bootstrapping master proposes the same initial membership; openraft accepts it
         // once and the others' identical proposals are refused harmlessly.
         if let Err(e) = raft.initialize(members).await {
@@ -187,7 +213,12 @@ mod health {
     use crate::raft::Raft;
     use crate::shutdown::Shutdown;
 
-    pub async fn track(raft: Raft, reporter: HealthReporter, lease: Duration, mut shutdown: Shutdown) {
+    pub async fn track(
+        raft: Raft,
+        reporter: HealthReporter,
+        lease: Duration,
+        mut shutdown: Shutdown,
+    ) {
         let mut rx = raft.metrics();
         let mut last = None;
         let mut term = 0;
@@ -203,10 +234,14 @@ mod health {
                 }
                 let lease_ok = m.state != ServerState::Leader
                     || m.millis_since_quorum_ack.is_some_and(|ms| ms < lease.as_millis() as u64);
-                m.current_leader.is_some() && lease_ok && m.state != ServerState::Shutdown && m.state != ServerState::Candidate
+                m.current_leader.is_some()
+                    && lease_ok
+                    && m.state != ServerState::Shutdown
+                    && m.state != ServerState::Candidate
             };
             if last != Some(healthy) {
-                let status = if healthy { ServingStatus::Serving } else { ServingStatus::NotServing };
+                let status =
+                    if healthy { ServingStatus::Serving } else { ServingStatus::NotServing };
                 reporter.set_service_status("", status).await;
                 reporter.set_service_status(<JobServiceServer<crate::master::jobs::Jobs> as tonic::server::NamedService>::NAME, status).await;
                 last = Some(healthy);

@@ -63,11 +63,15 @@ impl From<Status> for LocalError {
 }
 
 /// How a failed Raft write reaches the caller.
-pub fn map_write_error(e: &RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>) -> LocalError {
+pub fn map_write_error(
+    e: &RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
+) -> LocalError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => LocalError::NotLeader,
         RaftError::APIError(e) => LocalError::Status(Status::failed_precondition(e.to_string())),
-        RaftError::Fatal(e) => LocalError::Status(Status::unavailable(format!("raft stopped: {e}"))),
+        RaftError::Fatal(e) => {
+            LocalError::Status(Status::unavailable(format!("raft stopped: {e}")))
+        }
     }
 }
 
@@ -98,9 +102,26 @@ pub fn forwarded<T>(msg: T) -> tonic::Request<T> {
 }
 
 impl Node {
-    pub fn new(id: NodeId, addr: String, raft: Raft, applied: SharedApplied, channels: Channels, leader_wait: Duration) -> Self {
+    pub fn new(
+        id: NodeId,
+        addr: String,
+        raft: Raft,
+        applied: SharedApplied,
+        channels: Channels,
+        leader_wait: Duration,
+    ) -> Self {
         let batcher = super::batcher::Batcher::start(raft.clone(), id, leader_wait);
-        Node { id, addr, raft, applied, channels, leader_wait, last_leader: Mutex::new(None), ready_term: Default::default(), batcher }
+        Node {
+            id,
+            addr,
+            raft,
+            applied,
+            channels,
+            leader_wait,
+            last_leader: Mutex::new(None),
+            ready_term: Default::default(),
+            batcher,
+        }
     }
 
     pub fn metrics(&self) -> RaftMetrics {
@@ -119,7 +140,9 @@ impl Node {
         loop {
             let m = rx.borrow_and_update().clone();
             match m.current_leader {
-                Some(l) if l == self.id && m.state == ServerState::Leader => return Ok(Route::Local),
+                Some(l) if l == self.id && m.state == ServerState::Leader => {
+                    return Ok(Route::Local)
+                }
                 Some(l) if l != self.id => {
                     if let Some(addr) = self.member_addr(&m, l) {
                         *self.last_leader.lock().expect("poisoned") = Some((l, addr.clone()));
@@ -129,14 +152,18 @@ impl Node {
                                 self.id
                             )));
                         }
-                        let chan = self.channels.get(&addr).map_err(|e| Status::unavailable(format!("leader {addr}: {e}")))?;
+                        let chan = self
+                            .channels
+                            .get(&addr)
+                            .map_err(|e| Status::unavailable(format!("leader {addr}: {e}")))?;
                         return Ok(Route::Leader(chan, l, addr));
                     }
                 }
                 _ => {}
             }
             let now = Instant::now();
-            if now >= deadline || tokio::time::timeout(deadline - now, rx.changed()).await.is_err() {
+            if now >= deadline || tokio::time::timeout(deadline - now, rx.changed()).await.is_err()
+            {
                 return Err(self.no_leader());
             }
         }
@@ -157,7 +184,12 @@ impl Node {
     /// Runs `local` on the leader, or `remote` against the leader's channel, re-routing when
     /// leadership moves, all within the leader-wait bound. A forwarded answer names the leader
     /// ([`crate::api::LEADER_HEADER`]) so the client can go there directly next time.
-    pub async fn on_leader<T, L, LF, R, RF>(&self, forwarded: bool, local: L, remote: R) -> Result<tonic::Response<T>, Status>
+    pub async fn on_leader<T, L, LF, R, RF>(
+        &self,
+        forwarded: bool,
+        local: L,
+        remote: R,
+    ) -> Result<tonic::Response<T>, Status>
     where
         L: Fn() -> LF,
         LF: Future<Output = Result<T, LocalError>>,
@@ -188,7 +220,10 @@ impl Node {
                         // it is about to be replaced. Hold the request until a newer term knows
                         // a leader, instead of bouncing it to the client, which would retry
                         // only after its own backoff.
-                        Some(Err(s)) if crate::api::is_connection_failure(&s) && Instant::now() < deadline => {
+                        Some(Err(s))
+                            if crate::api::is_connection_failure(&s)
+                                && Instant::now() < deadline =>
+                        {
                             self.wait_for_newer_term(term, deadline).await;
                         }
                         Some(Err(s)) => return Err(s),
@@ -227,7 +262,11 @@ impl Node {
         let mut rx = self.raft.metrics();
         while rx.borrow_and_update().current_term <= term {
             let now = Instant::now();
-            if now >= deadline || tokio::time::timeout(deadline - now, rx.changed()).await.map_or(true, |r| r.is_err()) {
+            if now >= deadline
+                || tokio::time::timeout(deadline - now, rx.changed())
+                    .await
+                    .map_or(true, |r| r.is_err())
+            {
                 return;
             }
         }
@@ -237,14 +276,18 @@ impl Node {
     /// Bounded by `leader_wait`: a leader cut off from its quorum fails UNAVAILABLE instead of
     /// hanging (the outcome is then unknown; submissions are safe to retry with their key).
     pub async fn write(&self, commands: Vec<Command>) -> Result<Response, LocalError> {
-        let r = tokio::time::timeout(self.leader_wait, self.raft.client_write(Request { commands }))
-            .await
-            .map_err(|_| commit_timeout(self.id, self.leader_wait))?;
+        let r =
+            tokio::time::timeout(self.leader_wait, self.raft.client_write(Request { commands }))
+                .await
+                .map_err(|_| commit_timeout(self.id, self.leader_wait))?;
         r.map(|r| r.data).map_err(|e| map_write_error(&e))
     }
 
     /// Proposes one command through group commit and returns its outcome.
-    pub async fn write_one(&self, command: Command) -> Result<Result<Outcome, Rejection>, LocalError> {
+    pub async fn write_one(
+        &self,
+        command: Command,
+    ) -> Result<Result<Outcome, Rejection>, LocalError> {
         self.batcher.propose(command).await
     }
 
@@ -252,7 +295,8 @@ impl Node {
     pub fn is_ready_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
-        m.state == ServerState::Leader && self.ready_term.load(std::sync::atomic::Ordering::SeqCst) == m.current_term
+        m.state == ServerState::Leader
+            && self.ready_term.load(std::sync::atomic::Ordering::SeqCst) == m.current_term
     }
 
     /// Read-index: confirms leadership with a quorum and waits until the read point is applied
@@ -264,26 +308,34 @@ impl Node {
     /// never truncates. Found by the full-restart test: a read right after restart missed the
     /// last acknowledged job.
     pub async fn linearize(&self) -> Result<(), LocalError> {
-        let r = tokio::time::timeout(self.leader_wait, self.raft.ensure_linearizable()).await.map_err(|_| {
-            LocalError::Status(Status::unavailable(format!(
-                "master {} could not confirm its leadership with a quorum within {} ms",
-                self.id,
-                self.leader_wait.as_millis()
-            )))
-        })?;
+        let r = tokio::time::timeout(self.leader_wait, self.raft.ensure_linearizable())
+            .await
+            .map_err(|_| {
+                LocalError::Status(Status::unavailable(format!(
+                    "master {} could not confirm its leadership with a quorum within {} ms",
+                    self.id,
+                    self.leader_wait.as_millis()
+                )))
+            })?;
         match r {
             Ok(_) => {}
             Err(RaftError::APIError(_)) => return Err(LocalError::NotLeader),
-            Err(RaftError::Fatal(e)) => return Err(LocalError::Status(Status::unavailable(format!("raft stopped: {e}")))),
+            Err(RaftError::Fatal(e)) => {
+                return Err(LocalError::Status(Status::unavailable(format!("raft stopped: {e}"))))
+            }
         }
         let last = self.metrics().last_log_index.unwrap_or(0);
-        self.raft.wait(Some(self.leader_wait)).applied_index_at_least(Some(last), "linearizable read").await.map_err(|_| {
-            LocalError::Status(Status::unavailable(format!(
-                "master {} could not apply its log up to {last} within {} ms",
-                self.id,
-                self.leader_wait.as_millis()
-            )))
-        })?;
+        self.raft
+            .wait(Some(self.leader_wait))
+            .applied_index_at_least(Some(last), "linearizable read")
+            .await
+            .map_err(|_| {
+                LocalError::Status(Status::unavailable(format!(
+                    "master {} could not apply its log up to {last} within {} ms",
+                    self.id,
+                    self.leader_wait.as_millis()
+                )))
+            })?;
         Ok(())
     }
 }

@@ -42,7 +42,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         None => Err(CodecError::Empty),
         Some((&VERSION, rest)) => bincode::deserialize(rest).map_err(CodecError::Decode),
         Some((&VERSION_LZ4, rest)) => {
-            let frame = std::io::BufReader::with_capacity(1 << 16, lz4_flex::frame::FrameDecoder::new(rest));
+            let frame = std::io::BufReader::with_capacity(
+                1 << 16,
+                lz4_flex::frame::FrameDecoder::new(rest),
+            );
             bincode::deserialize_from(frame).map_err(CodecError::Decode)
         }
         Some((&v, _)) => Err(CodecError::Version(v)),
@@ -66,12 +69,21 @@ mod tests {
 
     #[test]
     fn compressed_round_trips_and_is_smaller_for_repetitive_values() {
-        let v: Vec<(u64, String)> = (0..10_000).map(|i| (i, "the same job spec, again and again".to_string())).collect();
+        let v: Vec<(u64, String)> =
+            (0..10_000).map(|i| (i, "the same job spec, again and again".to_string())).collect();
         let (plain, packed) = (encode(&v).unwrap(), encode_compressed(&v).unwrap());
         assert_eq!(decode::<Vec<(u64, String)>>(&packed).unwrap(), v);
-        assert!(packed.len() * 4 < plain.len(), "{} bytes compressed, {} plain", packed.len(), plain.len());
+        assert!(
+            packed.len() * 4 < plain.len(),
+            "{} bytes compressed, {} plain",
+            packed.len(),
+            plain.len()
+        );
         let mut cut = packed.clone();
         cut.truncate(packed.len() / 2);
-        assert!(decode::<Vec<(u64, String)>>(&cut).is_err(), "a truncated frame is an error, not a short value");
+        assert!(
+            decode::<Vec<(u64, String)>>(&cut).is_err(),
+            "a truncated frame is an error, not a short value"
+        );
     }
 }

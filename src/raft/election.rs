@@ -130,7 +130,13 @@ impl Election {
 
 /// Sends the leader's heartbeats, and campaigns when the timer says so; stops on shutdown or when
 /// Raft stops.
-pub async fn run(raft: Raft, id: NodeId, election: Election, heartbeat: Duration, mut shutdown: Shutdown) {
+pub async fn run(
+    raft: Raft,
+    id: NodeId,
+    election: Election,
+    heartbeat: Duration,
+    mut shutdown: Shutdown,
+) {
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_beat: Option<Instant> = None;
@@ -143,7 +149,10 @@ pub async fn run(raft: Raft, id: NodeId, election: Election, heartbeat: Duration
             let m = raft.metrics();
             let m = m.borrow();
             let voter = m.membership_config.membership().voter_ids().any(|v| v == id);
-            (m.state == ServerState::Leader, voter && matches!(m.state, ServerState::Follower | ServerState::Candidate))
+            (
+                m.state == ServerState::Leader,
+                voter && matches!(m.state, ServerState::Follower | ServerState::Candidate),
+            )
         };
         let now = Instant::now();
         if !leader {
@@ -233,7 +242,10 @@ mod tests {
         // Far past the deadline, but not allowed to campaign: not due, and the wait restarts.
         assert!(!e.poll(t0 + ms(10_000), false, 0.0));
         let restarted = t0 + ms(10_000);
-        assert!(!e.poll(restarted + MIN - ms(1), true, 0.0), "the wait restarted when it could not campaign");
+        assert!(
+            !e.poll(restarted + MIN - ms(1), true, 0.0),
+            "the wait restarted when it could not campaign"
+        );
         assert!(e.poll(restarted + MIN, true, 0.0));
         // Having campaigned, the next campaign waits a fresh timeout.
         assert!(!e.poll(restarted + MIN + ms(1), true, 0.0));

@@ -5,11 +5,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
@@ -92,14 +94,22 @@ enum Rpc {
 }
 
 impl Peer {
-    async fn call<Req, Resp, E>(&self, rpc: Rpc, req: &Req, ttl: Duration) -> Result<Resp, RpcErr<E>>
+    async fn call<Req, Resp, E>(
+        &self,
+        rpc: Rpc,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RpcErr<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
         let data = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let chan = self.channels.get(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let chan = self
+            .channels
+            .get(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let mut client = RaftServiceClient::new(chan)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -114,7 +124,10 @@ impl Peer {
         };
         let reply = match tokio::time::timeout(ttl, fut).await {
             Err(_) => {
-                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, format!("raft rpc to {} timed out", self.addr));
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("raft rpc to {} timed out", self.addr),
+                );
                 return Err(RPCError::Unreachable(Unreachable::new(&e)));
             }
             Ok(Err(status)) => return Err(RPCError::Unreachable(Unreachable::new(&status))),

@@ -16,11 +16,13 @@ pub struct RaftServer {
 }
 
 fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
-    codec::decode(&req.into_inner().data).map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
+    codec::decode(&req.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
-    let data = codec::encode(value).map_err(|e| Status::internal(format!("encode raft reply: {e}")))?;
+    let data =
+        codec::encode(value).map_err(|e| Status::internal(format!("encode raft reply: {e}")))?;
     Ok(Response::new(RaftPayload { data }))
 }
 
@@ -45,18 +47,26 @@ impl RaftService for RaftServer {
         encode(&r)
     }
 
-    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let req: openraft::raft::AppendEntriesRequest<super::TypeConfig> = decode(req)?;
         self.heard_from(&req.vote);
         let r = self.raft.append_entries(req).await;
         // And again once it is written: a slow flush here is no silence of the leader's.
-        if r.as_ref().is_ok_and(|a| !matches!(a, openraft::raft::AppendEntriesResponse::HigherVote(_))) {
+        if r.as_ref()
+            .is_ok_and(|a| !matches!(a, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+        {
             self.election.heard();
         }
         encode(&r)
     }
 
-    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let req: openraft::raft::InstallSnapshotRequest<super::TypeConfig> = decode(req)?;
         self.heard_from(&req.vote);
         let r = self.raft.install_snapshot(req).await;

@@ -92,7 +92,12 @@ pub fn plan(input: &PlanInput, max_assignments: usize) -> Plan {
 
     let mut tasks: Vec<&PendingTask> = input.pending.iter().collect();
     tasks.sort_by(|a, b| {
-        (Reverse(a.priority), a.seq, a.index, a.job).cmp(&(Reverse(b.priority), b.seq, b.index, b.job))
+        (Reverse(a.priority), a.seq, a.index, a.job).cmp(&(
+            Reverse(b.priority),
+            b.seq,
+            b.index,
+            b.job,
+        ))
     });
     let mut seen = BTreeSet::new();
     tasks.retain(|t| seen.insert((t.job, t.index)));
@@ -122,7 +127,11 @@ pub fn plan(input: &PlanInput, max_assignments: usize) -> Plan {
             None
         } else {
             // Least loaded first; usually the first member fits.
-            class.members.iter().map(|k| k.rank).find(|&r| fits(execs[r].load, t.demand, execs[r].view.capacity))
+            class
+                .members
+                .iter()
+                .map(|k| k.rank)
+                .find(|&r| fits(execs[r].load, t.demand, execs[r].view.capacity))
         };
         let Some(rank) = found else {
             if !known_misfit {
@@ -140,7 +149,11 @@ pub fn plan(input: &PlanInput, max_assignments: usize) -> Plan {
             classes[c].members.remove(&old);
             classes[c].members.insert(new);
         }
-        out.assignments.push(Assignment { job: t.job, index: t.index, executor: e.view.id.clone() });
+        out.assignments.push(Assignment {
+            job: t.job,
+            index: t.index,
+            executor: e.view.id.clone(),
+        });
     }
     out
 }
@@ -156,7 +169,12 @@ struct Class {
 impl Class {
     /// Members are the executors whose labels satisfy `constraints` and that are not already over
     /// capacity (those can never take anything, loads only grow).
-    fn build(constraints: &BTreeMap<String, String>, id: usize, execs: &mut [Exec], index: &LabelIndex) -> Class {
+    fn build(
+        constraints: &BTreeMap<String, String>,
+        id: usize,
+        execs: &mut [Exec],
+        index: &LabelIndex,
+    ) -> Class {
         let mut members = BTreeSet::new();
         for rank in index.candidates(constraints, execs.len()) {
             let e = &mut execs[rank];
@@ -186,7 +204,9 @@ impl<'a> LabelIndex<'a> {
 
     /// A superset of the executors satisfying `constraints`: those with its rarest label.
     fn candidates(&self, constraints: &BTreeMap<String, String>, all: usize) -> Vec<usize> {
-        let rarest = constraints.iter().map(|(k, v)| self.0.get(&(k.as_str(), v.as_str())).map_or(&[][..], |v| v));
+        let rarest = constraints
+            .iter()
+            .map(|(k, v)| self.0.get(&(k.as_str(), v.as_str())).map_or(&[][..], |v| v));
         match rarest.min_by_key(|r| r.len()) {
             Some(r) => r.to_vec(),
             None => (0..all).collect(),

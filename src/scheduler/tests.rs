@@ -19,7 +19,13 @@ fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 fn exec(id: &str, capacity: Resources) -> ExecutorView {
-    ExecutorView { id: id.into(), capacity, used: Resources::default(), labels: BTreeMap::new(), placeable: true }
+    ExecutorView {
+        id: id.into(),
+        capacity,
+        used: Resources::default(),
+        labels: BTreeMap::new(),
+        placeable: true,
+    }
 }
 
 fn job(n: u128) -> JobId {
@@ -28,7 +34,14 @@ fn job(n: u128) -> JobId {
 
 /// Task `index` of job `n` (seq `n`, priority 0, one slot, no constraints).
 fn task(n: u128, index: u32) -> PendingTask {
-    PendingTask { job: job(n), index, priority: 0, seq: n as u64, demand: res(1, 0, 0), constraints: BTreeMap::new() }
+    PendingTask {
+        job: job(n),
+        index,
+        priority: 0,
+        seq: n as u64,
+        demand: res(1, 0, 0),
+        constraints: BTreeMap::new(),
+    }
 }
 
 fn tasks(n: u128, count: u32, demand: Resources) -> Vec<PendingTask> {
@@ -173,8 +186,13 @@ fn constraints_match_and_mismatch() {
     assert_eq!(with(&[("zone", "ap")]).unplaced, 1);
     assert_eq!(with(&[("rack", "1")]).unplaced, 1);
     // Labels are not constraints: a shared label matches both, extra labels do not matter.
-    assert_eq!(per_exec(&run(&input(ex.clone(), tasks(1, 4, res(1, 0, 0))))), counts(&[("a", 2), ("b", 2)]));
-    let linux: Vec<_> = (0..4).map(|i| PendingTask { constraints: labels(&[("os", "linux")]), ..task(1, i) }).collect();
+    assert_eq!(
+        per_exec(&run(&input(ex.clone(), tasks(1, 4, res(1, 0, 0))))),
+        counts(&[("a", 2), ("b", 2)])
+    );
+    let linux: Vec<_> = (0..4)
+        .map(|i| PendingTask { constraints: labels(&[("os", "linux")]), ..task(1, i) })
+        .collect();
     assert_eq!(per_exec(&run(&input(ex, linux))), counts(&[("a", 2), ("b", 2)]));
 }
 
@@ -183,7 +201,9 @@ fn constrained_tasks_fill_their_executors_only() {
     let mut a = exec("a", res(2, 0, 0));
     a.labels = labels(&[("gpu", "yes")]);
     let b = exec("b", res(10, 0, 0));
-    let gpu: Vec<_> = (0..3).map(|i| PendingTask { constraints: labels(&[("gpu", "yes")]), ..task(1, i) }).collect();
+    let gpu: Vec<_> = (0..3)
+        .map(|i| PendingTask { constraints: labels(&[("gpu", "yes")]), ..task(1, i) })
+        .collect();
     let p = run(&input(vec![a, b], gpu));
     assert_eq!((per_exec(&p), p.unplaced), (counts(&[("a", 2)]), 1));
 }
@@ -203,7 +223,10 @@ fn non_placeable_executors_get_nothing() {
 
 #[test]
 fn four_tasks_spread_two_and_two() {
-    let p = run(&input(vec![exec("a", res(4, 0, 0)), exec("b", res(4, 0, 0))], tasks(1, 4, res(1, 0, 0))));
+    let p = run(&input(
+        vec![exec("a", res(4, 0, 0)), exec("b", res(4, 0, 0))],
+        tasks(1, 4, res(1, 0, 0)),
+    ));
     assert_eq!(per_exec(&p), counts(&[("a", 2), ("b", 2)]));
     // Alternating, ties to the smaller id.
     assert_eq!(placed(&p), vec![(1, 0, "a"), (1, 1, "b"), (1, 2, "a"), (1, 3, "b")]);
@@ -230,10 +253,16 @@ fn spread_compares_cpu_then_memory_when_slots_tie() {
         e.used = res(1, cpu, mem);
         e
     };
-    let (a, b) = (ExecutorView { id: "a".into(), ..ex(2000, 0) }, ExecutorView { id: "b".into(), ..ex(1000, 4000) });
+    let (a, b) = (
+        ExecutorView { id: "a".into(), ..ex(2000, 0) },
+        ExecutorView { id: "b".into(), ..ex(1000, 4000) },
+    );
     let p = run(&input(vec![a.clone(), b.clone()], tasks(1, 1, res(1, 0, 0))));
     assert_eq!(placed(&p), vec![(1, 0, "b")]);
-    let (a, b) = (ExecutorView { used: res(1, 1000, 1000), ..a }, ExecutorView { used: res(1, 1000, 2000), ..b });
+    let (a, b) = (
+        ExecutorView { used: res(1, 1000, 1000), ..a },
+        ExecutorView { used: res(1, 1000, 2000), ..b },
+    );
     let p = run(&input(vec![a, b], tasks(1, 1, res(1, 0, 0))));
     assert_eq!(placed(&p), vec![(1, 0, "a")]);
 }
@@ -287,7 +316,8 @@ fn many_unplaceable_tasks_then_placeable_ones() {
 
 #[test]
 fn max_assignments_is_respected() {
-    let i = input(vec![exec("a", res(10, 0, 0)), exec("b", res(10, 0, 0))], tasks(1, 10, res(1, 0, 0)));
+    let i =
+        input(vec![exec("a", res(10, 0, 0)), exec("b", res(10, 0, 0))], tasks(1, 10, res(1, 0, 0)));
     let full = run(&i);
     assert_eq!(full.assignments.len(), 10);
     for k in [0, 1, 3, 10, 11] {
@@ -333,22 +363,30 @@ fn constraint_classes_see_each_others_placements() {
         ExecutorView { labels: eu.clone(), ..exec("b", res(2, 0, 0)) },
         exec("c", res(2, 0, 0)),
     ];
-    let constrained =
-        |n, count| -> Vec<_> { (0..count).map(|i| PendingTask { constraints: eu.clone(), ..task(n, i) }).collect() };
+    let constrained = |n, count| -> Vec<_> {
+        (0..count).map(|i| PendingTask { constraints: eu.clone(), ..task(n, i) }).collect()
+    };
     let mut pending = constrained(1, 2);
     pending.extend(tasks(2, 4, res(1, 0, 0)));
     pending.extend(constrained(3, 1));
     let i = input(ex, pending);
     let p = run(&i);
     check_valid(&i, &p);
-    assert_eq!(placed(&p), vec![(1, 0, "a"), (1, 1, "b"), (2, 0, "c"), (2, 1, "a"), (2, 2, "b"), (2, 3, "c")]);
+    assert_eq!(
+        placed(&p),
+        vec![(1, 0, "a"), (1, 1, "b"), (2, 0, "c"), (2, 1, "a"), (2, 2, "b"), (2, 3, "c")]
+    );
     // The unconstrained job filled the eu executors: job 3 finds no room.
     assert_eq!(p.unplaced, 1);
 }
 
 #[test]
 fn deterministic_and_independent_of_input_order() {
-    let mut ex = vec![exec("a", res(3, 2000, 2048)), exec("b", res(5, 1000, 4096)), exec("c", res(2, 4000, 1024))];
+    let mut ex = vec![
+        exec("a", res(3, 2000, 2048)),
+        exec("b", res(5, 1000, 4096)),
+        exec("c", res(2, 4000, 1024)),
+    ];
     ex[1].labels = labels(&[("zone", "eu")]);
     let mut pending = tasks(1, 4, res(1, 500, 512));
     pending.extend(tasks(2, 3, res(1, 0, 0)));
@@ -367,7 +405,11 @@ fn deterministic_and_independent_of_input_order() {
 fn reference(i: &PlanInput, max: usize) -> Plan {
     let mut ts: Vec<&PendingTask> = i.pending.iter().collect();
     ts.sort_by(|a, b| {
-        b.priority.cmp(&a.priority).then(a.seq.cmp(&b.seq)).then(a.index.cmp(&b.index)).then(a.job.cmp(&b.job))
+        b.priority
+            .cmp(&a.priority)
+            .then(a.seq.cmp(&b.seq))
+            .then(a.index.cmp(&b.index))
+            .then(a.job.cmp(&b.job))
     });
     let mut load: Vec<[u128; 3]> = i.executors.iter().map(|e| dims(e.used)).collect();
     let mut planned = vec![0usize; i.executors.len()];
@@ -397,9 +439,11 @@ fn reference(i: &PlanInput, max: usize) -> Plan {
                     let (cx, cy) = (cap, dims(i.executors[y].capacity));
                     let mut ord = std::cmp::Ordering::Equal;
                     for k in 0..3 {
-                        ord = ord.then((load[x][k] * cy[k].max(1)).cmp(&(load[y][k] * cx[k].max(1))));
+                        ord =
+                            ord.then((load[x][k] * cy[k].max(1)).cmp(&(load[y][k] * cx[k].max(1))));
                     }
-                    let ord = ord.then(planned[x].cmp(&planned[y])).then(e.id.cmp(&i.executors[y].id));
+                    let ord =
+                        ord.then(planned[x].cmp(&planned[y])).then(e.id.cmp(&i.executors[y].id));
                     Some(if ord.is_lt() { x } else { y })
                 }
             };
@@ -408,7 +452,11 @@ fn reference(i: &PlanInput, max: usize) -> Plan {
             Some(x) => {
                 (0..3).for_each(|k| load[x][k] += d[k]);
                 planned[x] += 1;
-                out.assignments.push(Assignment { job: t.job, index: t.index, executor: i.executors[x].id.clone() });
+                out.assignments.push(Assignment {
+                    job: t.job,
+                    index: t.index,
+                    executor: i.executors[x].id.clone(),
+                });
             }
             None => out.unplaced += 1,
         }
@@ -422,12 +470,18 @@ fn dims(r: Resources) -> [u128; 3] {
 
 /// Capacity, constraints, placeability, uniqueness; returns final loads by executor id.
 fn check_valid(i: &PlanInput, p: &Plan) -> BTreeMap<String, [u128; 3]> {
-    let execs: BTreeMap<&str, &ExecutorView> = i.executors.iter().map(|e| (e.id.as_str(), e)).collect();
-    let mut load: BTreeMap<String, [u128; 3]> = i.executors.iter().map(|e| (e.id.clone(), dims(e.used))).collect();
+    let execs: BTreeMap<&str, &ExecutorView> =
+        i.executors.iter().map(|e| (e.id.as_str(), e)).collect();
+    let mut load: BTreeMap<String, [u128; 3]> =
+        i.executors.iter().map(|e| (e.id.clone(), dims(e.used))).collect();
     let mut once = BTreeSet::new();
     for a in &p.assignments {
         assert!(once.insert((a.job, a.index)), "task placed twice: {a:?}");
-        let t = i.pending.iter().find(|t| t.job == a.job && t.index == a.index).expect("assigned an unknown task");
+        let t = i
+            .pending
+            .iter()
+            .find(|t| t.job == a.job && t.index == a.index)
+            .expect("assigned an unknown task");
         let e = execs.get(a.executor.as_str()).expect("assigned to an unknown executor");
         assert!(e.placeable, "placed on non-placeable {}", e.id);
         for (k, v) in &t.constraints {
@@ -441,7 +495,11 @@ fn check_valid(i: &PlanInput, p: &Plan) -> BTreeMap<String, [u128; 3]> {
     for (id, l) in &load {
         let e = execs[id.as_str()];
         if got.contains_key(id) {
-            assert!((0..3).all(|k| l[k] <= dims(e.capacity)[k]), "{id} over capacity: {l:?} > {:?}", e.capacity);
+            assert!(
+                (0..3).all(|k| l[k] <= dims(e.capacity)[k]),
+                "{id} over capacity: {l:?} > {:?}",
+                e.capacity
+            );
         }
     }
     load
@@ -466,7 +524,11 @@ fn label_set() -> impl Strategy<Value = BTreeMap<String, String>> {
 
 fn executors() -> impl Strategy<Value = Vec<ExecutorView>> {
     let one = (
-        (0u32..6, prop::sample::select(vec![0u32, 1000, 2000, 4000]), prop::sample::select(vec![0u64, 1024, 4096])),
+        (
+            0u32..6,
+            prop::sample::select(vec![0u32, 1000, 2000, 4000]),
+            prop::sample::select(vec![0u64, 1024, 4096]),
+        ),
         (0u32..8, 0u32..5000, 0u64..5000),
         label_set(),
         proptest::bool::weighted(0.8),
@@ -487,7 +549,11 @@ fn executors() -> impl Strategy<Value = Vec<ExecutorView>> {
 }
 
 fn demand() -> impl Strategy<Value = Resources> {
-    (0u32..3, prop::sample::select(vec![0u32, 500, 1000]), prop::sample::select(vec![0u64, 512, 2048]))
+    (
+        0u32..3,
+        prop::sample::select(vec![0u32, 500, 1000]),
+        prop::sample::select(vec![0u64, 512, 2048]),
+    )
         .prop_map(|(s, c, m)| res(s, c, m))
 }
 
@@ -495,7 +561,8 @@ fn demand() -> impl Strategy<Value = Resources> {
 /// demand, sometimes their own, so demands vary within a constraint class.
 fn pending() -> impl Strategy<Value = Vec<PendingTask>> {
     let jobs = prop::collection::vec((-2i32..3, 0u64..4, label_set(), demand()), 1..6);
-    let picks = prop::collection::vec((0usize..6, proptest::option::weighted(0.2, demand())), 0..40);
+    let picks =
+        prop::collection::vec((0usize..6, proptest::option::weighted(0.2, demand())), 0..40);
     (jobs, picks).prop_map(|(jobs, picks)| {
         let mut next = vec![0u32; jobs.len()];
         picks

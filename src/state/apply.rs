@@ -116,10 +116,12 @@ impl State {
                 self.submit_job(*id, name, idempotency_key, spec, *now)
             }
             Command::CancelJob { id, now } => self.cancel_job(*id, *now),
-            Command::AssignTasks { assignments, now } => {
-                Ok(Outcome::Assigned { tokens: assignments.iter().map(|a| self.assign(a, *now)).collect() })
+            Command::AssignTasks { assignments, now } => Ok(Outcome::Assigned {
+                tokens: assignments.iter().map(|a| self.assign(a, *now)).collect(),
+            }),
+            Command::TaskStarted { job, index, token, now } => {
+                self.task_started(*job, *index, *token, *now)
             }
-            Command::TaskStarted { job, index, token, now } => self.task_started(*job, *index, *token, *now),
             Command::TaskFinished { job, index, token, exit_code, error, now } => {
                 self.task_finished(*job, *index, *token, *exit_code, error.as_deref(), *now)
             }
@@ -169,7 +171,8 @@ impl State {
     }
 
     fn executor_dead(&mut self, id: &str, epoch: u64, now: Millis) -> Result<Outcome, Rejection> {
-        let ex = self.executors.get(id).ok_or_else(|| Rejection::ExecutorNotFound(id.to_string()))?;
+        let ex =
+            self.executors.get(id).ok_or_else(|| Rejection::ExecutorNotFound(id.to_string()))?;
         // The monitor judged a particular incarnation; if the executor re-registered since, the
         // verdict is about a process that is already gone and accounted for.
         if epoch != ex.epoch {
@@ -186,8 +189,16 @@ impl State {
 
     /// Moves an executor to `to` through the executor FSM. Returns false when it already was in
     /// `to` (idempotent repeat, nothing changed).
-    fn set_executor(&mut self, id: &str, to: ExecutorState, now: Millis) -> Result<bool, Rejection> {
-        let ex = self.executors.get_mut(id).ok_or_else(|| Rejection::ExecutorNotFound(id.to_string()))?;
+    fn set_executor(
+        &mut self,
+        id: &str,
+        to: ExecutorState,
+        now: Millis,
+    ) -> Result<bool, Rejection> {
+        let ex = self
+            .executors
+            .get_mut(id)
+            .ok_or_else(|| Rejection::ExecutorNotFound(id.to_string()))?;
         if ex.state == to {
             return Ok(false);
         }
@@ -201,11 +212,16 @@ impl State {
 
     /// Applies the lose rule to every live attempt held by `executor`.
     fn lose_attempts_on(&mut self, executor: &str, reason: &str, now: Millis) {
-        let held: Vec<(u64, u32)> = self.live.get(executor).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        let held: Vec<(u64, u32)> =
+            self.live.get(executor).map(|s| s.iter().copied().collect()).unwrap_or_default();
         for (seq, index) in held {
             let Some(mut cx) = self.cx(seq, now) else { continue };
             // An earlier loss in this loop may have failed the job and cancelled this task.
-            let still_here = cx.job.task(index).and_then(Task::current).is_some_and(|a| a.state.is_live() && a.executor == executor);
+            let still_here = cx
+                .job
+                .task(index)
+                .and_then(Task::current)
+                .is_some_and(|a| a.state.is_live() && a.executor == executor);
             if still_here {
                 cx.lose(index as usize, reason);
             }
@@ -214,7 +230,14 @@ impl State {
 
     // --- jobs -----------------------------------------------------------------------------
 
-    fn submit_job(&mut self, id: JobId, name: &str, key: &str, spec: &JobSpec, now: Millis) -> Result<Outcome, Rejection> {
+    fn submit_job(
+        &mut self,
+        id: JobId,
+        name: &str,
+        key: &str,
+        spec: &JobSpec,
+        now: Millis,
+    ) -> Result<Outcome, Rejection> {
         // The key check comes first: a retried submission must get the original answer even if
         // the leader chose a fresh id for it.
         if let Some(&existing) = self.idempotency.get(key).filter(|_| !key.is_empty()) {
@@ -227,7 +250,12 @@ impl State {
         let seq = self.next_seq;
         self.next_seq += 1;
         let tasks = (0..spec.task_count)
-            .map(|index| Task { index, state: TaskState::Pending, not_before: now, attempts: Vec::new() })
+            .map(|index| Task {
+                index,
+                state: TaskState::Pending,
+                not_before: now,
+                attempts: Vec::new(),
+            })
             .collect();
         let job = Job {
             id,
@@ -282,7 +310,10 @@ impl State {
                 to: "task Assigned".into(),
             });
         }
-        let ex = self.executors.get(&a.executor).ok_or_else(|| Rejection::ExecutorNotFound(a.executor.clone()))?;
+        let ex = self
+            .executors
+            .get(&a.executor)
+            .ok_or_else(|| Rejection::ExecutorNotFound(a.executor.clone()))?;
         if ex.state != ExecutorState::Alive || !ex.satisfies(&job.spec.constraints) {
             return Err(Rejection::ExecutorUnavailable(a.executor.clone()));
         }
@@ -310,7 +341,13 @@ impl State {
         Ok(token)
     }
 
-    fn task_started(&mut self, job: JobId, index: u32, token: Token, now: Millis) -> Result<Outcome, Rejection> {
+    fn task_started(
+        &mut self,
+        job: JobId,
+        index: u32,
+        token: Token,
+        now: Millis,
+    ) -> Result<Outcome, Rejection> {
         let (seq, i, state) = self.fenced(job, index, token)?;
         match state {
             AttemptState::Running => return Ok(Outcome::Done), // duplicate report
@@ -353,7 +390,14 @@ impl State {
         Ok(Outcome::Done)
     }
 
-    fn task_lost(&mut self, job: JobId, index: u32, token: Token, reason: &str, now: Millis) -> Result<Outcome, Rejection> {
+    fn task_lost(
+        &mut self,
+        job: JobId,
+        index: u32,
+        token: Token,
+        reason: &str,
+        now: Millis,
+    ) -> Result<Outcome, Rejection> {
         let (seq, i, state) = self.fenced(job, index, token)?;
         if !state.is_live() {
             return Ok(Outcome::Done); // it already ended; nothing left to lose
@@ -377,7 +421,12 @@ impl State {
 
     /// The fencing check for executor reports: `token` must name the task's current attempt.
     /// Returns where the task is and the state of that attempt.
-    fn fenced(&self, job: JobId, index: u32, token: Token) -> Result<(u64, usize, AttemptState), Rejection> {
+    fn fenced(
+        &self,
+        job: JobId,
+        index: u32,
+        token: Token,
+    ) -> Result<(u64, usize, AttemptState), Rejection> {
         let (seq, i) = self.locate(job, index)?;
         let task = &self.jobs.get(&seq).ok_or(Rejection::JobNotFound(job))?.tasks[i];
         match task.current() {
@@ -389,7 +438,13 @@ impl State {
     /// A mutation context for job `seq`.
     fn cx(&mut self, seq: u64, now: Millis) -> Option<Cx<'_>> {
         let job = self.jobs.get_mut(&seq)?;
-        Some(Cx { job, active: &mut self.active, live: &mut self.live, finished: &mut self.finished, now })
+        Some(Cx {
+            job,
+            active: &mut self.active,
+            live: &mut self.live,
+            finished: &mut self.finished,
+            now,
+        })
     }
 }
 
@@ -437,7 +492,13 @@ impl Cx<'_> {
     }
 
     /// The one place an attempt's state changes (always the task's current attempt).
-    fn set_attempt(&mut self, i: usize, to: AttemptState, exit_code: Option<i32>, error: Option<&str>) {
+    fn set_attempt(
+        &mut self,
+        i: usize,
+        to: AttemptState,
+        exit_code: Option<i32>,
+        error: Option<&str>,
+    ) {
         let Some(a) = self.job.tasks.get_mut(i).and_then(|t| t.attempts.last_mut()) else { return };
         if !a.state.can_transition(to) {
             debug_assert!(false, "attempt {:?} -> {to:?}", a.state);

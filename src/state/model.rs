@@ -18,7 +18,9 @@ pub type Millis = u64;
 pub type Token = u64;
 
 /// A bundle of resources: an executor's capacity or a task's demand.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Resources {
     pub slots: u32,
     pub cpu_millis: u32,
@@ -36,7 +38,9 @@ impl Resources {
     }
     /// True when `self` fits inside `cap` on every dimension.
     pub fn fits_in(self, cap: Resources) -> bool {
-        self.slots <= cap.slots && self.cpu_millis <= cap.cpu_millis && self.memory_mib <= cap.memory_mib
+        self.slots <= cap.slots
+            && self.cpu_millis <= cap.cpu_millis
+            && self.memory_mib <= cap.memory_mib
     }
 }
 
@@ -219,7 +223,13 @@ pub struct Assignment {
 pub enum Command {
     /// (Re-)register an executor: a new epoch, state `Alive`. Attempts it held under an earlier
     /// epoch are lost (it restarted, so they are gone).
-    RegisterExecutor { id: ExecutorId, addr: String, capacity: Resources, labels: BTreeMap<String, String>, now: Millis },
+    RegisterExecutor {
+        id: ExecutorId,
+        addr: String,
+        capacity: Resources,
+        labels: BTreeMap<String, String>,
+        now: Millis,
+    },
     /// Stop placing work on an executor; it finishes what it runs.
     DrainExecutor { id: ExecutorId, now: Millis },
     /// An executor left cleanly; its live attempts are lost.
@@ -235,7 +245,14 @@ pub enum Command {
     /// The executor reports the attempt fenced by `token` started.
     TaskStarted { job: JobId, index: u32, token: Token, now: Millis },
     /// The attempt fenced by `token` exited (`exit_code` 0 is success).
-    TaskFinished { job: JobId, index: u32, token: Token, exit_code: i32, error: Option<String>, now: Millis },
+    TaskFinished {
+        job: JobId,
+        index: u32,
+        token: Token,
+        exit_code: i32,
+        error: Option<String>,
+        now: Millis,
+    },
     /// The attempt fenced by `token` is gone without an exit status (e.g. the dispatcher could not
     /// start it, or the executor no longer knows it).
     TaskLost { job: JobId, index: u32, token: Token, reason: String, now: Millis },
@@ -331,8 +348,12 @@ impl JobSpec {
 
     /// Bytes of variable-size text in the spec (command, args, env, constraints).
     pub fn byte_size(&self) -> usize {
-        let pairs = |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-        self.command.len() + self.args.iter().map(String::len).sum::<usize>() + pairs(&self.env) + pairs(&self.constraints)
+        let pairs =
+            |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        self.command.len()
+            + self.args.iter().map(String::len).sum::<usize>()
+            + pairs(&self.env)
+            + pairs(&self.constraints)
     }
 
     /// Checks the spec against [`limits`]; the message says what is wrong.
@@ -354,13 +375,18 @@ impl JobSpec {
             return Err(format!("{} env entries, at most {MAX_ENV}", self.env.len()));
         }
         if self.constraints.len() > MAX_CONSTRAINTS {
-            return Err(format!("{} constraints, at most {MAX_CONSTRAINTS}", self.constraints.len()));
+            return Err(format!(
+                "{} constraints, at most {MAX_CONSTRAINTS}",
+                self.constraints.len()
+            ));
         }
         if self.byte_size() > MAX_SPEC_BYTES {
             return Err(format!("spec is {} bytes, at most {MAX_SPEC_BYTES}", self.byte_size()));
         }
         // exec() takes C strings: a NUL could not reach the child, so refuse it up front.
-        let texts = std::iter::once(&self.command).chain(&self.args).chain(self.env.iter().flat_map(|(k, v)| [k, v]));
+        let texts = std::iter::once(&self.command)
+            .chain(&self.args)
+            .chain(self.env.iter().flat_map(|(k, v)| [k, v]));
         if texts.into_iter().any(|s| s.contains('\0')) {
             return Err("command, args and env must not contain NUL".into());
         }
@@ -375,7 +401,10 @@ impl JobSpec {
             return Err("each task must demand at least one slot".into());
         }
         if self.retry_backoff_ms > MAX_RETRY_BACKOFF_MS {
-            return Err(format!("retry backoff {} ms, at most {MAX_RETRY_BACKOFF_MS}", self.retry_backoff_ms));
+            return Err(format!(
+                "retry backoff {} ms, at most {MAX_RETRY_BACKOFF_MS}",
+                self.retry_backoff_ms
+            ));
         }
         if self.timeout_ms > MAX_TIMEOUT_MS {
             return Err(format!("timeout {} ms, at most {MAX_TIMEOUT_MS}", self.timeout_ms));
@@ -416,7 +445,10 @@ impl JobState {
     /// may also fail (attempts lost before starting) or be cancelled. Terminal states are final.
     pub fn can_transition(self, to: JobState) -> bool {
         use JobState::*;
-        matches!((self, to), (Pending, Running | Failed | Cancelled) | (Running, Succeeded | Failed | Cancelled))
+        matches!(
+            (self, to),
+            (Pending, Running | Failed | Cancelled) | (Running, Succeeded | Failed | Cancelled)
+        )
     }
 }
 
@@ -447,7 +479,10 @@ impl AttemptState {
     /// The attempt FSM: `Assigned -> Running`, and a live attempt may end in any terminal state.
     pub fn can_transition(self, to: AttemptState) -> bool {
         use AttemptState::*;
-        matches!((self, to), (Assigned, Running) | (Assigned | Running, Succeeded | Failed | Lost | Cancelled))
+        matches!(
+            (self, to),
+            (Assigned, Running) | (Assigned | Running, Succeeded | Failed | Lost | Cancelled)
+        )
     }
 }
 
@@ -474,7 +509,13 @@ impl TaskCounts {
     }
     /// Total tasks counted.
     pub fn total(&self) -> u32 {
-        self.pending + self.assigned + self.running + self.succeeded + self.failed + self.lost + self.cancelled
+        self.pending
+            + self.assigned
+            + self.running
+            + self.succeeded
+            + self.failed
+            + self.lost
+            + self.cancelled
     }
     pub(crate) fn slot_mut(&mut self, state: TaskState) -> &mut u32 {
         match state {

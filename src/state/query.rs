@@ -40,15 +40,24 @@ impl State {
     /// Up to `limit` jobs in submission order after seq `after_seq`, optionally only those in
     /// state `filter`; the cursor is the last seq returned when more may follow (pass it back as
     /// `after_seq`). A `limit` of 0 gives an empty page and no cursor.
-    pub fn jobs_page(&self, filter: Option<JobState>, after_seq: Option<u64>, limit: usize) -> (Vec<&Job>, Option<u64>) {
+    pub fn jobs_page(
+        &self,
+        filter: Option<JobState>,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> (Vec<&Job>, Option<u64>) {
         let range = (after_seq.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded);
         // Non-terminal states are found through the active index, not a scan of every job.
         let candidates: Box<dyn Iterator<Item = &Job>> = match filter {
-            Some(s) if !s.is_terminal() => Box::new(self.active.range(range).filter_map(|(seq, _)| self.jobs.get(seq))),
+            Some(s) if !s.is_terminal() => {
+                Box::new(self.active.range(range).filter_map(|(seq, _)| self.jobs.get(seq)))
+            }
             _ => Box::new(self.jobs.range(range).map(|(_, j)| j)),
         };
-        let mut page: Vec<&Job> =
-            candidates.filter(|j| filter.is_none_or(|s| j.state == s)).take(limit.saturating_add(1)).collect();
+        let mut page: Vec<&Job> = candidates
+            .filter(|j| filter.is_none_or(|s| j.state == s))
+            .take(limit.saturating_add(1))
+            .collect();
         if page.len() > limit {
             page.truncate(limit);
             let cursor = page.last().map(|j| j.seq);
@@ -116,7 +125,11 @@ impl State {
     }
 
     /// Like [`State::pending_tasks`], restricted to jobs submitted after `after_seq` (new work).
-    pub fn pending_tasks_after(&self, now: Millis, after_seq: Option<u64>) -> impl Iterator<Item = (JobId, u32)> + '_ {
+    pub fn pending_tasks_after(
+        &self,
+        now: Millis,
+        after_seq: Option<u64>,
+    ) -> impl Iterator<Item = (JobId, u32)> + '_ {
         self.pending_tasks_where(now, after_seq, |_| true).map(|(j, index)| (j.id, index))
     }
 
@@ -148,13 +161,23 @@ impl State {
     /// The earliest end of a retry backoff after `now` among the pending tasks of the jobs
     /// submitted after `after_seq` that `keep` accepts: when a task that
     /// [`State::pending_tasks_where`] leaves out today becomes placeable.
-    pub fn next_backoff_end(&self, now: Millis, after_seq: Option<u64>, keep: impl Fn(u64) -> bool) -> Option<Millis> {
+    pub fn next_backoff_end(
+        &self,
+        now: Millis,
+        after_seq: Option<u64>,
+        keep: impl Fn(u64) -> bool,
+    ) -> Option<Millis> {
         let range = (after_seq.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded);
         self.active
             .range(range)
             .filter(|(seq, c)| c.pending > 0 && keep(**seq))
             .filter_map(|(seq, _)| self.jobs.get(seq))
-            .flat_map(|j| j.tasks.iter().filter(|t| t.state == TaskState::Pending && t.not_before > now).map(|t| t.not_before))
+            .flat_map(|j| {
+                j.tasks
+                    .iter()
+                    .filter(|t| t.state == TaskState::Pending && t.not_before > now)
+                    .map(|t| t.not_before)
+            })
             .min()
     }
 
@@ -187,7 +210,9 @@ impl State {
             if job.seq != seq || self.job_seqs.get(&id) != Some(&seq) || seq >= self.next_seq {
                 return Err(ctx("seq index inconsistent"));
             }
-            if !job.idempotency_key.is_empty() && keys.insert(job.idempotency_key.clone(), id).is_some() {
+            if !job.idempotency_key.is_empty()
+                && keys.insert(job.idempotency_key.clone(), id).is_some()
+            {
                 return Err(ctx("idempotency key names two jobs"));
             }
             if job.tasks.len() != job.spec.task_count as usize {
@@ -198,11 +223,18 @@ impl State {
                 active.insert(seq, counts);
             }
             match job.state {
-                JobState::Succeeded if counts.succeeded != counts.total() => return Err(ctx("succeeded with unfinished tasks")),
-                s if s.is_terminal() && counts.total() != counts.succeeded + counts.failed + counts.cancelled => {
+                JobState::Succeeded if counts.succeeded != counts.total() => {
+                    return Err(ctx("succeeded with unfinished tasks"))
+                }
+                s if s.is_terminal()
+                    && counts.total() != counts.succeeded + counts.failed + counts.cancelled =>
+                {
                     return Err(ctx("terminal with non-terminal tasks"))
                 }
-                s if !s.is_terminal() && (counts.failed + counts.cancelled > 0 || counts.succeeded == counts.total()) => {
+                s if !s.is_terminal()
+                    && (counts.failed + counts.cancelled > 0
+                        || counts.succeeded == counts.total()) =>
+                {
                     return Err(ctx("non-terminal but tasks say it finished"))
                 }
                 _ => {}
@@ -224,7 +256,10 @@ impl State {
                     return Err(ctx("more attempts than allowed"));
                 }
                 for (n, a) in task.attempts.iter().enumerate() {
-                    if a.number as usize != n + 1 || a.token <= last_token || a.token >= self.next_token {
+                    if a.number as usize != n + 1
+                        || a.token <= last_token
+                        || a.token >= self.next_token
+                    {
                         return Err(ctx("attempt numbers or tokens out of order"));
                     }
                     last_token = a.token;
@@ -239,11 +274,18 @@ impl State {
                     TaskState::Assigned => cur == Some(AttemptState::Assigned),
                     TaskState::Running => cur == Some(AttemptState::Running),
                     TaskState::Succeeded => cur == Some(AttemptState::Succeeded),
-                    TaskState::Failed => matches!(cur, Some(AttemptState::Failed | AttemptState::Lost)),
-                    TaskState::Cancelled | TaskState::Lost => cur.is_none_or(AttemptState::is_terminal),
+                    TaskState::Failed => {
+                        matches!(cur, Some(AttemptState::Failed | AttemptState::Lost))
+                    }
+                    TaskState::Cancelled | TaskState::Lost => {
+                        cur.is_none_or(AttemptState::is_terminal)
+                    }
                 };
                 if !consistent {
-                    return Err(ctx(&format!("task {:?} with current attempt {cur:?}", task.state)));
+                    return Err(ctx(&format!(
+                        "task {:?} with current attempt {cur:?}",
+                        task.state
+                    )));
                 }
                 if let Some(a) = task.current().filter(|a| a.state.is_live()) {
                     if !self.executors.contains_key(&a.executor) {
@@ -251,7 +293,12 @@ impl State {
                     }
                     live.entry(a.executor.clone()).or_default().insert((seq, task.index));
                 }
-                if job.state == JobState::Pending && task.attempts.iter().any(|a| !matches!(a.state, AttemptState::Assigned | AttemptState::Lost)) {
+                if job.state == JobState::Pending
+                    && task
+                        .attempts
+                        .iter()
+                        .any(|a| !matches!(a.state, AttemptState::Assigned | AttemptState::Lost))
+                {
                     return Err(ctx("job pending but an attempt started"));
                 }
             }
@@ -275,7 +322,10 @@ impl State {
             if &ex.id != id || ex.epoch == 0 {
                 return Err(format!("executor {id}: bad id or epoch"));
             }
-            if ex.state != ExecutorState::Alive && ex.state != ExecutorState::Draining && self.live.contains_key(id) {
+            if ex.state != ExecutorState::Alive
+                && ex.state != ExecutorState::Draining
+                && self.live.contains_key(id)
+            {
                 return Err(format!("executor {id} is {:?} but holds live attempts", ex.state));
             }
             // Capacity changes only at registration, which first loses every live attempt.

@@ -21,11 +21,22 @@ fn labels(zone: &str) -> BTreeMap<String, String> {
 
 fn reg(id: &str, slots: u32, zone: &str, now: Millis) -> Command {
     let capacity = Resources { slots, cpu_millis: 1000, memory_mib: 1024 };
-    Command::RegisterExecutor { id: id.into(), addr: format!("{id}:7000"), capacity, labels: labels(zone), now }
+    Command::RegisterExecutor {
+        id: id.into(),
+        addr: format!("{id}:7000"),
+        capacity,
+        labels: labels(zone),
+        now,
+    }
 }
 
 fn spec(tasks: u32, attempts: u32) -> JobSpec {
-    JobSpec { task_count: tasks, max_attempts: attempts, retry_backoff_ms: 100, ..JobSpec::new("/bin/true") }
+    JobSpec {
+        task_count: tasks,
+        max_attempts: attempts,
+        retry_backoff_ms: 100,
+        ..JobSpec::new("/bin/true")
+    }
 }
 
 fn submit(n: u128, key: &str, spec: JobSpec, now: Millis) -> Command {
@@ -33,7 +44,10 @@ fn submit(n: u128, key: &str, spec: JobSpec, now: Millis) -> Command {
 }
 
 fn assign(list: &[(u128, u32, &str)], now: Millis) -> Command {
-    let assignments = list.iter().map(|&(n, index, e)| Assignment { job: j(n), index, executor: e.into() }).collect();
+    let assignments = list
+        .iter()
+        .map(|&(n, index, e)| Assignment { job: j(n), index, executor: e.into() })
+        .collect();
     Command::AssignTasks { assignments, now }
 }
 
@@ -113,36 +127,96 @@ fn table() {
     let cases: Vec<Case> = vec![
         // RegisterExecutor
         ("register new", vec![], reg("e1", 1, "a", 0), Ok(Outcome::Registered { epoch: 1 })),
-        ("register again bumps epoch", base(), reg("e1", 1, "a", 5), Ok(Outcome::Registered { epoch: 2 })),
-        ("register revives dead", with(base(), [dead("e1", 1, 5)]), reg("e1", 1, "a", 6), Ok(Outcome::Registered { epoch: 2 })),
+        (
+            "register again bumps epoch",
+            base(),
+            reg("e1", 1, "a", 5),
+            Ok(Outcome::Registered { epoch: 2 }),
+        ),
+        (
+            "register revives dead",
+            with(base(), [dead("e1", 1, 5)]),
+            reg("e1", 1, "a", 6),
+            Ok(Outcome::Registered { epoch: 2 }),
+        ),
         // DrainExecutor
         ("drain alive", base(), drain("e1", 5), done.clone()),
         ("drain draining", with(base(), [drain("e1", 5)]), drain("e1", 6), done.clone()),
         ("drain unknown", base(), drain("zz", 5), Err(ExecutorNotFound(e("zz")))),
-        ("drain left", with(base(), [dereg("e1", 5)]), drain("e1", 6), Err(ill("executor Left", "executor Draining"))),
-        ("drain dead", with(base(), [dead("e1", 1, 5)]), drain("e1", 6), Err(ill("executor Dead", "executor Draining"))),
+        (
+            "drain left",
+            with(base(), [dereg("e1", 5)]),
+            drain("e1", 6),
+            Err(ill("executor Left", "executor Draining")),
+        ),
+        (
+            "drain dead",
+            with(base(), [dead("e1", 1, 5)]),
+            drain("e1", 6),
+            Err(ill("executor Dead", "executor Draining")),
+        ),
         // DeregisterExecutor
         ("deregister alive", base(), dereg("e1", 5), done.clone()),
         ("deregister draining", with(base(), [drain("e1", 5)]), dereg("e1", 6), done.clone()),
         ("deregister left", with(base(), [dereg("e1", 5)]), dereg("e1", 6), done.clone()),
         ("deregister unknown", base(), dereg("zz", 5), Err(ExecutorNotFound(e("zz")))),
-        ("deregister dead", with(base(), [dead("e1", 1, 5)]), dereg("e1", 6), Err(ill("executor Dead", "executor Left"))),
+        (
+            "deregister dead",
+            with(base(), [dead("e1", 1, 5)]),
+            dereg("e1", 6),
+            Err(ill("executor Dead", "executor Left")),
+        ),
         // ExecutorDead
         ("dead alive", base(), dead("e1", 1, 5), done.clone()),
         ("dead draining", with(base(), [drain("e1", 5)]), dead("e1", 1, 6), done.clone()),
         ("dead dead", with(base(), [dead("e1", 1, 5)]), dead("e1", 1, 6), done.clone()),
         ("dead left", with(base(), [dereg("e1", 5)]), dead("e1", 1, 6), done.clone()),
-        ("dead stale epoch", with(base(), [reg("e1", 2, "a", 5)]), dead("e1", 1, 6), Err(StaleEpoch { got: 1, current: 2 })),
+        (
+            "dead stale epoch",
+            with(base(), [reg("e1", 2, "a", 5)]),
+            dead("e1", 1, 6),
+            Err(StaleEpoch { got: 1, current: 2 }),
+        ),
         ("dead future epoch", base(), dead("e1", 7, 6), Err(StaleEpoch { got: 7, current: 1 })),
         ("dead unknown", base(), dead("zz", 1, 5), Err(ExecutorNotFound(e("zz")))),
         // SubmitJob
-        ("submit", vec![], submit(1, "k1", spec(1, 1), 0), Ok(Outcome::Submitted { id: j(1), created: true })),
-        ("submit no key", base(), submit(2, "", spec(1, 1), 0), Ok(Outcome::Submitted { id: j(2), created: true })),
-        ("resubmit same key", base(), submit(2, "k1", spec(1, 1), 11), Ok(Outcome::Submitted { id: j(1), created: false })),
-        ("resubmit same key, invalid spec", base(), submit(2, "k1", spec(0, 1), 11), Ok(Outcome::Submitted { id: j(1), created: false })),
+        (
+            "submit",
+            vec![],
+            submit(1, "k1", spec(1, 1), 0),
+            Ok(Outcome::Submitted { id: j(1), created: true }),
+        ),
+        (
+            "submit no key",
+            base(),
+            submit(2, "", spec(1, 1), 0),
+            Ok(Outcome::Submitted { id: j(2), created: true }),
+        ),
+        (
+            "resubmit same key",
+            base(),
+            submit(2, "k1", spec(1, 1), 11),
+            Ok(Outcome::Submitted { id: j(1), created: false }),
+        ),
+        (
+            "resubmit same key, invalid spec",
+            base(),
+            submit(2, "k1", spec(0, 1), 11),
+            Ok(Outcome::Submitted { id: j(1), created: false }),
+        ),
         ("submit duplicate id", base(), submit(1, "k2", spec(1, 1), 11), Err(DuplicateJobId(j(1)))),
-        ("submit duplicate id no key", base(), submit(1, "", spec(1, 1), 11), Err(DuplicateJobId(j(1)))),
-        ("submit invalid", vec![], submit(1, "", spec(0, 1), 0), Err(InvalidSpec(e("task count 0 not in 1..=100000")))),
+        (
+            "submit duplicate id no key",
+            base(),
+            submit(1, "", spec(1, 1), 11),
+            Err(DuplicateJobId(j(1))),
+        ),
+        (
+            "submit invalid",
+            vec![],
+            submit(1, "", spec(0, 1), 0),
+            Err(InvalidSpec(e("task count 0 not in 1..=100000"))),
+        ),
         // CancelJob
         ("cancel pending", base(), cancel(1, 15), done.clone()),
         ("cancel running", running(), cancel(1, 35), done.clone()),
@@ -150,72 +224,207 @@ fn table() {
         ("cancel unknown", base(), cancel(9, 15), Err(JobNotFound(j(9)))),
         (
             "cancel succeeded",
-            with(running(), [assign(&[(1, 1, "e1")], 31), finished(1, 0, 1, 0, 40), finished(1, 1, 2, 0, 41)]),
+            with(
+                running(),
+                [assign(&[(1, 1, "e1")], 31), finished(1, 0, 1, 0, 40), finished(1, 1, 2, 0, 41)],
+            ),
             cancel(1, 50),
             Err(JobTerminal(j(1))),
         ),
         // AssignTasks
         ("assign", base(), assign(&[(1, 0, "e1"), (1, 1, "e2")], 20), ok(&[Ok(1), Ok(2)])),
         ("assign unknown job", base(), assign(&[(9, 0, "e1")], 20), ok(&[Err(JobNotFound(j(9)))])),
-        ("assign unknown task", base(), assign(&[(1, 2, "e1")], 20), ok(&[Err(TaskNotFound(j(1), 2))])),
-        ("assign unknown executor", base(), assign(&[(1, 0, "zz")], 20), ok(&[Err(ExecutorNotFound(e("zz")))])),
-        ("assign terminal job", with(base(), [cancel(1, 15)]), assign(&[(1, 0, "e1")], 20), ok(&[Err(JobTerminal(j(1)))])),
-        ("assign task twice", base(), assign(&[(1, 0, "e1"), (1, 0, "e1")], 20), ok(&[Ok(1), Err(ill("task Assigned", "task Assigned"))])),
-        ("assign running task", running(), assign(&[(1, 0, "e1")], 40), ok(&[Err(ill("task Running", "task Assigned"))])),
-        ("assign before submit time", base(), assign(&[(1, 0, "e1")], 5), ok(&[Err(ill("task Pending (backoff until 10)", "task Assigned"))])),
+        (
+            "assign unknown task",
+            base(),
+            assign(&[(1, 2, "e1")], 20),
+            ok(&[Err(TaskNotFound(j(1), 2))]),
+        ),
+        (
+            "assign unknown executor",
+            base(),
+            assign(&[(1, 0, "zz")], 20),
+            ok(&[Err(ExecutorNotFound(e("zz")))]),
+        ),
+        (
+            "assign terminal job",
+            with(base(), [cancel(1, 15)]),
+            assign(&[(1, 0, "e1")], 20),
+            ok(&[Err(JobTerminal(j(1)))]),
+        ),
+        (
+            "assign task twice",
+            base(),
+            assign(&[(1, 0, "e1"), (1, 0, "e1")], 20),
+            ok(&[Ok(1), Err(ill("task Assigned", "task Assigned"))]),
+        ),
+        (
+            "assign running task",
+            running(),
+            assign(&[(1, 0, "e1")], 40),
+            ok(&[Err(ill("task Running", "task Assigned"))]),
+        ),
+        (
+            "assign before submit time",
+            base(),
+            assign(&[(1, 0, "e1")], 5),
+            ok(&[Err(ill("task Pending (backoff until 10)", "task Assigned"))]),
+        ),
         (
             "assign during backoff",
             with(running(), [finished(1, 0, 1, 1, 40)]),
             assign(&[(1, 0, "e1")], 139),
             ok(&[Err(ill("task Pending (backoff until 140)", "task Assigned"))]),
         ),
-        ("assign after backoff", with(running(), [finished(1, 0, 1, 1, 40)]), assign(&[(1, 0, "e1")], 140), ok(&[Ok(2)])),
-        ("assign draining", with(base(), [drain("e1", 5)]), assign(&[(1, 0, "e1")], 20), ok(&[Err(ExecutorUnavailable(e("e1")))])),
-        ("assign dead", with(base(), [dead("e1", 1, 5)]), assign(&[(1, 0, "e1")], 20), ok(&[Err(ExecutorUnavailable(e("e1")))])),
-        ("assign left", with(base(), [dereg("e1", 5)]), assign(&[(1, 0, "e1")], 20), ok(&[Err(ExecutorUnavailable(e("e1")))])),
+        (
+            "assign after backoff",
+            with(running(), [finished(1, 0, 1, 1, 40)]),
+            assign(&[(1, 0, "e1")], 140),
+            ok(&[Ok(2)]),
+        ),
+        (
+            "assign draining",
+            with(base(), [drain("e1", 5)]),
+            assign(&[(1, 0, "e1")], 20),
+            ok(&[Err(ExecutorUnavailable(e("e1")))]),
+        ),
+        (
+            "assign dead",
+            with(base(), [dead("e1", 1, 5)]),
+            assign(&[(1, 0, "e1")], 20),
+            ok(&[Err(ExecutorUnavailable(e("e1")))]),
+        ),
+        (
+            "assign left",
+            with(base(), [dereg("e1", 5)]),
+            assign(&[(1, 0, "e1")], 20),
+            ok(&[Err(ExecutorUnavailable(e("e1")))]),
+        ),
         (
             "assign constraint unmet",
-            vec![reg("e1", 2, "a", 0), submit(1, "", JobSpec { constraints: labels("b"), ..spec(1, 1) }, 0)],
+            vec![
+                reg("e1", 2, "a", 0),
+                submit(1, "", JobSpec { constraints: labels("b"), ..spec(1, 1) }, 0),
+            ],
             assign(&[(1, 0, "e1")], 20),
             ok(&[Err(ExecutorUnavailable(e("e1")))]),
         ),
         (
             "assign constraint met",
-            vec![reg("e1", 2, "a", 0), submit(1, "", JobSpec { constraints: labels("a"), ..spec(1, 1) }, 0)],
+            vec![
+                reg("e1", 2, "a", 0),
+                submit(1, "", JobSpec { constraints: labels("a"), ..spec(1, 1) }, 0),
+            ],
             assign(&[(1, 0, "e1")], 20),
             ok(&[Ok(1)]),
         ),
-        ("assign over capacity", base(), assign(&[(1, 0, "e2"), (1, 1, "e2")], 20), ok(&[Ok(1), Err(NoCapacity(e("e2")))])),
+        (
+            "assign over capacity",
+            base(),
+            assign(&[(1, 0, "e2"), (1, 1, "e2")], 20),
+            ok(&[Ok(1), Err(NoCapacity(e("e2")))]),
+        ),
         (
             "assign over memory",
-            vec![reg("e1", 8, "a", 0), submit(1, "", JobSpec { resources: Resources { slots: 1, cpu_millis: 0, memory_mib: 2048 }, ..spec(1, 1) }, 0)],
+            vec![
+                reg("e1", 8, "a", 0),
+                submit(
+                    1,
+                    "",
+                    JobSpec {
+                        resources: Resources { slots: 1, cpu_millis: 0, memory_mib: 2048 },
+                        ..spec(1, 1)
+                    },
+                    0,
+                ),
+            ],
             assign(&[(1, 0, "e1")], 20),
             ok(&[Err(NoCapacity(e("e1")))]),
         ),
         // TaskStarted
         ("start", with(base(), [assign(&[(1, 0, "e1")], 20)]), started(1, 0, 1, 30), done.clone()),
         ("start duplicate", running(), started(1, 0, 1, 31), done.clone()),
-        ("start stale token", running(), started(1, 0, 7, 31), Err(StaleToken { got: 7, current: 1 })),
-        ("start never assigned", base(), started(1, 0, 0, 31), Err(StaleToken { got: 0, current: 0 })),
+        (
+            "start stale token",
+            running(),
+            started(1, 0, 7, 31),
+            Err(StaleToken { got: 7, current: 1 }),
+        ),
+        (
+            "start never assigned",
+            base(),
+            started(1, 0, 0, 31),
+            Err(StaleToken { got: 0, current: 0 }),
+        ),
         ("start unknown job", running(), started(9, 0, 1, 31), Err(JobNotFound(j(9)))),
         ("start unknown task", running(), started(1, 5, 1, 31), Err(TaskNotFound(j(1), 5))),
-        ("start finished", with(running(), [finished(1, 0, 1, 0, 40)]), started(1, 0, 1, 41), Err(ill("attempt Succeeded", "attempt Running"))),
-        ("start cancelled", with(running(), [cancel(1, 40)]), started(1, 0, 1, 41), Err(ill("attempt Cancelled", "attempt Running"))),
-        ("start lost", with(running(), [lost(1, 0, 1, 40)]), started(1, 0, 1, 41), Err(ill("attempt Lost", "attempt Running"))),
+        (
+            "start finished",
+            with(running(), [finished(1, 0, 1, 0, 40)]),
+            started(1, 0, 1, 41),
+            Err(ill("attempt Succeeded", "attempt Running")),
+        ),
+        (
+            "start cancelled",
+            with(running(), [cancel(1, 40)]),
+            started(1, 0, 1, 41),
+            Err(ill("attempt Cancelled", "attempt Running")),
+        ),
+        (
+            "start lost",
+            with(running(), [lost(1, 0, 1, 40)]),
+            started(1, 0, 1, 41),
+            Err(ill("attempt Lost", "attempt Running")),
+        ),
         // TaskFinished
         ("finish ok", running(), finished(1, 0, 1, 0, 40), done.clone()),
-        ("finish from assigned", with(base(), [assign(&[(1, 0, "e1")], 20)]), finished(1, 0, 1, 0, 40), done.clone()),
+        (
+            "finish from assigned",
+            with(base(), [assign(&[(1, 0, "e1")], 20)]),
+            finished(1, 0, 1, 0, 40),
+            done.clone(),
+        ),
         ("finish failed", running(), finished(1, 0, 1, 3, 40), done.clone()),
-        ("finish duplicate", with(running(), [finished(1, 0, 1, 0, 40)]), finished(1, 0, 1, 0, 41), done.clone()),
-        ("finish after cancel", with(running(), [cancel(1, 40)]), finished(1, 0, 1, 0, 41), done.clone()),
-        ("finish after lost", with(running(), [lost(1, 0, 1, 40)]), finished(1, 0, 1, 0, 41), done.clone()),
-        ("finish stale token", with(running(), [lost(1, 0, 1, 40), assign(&[(1, 0, "e2")], 200)]), finished(1, 0, 1, 0, 201), Err(StaleToken { got: 1, current: 2 })),
+        (
+            "finish duplicate",
+            with(running(), [finished(1, 0, 1, 0, 40)]),
+            finished(1, 0, 1, 0, 41),
+            done.clone(),
+        ),
+        (
+            "finish after cancel",
+            with(running(), [cancel(1, 40)]),
+            finished(1, 0, 1, 0, 41),
+            done.clone(),
+        ),
+        (
+            "finish after lost",
+            with(running(), [lost(1, 0, 1, 40)]),
+            finished(1, 0, 1, 0, 41),
+            done.clone(),
+        ),
+        (
+            "finish stale token",
+            with(running(), [lost(1, 0, 1, 40), assign(&[(1, 0, "e2")], 200)]),
+            finished(1, 0, 1, 0, 201),
+            Err(StaleToken { got: 1, current: 2 }),
+        ),
         ("finish unknown job", running(), finished(9, 0, 1, 0, 40), Err(JobNotFound(j(9)))),
         ("finish unknown task", running(), finished(1, 9, 1, 0, 40), Err(TaskNotFound(j(1), 9))),
         // TaskLost
         ("lost running", running(), lost(1, 0, 1, 40), done.clone()),
-        ("lost assigned", with(base(), [assign(&[(1, 0, "e1")], 20)]), lost(1, 0, 1, 40), done.clone()),
-        ("lost finished", with(running(), [finished(1, 0, 1, 0, 40)]), lost(1, 0, 1, 41), done.clone()),
+        (
+            "lost assigned",
+            with(base(), [assign(&[(1, 0, "e1")], 20)]),
+            lost(1, 0, 1, 40),
+            done.clone(),
+        ),
+        (
+            "lost finished",
+            with(running(), [finished(1, 0, 1, 0, 40)]),
+            lost(1, 0, 1, 41),
+            done.clone(),
+        ),
         ("lost stale token", running(), lost(1, 0, 0, 40), Err(StaleToken { got: 0, current: 1 })),
         ("lost unknown job", running(), lost(9, 0, 1, 40), Err(JobNotFound(j(9)))),
         ("lost unknown task", running(), lost(1, 2, 1, 40), Err(TaskNotFound(j(1), 2))),
@@ -245,13 +454,30 @@ fn invalid_specs() {
         ("zero attempts", spec(1, 0)),
         ("too many attempts", spec(1, MAX_ATTEMPTS + 1)),
         ("too many args", JobSpec { args: vec![String::new(); MAX_ARGS + 1], ..spec(1, 1) }),
-        ("too many env", JobSpec { env: (0..=MAX_ENV).map(|i| (format!("K{i}"), String::new())).collect(), ..spec(1, 1) }),
-        ("too many constraints", JobSpec { constraints: (0..=MAX_CONSTRAINTS).map(|i| (format!("k{i}"), String::new())).collect(), ..spec(1, 1) }),
+        (
+            "too many env",
+            JobSpec {
+                env: (0..=MAX_ENV).map(|i| (format!("K{i}"), String::new())).collect(),
+                ..spec(1, 1)
+            },
+        ),
+        (
+            "too many constraints",
+            JobSpec {
+                constraints: (0..=MAX_CONSTRAINTS)
+                    .map(|i| (format!("k{i}"), String::new()))
+                    .collect(),
+                ..spec(1, 1)
+            },
+        ),
         ("too many bytes", JobSpec { args: vec![big], ..spec(1, 1) }),
         ("nul in arg", JobSpec { args: vec!["a\0b".into()], ..spec(1, 1) }),
         ("env name with =", JobSpec { env: [("A=B".into(), "x".into())].into(), ..spec(1, 1) }),
         ("empty env name", JobSpec { env: [(String::new(), "x".into())].into(), ..spec(1, 1) }),
-        ("empty constraint name", JobSpec { constraints: [(String::new(), "x".into())].into(), ..spec(1, 1) }),
+        (
+            "empty constraint name",
+            JobSpec { constraints: [(String::new(), "x".into())].into(), ..spec(1, 1) },
+        ),
         ("zero slots", JobSpec { resources: Resources::default(), ..spec(1, 1) }),
         ("huge backoff", JobSpec { retry_backoff_ms: MAX_RETRY_BACKOFF_MS + 1, ..spec(1, 1) }),
         ("huge timeout", JobSpec { timeout_ms: MAX_TIMEOUT_MS + 1, ..spec(1, 1) }),
@@ -267,7 +493,10 @@ fn invalid_specs() {
     assert!(validate_submit("", &long, &spec(1, 1)).is_err());
     // Limits are inclusive, and counted in characters.
     let edge = JobSpec { args: vec![String::new(); MAX_ARGS], ..spec(MAX_TASKS, MAX_ATTEMPTS) };
-    assert_eq!(validate_submit(&"é".repeat(MAX_NAME_CHARS), &"k".repeat(MAX_KEY_CHARS), &edge), Ok(()));
+    assert_eq!(
+        validate_submit(&"é".repeat(MAX_NAME_CHARS), &"k".repeat(MAX_KEY_CHARS), &edge),
+        Ok(())
+    );
 }
 
 // --- behaviour beyond the outcome ---------------------------------------------------------------
@@ -282,7 +511,10 @@ fn register_loses_attempts_of_previous_incarnation() {
     assert_eq!(s.used_resources("e1").slots, 2);
     s.apply(&reg("e1", 4, "a", 50)).unwrap();
     let e1 = s.executor("e1").unwrap();
-    assert_eq!((e1.epoch, e1.state, e1.capacity.slots, e1.registered_at), (2, ExecutorState::Alive, 4, 50));
+    assert_eq!(
+        (e1.epoch, e1.state, e1.capacity.slots, e1.registered_at),
+        (2, ExecutorState::Alive, 4, 50)
+    );
     assert_eq!(s.used_resources("e1"), Resources::default());
     for i in 0..2 {
         let t = task(&s, 1, i);
@@ -337,7 +569,15 @@ fn finish_without_start_report_counts_as_started() {
 fn failure_records_exit_code_and_clipped_error() {
     let mut s = run(&running());
     let error = Some("é".repeat(limits::MAX_ERROR_BYTES)); // 2 bytes each: must cut at a boundary
-    s.apply(&Command::TaskFinished { job: j(1), index: 0, token: 1, exit_code: -9, error, now: 40 }).unwrap();
+    s.apply(&Command::TaskFinished {
+        job: j(1),
+        index: 0,
+        token: 1,
+        exit_code: -9,
+        error,
+        now: 40,
+    })
+    .unwrap();
     let a = task(&s, 1, 0).current().unwrap();
     assert_eq!((a.state, a.exit_code, a.finished_at), (AttemptState::Failed, Some(-9), Some(40)));
     assert_eq!(a.error.as_ref().unwrap().len(), limits::MAX_ERROR_BYTES);
@@ -359,8 +599,12 @@ fn cancel_marks_live_attempts_cancelled() {
 
 #[test]
 fn fencing_tokens_are_global_and_old_tokens_stay_fenced() {
-    let mut s = run(&[reg("e1", 8, "a", 0), submit(1, "", spec(2, 3), 0), submit(2, "", spec(1, 3), 0)]);
-    assert_eq!(s.apply(&assign(&[(1, 0, "e1"), (2, 0, "e1"), (1, 1, "e1")], 1)), ok(&[Ok(1), Ok(2), Ok(3)]));
+    let mut s =
+        run(&[reg("e1", 8, "a", 0), submit(1, "", spec(2, 3), 0), submit(2, "", spec(1, 3), 0)]);
+    assert_eq!(
+        s.apply(&assign(&[(1, 0, "e1"), (2, 0, "e1"), (1, 1, "e1")], 1)),
+        ok(&[Ok(1), Ok(2), Ok(3)])
+    );
     s.apply(&lost(1, 0, 1, 2)).unwrap();
     assert_eq!(s.apply(&assign(&[(1, 0, "e1")], 200)), ok(&[Ok(4)]));
     assert_eq!(s.next_token(), 5);
@@ -387,11 +631,16 @@ fn queries() {
         cancel(3, 1),
     ]);
     let order: Vec<_> = s.pending_tasks(10).collect();
-    assert_eq!(order, [(j(2), 0), (j(1), 0), (j(1), 1)], "priority desc, seq asc, index asc; job 4 not yet");
+    assert_eq!(
+        order,
+        [(j(2), 0), (j(1), 0), (j(1), 1)],
+        "priority desc, seq asc, index asc; job 4 not yet"
+    );
     assert_eq!(s.pending_tasks(100).count(), 4);
     // The caller's filter leaves whole jobs out (by seq), the order of the rest unchanged.
     let seq1 = s.job(&j(1)).unwrap().seq;
-    let kept: Vec<_> = s.pending_tasks_where(100, None, |seq| seq != seq1).map(|(job, i)| (job.id, i)).collect();
+    let kept: Vec<_> =
+        s.pending_tasks_where(100, None, |seq| seq != seq1).map(|(job, i)| (job.id, i)).collect();
     assert_eq!(kept, [(j(2), 0), (j(4), 0)]);
     // Job 4 (submitted at 100) is the only task in the future at 10; none is after 100.
     assert_eq!(s.next_backoff_end(10, None, |_| true), Some(100));
@@ -402,8 +651,14 @@ fn queries() {
     s.apply(&started(2, 0, 1, 11)).unwrap();
     let live = s.live_attempts();
     assert_eq!(live.len(), 2);
-    assert_eq!((live[0].executor.as_str(), live[0].job, live[0].index, live[0].token), ("e1", j(1), 1, 2));
-    assert_eq!((live[1].executor.as_str(), live[1].state, live[1].attempt), ("e2", TaskState::Running, 1));
+    assert_eq!(
+        (live[0].executor.as_str(), live[0].job, live[0].index, live[0].token),
+        ("e1", j(1), 1, 2)
+    );
+    assert_eq!(
+        (live[1].executor.as_str(), live[1].state, live[1].attempt),
+        ("e2", TaskState::Running, 1)
+    );
     assert_eq!(s.used_resources("e1").slots, 1);
     assert_eq!(s.used_resources("nobody"), Resources::default());
     assert_eq!(s.live_attempts_on("e2").len(), 1);
@@ -437,14 +692,18 @@ fn queries() {
     assert_eq!(seqs(s.jobs_page(None, None, 0)), (vec![], None));
 
     // Recently finished jobs, by finish time, for the dispatcher's kill sweep.
-    let recent = |s: &State, since| s.jobs_recently_finished(since).map(|j| j.seq).collect::<Vec<_>>();
+    let recent =
+        |s: &State, since| s.jobs_recently_finished(since).map(|j| j.seq).collect::<Vec<_>>();
     assert_eq!(recent(&s, 0), [3]);
     assert_eq!(recent(&s, 2), Vec::<u64>::new());
     s.apply(&cancel(1, 50)).unwrap();
     assert_eq!(recent(&s, 0), [3, 1]);
     assert_eq!(recent(&s, 50), [1]);
     let killed = s.jobs_recently_finished(50).flat_map(|j| &j.tasks).filter_map(Task::current);
-    assert_eq!(killed.map(|a| (a.token, a.state)).collect::<Vec<_>>(), [(2, AttemptState::Cancelled)]);
+    assert_eq!(
+        killed.map(|a| (a.token, a.state)).collect::<Vec<_>>(),
+        [(2, AttemptState::Cancelled)]
+    );
 }
 
 #[test]
@@ -484,7 +743,10 @@ fn task_ranges_tile_the_uuid_space() {
     assert_eq!(task_range(u32::MAX, u32::MAX).1, u128::MAX);
     assert_eq!(
         task_range_uuids(1, 2),
-        ("80000000-0000-0000-0000-000000000000".to_string(), "ffffffff-ffff-ffff-ffff-ffffffffffff".to_string())
+        (
+            "80000000-0000-0000-0000-000000000000".to_string(),
+            "ffffffff-ffff-ffff-ffff-ffffffffffff".to_string()
+        )
     );
     assert_eq!(range_uuid(0), "00000000-0000-0000-0000-000000000000");
 }
@@ -534,7 +796,8 @@ fn parse_line(line: &str) -> Result<Command, String> {
         None => (line, vec![]),
     };
     let mut words = words.split_whitespace();
-    let now: Millis = words.next().and_then(|t| t.parse().ok()).ok_or("line must start with a time")?;
+    let now: Millis =
+        words.next().and_then(|t| t.parse().ok()).ok_or("line must start with a time")?;
     let verb = words.next().ok_or("missing verb")?;
     let rest: Vec<&str> = words.collect();
     let mut pos = vec![];
@@ -561,7 +824,11 @@ fn parse_line(line: &str) -> Result<Command, String> {
         "register" => Command::RegisterExecutor {
             id: first.into(),
             addr: format!("{first}:7000"),
-            capacity: Resources { slots: num("slots", 1)? as u32, cpu_millis: num("cpu", 0)? as u32, memory_mib: num("mem", 0)? },
+            capacity: Resources {
+                slots: num("slots", 1)? as u32,
+                cpu_millis: num("cpu", 0)? as u32,
+                memory_mib: num("mem", 0)?,
+            },
             labels: prefixed("label."),
             now,
         },
@@ -579,10 +846,18 @@ fn parse_line(line: &str) -> Result<Command, String> {
                 constraints: prefixed("require."),
                 max_attempts: num("attempts", d.max_attempts.into())? as u32,
                 retry_backoff_ms: num("backoff", d.retry_backoff_ms)?,
-                priority: opt.get("priority").map_or(Ok(0), |v| v.parse().map_err(|_| "bad priority"))?,
+                priority: opt
+                    .get("priority")
+                    .map_or(Ok(0), |v| v.parse().map_err(|_| "bad priority"))?,
                 ..d
             };
-            Command::SubmitJob { id: parse_job(first)?, name: text("name"), idempotency_key: text("key"), spec, now }
+            Command::SubmitJob {
+                id: parse_job(first)?,
+                name: text("name"),
+                idempotency_key: text("key"),
+                spec,
+                now,
+            }
         }
         "cancel" => Command::CancelJob { id: parse_job(first)?, now },
         "assign" => {
@@ -603,7 +878,14 @@ fn parse_line(line: &str) -> Result<Command, String> {
         "finish" => {
             let (job, index) = task()?;
             let exit_code = opt.get("exit").map_or(Ok(0), |v| v.parse().map_err(|_| "bad exit"))?;
-            Command::TaskFinished { job, index, token: num("tok", 0)?, exit_code, error: opt.get("error").cloned(), now }
+            Command::TaskFinished {
+                job,
+                index,
+                token: num("tok", 0)?,
+                exit_code,
+                error: opt.get("error").cloned(),
+                now,
+            }
         }
         "lost" => {
             let (job, index) = task()?;
@@ -643,11 +925,21 @@ fn summary(s: &State, now: Millis) -> String {
     for e in s.executors() {
         let used = s.used_resources(&e.id);
         let labels: Vec<_> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let live: Vec<_> = s.live_attempts_on(&e.id).iter().map(|a| format!("{}/{}:tok{}", a.job, a.index, a.token)).collect();
+        let live: Vec<_> = s
+            .live_attempts_on(&e.id)
+            .iter()
+            .map(|a| format!("{}/{}:tok{}", a.job, a.index, a.token))
+            .collect();
         let _ = writeln!(
             o,
             "executor {} {:?} epoch={} slots={}/{} labels=[{}] live=[{}]",
-            e.id, e.state, e.epoch, used.slots, e.capacity.slots, labels.join(","), live.join(" ")
+            e.id,
+            e.state,
+            e.epoch,
+            used.slots,
+            e.capacity.slots,
+            labels.join(","),
+            live.join(" ")
         );
     }
     let (jobs, _) = s.jobs_page(None, None, usize::MAX);
@@ -699,7 +991,8 @@ fn run_golden(file: &str) {
         out.push_str(&format!("{line}\n  -> {}\n", short_ids(&result)));
     }
     out.push_str(&summary(&s, now));
-    let expected = text.split_once(GOLDEN_SEP).map(|(_, e)| e.trim_start_matches('\n')).unwrap_or("");
+    let expected =
+        text.split_once(GOLDEN_SEP).map(|(_, e)| e.trim_start_matches('\n')).unwrap_or("");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, format!("{script}\n\n{GOLDEN_SEP}\n{out}")).unwrap();
     } else if expected != out {
@@ -747,7 +1040,17 @@ enum Op {
     Drain(u8),
     Deregister(u8),
     Dead(u8, u64),
-    Submit { job: u8, key: u8, tasks: u32, attempts: u32, backoff: u64, slots: u32, zone_a: bool, priority: i32, valid: bool },
+    Submit {
+        job: u8,
+        key: u8,
+        tasks: u32,
+        attempts: u32,
+        backoff: u64,
+        slots: u32,
+        zone_a: bool,
+        priority: i32,
+        valid: bool,
+    },
     Cancel(u8),
     Assign(Vec<(u8, u32, u8)>),
     AssignPlaceable(usize, u8),
@@ -798,7 +1101,9 @@ fn resolve(s: &State, op: &Op, now: Millis) -> Option<Command> {
         (!all.is_empty()).then(|| all[n % all.len()].clone())
     };
     Some(match op {
-        Op::Register(e, slots, zone_a) => reg(&exec(*e), *slots, if *zone_a { "a" } else { "b" }, now),
+        Op::Register(e, slots, zone_a) => {
+            reg(&exec(*e), *slots, if *zone_a { "a" } else { "b" }, now)
+        }
         Op::Drain(e) => drain(&exec(*e), now),
         Op::Deregister(e) => dereg(&exec(*e), now),
         Op::Dead(e, epoch) => dead(&exec(*e), *epoch, now),
@@ -813,11 +1118,20 @@ fn resolve(s: &State, op: &Op, now: Millis) -> Option<Command> {
                 ..JobSpec::new("/bin/true")
             };
             let key = ["", "k1", "k2"][*key as usize % 3];
-            Command::SubmitJob { id: jid(*job), name: String::new(), idempotency_key: key.into(), spec, now }
+            Command::SubmitJob {
+                id: jid(*job),
+                name: String::new(),
+                idempotency_key: key.into(),
+                spec,
+                now,
+            }
         }
         Op::Cancel(n) => cancel(u128::from(*n) + 1, now),
         Op::Assign(list) => Command::AssignTasks {
-            assignments: list.iter().map(|&(n, index, e)| Assignment { job: jid(n), index, executor: exec(e) }).collect(),
+            assignments: list
+                .iter()
+                .map(|&(n, index, e)| Assignment { job: jid(n), index, executor: exec(e) })
+                .collect(),
             now,
         },
         Op::AssignPlaceable(n, e) => {
@@ -832,15 +1146,34 @@ fn resolve(s: &State, op: &Op, now: Millis) -> Option<Command> {
                     && s.used_resources(&x.id).plus(job.spec.resources).fits_in(x.capacity)
             };
             let able: Vec<_> = s.executors().filter(fits).collect();
-            let executor = able.get(usize::from(*e) % able.len().max(1)).map_or(exec(*e), |x| x.id.clone());
+            let executor =
+                able.get(usize::from(*e) % able.len().max(1)).map_or(exec(*e), |x| x.id.clone());
             Command::AssignTasks { assignments: vec![Assignment { job: id, index, executor }], now }
         }
-        Op::Started(n, index, token) => Command::TaskStarted { job: jid(*n), index: *index, token: *token, now },
-        Op::Finished(n, index, token, code) => {
-            Command::TaskFinished { job: jid(*n), index: *index, token: *token, exit_code: *code, error: None, now }
+        Op::Started(n, index, token) => {
+            Command::TaskStarted { job: jid(*n), index: *index, token: *token, now }
         }
-        Op::Lost(n, index, token) => Command::TaskLost { job: jid(*n), index: *index, token: *token, reason: "x".into(), now },
-        Op::StartLive(n) => live(*n).map(|a| Command::TaskStarted { job: a.job, index: a.index, token: a.token, now })?,
+        Op::Finished(n, index, token, code) => Command::TaskFinished {
+            job: jid(*n),
+            index: *index,
+            token: *token,
+            exit_code: *code,
+            error: None,
+            now,
+        },
+        Op::Lost(n, index, token) => Command::TaskLost {
+            job: jid(*n),
+            index: *index,
+            token: *token,
+            reason: "x".into(),
+            now,
+        },
+        Op::StartLive(n) => live(*n).map(|a| Command::TaskStarted {
+            job: a.job,
+            index: a.index,
+            token: a.token,
+            now,
+        })?,
         Op::FinishLive(n, code) => live(*n).map(|a| Command::TaskFinished {
             job: a.job,
             index: a.index,
@@ -849,14 +1182,25 @@ fn resolve(s: &State, op: &Op, now: Millis) -> Option<Command> {
             error: Some("boom".into()),
             now,
         })?,
-        Op::LoseLive(n) => live(*n).map(|a| Command::TaskLost { job: a.job, index: a.index, token: a.token, reason: "x".into(), now })?,
+        Op::LoseLive(n) => live(*n).map(|a| Command::TaskLost {
+            job: a.job,
+            index: a.index,
+            token: a.token,
+            reason: "x".into(),
+            now,
+        })?,
     })
 }
 
 /// Runs ops on a fresh state, calling `check(before, command, result, after)` for each command.
 fn drive(
     ops: &[(u64, Op)],
-    mut check: impl FnMut(&State, &Command, &Result<Outcome, Rejection>, &State) -> Result<(), TestCaseError>,
+    mut check: impl FnMut(
+        &State,
+        &Command,
+        &Result<Outcome, Rejection>,
+        &State,
+    ) -> Result<(), TestCaseError>,
 ) -> Result<(State, Vec<Command>), TestCaseError> {
     let mut s = State::new();
     let mut now = 0;
@@ -998,7 +1342,14 @@ proptest! {
 }
 
 fn finished_cmd(a: &LiveAttempt, now: Millis) -> Command {
-    Command::TaskFinished { job: a.job, index: a.index, token: a.token, exit_code: 0, error: None, now }
+    Command::TaskFinished {
+        job: a.job,
+        index: a.index,
+        token: a.token,
+        exit_code: 0,
+        error: None,
+        now,
+    }
 }
 
 #[test]
@@ -1013,7 +1364,8 @@ fn executor_changes_move_on_every_command_but_a_submission_and_are_not_state() {
     s.apply(&assign(&[(1, 0, "a")], 3)).unwrap();
     assert!(s.executor_changes() > c1, "an assignment changes a load");
     // Local bookkeeping: equal to a replica that counted differently, and never serialized.
-    let restored: State = crate::raft::codec::decode(&crate::raft::codec::encode(&s).unwrap()).unwrap();
+    let restored: State =
+        crate::raft::codec::decode(&crate::raft::codec::encode(&s).unwrap()).unwrap();
     assert_eq!(restored.executor_changes(), 0);
     assert_eq!(restored, s);
 }

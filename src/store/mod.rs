@@ -34,7 +34,9 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use crate::raft::codec;
-use crate::raft::{Entry, LogId, NodeId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::raft::{
+    Entry, LogId, NodeId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 use crate::state::State;
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -66,7 +68,8 @@ fn snapshot_file(dir: &Path, generation: u64) -> std::path::PathBuf {
 /// place, the directory synced.
 fn write_file_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path.parent().ok_or_else(|| std::io::Error::other("snapshot path has no directory"))?;
+    let dir =
+        path.parent().ok_or_else(|| std::io::Error::other("snapshot path has no directory"))?;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
     for piece in data.chunks(SNAPSHOT_PIECE) {
@@ -81,7 +84,11 @@ fn write_file_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+fn io_err(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
     StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
 }
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -107,7 +114,11 @@ pub struct Storage {
 pub fn open(dir: &Path) -> std::io::Result<Storage> {
     let snapshot_dir = dir.join("snapshots");
     std::fs::create_dir_all(&snapshot_dir)?;
-    let raft = sled::Config::new().path(dir.join("raft.sled")).mode(sled::Mode::HighThroughput).cache_capacity(SLED_CACHE_BYTES).open()?;
+    let raft = sled::Config::new()
+        .path(dir.join("raft.sled"))
+        .mode(sled::Mode::HighThroughput)
+        .cache_capacity(SLED_CACHE_BYTES)
+        .open()?;
     Ok(Storage { raft, snapshot_dir })
 }
 
@@ -115,7 +126,9 @@ pub fn open(dir: &Path) -> std::io::Result<Storage> {
 /// (seconds of CPU) without taking an async worker. At normal priority: it holds the state's read
 /// lock, which apply (every commit) waits for, so starving it (it once ran at nice 19) only made
 /// the write stall longer: 0.8 s to 3 s for the same 10^6-job state on a loaded machine.
-async fn in_background_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<T> {
+async fn in_background_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("triad-snapshot".into()).spawn(move || {
         let _ = tx.send(f());
@@ -144,7 +157,11 @@ const INLINE_APPLY_COMMANDS: usize = 256;
 /// in the common case and runs right here: no thread hand-off, which costs more than applying a
 /// small batch. Heavy work, or a lock held by a reader (a snapshot being encoded, a full planning
 /// pass), goes [`off_runtime`].
-pub(crate) fn with_write<T>(applied: &SharedApplied, light: bool, f: impl FnOnce(&mut Applied) -> T) -> T {
+pub(crate) fn with_write<T>(
+    applied: &SharedApplied,
+    light: bool,
+    f: impl FnOnce(&mut Applied) -> T,
+) -> T {
     if light {
         if let Ok(mut guard) = applied.try_write() {
             return f(&mut guard);
@@ -169,7 +186,9 @@ fn write_politely(applied: &SharedApplied) -> std::sync::RwLockWriteGuard<'_, Ap
         match applied.try_write() {
             Ok(guard) => return guard,
             // Readers usually hold it for microseconds: yield for a while before sleeping.
-            Err(std::sync::TryLockError::WouldBlock) if started.elapsed() < WRITE_RETRY => std::thread::yield_now(),
+            Err(std::sync::TryLockError::WouldBlock) if started.elapsed() < WRITE_RETRY => {
+                std::thread::yield_now()
+            }
             Err(std::sync::TryLockError::WouldBlock) => std::thread::sleep(WRITE_RETRY),
             Err(std::sync::TryLockError::Poisoned(_)) => panic!("state lock poisoned"),
         }
@@ -177,7 +196,11 @@ fn write_politely(applied: &SharedApplied) -> std::sync::RwLockWriteGuard<'_, Ap
 }
 
 /// Like [`with_write`], under the read lock.
-pub(crate) fn with_read<T>(applied: &SharedApplied, light: bool, f: impl FnOnce(&Applied) -> T) -> T {
+pub(crate) fn with_read<T>(
+    applied: &SharedApplied,
+    light: bool,
+    f: impl FnOnce(&Applied) -> T,
+) -> T {
     if light {
         if let Ok(guard) = applied.try_read() {
             return f(&guard);
@@ -217,10 +240,16 @@ fn flusher(db: sled::Db, queue: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>
         let flushed = db.flush();
         crate::metrics::get().log_flush_seconds.observe(started.elapsed().as_secs_f64());
         if started.elapsed() > SLOW_LOG_IO {
-            tracing::warn!(ms = started.elapsed().as_millis() as u64, appends = waiting.len(), "slow log flush");
+            tracing::warn!(
+                ms = started.elapsed().as_millis() as u64,
+                appends = waiting.len(),
+                "slow log flush"
+            );
         }
         for callback in waiting {
-            callback.log_io_completed(flushed.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+            callback.log_io_completed(
+                flushed.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())),
+            );
         }
     }
 }
@@ -246,7 +275,10 @@ impl LogStore {
         Ok(())
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
         match self.meta.get(key).map_err(read_err)? {
             None => Ok(None),
             Some(v) => Ok(Some(codec::decode(&v).map_err(read_err)?)),
@@ -283,7 +315,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         for kv in self.log.range((Bound::Included(index_key(start)), end)) {
             let (_, v) = kv.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            out.push(codec::decode(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?);
+            out.push(
+                codec::decode(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?,
+            );
         }
         Ok(out)
     }
@@ -323,14 +357,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            let bytes = codec::encode(&entry).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            let bytes = codec::encode(&entry)
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
             batch.insert(&index_key(entry.log_id.index), bytes);
         }
         let started = std::time::Instant::now();
@@ -354,7 +393,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (k, _) = kv.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         self.flush().await
     }
 
@@ -365,10 +406,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Removed by key, from the first entry on: iterating the range would read every entry's
         // value back (10^4 batches, 100+ MB after a snapshot of a busy log) on Raft's core task,
         // which then sent no heartbeats for long enough to be deposed.
-        let first = match self.log.first().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))? {
-            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().map_err(|_| io_err(ErrorSubject::Logs, ErrorVerb::Read, std::io::Error::other("log key is not 8 bytes")))?),
-            None => return Ok(()),
-        };
+        let first =
+            match self.log.first().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))? {
+                Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
+                    io_err(
+                        ErrorSubject::Logs,
+                        ErrorVerb::Read,
+                        std::io::Error::other("log key is not 8 bytes"),
+                    )
+                })?),
+                None => return Ok(()),
+            };
         off_runtime(|| {
             let mut batch = sled::Batch::default();
             (first..=log_id.index).for_each(|i| batch.remove(&index_key(i)));
@@ -413,7 +461,12 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     pub fn new(dbs: &Storage) -> Result<Self, StorageError> {
         let tree = dbs.raft.open_tree("sm").map_err(read_err)?;
-        let store = StateMachineStore { db: dbs.raft.clone(), tree, snapshot_dir: Arc::new(dbs.snapshot_dir.clone()), applied: Arc::default() };
+        let store = StateMachineStore {
+            db: dbs.raft.clone(),
+            tree,
+            snapshot_dir: Arc::new(dbs.snapshot_dir.clone()),
+            applied: Arc::default(),
+        };
         if let Some(snap) = store.read_snapshot()? {
             let applied: Applied = codec::decode(&snap.data).map_err(read_err)?;
             *store.applied.write().expect("state lock poisoned") = applied;
@@ -436,9 +489,16 @@ impl StateMachineStore {
     fn read_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
         if let Some(p) = self.pointer()? {
             let path = snapshot_file(&self.snapshot_dir, p.generation);
-            let data = std::fs::read(&path).map_err(|e| read_err(std::io::Error::other(format!("reading snapshot {}: {e}", path.display()))))?;
+            let data = std::fs::read(&path).map_err(|e| {
+                read_err(std::io::Error::other(format!("reading snapshot {}: {e}", path.display())))
+            })?;
             if data.len() as u64 != p.bytes {
-                return Err(read_err(std::io::Error::other(format!("snapshot {} has {} bytes, its pointer says {}", path.display(), data.len(), p.bytes))));
+                return Err(read_err(std::io::Error::other(format!(
+                    "snapshot {} has {} bytes, its pointer says {}",
+                    path.display(),
+                    data.len(),
+                    p.bytes
+                ))));
             }
             return Ok(Some(StoredSnapshot { meta: p.meta, data }));
         }
@@ -455,10 +515,20 @@ impl StateMachineStore {
         let old = self.pointer()?;
         let generation = old.as_ref().map_or(1, |p| p.generation + 1);
         let path = snapshot_file(&self.snapshot_dir, generation);
-        off_runtime(|| write_file_durably(&path, &snap.data)).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, std::io::Error::other(format!("writing snapshot {}: {e}", path.display()))))?;
-        let pointer = SnapshotPointer { meta: snap.meta.clone(), generation, bytes: snap.data.len() as u64 };
-        let bytes = codec::encode(&pointer).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
-        self.tree.insert(KEY_SNAPSHOT_POINTER, bytes).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
+        off_runtime(|| write_file_durably(&path, &snap.data)).map_err(|e| {
+            io_err(
+                subject.clone(),
+                ErrorVerb::Write,
+                std::io::Error::other(format!("writing snapshot {}: {e}", path.display())),
+            )
+        })?;
+        let pointer =
+            SnapshotPointer { meta: snap.meta.clone(), generation, bytes: snap.data.len() as u64 };
+        let bytes =
+            codec::encode(&pointer).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
+        self.tree
+            .insert(KEY_SNAPSHOT_POINTER, bytes)
+            .map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
         let _ = self.tree.remove(KEY_SNAPSHOT);
         self.db.flush_async().await.map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
         // Every other file is garbage now: older generations, and what a crash left behind.
@@ -479,7 +549,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let started = std::time::Instant::now();
         let (data, last_applied, membership) = in_background_thread(move || {
             let applied = applied.read().expect("state lock poisoned");
-            codec::encode_compressed(&*applied).map(|data| (data, applied.last_applied, applied.membership.clone()))
+            codec::encode_compressed(&*applied)
+                .map(|data| (data, applied.last_applied, applied.membership.clone()))
         })
         .await
         .map_err(write_err)?
@@ -488,7 +559,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
             None => "empty".to_string(),
         };
-        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
+        let meta =
+            SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
         let stored = StoredSnapshot { meta: meta.clone(), data };
         let encoded = started.elapsed();
         self.write_snapshot(&stored).await?;
@@ -517,7 +589,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let commands: usize = entries.iter().map(|e| if let EntryPayload::Normal(r) = &e.payload { r.commands.len() } else { 1 }).sum();
+        let commands: usize = entries
+            .iter()
+            .map(|e| if let EntryPayload::Normal(r) = &e.payload { r.commands.len() } else { 1 })
+            .sum();
         with_write(&self.applied, commands <= INLINE_APPLY_COMMANDS, move |applied| {
             let mut out = Vec::with_capacity(entries.len());
             for entry in entries {
@@ -546,13 +621,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-        let new: Applied = off_runtime(|| codec::decode(&data)).map_err(|e| io_err(subject, ErrorVerb::Read, e))?;
+        let new: Applied = off_runtime(|| codec::decode(&data))
+            .map_err(|e| io_err(subject, ErrorVerb::Read, e))?;
         // Durable first, then visible: a crash after the flush restarts from this snapshot.
         self.write_snapshot(&StoredSnapshot { meta: meta.clone(), data }).await?;
-        let new = Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), state: new.state };
+        let new = Applied {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            state: new.state,
+        };
         off_runtime(|| {
             let old = std::mem::replace(&mut *write_politely(&self.applied), new);
             drop(old); // a large state takes a while to free: outside the lock
@@ -561,7 +645,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self.read_snapshot()?.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        Ok(self
+            .read_snapshot()?
+            .map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
     }
 }
 
@@ -574,7 +660,9 @@ mod tests {
     struct SledBuilder;
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
-        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
             let dir = tempfile::tempdir().expect("tempdir");
             let db = open(dir.path()).map_err(read_err)?;
             let (log, sm) = open_stores(&db)?;
@@ -593,22 +681,41 @@ mod tests {
         let old = Applied::default();
         {
             let dbs = open(dir.path()).unwrap();
-            let meta = SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default(), snapshot_id: "old".into() };
+            let meta = SnapshotMeta {
+                last_log_id: None,
+                last_membership: StoredMembership::default(),
+                snapshot_id: "old".into(),
+            };
             let stored = StoredSnapshot { meta, data: codec::encode(&old).unwrap() };
-            dbs.raft.open_tree("sm").unwrap().insert(KEY_SNAPSHOT, codec::encode(&stored).unwrap()).unwrap();
+            dbs.raft
+                .open_tree("sm")
+                .unwrap()
+                .insert(KEY_SNAPSHOT, codec::encode(&stored).unwrap())
+                .unwrap();
             dbs.raft.flush().unwrap();
         }
         let dbs = open(dir.path()).unwrap();
         let (_, mut sm) = open_stores(&dbs).unwrap();
-        assert_eq!(sm.get_current_snapshot().await.unwrap().expect("the old snapshot").meta.snapshot_id, "old");
+        assert_eq!(
+            sm.get_current_snapshot().await.unwrap().expect("the old snapshot").meta.snapshot_id,
+            "old"
+        );
         let built = sm.build_snapshot().await.unwrap();
-        assert!(dbs.raft.open_tree("sm").unwrap().get(KEY_SNAPSHOT).unwrap().is_none(), "the old copy is removed");
+        assert!(
+            dbs.raft.open_tree("sm").unwrap().get(KEY_SNAPSHOT).unwrap().is_none(),
+            "the old copy is removed"
+        );
         drop((sm, dbs));
         let dbs = open(dir.path()).unwrap();
         let (_, mut sm) = open_stores(&dbs).unwrap();
-        let current = sm.get_current_snapshot().await.unwrap().expect("the new snapshot survives a reopen");
+        let current =
+            sm.get_current_snapshot().await.unwrap().expect("the new snapshot survives a reopen");
         assert_eq!(current.meta, built.meta);
-        assert_eq!(current.snapshot.get_ref(), built.snapshot.get_ref(), "the same bytes come back");
+        assert_eq!(
+            current.snapshot.get_ref(),
+            built.snapshot.get_ref(),
+            "the same bytes come back"
+        );
         let back: Applied = codec::decode(current.snapshot.get_ref()).unwrap();
         assert_eq!(back.state, sm.applied().read().unwrap().state);
     }

@@ -16,7 +16,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_triad");
 
 /// Reserves `n` distinct free loopback ports (all held open at once, so they differ).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    let ls: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
     ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
@@ -57,8 +58,11 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("triad-test-").tempdir().expect("tempdir");
         let all = free_ports(2 * n);
         let (ports, http_ports) = all.split_at(n);
-        let peers: Vec<Peer> =
-            ports.iter().enumerate().map(|(i, p)| Peer { id: i as u64 + 1, addr: format!("127.0.0.1:{p}") }).collect();
+        let peers: Vec<Peer> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Peer { id: i as u64 + 1, addr: format!("127.0.0.1:{p}") })
+            .collect();
         let mut masters = Vec::new();
         for p in &peers {
             let node_dir = dir.path().join(format!("master{}", p.id));
@@ -78,7 +82,14 @@ impl Cluster {
             let config = node_dir.join("master.toml");
             std::fs::write(&config, toml::to_string(&cfg).unwrap()).unwrap();
             let http = cfg.http_listen.clone();
-            masters.push(Master { id: p.id, addr: p.addr.clone(), config, log: node_dir.join("master.log"), child: None, http });
+            masters.push(Master {
+                id: p.id,
+                addr: p.addr.clone(),
+                config,
+                log: node_dir.join("master.log"),
+                child: None,
+                http,
+            });
         }
         let mut c = Cluster { dir, masters };
         for id in 1..=n as u64 {
@@ -106,7 +117,14 @@ impl Cluster {
         };
         let config = node_dir.join("master.toml");
         std::fs::write(&config, toml::to_string(&cfg).unwrap()).unwrap();
-        self.masters.push(Master { id, addr: addr.clone(), config, log: node_dir.join("master.log"), child: None, http: None });
+        self.masters.push(Master {
+            id,
+            addr: addr.clone(),
+            config,
+            log: node_dir.join("master.log"),
+            child: None,
+            http: None,
+        });
         self.restart(id);
         addr
     }
@@ -174,7 +192,10 @@ impl Cluster {
     }
 
     pub async fn digest(&self, id: u64) -> u64 {
-        node_status(&self.master(id).addr, Duration::from_secs(5), true).await.expect("status with digest").state_digest
+        node_status(&self.master(id).addr, Duration::from_secs(5), true)
+            .await
+            .expect("status with digest")
+            .state_digest
     }
 
     /// Waits until every running master agrees on one leader, and returns it.
@@ -214,8 +235,13 @@ impl Cluster {
 }
 
 pub fn run_cli(args: &[&str], masters: &str) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).env("TRIAD_MASTERS", masters).output().expect("running triad");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out =
+        Command::new(BIN).args(args).env("TRIAD_MASTERS", masters).output().expect("running triad");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -267,12 +293,24 @@ impl Executor {
     }
 
     /// As [`Executor::start`], with more command-line arguments.
-    pub fn start_with(masters: &str, root: &Path, name: &str, slots: u32, labels: &[&str], extra: &[&str]) -> Executor {
+    pub fn start_with(
+        masters: &str,
+        root: &Path,
+        name: &str,
+        slots: u32,
+        labels: &[&str],
+        extra: &[&str],
+    ) -> Executor {
         let work_dir = root.join(name);
         std::fs::create_dir_all(&work_dir).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(work_dir.join("executor.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(work_dir.join("executor.log"))
+            .unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.args(["executor", "--masters", masters, "--slots", &slots.to_string(), "--work-dir"]).arg(&work_dir);
+        cmd.args(["executor", "--masters", masters, "--slots", &slots.to_string(), "--work-dir"])
+            .arg(&work_dir);
         for l in labels {
             cmd.args(["--label", l]);
         }
@@ -290,7 +328,10 @@ impl Executor {
     /// The stable id the executor wrote to its work dir.
     pub async fn id(&self) -> String {
         let path = self.work_dir.join("executor-id");
-        wait_for("executor id file", Duration::from_secs(10), || async { std::fs::read_to_string(&path).ok().filter(|s| !s.is_empty()) }).await
+        wait_for("executor id file", Duration::from_secs(10), || async {
+            std::fs::read_to_string(&path).ok().filter(|s| !s.is_empty())
+        })
+        .await
     }
 
     pub fn pid(&self) -> i32 {
@@ -317,7 +358,10 @@ impl Drop for Executor {
     fn drop(&mut self) {
         if let Some(c) = &self.child {
             // A paused executor must be resumed to die cleanly.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGCONT);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
         }
         self.kill();
         if std::thread::panicking() {
@@ -333,7 +377,10 @@ pub fn alive(pid: i32) -> bool {
     }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The state field follows the parenthesised command name.
-    !matches!(stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()), Some(Some('Z')) | None | Some(None))
+    !matches!(
+        stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()),
+        Some(Some('Z')) | None | Some(None)
+    )
 }
 
 /// A plain HTTP/1.0 GET (bounded): returns the body of a 200 response.
@@ -341,7 +388,9 @@ pub async fn http_get(addr: &str, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         let text = String::from_utf8_lossy(&buf).into_owned();
@@ -355,10 +404,17 @@ pub async fn http_get(addr: &str, path: &str) -> Option<String> {
 pub async fn grpc_serving(addr: &str) -> Option<bool> {
     use tonic_health::pb::health_client::HealthClient;
     let chan = triad::raft::network::channel(addr).ok()?;
-    let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest { service: String::new() });
+    let mut req =
+        tonic::Request::new(tonic_health::pb::HealthCheckRequest { service: String::new() });
     req.set_timeout(Duration::from_secs(2));
-    let r = tokio::time::timeout(Duration::from_secs(2), HealthClient::new(chan).check(req)).await.ok()?.ok()?;
-    Some(r.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+    let r = tokio::time::timeout(Duration::from_secs(2), HealthClient::new(chan).check(req))
+        .await
+        .ok()?
+        .ok()?;
+    Some(
+        r.into_inner().status
+            == tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+    )
 }
 
 /// The value of one sample line (`name{labels} value`) in a Prometheus text page.

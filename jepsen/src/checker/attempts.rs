@@ -53,7 +53,10 @@ pub fn no_overlapping_attempts(history: &[Op], effects: &[SideEffect]) -> Verdic
         match e.event.as_str() {
             "start" => a.starts.push(e.time_ns),
             "end" => a.ends.push(e.time_ns),
-            other => r.violation(format!("malformed: side effect {other:?} of job {} task {} token {}", e.job_id, e.task, e.token)),
+            other => r.violation(format!(
+                "malformed: side effect {other:?} of job {} task {} token {}",
+                e.job_id, e.task, e.token
+            )),
         }
     }
     // From the final read: (job, task) -> (token -> attempt state, succeeded token).
@@ -103,7 +106,9 @@ pub fn no_overlapping_attempts(history: &[Op], effects: &[SideEffect]) -> Verdic
             .iter()
             .map(|&(s, e, token)| {
                 let end = e.unwrap_or_else(|| {
-                    let fenced = states.and_then(|st| st.0.get(&token)).is_some_and(|s| matches!(*s, "lost" | "cancelled" | "failed"));
+                    let fenced = states
+                        .and_then(|st| st.0.get(&token))
+                        .is_some_and(|s| matches!(*s, "lost" | "cancelled" | "failed"));
                     let next = starts.iter().copied().find(|&n| n > s);
                     match (fenced, next) {
                         (true, Some(n)) => n,
@@ -137,7 +142,8 @@ pub fn no_overlapping_attempts(history: &[Op], effects: &[SideEffect]) -> Verdic
         if let Some(won) = states.and_then(|s| s.1) {
             for (&token, a) in atts.iter().filter(|(&t, a)| t != won && !a.ends.is_empty()) {
                 let end = a.ends.iter().max().copied().unwrap_or(0);
-                let superseded = atts.iter().any(|(&t, b)| t > token && b.starts.iter().any(|&s| s < end));
+                let superseded =
+                    atts.iter().any(|(&t, b)| t > token && b.starts.iter().any(|&s| s < end));
                 if !superseded {
                     // Sequential re-run: finished before any later attempt began (at-least-once).
                     twice += 1;
@@ -156,7 +162,10 @@ pub fn no_overlapping_attempts(history: &[Op], effects: &[SideEffect]) -> Verdic
     let mut unrecorded = 0;
     for (&(job, task), (_, won)) in &fin {
         if let (true, Some(won)) = (recording.contains(job), won) {
-            let ended = tasks.get(&(job, task)).and_then(|a| a.get(won)).is_some_and(|a| !a.ends.is_empty());
+            let ended = tasks
+                .get(&(job, task))
+                .and_then(|a| a.get(won))
+                .is_some_and(|a| !a.ends.is_empty());
             if !ended {
                 unrecorded += 1;
                 r.violation(format!("job {job} task {task} succeeded with token {won}, which never recorded the end of its work"));
@@ -197,7 +206,11 @@ mod tests {
         let v = run(
             vec![att(1, 3, "lost"), att(2, 8, "succeeded")],
             "succeeded",
-            vec![se("start", "j", 0, 1, 3, 100), se("start", "j", 0, 2, 8, 500), se("end", "j", 0, 2, 8, 900)],
+            vec![
+                se("start", "j", 0, 1, 3, 100),
+                se("start", "j", 0, 2, 8, 500),
+                se("end", "j", 0, 2, 8, 900),
+            ],
         );
         assert!(v.valid, "{v:?}");
         assert_eq!(v.stats["open_attempts"], 0usize.into());
@@ -208,10 +221,21 @@ mod tests {
         let v = run(
             vec![att(1, 3, "lost"), att(2, 8, "succeeded")],
             "succeeded",
-            vec![se("start", "j", 0, 1, 3, 100), se("start", "j", 0, 2, 8, 200), se("end", "j", 0, 2, 8, 900), se("end", "j", 0, 1, 3, 300)],
+            vec![
+                se("start", "j", 0, 1, 3, 100),
+                se("start", "j", 0, 2, 8, 200),
+                se("end", "j", 0, 2, 8, 900),
+                se("end", "j", 0, 1, 3, 300),
+            ],
         );
         assert!(!v.valid);
-        assert!(mentions(&v, "overlapping attempts of job j task 0: token 3 [100, 300] and token 8 [200, 900]"), "{v:?}");
+        assert!(
+            mentions(
+                &v,
+                "overlapping attempts of job j task 0: token 3 [100, 300] and token 8 [200, 900]"
+            ),
+            "{v:?}"
+        );
         assert!(mentions(&v, "from a stale token"), "{v:?}");
     }
 
@@ -250,7 +274,11 @@ mod tests {
         let v = run(
             vec![att(1, 3, "succeeded")],
             "succeeded",
-            vec![se("start", "j", 0, 1, 3, 100), se("end", "j", 0, 1, 3, 200), se("end", "j", 0, 1, 3, 250)],
+            vec![
+                se("start", "j", 0, 1, 3, 100),
+                se("end", "j", 0, 1, 3, 200),
+                se("end", "j", 0, 1, 3, 250),
+            ],
         );
         assert!(!v.valid);
     }
@@ -272,7 +300,11 @@ mod tests {
         let v = run(
             vec![att(1, 3, "succeeded")],
             "succeeded",
-            vec![se("end", "j", 0, 1, 3, 100), se("start", "j", 0, 1, 3, 200), se("bogus", "j", 0, 1, 3, 300)],
+            vec![
+                se("end", "j", 0, 1, 3, 100),
+                se("start", "j", 0, 1, 3, 200),
+                se("bogus", "j", 0, 1, 3, 300),
+            ],
         );
         assert!(!v.valid);
         assert!(mentions(&v, "ended before it started"), "{v:?}");

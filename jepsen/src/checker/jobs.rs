@@ -41,17 +41,27 @@ pub fn no_lost_acks(history: &[Op]) -> Verdict {
             }
         }
     }
-    let invoked: BTreeSet<&str> =
-        ops.iter().filter_map(|o| matches!(o.call(), Call::Submit { .. }).then(|| super::key_of(o.call())).flatten()).collect();
+    let invoked: BTreeSet<&str> = ops
+        .iter()
+        .filter_map(|o| {
+            matches!(o.call(), Call::Submit { .. }).then(|| super::key_of(o.call())).flatten()
+        })
+        .collect();
     let mut unexpected = 0;
     for j in jobs {
         if !invoked.contains(j.key.as_str()) {
             unexpected += 1;
-            r.violation(format!("unexpected: job {} with key {:?} was never submitted", j.id, j.key));
+            r.violation(format!(
+                "unexpected: job {} with key {:?} was never submitted",
+                j.id, j.key
+            ));
         }
     }
     r.stat("acknowledged", acked.values().map(Vec::len).sum::<usize>());
-    r.stat("acknowledged_jobs", acked.values().flatten().map(|(id, _)| id).collect::<BTreeSet<_>>().len());
+    r.stat(
+        "acknowledged_jobs",
+        acked.values().flatten().map(|(id, _)| id).collect::<BTreeSet<_>>().len(),
+    );
     r.stat("final_jobs", jobs.len());
     r.stat("lost", lost.len());
     r.stat("unexpected", unexpected as usize);
@@ -82,15 +92,22 @@ pub fn unique_per_key(history: &[Op]) -> Verdict {
         for (key, ids) in &per_key {
             if ids.len() > 1 {
                 duplicated += 1;
-                r.violation(format!("key {key}: {} jobs in the final read: {}", ids.len(), ids.join(", ")));
+                r.violation(format!(
+                    "key {key}: {} jobs in the final read: {}",
+                    ids.len(),
+                    ids.join(", ")
+                ));
             }
         }
         for (key, acks) in &acked {
             match per_key.get(key.as_str()).map(Vec::as_slice) {
-                None | Some([]) => r.violation(format!("key {key}: acknowledged but no job in the final read")),
-                Some([id]) if *id != acks[0].0 => {
-                    r.violation(format!("key {key}: acknowledged as {} but the final read has {id}", acks[0].0))
+                None | Some([]) => {
+                    r.violation(format!("key {key}: acknowledged but no job in the final read"))
                 }
+                Some([id]) if *id != acks[0].0 => r.violation(format!(
+                    "key {key}: acknowledged as {} but the final read has {id}",
+                    acks[0].0
+                )),
                 _ => {}
             }
         }
@@ -137,11 +154,15 @@ pub fn legal_transitions(history: &[Op]) -> Verdict {
         }
         let (start, end) = (op.start(), op.end());
         let mut add = |id: &str, s: &str, what: String, r: &mut Report| match js::parse(s) {
-            Some(state) => obs.entry(id.to_string()).or_default().push(Obs { start, end, state, what }),
+            Some(state) => {
+                obs.entry(id.to_string()).or_default().push(Obs { start, end, state, what })
+            }
             None => r.violation(format!("job {id}: unknown state {s:?} in `{what}`")),
         };
         match op.call() {
-            Call::Read { job_id, state: Some(s), .. } if s != "not-found" => add(job_id, s, op.describe(), &mut r),
+            Call::Read { job_id, state: Some(s), .. } if s != "not-found" => {
+                add(job_id, s, op.describe(), &mut r)
+            }
             Call::Cancel { job_id, state: Some(s), .. } => {
                 if js::parse(s).is_some_and(|s| !js::is_terminal(s)) {
                     r.violation(format!("job {job_id}: cancel left it live: `{}`", op.describe()));
@@ -184,7 +205,10 @@ fn check_job_observations(id: &str, list: &mut [Obs], r: &mut Report) {
         match terminal {
             None => terminal = Some(o),
             Some(t) if t.state != o.state => {
-                r.violation(format!("job {id}: terminal state changed: `{}` and `{}`", t.what, o.what));
+                r.violation(format!(
+                    "job {id}: terminal state changed: `{}` and `{}`",
+                    t.what, o.what
+                ));
                 return;
             }
             _ => {}
@@ -205,13 +229,17 @@ fn check_job_observations(id: &str, list: &mut [Obs], r: &mut Report) {
         }
         let (max, w) = prefix_max[n - 1];
         if !js::reachable(max, b.state) {
-            r.violation(format!("job {id}: `{}` completed before `{}` began, but the state went backwards", list[w].what, b.what));
+            r.violation(format!(
+                "job {id}: `{}` completed before `{}` began, but the state went backwards",
+                list[w].what, b.what
+            ));
             return;
         }
     }
 }
 
-const TASK_STATES: [&str; 7] = ["pending", "assigned", "running", "succeeded", "failed", "lost", "cancelled"];
+const TASK_STATES: [&str; 7] =
+    ["pending", "assigned", "running", "succeeded", "failed", "lost", "cancelled"];
 
 fn check_job_structure(j: &JobView, tokens: &mut BTreeMap<u64, String>, r: &mut Report) {
     let Some(state) = js::parse(&j.state) else { return }; // reported with the observations
@@ -247,23 +275,40 @@ fn check_job_structure(j: &JobView, tokens: &mut BTreeMap<u64, String>, r: &mut 
                 bad(format!("{name}: attempt #{} listed as number {}", n + 1, a.number));
             }
             if a.token <= last_token {
-                bad(format!("{name}: attempt {} token {} not above the previous {last_token}", a.number, a.token));
+                bad(format!(
+                    "{name}: attempt {} token {} not above the previous {last_token}",
+                    a.number, a.token
+                ));
             }
             last_token = a.token;
-            if let Some(other) = tokens.insert(a.token, format!("job {} {name} attempt {}", j.id, a.number)) {
-                bad(format!("{name} attempt {}: token {} already used by {other}", a.number, a.token));
+            if let Some(other) =
+                tokens.insert(a.token, format!("job {} {name} attempt {}", j.id, a.number))
+            {
+                bad(format!(
+                    "{name} attempt {}: token {} already used by {other}",
+                    a.number, a.token
+                ));
             }
             if matches!(a.state.as_str(), "assigned" | "running") {
                 live += 1;
                 if n + 1 != t.attempts.len() {
-                    bad(format!("{name}: attempt {} is {} but not the current attempt", a.number, a.state));
+                    bad(format!(
+                        "{name}: attempt {} is {} but not the current attempt",
+                        a.number, a.state
+                    ));
                 }
                 if terminal {
-                    bad(format!("{name}: attempt {} still {} in a terminal job", a.number, a.state));
+                    bad(format!(
+                        "{name}: attempt {} still {} in a terminal job",
+                        a.number, a.state
+                    ));
                 }
             }
             if state == PENDING && !matches!(a.state.as_str(), "assigned" | "lost") {
-                bad(format!("{name}: attempt {} is {} but the job is still pending", a.number, a.state));
+                bad(format!(
+                    "{name}: attempt {} is {} but the job is still pending",
+                    a.number, a.state
+                ));
             }
         }
         if live > 1 {
@@ -279,15 +324,23 @@ fn check_job_structure(j: &JobView, tokens: &mut BTreeMap<u64, String>, r: &mut 
             _ => cur_terminal, // pending, lost, cancelled
         };
         if !consistent {
-            bad(format!("{name} is {} but its current attempt is {}", t.state, cur.unwrap_or("none")));
+            bad(format!(
+                "{name} is {} but its current attempt is {}",
+                t.state,
+                cur.unwrap_or("none")
+            ));
         }
     }
     let n = j.tasks.len();
     match j.state.as_str() {
         "succeeded" if succeeded != n => bad(format!("only {succeeded} of {n} tasks succeeded")),
         "failed" if failed == 0 => bad("no task failed".into()),
-        "pending" | "running" if failed + cancelled > 0 => bad(format!("{failed} failed and {cancelled} cancelled tasks in a live job")),
-        "pending" | "running" if n > 0 && succeeded == n => bad("every task succeeded but the job is live".into()),
+        "pending" | "running" if failed + cancelled > 0 => {
+            bad(format!("{failed} failed and {cancelled} cancelled tasks in a live job"))
+        }
+        "pending" | "running" if n > 0 && succeeded == n => {
+            bad("every task succeeded but the job is live".into())
+        }
         _ => {}
     }
 }
@@ -301,7 +354,8 @@ pub fn terminal_after_heal(history: &[Op], bound_ns: u64, heal_time_ns: Option<u
         r.violation(NO_FINAL_READ);
         return r.verdict();
     };
-    let live: Vec<&JobView> = jobs.iter().filter(|j| !js::parse(&j.state).is_some_and(js::is_terminal)).collect();
+    let live: Vec<&JobView> =
+        jobs.iter().filter(|j| !js::parse(&j.state).is_some_and(js::is_terminal)).collect();
     let deadline = heal_time_ns.map(|h| h.saturating_add(bound_ns));
     if let Some(h) = heal_time_ns {
         r.stat("final_read_after_heal_s", op.time_ns.saturating_sub(h) as f64 / 1e9);
@@ -314,7 +368,10 @@ pub fn terminal_after_heal(history: &[Op], bound_ns: u64, heal_time_ns: Option<u
         )),
         _ => {
             for j in &live {
-                r.violation(format!("job {} (key {}) is still {} after healing", j.id, j.key, j.state));
+                r.violation(format!(
+                    "job {} (key {}) is still {} after healing",
+                    j.id, j.key, j.state
+                ));
             }
         }
     }
@@ -336,7 +393,12 @@ mod tests {
     use super::*;
 
     fn done_job(id: &str, key: &str) -> JobView {
-        job(id, key, "succeeded", vec![task(0, "succeeded", vec![att(1, id.bytes().map(u64::from).sum(), "succeeded")])])
+        job(
+            id,
+            key,
+            "succeeded",
+            vec![task(0, "succeeded", vec![att(1, id.bytes().map(u64::from).sum(), "succeeded")])],
+        )
     }
 
     fn good() -> H {
@@ -350,9 +412,30 @@ mod tests {
         h.final_read(
             100,
             vec![
-                job("j1", "k1", "succeeded", vec![task(0, "succeeded", vec![att(1, 3, "lost"), att(2, 5, "succeeded")])]),
-                job("j2", "k2", "cancelled", vec![task(0, "cancelled", vec![att(1, 4, "cancelled")]), task(1, "cancelled", vec![])]),
-                job("j3", "k3", "failed", vec![task(0, "failed", vec![att(1, 6, "failed")]), task(1, "succeeded", vec![att(1, 7, "succeeded")])]),
+                job(
+                    "j1",
+                    "k1",
+                    "succeeded",
+                    vec![task(0, "succeeded", vec![att(1, 3, "lost"), att(2, 5, "succeeded")])],
+                ),
+                job(
+                    "j2",
+                    "k2",
+                    "cancelled",
+                    vec![
+                        task(0, "cancelled", vec![att(1, 4, "cancelled")]),
+                        task(1, "cancelled", vec![]),
+                    ],
+                ),
+                job(
+                    "j3",
+                    "k3",
+                    "failed",
+                    vec![
+                        task(0, "failed", vec![att(1, 6, "failed")]),
+                        task(1, "succeeded", vec![att(1, 7, "succeeded")]),
+                    ],
+                ),
             ],
         );
         h
@@ -361,7 +444,12 @@ mod tests {
     #[test]
     fn a_good_run_passes_all_job_checkers() {
         let h = good().build();
-        for v in [no_lost_acks(&h), unique_per_key(&h), legal_transitions(&h), terminal_after_heal(&h, 10, Some(50))] {
+        for v in [
+            no_lost_acks(&h),
+            unique_per_key(&h),
+            legal_transitions(&h),
+            terminal_after_heal(&h, 10, Some(50)),
+        ] {
             assert!(v.valid, "{v:?}");
         }
     }
@@ -494,24 +582,85 @@ mod tests {
     #[test]
     fn illegal_task_structures_fail() {
         let bad = [
-            (job("j", "k", "succeeded", vec![task(0, "running", vec![att(1, 1, "running")])]), "in a terminal job"),
-            (job("j", "k", "succeeded", vec![task(0, "succeeded", vec![att(1, 1, "succeeded")]), task(1, "failed", vec![att(1, 2, "failed")])]), "of 2 tasks succeeded"),
+            (
+                job("j", "k", "succeeded", vec![task(0, "running", vec![att(1, 1, "running")])]),
+                "in a terminal job",
+            ),
+            (
+                job(
+                    "j",
+                    "k",
+                    "succeeded",
+                    vec![
+                        task(0, "succeeded", vec![att(1, 1, "succeeded")]),
+                        task(1, "failed", vec![att(1, 2, "failed")]),
+                    ],
+                ),
+                "of 2 tasks succeeded",
+            ),
             (job("j", "k", "failed", vec![task(0, "cancelled", vec![])]), "no task failed"),
-            (job("j", "k", "running", vec![task(0, "running", vec![att(1, 1, "running"), att(2, 2, "running")])]), "live attempts"),
-            (job("j", "k", "running", vec![task(0, "running", vec![att(1, 2, "lost"), att(2, 1, "running")])]), "not above"),
-            (job("j", "k", "running", vec![task(0, "pending", vec![att(1, 1, "running")])]), "current attempt is running"),
-            (job("j", "k", "pending", vec![task(0, "running", vec![att(1, 1, "running")])]), "still pending"),
-            (job("j", "k", "running", vec![task(0, "failed", vec![att(1, 1, "failed")])]), "in a live job"),
-            (job("j", "k", "running", vec![task(0, "succeeded", vec![att(1, 1, "succeeded")])]), "every task succeeded"),
+            (
+                job(
+                    "j",
+                    "k",
+                    "running",
+                    vec![task(0, "running", vec![att(1, 1, "running"), att(2, 2, "running")])],
+                ),
+                "live attempts",
+            ),
+            (
+                job(
+                    "j",
+                    "k",
+                    "running",
+                    vec![task(0, "running", vec![att(1, 2, "lost"), att(2, 1, "running")])],
+                ),
+                "not above",
+            ),
+            (
+                job("j", "k", "running", vec![task(0, "pending", vec![att(1, 1, "running")])]),
+                "current attempt is running",
+            ),
+            (
+                job("j", "k", "pending", vec![task(0, "running", vec![att(1, 1, "running")])]),
+                "still pending",
+            ),
+            (
+                job("j", "k", "running", vec![task(0, "failed", vec![att(1, 1, "failed")])]),
+                "in a live job",
+            ),
+            (
+                job("j", "k", "running", vec![task(0, "succeeded", vec![att(1, 1, "succeeded")])]),
+                "every task succeeded",
+            ),
             (job("j", "k", "running", vec![task(0, "exploded", vec![])]), "unknown state"),
-            (job("j", "k", "running", vec![task(0, "pending", vec![att(1, 1, "lost")]), task(1, "running", vec![att(1, 1, "running")])]), "already used"),
+            (
+                job(
+                    "j",
+                    "k",
+                    "running",
+                    vec![
+                        task(0, "pending", vec![att(1, 1, "lost")]),
+                        task(1, "running", vec![att(1, 1, "running")]),
+                    ],
+                ),
+                "already used",
+            ),
         ];
         for (j, why) in bad {
             let v = structure(j.clone());
             assert!(!v.valid, "accepted {j:?}");
             assert!(mentions(&v, why), "{why}: {v:?}");
         }
-        let v = structure(job("j", "k", "running", vec![task(0, "running", vec![att(1, 1, "lost"), att(2, 3, "running")]), task(1, "pending", vec![])]));
+        let v = structure(job(
+            "j",
+            "k",
+            "running",
+            vec![
+                task(0, "running", vec![att(1, 1, "lost"), att(2, 3, "running")]),
+                task(1, "pending", vec![]),
+            ],
+        ));
         assert!(v.valid, "{v:?}");
     }
 
@@ -520,7 +669,13 @@ mod tests {
         let mut h = H::new();
         h.submit(1, "k1", 0, 10, "j1");
         h.submit(1, "k2", 20, 30, "j2");
-        h.final_read(1000, vec![done_job("j1", "k1"), job("j2", "k2", "running", vec![task(0, "running", vec![att(1, 9, "running")])])]);
+        h.final_read(
+            1000,
+            vec![
+                done_job("j1", "k1"),
+                job("j2", "k2", "running", vec![task(0, "running", vec![att(1, 9, "running")])]),
+            ],
+        );
         let h = h.build();
         let v = terminal_after_heal(&h, 100, Some(500));
         assert!(!v.valid);

@@ -83,7 +83,9 @@ impl Model {
     /// The state after `a`, or `None` if `a` cannot happen now.
     fn step(self, a: Action) -> Option<Model> {
         match a {
-            Action::Submit(id) if !self.created => Some(Model { created: true, id: id.unwrap_or(UNKNOWN_ID), state: PENDING }),
+            Action::Submit(id) if !self.created => {
+                Some(Model { created: true, id: id.unwrap_or(UNKNOWN_ID), state: PENDING })
+            }
             Action::Submit(Some(id)) => self.is(id),
             Action::Submit(None) => Some(self),
             Action::Read(_, None) => (!self.created).then_some(self),
@@ -161,14 +163,17 @@ fn to_lin_op(op: &Completed<'_>, ids: &mut Vec<String>) -> Result<Option<LinOp>,
             (ids.len() - 1) as u32
         }
     };
-    let parse = |s: &str| js::parse(s).ok_or_else(|| format!("{}: unknown job state {s:?}", op.describe()));
+    let parse =
+        |s: &str| js::parse(s).ok_or_else(|| format!("{}: unknown job state {s:?}", op.describe()));
     let kind = op.kind();
     if kind == OpType::Fail {
         return Ok(None);
     }
     let ok = kind == OpType::Ok;
     let action = match op.call() {
-        Call::Submit { job_id, .. } => Action::Submit(job_id.as_deref().filter(|_| ok).map(&mut intern)),
+        Call::Submit { job_id, .. } => {
+            Action::Submit(job_id.as_deref().filter(|_| ok).map(&mut intern))
+        }
         Call::Read { job_id, state, .. } => match (ok, state.as_deref()) {
             (true, Some("not-found")) => Action::Read(intern(job_id), None),
             (true, Some(s)) => Action::Read(intern(job_id), Some(parse(s)?)),
@@ -252,7 +257,10 @@ fn search(ops: &mut [LinOp], ids: &[String], max_states: &mut usize) -> Outcome 
     }
     *max_states = (*max_states).max(visited.len());
     if budget_hit {
-        return Outcome::Unknown(format!("search budget of {MAX_STATES_PER_KEY} states exhausted ({} ops)", ops.len()));
+        return Outcome::Unknown(format!(
+            "search budget of {MAX_STATES_PER_KEY} states exhausted ({} ops)",
+            ops.len()
+        ));
     }
     let (done, m, blocked) = best;
     Outcome::Violation(format!(
@@ -411,7 +419,14 @@ mod tests {
         }
         h.submit(100, "k1", 0, 200, "j1");
         for i in 0..100 {
-            h.read(101 + i % 6, "k1", "j1", 210 + i * 10, 215 + i * 10, if i < 50 { "running" } else { "cancelled" });
+            h.read(
+                101 + i % 6,
+                "k1",
+                "j1",
+                210 + i * 10,
+                215 + i * 10,
+                if i < 50 { "running" } else { "cancelled" },
+            );
         }
         let v = check(&h);
         assert!(v.valid, "{v:?}");
@@ -521,7 +536,13 @@ mod perf {
         for i in 0..n {
             let p = 1 + i % 6;
             let t = 20 + i * 10;
-            let s = if i < n / 3 { "pending" } else if i < 2 * n / 3 { "running" } else { "succeeded" };
+            let s = if i < n / 3 {
+                "pending"
+            } else if i < 2 * n / 3 {
+                "running"
+            } else {
+                "succeeded"
+            };
             h.read(p, "k", "j", t, t + 55, s);
         }
         for p in 0..20 {

@@ -129,7 +129,12 @@ impl Report {
             self.details.push(format!("... and {} more", self.violations - self.details.len()));
         }
         self.stats.insert("violations".into(), self.violations.into());
-        Verdict { name: self.name, valid: self.violations == 0, details: self.details, stats: self.stats }
+        Verdict {
+            name: self.name,
+            valid: self.violations == 0,
+            details: self.details,
+            stats: self.stats,
+        }
     }
 }
 
@@ -253,10 +258,16 @@ impl<'a> Completed<'a> {
         let result = |s: &Option<String>| s.clone().unwrap_or_else(|| "?".into());
         let what = match self.call() {
             Call::Submit { key, job_id } => format!("submit {key} -> {}", result(job_id)),
-            Call::Read { key, job_id, state } => format!("read {key}/{job_id} -> {}", result(state)),
-            Call::Cancel { key, job_id, state } => format!("cancel {key}/{job_id} -> {}", result(state)),
+            Call::Read { key, job_id, state } => {
+                format!("read {key}/{job_id} -> {}", result(state))
+            }
+            Call::Cancel { key, job_id, state } => {
+                format!("cancel {key}/{job_id} -> {}", result(state))
+            }
             Call::FinalRead { jobs } => format!("final-read ({} jobs)", jobs.len()),
-            Call::LeaderPoll { node, term, leader } => format!("leader-poll n{node} term {term} leader={leader}"),
+            Call::LeaderPoll { node, term, leader } => {
+                format!("leader-poll n{node} term {term} leader={leader}")
+            }
         };
         let kind = match self.kind() {
             OpType::Ok => "",
@@ -287,7 +298,10 @@ pub fn pair_ops(history: &[Op]) -> (Vec<Completed<'_>>, Vec<String>) {
         }
         last_index = Some(op.index);
         if let Some(i) = crashed.get(&op.process) {
-            problems.push(format!("op {}: process {} reused after its info at op {i}", op.index, op.process));
+            problems.push(format!(
+                "op {}: process {} reused after its info at op {i}",
+                op.index, op.process
+            ));
             crashed.remove(&op.process);
         }
         match op.kind {
@@ -305,7 +319,8 @@ pub fn pair_ops(history: &[Op]) -> (Vec<Completed<'_>>, Vec<String>) {
                     Some(&i) if same_target(&out[i].invoke.call, &op.call) => {
                         pending.remove(&op.process);
                         if op.time_ns < out[i].invoke.time_ns {
-                            problems.push(format!("op {}: completed before it was invoked", op.index));
+                            problems
+                                .push(format!("op {}: completed before it was invoked", op.index));
                         }
                         out[i].completion = Some(op);
                         true
@@ -323,7 +338,8 @@ pub fn pair_ops(history: &[Op]) -> (Vec<Completed<'_>>, Vec<String>) {
                     }
                     None => {
                         if !matches!(op.call, Call::FinalRead { .. } | Call::LeaderPoll { .. }) {
-                            problems.push(format!("op {}: completion without an invocation", op.index));
+                            problems
+                                .push(format!("op {}: completion without an invocation", op.index));
                         }
                         false
                     }
@@ -437,7 +453,12 @@ mod tests {
         let mut h = H::new();
         h.submit_info(1, "k1", 0);
         h.submit(1, "k1", 20, 30, "j1"); // process reused after info
-        h.push(2, OpType::Ok, Call::Read { key: "k1".into(), job_id: "j1".into(), state: None }, 40); // no invoke, no state
+        h.push(
+            2,
+            OpType::Ok,
+            Call::Read { key: "k1".into(), job_id: "j1".into(), state: None },
+            40,
+        ); // no invoke, no state
         let v = well_formed(&h.build());
         assert!(!v.valid);
         assert!(v.details.iter().any(|d| d.contains("reused")), "{v:?}");
@@ -463,7 +484,15 @@ mod tests {
         h.poll(10, 1, 5, true);
         h.submit(1, "k1", 0, 10, "j1");
         h.read(2, "k1", "j1", 20, 30, "running");
-        h.final_read(100, vec![job("j1", "k1", "succeeded", vec![task(0, "succeeded", vec![att(1, 7, "succeeded")])])]);
+        h.final_read(
+            100,
+            vec![job(
+                "j1",
+                "k1",
+                "succeeded",
+                vec![task(0, "succeeded", vec![att(1, 7, "succeeded")])],
+            )],
+        );
         let input = CheckInput {
             history: h.build(),
             side_effects: vec![se("start", "j1", 0, 1, 7, 15), se("end", "j1", 0, 1, 7, 25)],

@@ -25,7 +25,15 @@ impl H {
     pub fn open(&mut self, process: u64, call: Call, t: u64) -> &mut Self {
         self.push(process, OpType::Invoke, call, t)
     }
-    fn pair(&mut self, p: u64, invoke: Call, t0: u64, kind: OpType, done: Call, t1: u64) -> &mut Self {
+    fn pair(
+        &mut self,
+        p: u64,
+        invoke: Call,
+        t0: u64,
+        kind: OpType,
+        done: Call,
+        t1: u64,
+    ) -> &mut Self {
         self.push(p, OpType::Invoke, invoke, t0).push(p, kind, done, t1)
     }
     pub fn submit(&mut self, p: u64, key: &str, t0: u64, t1: u64, id: &str) -> &mut Self {
@@ -41,13 +49,43 @@ impl H {
         let c = Call::Submit { key: s(key), job_id: None };
         self.pair(p, c.clone(), t0, OpType::Fail, c, t1)
     }
-    pub fn read(&mut self, p: u64, key: &str, id: &str, t0: u64, t1: u64, state: &str) -> &mut Self {
+    pub fn read(
+        &mut self,
+        p: u64,
+        key: &str,
+        id: &str,
+        t0: u64,
+        t1: u64,
+        state: &str,
+    ) -> &mut Self {
         let inv = Call::Read { key: s(key), job_id: s(id), state: None };
-        self.pair(p, inv, t0, OpType::Ok, Call::Read { key: s(key), job_id: s(id), state: Some(s(state)) }, t1)
+        self.pair(
+            p,
+            inv,
+            t0,
+            OpType::Ok,
+            Call::Read { key: s(key), job_id: s(id), state: Some(s(state)) },
+            t1,
+        )
     }
-    pub fn cancel(&mut self, p: u64, key: &str, id: &str, t0: u64, t1: u64, state: &str) -> &mut Self {
+    pub fn cancel(
+        &mut self,
+        p: u64,
+        key: &str,
+        id: &str,
+        t0: u64,
+        t1: u64,
+        state: &str,
+    ) -> &mut Self {
         let inv = Call::Cancel { key: s(key), job_id: s(id), state: None };
-        self.pair(p, inv, t0, OpType::Ok, Call::Cancel { key: s(key), job_id: s(id), state: Some(s(state)) }, t1)
+        self.pair(
+            p,
+            inv,
+            t0,
+            OpType::Ok,
+            Call::Cancel { key: s(key), job_id: s(id), state: Some(s(state)) },
+            t1,
+        )
     }
     pub fn cancel_info(&mut self, p: u64, key: &str, id: &str, t0: u64) -> &mut Self {
         let c = Call::Cancel { key: s(key), job_id: s(id), state: None };
@@ -55,7 +93,14 @@ impl H {
     }
     /// An `ok` final read recorded as invoke (at `t`) + ok (at `t + 1`), process 1000.
     pub fn final_read(&mut self, t: u64, jobs: Vec<JobView>) -> &mut Self {
-        self.pair(1000, Call::FinalRead { jobs: vec![] }, t, OpType::Ok, Call::FinalRead { jobs }, t + 1)
+        self.pair(
+            1000,
+            Call::FinalRead { jobs: vec![] },
+            t,
+            OpType::Ok,
+            Call::FinalRead { jobs },
+            t + 1,
+        )
     }
     /// A bare `ok` leader poll of `node` at `t` (process 2000 + node).
     pub fn poll(&mut self, t: u64, node: u64, term: u64, leader: bool) -> &mut Self {

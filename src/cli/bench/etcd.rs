@@ -36,16 +36,29 @@ const PUT_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn put(endpoint: &str, load: Load, value_size: usize) -> anyhow::Result<Report> {
     // One channel (one HTTP/2 connection) per `--connections`, as `bench submit` does.
     let channels = (0..load.connections.max(1))
-        .map(|_| crate::raft::network::channel(endpoint).with_context(|| format!("bad etcd endpoint {endpoint:?}")))
+        .map(|_| {
+            crate::raft::network::channel(endpoint)
+                .with_context(|| format!("bad etcd endpoint {endpoint:?}"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let channels = Arc::new(channels);
     let value = Arc::new(vec![b'x'; value_size]);
     let run = uuid::Uuid::new_v4().simple().to_string();
     // Fail early and clearly when nothing answers there.
-    let probe = put_once(channels[0].clone(), format!("triad-bench/{run}/probe").into_bytes(), value.to_vec()).await;
-    probe.map_err(|s| anyhow::anyhow!("etcd at {endpoint} did not accept a put: {}", s.message()))?;
+    let probe = put_once(
+        channels[0].clone(),
+        format!("triad-bench/{run}/probe").into_bytes(),
+        value.to_vec(),
+    )
+    .await;
+    probe
+        .map_err(|s| anyhow::anyhow!("etcd at {endpoint} did not accept a put: {}", s.message()))?;
     let mut report = closed_loop("etcd-put", load, move |w, i| {
-        let (channel, value, key) = (channels[w % channels.len()].clone(), value.clone(), format!("triad-bench/{run}/{w}/{i}").into_bytes());
+        let (channel, value, key) = (
+            channels[w % channels.len()].clone(),
+            value.clone(),
+            format!("triad-bench/{run}/{w}/{i}").into_bytes(),
+        );
         async move { put_once(channel, key, value.to_vec()).await.is_ok() }
     })
     .await;
@@ -53,7 +66,11 @@ pub async fn put(endpoint: &str, load: Load, value_size: usize) -> anyhow::Resul
     Ok(report)
 }
 
-async fn put_once(channel: tonic::transport::Channel, key: Vec<u8>, value: Vec<u8>) -> Result<PutResponse, tonic::Status> {
+async fn put_once(
+    channel: tonic::transport::Channel,
+    key: Vec<u8>,
+    value: Vec<u8>,
+) -> Result<PutResponse, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut req = tonic::Request::new(PutRequest { key, value });

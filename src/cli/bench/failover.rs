@@ -78,13 +78,21 @@ pub struct FailoverArgs {
 /// Runs the bench: executor kills first (on a clean cluster, before the writer leaves a backlog
 /// of jobs behind), then leader kills. Returns one report per kind of kill.
 pub async fn run(a: FailoverArgs) -> anyhow::Result<Vec<Report>> {
-    anyhow::ensure!(a.kills + a.executor_kills > 0, "nothing to do: --kills and --executor-kills are both 0");
+    anyhow::ensure!(
+        a.kills + a.executor_kills > 0,
+        "nothing to do: --kills and --executor-kills are both 0"
+    );
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let (dir, temporary) = match &a.data_dir {
         Some(d) => (d.clone(), false),
         None => (std::env::temp_dir().join(format!("triad-bench-failover-{}", &run_id[..8])), true),
     };
-    if dir.exists() && std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?.next().is_some() {
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .next()
+            .is_some()
+    {
         bail!("--data-dir {} is not empty; the bench needs a fresh cluster", dir.display());
     }
     dev::check_ports_free(a.base_port, MASTERS, EXECUTORS)?;
@@ -129,7 +137,12 @@ struct LeaderRound {
 }
 
 impl Cluster {
-    fn new(dir: &Path, base_port: u16, round_timeout: Duration, run_id: String) -> anyhow::Result<Self> {
+    fn new(
+        dir: &Path,
+        base_port: u16,
+        round_timeout: Duration,
+        run_id: String,
+    ) -> anyhow::Result<Self> {
         let configs = dev::write_master_configs(dir, MASTERS, base_port)?;
         // The TTL the masters will use: the same file and environment they read.
         let ttl_ms = MasterConfig::load(&configs[0].0)?.executors.ttl_ms;
@@ -137,7 +150,17 @@ impl Cluster {
         let mut client = Client::new(addrs.clone())?;
         client.call_timeout = Duration::from_secs(1);
         client.retry_for = Duration::from_secs(2);
-        Ok(Cluster { dir: dir.to_path_buf(), base_port, round_timeout, run_id, procs: Vec::new(), configs, addrs, client, ttl_ms })
+        Ok(Cluster {
+            dir: dir.to_path_buf(),
+            base_port,
+            round_timeout,
+            run_id,
+            procs: Vec::new(),
+            configs,
+            addrs,
+            client,
+            ttl_ms,
+        })
     }
 
     fn proc_mut(&mut self, name: &str) -> anyhow::Result<&mut Proc> {
@@ -174,7 +197,10 @@ impl Cluster {
             let mut h = new_hist();
             let mut samples = Vec::new();
             for n in 1..=a.executor_kills {
-                let d = self.executor_round(n, a.executor_kills).await.with_context(|| format!("executor kill {n}/{}", a.executor_kills))?;
+                let d = self
+                    .executor_round(n, a.executor_kills)
+                    .await
+                    .with_context(|| format!("executor kill {n}/{}", a.executor_kills))?;
                 let _ = h.record(d.as_micros().max(1) as u64);
                 samples.push(ms(d));
             }
@@ -231,7 +257,10 @@ impl Cluster {
         extra.insert("NEW LEADER P50 MS".into(), format!("{:.0}", q(&leader, 0.5)));
         extra.insert("NEW LEADER MAX MS".into(), format!("{:.0}", leader.max() as f64 / 1000.0));
         extra.insert("WRITES OK".into(), writer.acked.load(Ordering::Relaxed).to_string());
-        extra.insert("WRITE ATTEMPTS FAILED".into(), writer.failed.load(Ordering::Relaxed).to_string());
+        extra.insert(
+            "WRITE ATTEMPTS FAILED".into(),
+            writer.failed.load(Ordering::Relaxed).to_string(),
+        );
         let mut r = Report::from_hist("failover leader", &h, 0, elapsed, extra);
         r.summary = format!(
             "failover leader: {kills} leader SIGKILLs: kill -> writes accepted again p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms \
@@ -246,15 +275,29 @@ impl Cluster {
         Ok(r)
     }
 
-    async fn leader_round(&mut self, n: usize, of: usize, writer: &Writer) -> anyhow::Result<LeaderRound> {
+    async fn leader_round(
+        &mut self,
+        n: usize,
+        of: usize,
+        writer: &Writer,
+    ) -> anyhow::Result<LeaderRound> {
         let deadline = Instant::now() + self.round_timeout;
         // Writes go through before the kill, and the leader is known.
         writer.arm(Instant::now());
-        wait_for("a write acknowledged before the kill", deadline, || async move { writer.first_ack() }).await?;
+        wait_for(
+            "a write acknowledged before the kill",
+            deadline,
+            || async move { writer.first_ack() },
+        )
+        .await?;
         let client = &self.client;
-        let s = wait_for("a leader before the kill", deadline, || async move { client.cluster_status().await.ok().filter(|s| s.leader_id != 0) }).await?;
+        let s = wait_for("a leader before the kill", deadline, || async move {
+            client.cluster_status().await.ok().filter(|s| s.leader_id != 0)
+        })
+        .await?;
         let old = s.leader_id;
-        let survivors: Vec<String> = s.masters.iter().filter(|m| m.id != old).map(|m| m.addr.clone()).collect();
+        let survivors: Vec<String> =
+            s.masters.iter().filter(|m| m.id != old).map(|m| m.addr.clone()).collect();
         let victim = format!("master{old}");
         let t0 = self.proc_mut(&victim)?.crash(REAP_WITHIN).await?;
         writer.arm(t0);
@@ -266,7 +309,10 @@ impl Cluster {
             let at = Instant::now();
             seen.into_iter().flatten().find(|m| m.role == "leader").map(|m| (m.id, at))
         });
-        let write = wait_for("a write sent after the kill to be acknowledged", deadline, || async move { writer.first_ack() });
+        let write =
+            wait_for("a write sent after the kill to be acknowledged", deadline, || async move {
+                writer.first_ack()
+            });
         let (new_leader, write) = tokio::join!(new_leader, write);
         let ((leader_id, leader_at), write_at) = (new_leader?, write?);
         let r = LeaderRound { new_leader: leader_at - t0, write: write_at - t0 };
@@ -276,7 +322,9 @@ impl Cluster {
             ms(r.write)
         );
         self.proc_mut(&victim)?.restart()?;
-        self.wait_masters_whole(old, Instant::now() + self.round_timeout).await.with_context(|| format!("after restarting {victim}"))?;
+        self.wait_masters_whole(old, Instant::now() + self.round_timeout)
+            .await
+            .with_context(|| format!("after restarting {victim}"))?;
         Ok(r)
     }
 
@@ -285,17 +333,25 @@ impl Cluster {
     async fn wait_masters_whole(&self, id: u64, deadline: Instant) -> anyhow::Result<()> {
         let target = &Mutex::new(None::<u64>);
         let client = &self.client;
-        wait_for_every(Duration::from_millis(50), "three voters with the restarted master caught up", deadline, || async move {
-            let s = client.cluster_status().await.ok()?;
-            let all_up = s.masters.len() == MASTERS as usize && s.masters.iter().all(|m| m.reachable && (m.role == "leader" || m.role == "follower"));
-            let leader = s.masters.iter().find(|m| m.id == s.leader_id)?;
-            let back = s.masters.iter().find(|m| m.id == id)?;
-            if !all_up || leader.voters.len() != MASTERS as usize {
-                return None;
-            }
-            let t = *target.lock().expect("poisoned").get_or_insert(leader.last_log_index);
-            (back.applied_index >= t).then_some(())
-        })
+        wait_for_every(
+            Duration::from_millis(50),
+            "three voters with the restarted master caught up",
+            deadline,
+            || async move {
+                let s = client.cluster_status().await.ok()?;
+                let all_up = s.masters.len() == MASTERS as usize
+                    && s.masters
+                        .iter()
+                        .all(|m| m.reachable && (m.role == "leader" || m.role == "follower"));
+                let leader = s.masters.iter().find(|m| m.id == s.leader_id)?;
+                let back = s.masters.iter().find(|m| m.id == id)?;
+                if !all_up || leader.voters.len() != MASTERS as usize {
+                    return None;
+                }
+                let t = *target.lock().expect("poisoned").get_or_insert(leader.last_log_index);
+                (back.applied_index >= t).then_some(())
+            },
+        )
         .await
     }
 
@@ -304,7 +360,9 @@ impl Cluster {
     async fn executor_round(&mut self, n: usize, of: usize) -> anyhow::Result<Duration> {
         let deadline = Instant::now() + self.round_timeout;
         let execs = self.wait_executors_alive(deadline, None).await?;
-        let name_of = |id: &str| execs.iter().find(|e| e.id == id).and_then(|e| e.labels.get("name").cloned());
+        let name_of = |id: &str| {
+            execs.iter().find(|e| e.id == id).and_then(|e| e.labels.get("name").cloned())
+        };
         let job = self
             .client
             .submit_job(self.long_job(n))
@@ -321,20 +379,30 @@ impl Cluster {
         let busy: BTreeSet<&str> = on.values().map(String::as_str).collect();
         let busy: Vec<&str> = busy.into_iter().collect();
         let victim_id = busy[(n - 1) % busy.len()].to_string();
-        let victim = name_of(&victim_id).with_context(|| format!("executor {victim_id} has no name label"))?;
+        let victim = name_of(&victim_id)
+            .with_context(|| format!("executor {victim_id} has no name label"))?;
         let old_epoch = execs.iter().find(|e| e.id == victim_id).map_or(0, |e| e.epoch);
-        let moved: Vec<u32> = on.iter().filter(|(_, e)| **e == victim_id).map(|(t, _)| *t).collect();
+        let moved: Vec<u32> =
+            on.iter().filter(|(_, e)| **e == victim_id).map(|(t, _)| *t).collect();
 
         let t0 = self.proc_mut(&victim)?.crash(REAP_WITHIN).await?;
         let deadline = t0 + self.round_timeout;
         let t1 = {
             let client = &self.client;
             let (job_id, moved, victim_id) = (&job.job_id, &moved, &victim_id);
-            wait_for_every(JOB_POLL, "the killed executor's tasks running elsewhere", deadline, || async move {
-                let j = client.get_job(job_id, false).await.ok()?;
-                let now = running_on(&j);
-                moved.iter().all(|t| now.get(t).is_some_and(|e| e != victim_id)).then(Instant::now)
-            })
+            wait_for_every(
+                JOB_POLL,
+                "the killed executor's tasks running elsewhere",
+                deadline,
+                || async move {
+                    let j = client.get_job(job_id, false).await.ok()?;
+                    let now = running_on(&j);
+                    moved
+                        .iter()
+                        .all(|t| now.get(t).is_some_and(|e| e != victim_id))
+                        .then(Instant::now)
+                },
+            )
             .await?
         };
         let d = t1 - t0;
@@ -346,11 +414,17 @@ impl Cluster {
         );
         // Clean up: the job (its new attempts), then the executor comes back under the same id
         // and a new epoch (the killed one's attempts died with it).
-        self.client.cancel_job(&job.job_id).await.map_err(|e| anyhow::anyhow!("cancelling the job: {}", status_line(&e)))?;
-        self.proc_mut(&victim)?.restart()?;
-        self.wait_executors_alive(Instant::now() + self.round_timeout, Some((&victim_id, old_epoch)))
+        self.client
+            .cancel_job(&job.job_id)
             .await
-            .with_context(|| format!("after restarting {victim}"))?;
+            .map_err(|e| anyhow::anyhow!("cancelling the job: {}", status_line(&e)))?;
+        self.proc_mut(&victim)?.restart()?;
+        self.wait_executors_alive(
+            Instant::now() + self.round_timeout,
+            Some((&victim_id, old_epoch)),
+        )
+        .await
+        .with_context(|| format!("after restarting {victim}"))?;
         Ok(d)
     }
 
@@ -373,17 +447,28 @@ impl Cluster {
 
     /// Waits until every executor is alive (and `renewed`, an executor id, is alive with an
     /// epoch above the given one), and returns them.
-    async fn wait_executors_alive(&self, deadline: Instant, renewed: Option<(&str, u64)>) -> anyhow::Result<Vec<pb::ExecutorInfo>> {
+    async fn wait_executors_alive(
+        &self,
+        deadline: Instant,
+        renewed: Option<(&str, u64)>,
+    ) -> anyhow::Result<Vec<pb::ExecutorInfo>> {
         wait_for_every(Duration::from_millis(50), "every executor alive", deadline, || async move {
             let execs = list_executors(&self.client).await.ok()?;
             let alive = execs.iter().filter(|e| e.state == "alive").count() == EXECUTORS as usize;
-            let renewed = renewed.is_none_or(|(id, epoch)| execs.iter().any(|e| e.id == id && e.state == "alive" && e.epoch > epoch));
+            let renewed = renewed.is_none_or(|(id, epoch)| {
+                execs.iter().any(|e| e.id == id && e.state == "alive" && e.epoch > epoch)
+            });
             (alive && renewed).then_some(execs)
         })
         .await
     }
 
-    fn executor_report(&self, h: &hdrhistogram::Histogram<u64>, samples: Vec<f64>, elapsed: Duration) -> Report {
+    fn executor_report(
+        &self,
+        h: &hdrhistogram::Histogram<u64>,
+        samples: Vec<f64>,
+        elapsed: Duration,
+    ) -> Report {
         let mut extra = BTreeMap::new();
         extra.insert("KILLS".into(), samples.len().to_string());
         extra.insert("TTL MS".into(), self.ttl_ms.to_string());
@@ -409,7 +494,12 @@ impl Cluster {
 fn running_on(j: &pb::Job) -> BTreeMap<u32, String> {
     j.tasks
         .iter()
-        .filter_map(|t| t.attempts.last().filter(|a| a.state == "running").map(|a| (t.index, a.executor.clone())))
+        .filter_map(|t| {
+            t.attempts
+                .last()
+                .filter(|a| a.state == "running")
+                .map(|a| (t.index, a.executor.clone()))
+        })
         .collect()
 }
 
@@ -426,7 +516,12 @@ where
     wait_for_every(Duration::from_millis(2), what, deadline, probe).await
 }
 
-async fn wait_for_every<T, F, Fut>(period: Duration, what: &str, deadline: Instant, mut probe: F) -> anyhow::Result<T>
+async fn wait_for_every<T, F, Fut>(
+    period: Duration,
+    what: &str,
+    deadline: Instant,
+    mut probe: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -492,7 +587,11 @@ impl Drop for StopWriters {
 
 /// `WRITERS` tasks, each sending a small job every `WRITE_PACE` while writes succeed and again
 /// `WRITE_RETRY_PAUSE` after a failure (same idempotency key), until `writer.stop`.
-fn spawn_writers(client: Arc<Client>, writer: Arc<Writer>, run_id: &str) -> Vec<tokio::task::JoinHandle<()>> {
+fn spawn_writers(
+    client: Arc<Client>,
+    writer: Arc<Writer>,
+    run_id: &str,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..WRITERS)
         .map(|w| {
             let (client, writer, run_id) = (client.clone(), writer.clone(), run_id.to_string());
@@ -525,4 +624,3 @@ fn spawn_writers(client: Arc<Client>, writer: Arc<Writer>, run_id: &str) -> Vec<
         })
         .collect()
 }
-

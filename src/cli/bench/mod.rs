@@ -45,7 +45,13 @@ fn new_hist() -> Histogram<u64> {
 }
 
 impl Report {
-    fn from_hist(bench: &str, h: &Histogram<u64>, errors: u64, elapsed: Duration, extra: BTreeMap<String, String>) -> Report {
+    fn from_hist(
+        bench: &str,
+        h: &Histogram<u64>,
+        errors: u64,
+        elapsed: Duration,
+        extra: BTreeMap<String, String>,
+    ) -> Report {
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         let ops = h.len();
         let rate = ops as f64 / elapsed.as_secs_f64();
@@ -77,7 +83,11 @@ impl Report {
             Format::Table => {
                 println!("{}", self.summary);
                 // Slow benches (failover: a kill every few seconds) would show "0/s".
-                let rate = if self.rate_per_sec < 10.0 { format!("{:.2}/s", self.rate_per_sec) } else { format!("{:.0}/s", self.rate_per_sec) };
+                let rate = if self.rate_per_sec < 10.0 {
+                    format!("{:.2}/s", self.rate_per_sec)
+                } else {
+                    format!("{:.0}/s", self.rate_per_sec)
+                };
                 let mut rows = vec![vec![
                     rate,
                     format!("{:.2}", self.p50_ms),
@@ -115,7 +125,12 @@ fn trivial_job(key: String, placeable: bool) -> pb::SubmitJobRequest {
     pb::SubmitJobRequest {
         name: "bench".into(),
         idempotency_key: key,
-        spec: Some(pb::JobSpec { command: "true".into(), task_count: 1, constraints, ..Default::default() }),
+        spec: Some(pb::JobSpec {
+            command: "true".into(),
+            task_count: 1,
+            constraints,
+            ..Default::default()
+        }),
     }
 }
 
@@ -133,7 +148,9 @@ pub enum Api {
 pub async fn submit(client: Client, load: Load, api: Api) -> anyhow::Result<Report> {
     // One client (one HTTP/2 connection) per `--connections`, the workers spread over them.
     let first = leader_client(&client).await?;
-    let mut clients = (1..load.connections.max(1)).map(|_| Client::new(first.masters().to_vec())).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut clients = (1..load.connections.max(1))
+        .map(|_| Client::new(first.masters().to_vec()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     clients.insert(0, first);
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut report = match api {
@@ -141,19 +158,24 @@ pub async fn submit(client: Client, load: Load, api: Api) -> anyhow::Result<Repo
             let clients = Arc::new(clients);
             closed_loop("submit", load, move |w, i| {
                 let (clients, key) = (clients.clone(), format!("{run}-{w}-{i}"));
-                async move { clients[w % clients.len()].submit_job(trivial_job(key, false)).await.is_ok() }
+                async move {
+                    clients[w % clients.len()].submit_job(trivial_job(key, false)).await.is_ok()
+                }
             })
             .await
         }
         Api::Stream => {
             let mut pipelines = Vec::new();
             for c in &clients {
-                pipelines.push(c.pipeline().await.map_err(|e| anyhow::anyhow!(super::status_line(&e)))?);
+                pipelines
+                    .push(c.pipeline().await.map_err(|e| anyhow::anyhow!(super::status_line(&e)))?);
             }
             let pipelines = Arc::new(pipelines);
             closed_loop("submit", load, move |w, i| {
                 let (pipelines, key) = (pipelines.clone(), format!("{run}-{w}-{i}"));
-                async move { pipelines[w % pipelines.len()].submit(trivial_job(key, false)).await.is_ok() }
+                async move {
+                    pipelines[w % pipelines.len()].submit(trivial_job(key, false)).await.is_ok()
+                }
             })
             .await
         }
@@ -250,7 +272,8 @@ pub async fn e2e(client: Client, count: usize) -> anyhow::Result<Vec<Report>> {
     let client = leader_client(&client).await?;
     let (mut process, mut running, mut done) = (new_hist(), new_hist(), new_hist());
     let mut errors = 0;
-    let mut workers: HashMap<String, WorkerServiceClient<tonic::transport::Channel>> = HashMap::new();
+    let mut workers: HashMap<String, WorkerServiceClient<tonic::transport::Channel>> =
+        HashMap::new();
     let started = Instant::now();
     for _ in 0..count {
         let t = Instant::now();
@@ -273,8 +296,12 @@ pub async fn e2e(client: Client, count: usize) -> anyhow::Result<Vec<Report>> {
             // A stale read from the leader: its applied state is the committed state as soon as the
             // Started report commits, and the read costs no Raft round (which would load the
             // very cluster being measured).
-            let j = client.get_job(&r.job_id, true).await.map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
-            let started_attempt = j.tasks.iter().any(|t| t.attempts.iter().any(|a| a.started_at_ms != 0));
+            let j = client
+                .get_job(&r.job_id, true)
+                .await
+                .map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
+            let started_attempt =
+                j.tasks.iter().any(|t| t.attempts.iter().any(|a| a.started_at_ms != 0));
             if !saw_running && (started_attempt || j.state != "pending") {
                 saw_running = true;
                 let _ = running.record(t.elapsed().as_micros().max(1) as u64);
@@ -290,27 +317,63 @@ pub async fn e2e(client: Client, count: usize) -> anyhow::Result<Vec<Report>> {
             tokio::time::sleep(E2E_POLL).await;
         };
         // The process's own clock reading, from its stdout on the executor that ran it.
-        let Some(attempt) = finished.as_ref().and_then(|j| j.tasks.first()).and_then(|t| t.attempts.last()).cloned() else { continue };
+        let Some(attempt) = finished
+            .as_ref()
+            .and_then(|j| j.tasks.first())
+            .and_then(|t| t.attempts.last())
+            .cloned()
+        else {
+            continue;
+        };
         if !workers.contains_key(&attempt.executor) {
-            let list = super::executors::list_executors(&client).await.map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
+            let list = super::executors::list_executors(&client)
+                .await
+                .map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
             for e in list {
-                workers.insert(e.id.clone(), WorkerServiceClient::new(crate::raft::network::channel(&e.addr)?));
+                workers.insert(
+                    e.id.clone(),
+                    WorkerServiceClient::new(crate::raft::network::channel(&e.addr)?),
+                );
             }
         }
-        let worker = workers.get_mut(&attempt.executor).with_context(|| format!("executor {} is unknown", attempt.executor))?;
+        let worker = workers
+            .get_mut(&attempt.executor)
+            .with_context(|| format!("executor {} is unknown", attempt.executor))?;
         let out = worker
-            .read_output(pb::ReadOutputRequest { job_id: r.job_id.clone(), task_index: 0, attempt: attempt.number, stderr: false, offset: 0, max_bytes: 0 })
+            .read_output(pb::ReadOutputRequest {
+                job_id: r.job_id.clone(),
+                task_index: 0,
+                attempt: attempt.number,
+                stderr: false,
+                offset: 0,
+                max_bytes: 0,
+            })
             .await
             .map_err(|e| anyhow::anyhow!("reading the task's output: {}", super::status_line(&e)))?
             .into_inner();
-        let ran_at = String::from_utf8_lossy(&out.data).trim().parse::<u128>().with_context(|| format!("the task printed {:?}, not a time", String::from_utf8_lossy(&out.data)))?;
+        let ran_at =
+            String::from_utf8_lossy(&out.data).trim().parse::<u128>().with_context(|| {
+                format!("the task printed {:?}, not a time", String::from_utf8_lossy(&out.data))
+            })?;
         let submitted = wall.duration_since(std::time::UNIX_EPOCH)?.as_nanos();
         let _ = process.record((ran_at.saturating_sub(submitted) / 1000).max(1) as u64);
     }
     let elapsed = started.elapsed();
     Ok(vec![
-        Report::from_hist("e2e submit->process running", &process, errors, elapsed, BTreeMap::new()),
-        Report::from_hist("e2e submit->Started committed", &running, errors, elapsed, BTreeMap::new()),
+        Report::from_hist(
+            "e2e submit->process running",
+            &process,
+            errors,
+            elapsed,
+            BTreeMap::new(),
+        ),
+        Report::from_hist(
+            "e2e submit->Started committed",
+            &running,
+            errors,
+            elapsed,
+            BTreeMap::new(),
+        ),
         Report::from_hist("e2e submit->succeeded", &done, errors, elapsed, BTreeMap::new()),
     ])
 }
@@ -338,7 +401,11 @@ pub fn placement(executors: usize, tasks: usize, rounds: usize) -> Report {
                 index: (i % 4) as u32,
                 priority: (i % 3) as i32,
                 seq: (i / 4) as u64,
-                demand: Resources { slots: 1, cpu_millis: 500, memory_mib: 256 * (1 + (i % 4) as u64) },
+                demand: Resources {
+                    slots: 1,
+                    cpu_millis: 500,
+                    memory_mib: 256 * (1 + (i % 4) as u64),
+                },
                 constraints: if i % 5 == 0 { labels(i) } else { BTreeMap::new() },
             })
             .collect(),
@@ -372,7 +439,8 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the command name.
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
+    let hz =
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
     Some(Duration::from_micros(ticks * 1_000_000 / hz))
 }
 
@@ -398,19 +466,33 @@ struct SimBeats {
 
 /// The answers of simulated executor `i`'s stream number `n`, tagged `(i, n)`; the stream's end
 /// is an error.
-type SimAnswers = std::pin::Pin<Box<dyn futures::Stream<Item = ((usize, u64), Result<pb::HeartbeatResponse, tonic::Status>)> + Send>>;
+type SimAnswers = std::pin::Pin<
+    Box<
+        dyn futures::Stream<Item = ((usize, u64), Result<pb::HeartbeatResponse, tonic::Status>)>
+            + Send,
+    >,
+>;
 
 /// Opens simulated executor `i`'s heartbeat stream number `n` on `chan` (no beat sent yet).
-async fn open_sim_stream(chan: tonic::transport::Channel, i: usize, n: u64) -> Result<(tokio::sync::mpsc::Sender<pb::HeartbeatRequest>, SimAnswers), tonic::Status> {
+async fn open_sim_stream(
+    chan: tonic::transport::Channel,
+    i: usize,
+    n: u64,
+) -> Result<(tokio::sync::mpsc::Sender<pb::HeartbeatRequest>, SimAnswers), tonic::Status> {
     use crate::api::pb::executor_service_client::ExecutorServiceClient;
     use futures::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let mut client = ExecutorServiceClient::new(chan);
-    let answers = tokio::time::timeout(SIM_OPEN_TIMEOUT, client.heartbeat_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
-        .await
-        .map_err(|_| tonic::Status::deadline_exceeded("opening a heartbeat stream"))??
-        .into_inner();
-    let ended = futures::stream::once(async move { ((i, n), Err(tonic::Status::unavailable("the leader ended the heartbeat stream"))) });
+    let answers = tokio::time::timeout(
+        SIM_OPEN_TIMEOUT,
+        client.heartbeat_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .map_err(|_| tonic::Status::deadline_exceeded("opening a heartbeat stream"))??
+    .into_inner();
+    let ended = futures::stream::once(async move {
+        ((i, n), Err(tonic::Status::unavailable("the leader ended the heartbeat stream")))
+    });
     Ok((tx, Box::pin(answers.map(move |r| ((i, n), r)).chain(ended))))
 }
 
@@ -421,13 +503,21 @@ async fn open_sim_stream(chan: tonic::transport::Channel, i: usize, n: u64) -> R
 /// (sent → its answer; no answer before the executor's next beat is an error, and the stream is
 /// reopened) and the leader's CPU share (sampled from /proc when the leader runs on this
 /// machine), measured once every stream is open.
-pub async fn heartbeats(client: Client, executors: usize, hz: f64, duration: Duration, connections: usize) -> anyhow::Result<Report> {
+pub async fn heartbeats(
+    client: Client,
+    executors: usize,
+    hz: f64,
+    duration: Duration,
+    connections: usize,
+) -> anyhow::Result<Report> {
     use crate::api::pb::executor_service_client::ExecutorServiceClient;
     use futures::StreamExt;
-    let status = client.cluster_status().await.map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
+    let status =
+        client.cluster_status().await.map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
     anyhow::ensure!(status.leader_id != 0, "the cluster has no leader");
     anyhow::ensure!(hz > 0.0, "--hz must be positive");
-    let leader_pid = status.masters.iter().find(|m| m.id == status.leader_id).map(|m| m.pid).unwrap_or(0);
+    let leader_pid =
+        status.masters.iter().find(|m| m.id == status.leader_id).map(|m| m.pid).unwrap_or(0);
     let chans: Vec<_> = (0..connections.max(1))
         .map(|_| crate::raft::network::channel(&status.leader_addr))
         .collect::<Result<_, _>>()?;
@@ -437,12 +527,19 @@ pub async fn heartbeats(client: Client, executors: usize, hz: f64, duration: Dur
     let epochs = Arc::new(Mutex::new(vec![0u64; executors]));
     let mut regs = Vec::new();
     for (w, chunk) in ids.chunks(executors.div_ceil(64).max(1)).enumerate() {
-        let (chunk, chan, epochs) = (chunk.to_vec(), chans[w % chans.len()].clone(), epochs.clone());
+        let (chunk, chan, epochs) =
+            (chunk.to_vec(), chans[w % chans.len()].clone(), epochs.clone());
         let base = w * executors.div_ceil(64).max(1);
         regs.push(tokio::spawn(async move {
             for (j, id) in chunk.into_iter().enumerate() {
                 let r = ExecutorServiceClient::new(chan.clone())
-                    .register(pb::RegisterRequest { executor_id: id, addr: "127.0.0.1:9".into(), capacity: Some(pb::Resources::default()), labels: Default::default(), seq: 0 })
+                    .register(pb::RegisterRequest {
+                        executor_id: id,
+                        addr: "127.0.0.1:9".into(),
+                        capacity: Some(pb::Resources::default()),
+                        labels: Default::default(),
+                        seq: 0,
+                    })
                     .await?;
                 epochs.lock().expect("poisoned")[base + j] = r.into_inner().epoch;
             }
@@ -450,7 +547,9 @@ pub async fn heartbeats(client: Client, executors: usize, hz: f64, duration: Dur
         }));
     }
     for r in regs {
-        r.await?.map_err(|e| anyhow::anyhow!("registering simulated executors: {}", super::status_line(&e)))?;
+        r.await?.map_err(|e| {
+            anyhow::anyhow!("registering simulated executors: {}", super::status_line(&e))
+        })?;
     }
     let epochs = epochs.lock().expect("poisoned").clone();
     // Open every stream first (the set-up is not part of the steady state measured), a few at a
@@ -460,13 +559,18 @@ pub async fn heartbeats(client: Client, executors: usize, hz: f64, duration: Dur
     let mut opened = Vec::new();
     for (w, chunk) in ids.chunks(per).enumerate() {
         let chan = chans[w % chans.len()].clone();
-        let opens = futures::stream::iter((0..chunk.len()).map(move |i| open_sim_stream(chan.clone(), i, 0))).buffered(SIM_OPENS_PER_CONNECTION);
+        let opens = futures::stream::iter(
+            (0..chunk.len()).map(move |i| open_sim_stream(chan.clone(), i, 0)),
+        )
+        .buffered(SIM_OPENS_PER_CONNECTION);
         opened.push(tokio::spawn(opens.collect::<Vec<_>>()));
     }
     let mut streams = Vec::new();
     for o in opened {
         let all: Result<Vec<_>, _> = o.await?.into_iter().collect();
-        streams.push(all.map_err(|e| anyhow::anyhow!("opening heartbeat streams: {}", super::status_line(&e)))?);
+        streams.push(all.map_err(|e| {
+            anyhow::anyhow!("opening heartbeat streams: {}", super::status_line(&e))
+        })?);
     }
     // Beat: executor i of a connection's n beats at offset i/n within each period.
     let hist = Arc::new(Mutex::new(new_hist()));
@@ -477,7 +581,8 @@ pub async fn heartbeats(client: Client, executors: usize, hz: f64, duration: Dur
     let end = started + duration;
     let mut workers = Vec::new();
     for ((w, chunk), opened) in ids.chunks(per).enumerate().zip(streams) {
-        let (chunk, chan, hist, errors) = (chunk.to_vec(), chans[w % chans.len()].clone(), hist.clone(), errors.clone());
+        let (chunk, chan, hist, errors) =
+            (chunk.to_vec(), chans[w % chans.len()].clone(), hist.clone(), errors.clone());
         let my_epochs: Vec<u64> = epochs[w * per..(w * per + chunk.len())].to_vec();
         workers.push(tokio::spawn(async move {
             let mut local = new_hist();
@@ -584,7 +689,13 @@ pub async fn heartbeats(client: Client, executors: usize, hz: f64, duration: Dur
     extra.insert("LEADER CPU %".into(), cpu.map_or("n/a".into(), |c| format!("{c:.1}")));
     let h = hist.lock().expect("poisoned");
     // The rate is over the window beats were sent in (not the answers still in flight after it).
-    let mut r = Report::from_hist("heartbeats", &h, errors.load(Ordering::Relaxed), elapsed.min(duration), extra);
+    let mut r = Report::from_hist(
+        "heartbeats",
+        &h,
+        errors.load(Ordering::Relaxed),
+        elapsed.min(duration),
+        extra,
+    );
     r.summary = format!(
         "heartbeats: {executors} executors at {hz} Hz: {:.0} heartbeats/s, p50 {:.2} ms, p99 {:.2} ms, leader CPU {} of one core, {} errors",
         r.rate_per_sec,
