@@ -1,6 +1,7 @@
 //! Prometheus metrics of a master ([`get`]) and of an executor ([`executor`]): counters and
-//! histograms updated where things happen, and gauges (Raft position, jobs/tasks/executors by
-//! state; an executor's epoch, fencing, running attempts) computed at scrape time.
+//! histograms updated where things happen, and gauges set at scrape time (a master's
+//! [`Gauges`]: Raft position, jobs/tasks/executors by state; an executor's epoch, fencing,
+//! running attempts).
 
 use std::sync::OnceLock;
 
@@ -21,15 +22,24 @@ pub struct Metrics {
     pub schedule_seconds: HistogramVec,
     pub placements: IntCounter,
     pub elections: IntCounter,
-    pub raft: IntGaugeVec,
-    pub replication_lag: IntGaugeVec,
-    pub jobs: IntGaugeVec,
-    pub tasks: IntGaugeVec,
-    pub executors: IntGaugeVec,
-    pub is_leader: IntGauge,
     pub batch_commands: prometheus::Histogram,
     pub commit_seconds: prometheus::Histogram,
     pub log_flush_seconds: prometheus::Histogram,
+    /// Set at scrape time only (by the master's `/metrics` handler).
+    pub gauges: Gauges,
+}
+
+/// A master's gauges, set when `/metrics` is scraped: from the Raft metrics, and from the
+/// state's tally (kept as the state changes, so a scrape reads numbers, not the jobs).
+pub struct Gauges {
+    /// Raft position by `field` (term, log, applied, committed, snapshot and purged indexes,
+    /// leader id).
+    pub raft: IntGaugeVec,
+    pub replication_lag: IntGaugeVec,
+    pub is_leader: IntGauge,
+    pub jobs: IntGaugeVec,
+    pub tasks: IntGaugeVec,
+    pub executors: IntGaugeVec,
 }
 
 /// Commands per Raft entry (group commit), in powers of two up to the batch limit.
@@ -137,20 +147,6 @@ impl Metrics {
             ),
             placements: b.counter("placements_total", "Tasks placed by this master as leader"),
             elections: b.counter("raft_elections_total", "Terms this master has seen begin"),
-            raft: b.gauge_vec("raft", "Raft position of this master", &["field"]),
-            replication_lag: b.gauge_vec(
-                "raft_replication_lag",
-                "Leader: entries each follower is behind",
-                &["follower"],
-            ),
-            jobs: b.gauge_vec("jobs", "Jobs in the local state machine, by state", &["state"]),
-            tasks: b.gauge_vec("tasks", "Tasks in the local state machine, by state", &["state"]),
-            executors: b.gauge_vec(
-                "executors",
-                "Executors in the local state machine, by state",
-                &["state"],
-            ),
-            is_leader: b.gauge("raft_is_leader", "1 when this master is the leader"),
             batch_commands: b.histogram_of(
                 "batch_commands",
                 "Leader: commands per Raft entry (group commit)",
@@ -166,6 +162,7 @@ impl Metrics {
                 "Raft log: one flush of sled (making every append queued before it durable)",
                 LATENCY_BUCKETS,
             ),
+            gauges: Gauges::new(&b),
             registry: b.registry,
         }
     }
@@ -173,6 +170,27 @@ impl Metrics {
     /// Encodes every metric in the Prometheus text format.
     pub fn encode(&self) -> String {
         encode(&self.registry)
+    }
+}
+
+impl Gauges {
+    fn new(b: &Builder) -> Gauges {
+        Gauges {
+            raft: b.gauge_vec("raft", "Raft position of this master", &["field"]),
+            replication_lag: b.gauge_vec(
+                "raft_replication_lag",
+                "Leader: entries each follower is behind",
+                &["follower"],
+            ),
+            is_leader: b.gauge("raft_is_leader", "1 when this master is the leader"),
+            jobs: b.gauge_vec("jobs", "Jobs in the local state machine, by state", &["state"]),
+            tasks: b.gauge_vec("tasks", "Tasks in the local state machine, by state", &["state"]),
+            executors: b.gauge_vec(
+                "executors",
+                "Executors in the local state machine, by state",
+                &["state"],
+            ),
+        }
     }
 }
 

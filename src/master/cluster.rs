@@ -45,11 +45,12 @@ impl Cluster {
         let membership = m.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
         let learners: Vec<u64> = membership.learner_ids().collect();
-        let (jobs, state_digest) = {
-            let applied = node.applied.read().expect("poisoned");
-            let digest = if with_digest { digest(&applied.state) } else { 0 };
-            (applied.state.job_count() as u64, digest)
-        };
+        // The job count is O(1); the digest encodes the whole state, so it is taken off the
+        // async workers (the store's rule for reads that walk the state).
+        let (jobs, state_digest) = crate::store::with_read(&node.applied, !with_digest, |a| {
+            let digest = if with_digest { digest(&a.state) } else { 0 };
+            (a.state.job_count() as u64, digest)
+        });
         pb::MasterStatus {
             id: node.id,
             addr: node.addr.clone(),

@@ -307,18 +307,21 @@ impl Executors {
         })
     }
 
+    /// Every executor with its load: O(executors + their live attempts), each executor's found
+    /// through the live index. Off the async workers all the same (the store's rule for reads
+    /// that walk the state): at 10^4 executors the answer itself is the work.
     fn list_local(&self) -> pb::ListExecutorsResponse {
-        let applied = self.node.applied.read().expect("poisoned");
-        let state = &applied.state;
-        let live = state.live_attempts();
-        let executors = state
-            .executors()
-            .map(|e| {
-                let running = live.iter().filter(|a| a.executor == e.id).count() as u32;
-                executor_to_pb(e, state.used_resources(&e.id), running)
-            })
-            .collect();
-        pb::ListExecutorsResponse { executors }
+        crate::store::with_read(&self.node.applied, false, |applied| {
+            let state = &applied.state;
+            let executors = state
+                .executors()
+                .map(|e| {
+                    let running = state.live_attempt_count_on(&e.id) as u32;
+                    executor_to_pb(e, state.used_resources(&e.id), running)
+                })
+                .collect();
+            pb::ListExecutorsResponse { executors }
+        })
     }
 
     async fn simple_write(&self, cmd: Command) -> Result<(), LocalError> {

@@ -1,5 +1,8 @@
 //! The master's HTTP endpoints: `GET /metrics` (Prometheus text) and `GET /status` (JSON, the
 //! same facts as `triad cluster status`).
+//!
+//! Neither walks the state: the gauges of jobs, tasks and executors by state come from the
+//! state's tally, kept as the state changes, and the status reads counts only.
 
 use std::sync::Arc;
 
@@ -12,8 +15,11 @@ use openraft::ServerState;
 
 use super::cluster::gather_status;
 use super::node::Node;
+use crate::api::convert::{executor_state_name, job_state_name, task_state_name};
+use crate::metrics::Gauges;
+use crate::raft::{NodeId, RaftMetrics};
 use crate::shutdown::Shutdown;
-use crate::state::{ExecutorState, JobState, TaskState};
+use crate::state::{ExecutorState, JobState, Tally, TaskState};
 
 pub async fn serve(
     node: Arc<Node>,
@@ -32,93 +38,76 @@ async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    refresh_gauges(&node);
+    let gauges = &crate::metrics::get().gauges;
+    set_raft_gauges(gauges, node.id, &node.metrics());
+    // Sixteen numbers, kept as the state changes: light, so read here when the lock is free and
+    // off the async workers when an apply holds it (the store's rule for reads of the state).
+    let tally = crate::store::with_read(&node.applied, true, |a| a.state.tally().clone());
+    set_state_gauges(gauges, &tally);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::get().encode())
 }
 
-/// Sets the gauges from the node's Raft metrics and its applied state.
-fn refresh_gauges(node: &Node) {
-    let m = crate::metrics::get();
-    let r = node.metrics();
+/// Sets the Raft gauges from `r`, the Raft metrics of node `id`.
+fn set_raft_gauges(g: &Gauges, id: NodeId, r: &RaftMetrics) {
     let last_log = r.last_log_index.unwrap_or(0);
     let applied = r.last_applied.map_or(0, |l| l.index);
-    let set = |field: &str, v: u64| m.raft.with_label_values(&[field]).set(v as i64);
+    let set = |field: &str, v: u64| g.raft.with_label_values(&[field]).set(v as i64);
     set("term", r.current_term);
     set("last_log_index", last_log);
     set("applied_index", applied);
     set("snapshot_index", r.snapshot.map_or(0, |l| l.index));
     set("purged_index", r.purged.map_or(0, |l| l.index));
     set("leader_id", r.current_leader.unwrap_or(0));
-    m.is_leader.set((r.state == ServerState::Leader) as i64);
+    g.is_leader.set((r.state == ServerState::Leader) as i64);
     // Committed: on the leader, the highest index a quorum of voters holds; elsewhere at least the
     // applied index (followers learn the commit index only from the leader).
     let mut committed = applied;
-    m.replication_lag.reset();
+    g.replication_lag.reset();
     if let Some(repl) = &r.replication {
-        let voters: Vec<u64> = r.membership_config.membership().voter_ids().collect();
-        let mut matched: Vec<u64> = voters
-            .iter()
-            .map(|v| {
-                if *v == node.id {
-                    last_log
-                } else {
-                    repl.get(v).copied().flatten().map_or(0, |l| l.index)
-                }
-            })
-            .collect();
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        if let Some(c) = matched.get(voters.len() / 2) {
-            committed = committed.max(*c);
+        let matched = |v: &u64| repl.get(v).copied().flatten().map_or(0, |l| l.index);
+        let voters = r.membership_config.membership().voter_ids();
+        let held = voters.map(|v| if v == id { last_log } else { matched(&v) }).collect();
+        if let Some(c) = quorum_index(held) {
+            committed = committed.max(c);
         }
-        for (id, l) in repl.iter().filter(|(id, _)| **id != node.id) {
+        for (follower, l) in repl.iter().filter(|(f, _)| **f != id) {
             let lag = last_log.saturating_sub(l.map_or(0, |l| l.index));
-            m.replication_lag.with_label_values(&[&id.to_string()]).set(lag as i64);
+            g.replication_lag.with_label_values(&[&follower.to_string()]).set(lag as i64);
         }
     }
     set("committed_index", committed);
+}
 
-    let applied = node.applied.read().expect("poisoned");
-    let state = &applied.state;
-    let mut jobs = [0i64; 5];
-    let mut tasks = [0i64; 7];
-    let (all, _) = state.jobs_page(None, None, usize::MAX);
-    for j in all {
-        jobs[j.state as usize] += 1;
-        for t in &j.tasks {
-            tasks[t.state as usize] += 1;
-        }
+/// The highest log index a majority holds, given the index each voter holds (none without
+/// voters).
+fn quorum_index(mut held: Vec<u64>) -> Option<u64> {
+    held.sort_unstable_by(|a, b| b.cmp(a));
+    held.get(held.len() / 2).copied()
+}
+
+/// Sets the jobs, tasks and executors gauges (every state, zeros included) from the tally.
+fn set_state_gauges(g: &Gauges, tally: &Tally) {
+    for s in JobState::ALL {
+        g.jobs.with_label_values(&[job_state_name(s)]).set(tally.jobs(s) as i64);
     }
-    for s in [
-        JobState::Pending,
-        JobState::Running,
-        JobState::Succeeded,
-        JobState::Failed,
-        JobState::Cancelled,
-    ] {
-        m.jobs.with_label_values(&[crate::api::convert::job_state_name(s)]).set(jobs[s as usize]);
+    for s in TaskState::ALL {
+        g.tasks.with_label_values(&[task_state_name(s)]).set(tally.tasks(s) as i64);
     }
-    for s in [
-        TaskState::Pending,
-        TaskState::Assigned,
-        TaskState::Running,
-        TaskState::Succeeded,
-        TaskState::Failed,
-        TaskState::Lost,
-        TaskState::Cancelled,
-    ] {
-        m.tasks
-            .with_label_values(&[crate::api::convert::task_state_name(s)])
-            .set(tasks[s as usize]);
+    for s in ExecutorState::ALL {
+        g.executors.with_label_values(&[executor_state_name(s)]).set(tally.executors(s) as i64);
     }
-    let mut execs = [0i64; 4];
-    for e in state.executors() {
-        execs[e.state as usize] += 1;
-    }
-    for s in
-        [ExecutorState::Alive, ExecutorState::Draining, ExecutorState::Left, ExecutorState::Dead]
-    {
-        m.executors
-            .with_label_values(&[crate::api::convert::executor_state_name(s)])
-            .set(execs[s as usize]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quorum_index;
+
+    #[test]
+    fn the_quorum_index_is_what_a_majority_holds() {
+        assert_eq!(quorum_index(vec![]), None);
+        assert_eq!(quorum_index(vec![7]), Some(7));
+        assert_eq!(quorum_index(vec![5, 9, 7]), Some(7));
+        assert_eq!(quorum_index(vec![9, 0, 0]), Some(0));
+        assert_eq!(quorum_index(vec![3, 9, 8, 1]), Some(3)); // 3 of 4 hold 3
     }
 }

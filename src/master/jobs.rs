@@ -23,6 +23,7 @@ use crate::api::pb::{self, ReadConsistency};
 use crate::api::MAX_MESSAGE_BYTES;
 use crate::shutdown::Shutdown;
 use crate::state::{Command, JobState, Outcome};
+use crate::store::with_read;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -177,28 +178,42 @@ impl Jobs {
         }
     }
 
+    /// One job with every task. A small job is answered on this async worker (when the state's
+    /// lock is free); a big one (up to 10^5 tasks, each with its attempts) off the async
+    /// workers, as the store requires of reads that walk the state. The size is looked up
+    /// first, under a short read of its own: a job's task count never changes.
     fn read_job(&self, id: Uuid) -> Result<pb::GetJobResponse, Status> {
-        let applied = self.node.applied.read().expect("poisoned");
-        match applied.state.job(&id) {
+        let applied = &self.node.applied;
+        let small = with_read(applied, true, |a| {
+            a.state.job(&id).is_none_or(|j| j.tasks.len() <= INLINE_JOB_TASKS)
+        });
+        with_read(applied, small, |a| match a.state.job(&id) {
             Some(j) => Ok(pb::GetJobResponse { job: Some(job_to_pb(j, true)) }),
             None => Err(Status::not_found(format!("job {id} not found"))),
-        }
+        })
     }
 
+    /// One page of jobs, off the async workers: each job's task counts are a walk of its tasks,
+    /// and a page filtered by a terminal state may pass over every job to fill.
     fn read_page(
         &self,
         filter: Option<JobState>,
         after: Option<u64>,
         size: usize,
     ) -> pb::ListJobsResponse {
-        let applied = self.node.applied.read().expect("poisoned");
-        let (jobs, next) = applied.state.jobs_page(filter, after, size);
-        pb::ListJobsResponse {
-            jobs: jobs.into_iter().map(|j| job_to_pb(j, false)).collect(),
-            next_page_token: next.map(|s| s.to_string()).unwrap_or_default(),
-        }
+        with_read(&self.node.applied, false, |applied| {
+            let (jobs, next) = applied.state.jobs_page(filter, after, size);
+            pb::ListJobsResponse {
+                jobs: jobs.into_iter().map(|j| job_to_pb(j, false)).collect(),
+                next_page_token: next.map(|s| s.to_string()).unwrap_or_default(),
+            }
+        })
     }
 }
+
+/// Tasks a job may have for `GetJob` to encode it on an async worker: a few hundred
+/// microseconds of work at most (like the store's inline applies). Bigger jobs go off them.
+const INLINE_JOB_TASKS: usize = 256;
 
 fn is_stale(c: i32) -> bool {
     c == ReadConsistency::Stale as i32

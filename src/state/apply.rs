@@ -5,7 +5,8 @@
 //! [`Rejection`] with the state untouched, and only then *mutates*; the mutation steps cannot
 //! fail. All task, attempt and job state changes go through [`Cx`], which checks each change
 //! against the transition tables in `model.rs` and keeps the derived indexes in step, so no code
-//! path can move a terminal state or forget an index.
+//! path can move a terminal state or forget an index. Executor state changes go through
+//! `set_executor` (and registration), which keep the executors' [`Tally`] in step likewise.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,7 +20,10 @@ pub(super) type LiveIndex = BTreeMap<ExecutorId, BTreeSet<(u64, u32)>>;
 
 /// The whole replicated state of a triad cluster. Only ordered maps, so that two replicas that
 /// applied the same commands serialize to the same bytes.
+///
+/// Decoded through [`Decoded`], which recounts the [`Tally`]: see there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Decoded")]
 pub struct State {
     pub(super) executors: BTreeMap<ExecutorId, Executor>,
     /// Jobs by submission sequence number (the listing order).
@@ -40,9 +44,134 @@ pub struct State {
     /// Derived: terminal jobs as `(finished_at, seq)`, so the dispatcher finds recently
     /// cancelled attempts to kill without scanning every job.
     pub(super) finished: BTreeSet<(Millis, u64)>,
+    /// Derived and never serialized: see [`Tally`].
+    #[serde(skip)]
+    pub(super) tally: Tally,
     /// Local bookkeeping, not replicated state: see [`ChangeCounter`].
     #[serde(skip)]
     pub(super) executor_changes: ChangeCounter,
+}
+
+/// [`State`] as it is encoded: every serialized field, in the same order (a field added to
+/// `State` and not here fails to compile in `From`; one out of order fails the round-trip tests).
+///
+/// The tally is derived, so it is recounted on decode rather than written: a snapshot keeps the
+/// exact encoding of the versions before the tally existed (bincode is positional, so a new field
+/// would make every existing data dir unreadable), and replicas agree on it by construction.
+/// The recount is one walk of the jobs and tasks, which decoding them costs anyway.
+#[derive(Deserialize)]
+struct Decoded {
+    executors: BTreeMap<ExecutorId, Executor>,
+    jobs: BTreeMap<u64, Job>,
+    job_seqs: BTreeMap<JobId, u64>,
+    idempotency: BTreeMap<String, JobId>,
+    next_seq: u64,
+    next_token: Token,
+    active: BTreeMap<u64, TaskCounts>,
+    live: LiveIndex,
+    finished: BTreeSet<(Millis, u64)>,
+}
+
+impl From<Decoded> for State {
+    fn from(d: Decoded) -> State {
+        let mut state = State {
+            executors: d.executors,
+            jobs: d.jobs,
+            job_seqs: d.job_seqs,
+            idempotency: d.idempotency,
+            next_seq: d.next_seq,
+            next_token: d.next_token,
+            active: d.active,
+            live: d.live,
+            finished: d.finished,
+            tally: Tally::default(),
+            executor_changes: ChangeCounter::default(),
+        };
+        state.tally = Tally::recount(&state);
+        state
+    }
+}
+
+/// Derived: how many jobs, tasks and executors are in each state, kept in step by every change
+/// (`Cx`, `set_executor`, registration and submission) so that the metrics gauges read sixteen
+/// numbers instead of walking every task of every job under the state lock.
+///
+/// A function of the rest of the state, so it is part of the state's equality (two states equal
+/// in everything else have equal tallies unless the upkeep is wrong, which equality then shows)
+/// but not of its encoding (see [`Decoded`]). `check_invariants` compares it with a recount.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Indexed by `JobState as usize`.
+    jobs: [u64; JobState::ALL.len()],
+    /// Indexed by `TaskState as usize`.
+    tasks: [u64; TaskState::ALL.len()],
+    /// Indexed by `ExecutorState as usize`.
+    executors: [u64; ExecutorState::ALL.len()],
+}
+
+impl Tally {
+    /// Jobs in state `s`.
+    pub fn jobs(&self, s: JobState) -> u64 {
+        self.jobs.get(s as usize).copied().unwrap_or(0)
+    }
+
+    /// Tasks in state `s`, over every job.
+    pub fn tasks(&self, s: TaskState) -> u64 {
+        self.tasks.get(s as usize).copied().unwrap_or(0)
+    }
+
+    /// Executors in state `s`.
+    pub fn executors(&self, s: ExecutorState) -> u64 {
+        self.executors.get(s as usize).copied().unwrap_or(0)
+    }
+
+    /// The tally of `state` by a full walk: what the upkeep must always equal.
+    pub(super) fn recount(state: &State) -> Tally {
+        let mut t = Tally::default();
+        for e in state.executors.values() {
+            t.executor_moved(None, e.state);
+        }
+        for job in state.jobs.values() {
+            t.job_moved(None, job.state);
+            for task in &job.tasks {
+                add(&mut t.tasks, task.state as usize, 1);
+            }
+        }
+        t
+    }
+
+    fn job_moved(&mut self, from: Option<JobState>, to: JobState) {
+        moved(&mut self.jobs, from.map(|s| s as usize), to as usize);
+    }
+
+    fn task_moved(&mut self, from: TaskState, to: TaskState) {
+        moved(&mut self.tasks, Some(from as usize), to as usize);
+    }
+
+    fn tasks_added(&mut self, to: TaskState, n: u32) {
+        add(&mut self.tasks, to as usize, n.into());
+    }
+
+    fn executor_moved(&mut self, from: Option<ExecutorState>, to: ExecutorState) {
+        moved(&mut self.executors, from.map(|s| s as usize), to as usize);
+    }
+}
+
+/// Adds `n` to `counts[i]`. (`i` is a state's discriminant and the array has one count per
+/// state, so it is always in range; `get_mut` keeps apply panic-free regardless.)
+fn add(counts: &mut [u64], i: usize, n: u64) {
+    if let Some(c) = counts.get_mut(i) {
+        *c = c.saturating_add(n);
+    }
+}
+
+/// Moves one count from `from` (none: a new entry) to `to`. Saturating, so apply never panics;
+/// `check_invariants` catches a count the upkeep got wrong.
+fn moved(counts: &mut [u64], from: Option<usize>, to: usize) {
+    if let Some(f) = from.and_then(|f| counts.get_mut(f)) {
+        *f = f.saturating_sub(1);
+    }
+    add(counts, to, 1);
 }
 
 /// Counts applied commands that may change what placement sees of the executors (their records
@@ -74,6 +203,7 @@ impl Default for State {
             active: BTreeMap::new(),
             live: BTreeMap::new(),
             finished: BTreeSet::new(),
+            tally: Tally::default(),
             executor_changes: ChangeCounter::default(),
         }
     }
@@ -144,6 +274,7 @@ impl State {
         let epoch = self.executors.get(id).map_or(1, |e| e.epoch.saturating_add(1));
         // A registration means the executor process (re)started: what it ran before is gone.
         self.lose_attempts_on(id, &format!("executor {id} re-registered (epoch {epoch})"), now);
+        self.tally.executor_moved(self.executors.get(id).map(|e| e.state), ExecutorState::Alive);
         let ex = Executor {
             id: id.to_string(),
             addr: addr.to_string(),
@@ -205,6 +336,7 @@ impl State {
         if !ex.state.can_transition(to) {
             return Err(illegal("executor", ex.state, to));
         }
+        self.tally.executor_moved(Some(ex.state), to);
         ex.state = to;
         ex.updated_at = now;
         Ok(true)
@@ -270,6 +402,8 @@ impl State {
             tasks,
         };
         self.active.insert(seq, TaskCounts { pending: spec.task_count, ..TaskCounts::default() });
+        self.tally.job_moved(None, JobState::Pending);
+        self.tally.tasks_added(TaskState::Pending, spec.task_count);
         self.jobs.insert(seq, job);
         self.job_seqs.insert(id, seq);
         if !key.is_empty() {
@@ -443,6 +577,7 @@ impl State {
             active: &mut self.active,
             live: &mut self.live,
             finished: &mut self.finished,
+            tally: &mut self.tally,
             now,
         })
     }
@@ -456,6 +591,7 @@ struct Cx<'a> {
     active: &'a mut BTreeMap<u64, TaskCounts>,
     live: &'a mut LiveIndex,
     finished: &'a mut BTreeSet<(Millis, u64)>,
+    tally: &'a mut Tally,
     now: Millis,
 }
 
@@ -474,6 +610,7 @@ impl Cx<'_> {
             *f = f.saturating_sub(1);
             *c.slot_mut(to) += 1;
         }
+        self.tally.task_moved(from, to);
         if from.is_live() != to.is_live() {
             if let Some(a) = task.current() {
                 let key = (seq, task.index);
@@ -523,6 +660,7 @@ impl Cx<'_> {
             debug_assert!(false, "job {from:?} -> {to:?}");
             return;
         }
+        self.tally.job_moved(Some(from), to);
         self.job.state = to;
         self.job.updated_at = self.now;
         if to.is_terminal() {

@@ -19,14 +19,16 @@
 //! - Executors that are `Left` or `Dead` hold no live attempts; no executor holds more than its
 //!   capacity.
 //! - The derived indexes (job id, idempotency key, active jobs with task counts, live attempts
-//!   by executor, finished jobs by time) always agree with the jobs.
+//!   by executor, finished jobs by time) always agree with the jobs, and the [`Tally`] (jobs,
+//!   tasks and executors by state) with a recount. The tally is never serialized: decoding a
+//!   state recounts it, so snapshots keep their format.
 
 pub mod apply;
 pub mod model;
 pub mod query;
 pub mod range;
 
-pub use apply::State;
+pub use apply::{State, Tally};
 pub use model::*;
 pub use query::LiveAttempt;
 pub use range::{range_uuid, task_range, task_range_uuids};

@@ -425,6 +425,10 @@ pub fn validate_submit(name: &str, idempotency_key: &str, spec: &JobSpec) -> Res
 }
 
 impl ExecutorState {
+    /// Every executor state, in declaration order (`ALL[s as usize] == s`).
+    pub const ALL: [ExecutorState; 4] =
+        [ExecutorState::Alive, ExecutorState::Draining, ExecutorState::Left, ExecutorState::Dead];
+
     /// The executor FSM. Registration may revive any state; otherwise
     /// `Alive -> Draining -> Left` or `Alive|Draining -> Dead`.
     pub fn can_transition(self, to: ExecutorState) -> bool {
@@ -441,6 +445,15 @@ impl Executor {
 }
 
 impl JobState {
+    /// Every job state, in declaration order (`ALL[s as usize] == s`).
+    pub const ALL: [JobState; 5] = [
+        JobState::Pending,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
     /// The job FSM: `Pending -> Running -> Succeeded|Failed|Cancelled`; a job that never started
     /// may also fail (attempts lost before starting) or be cancelled. Terminal states are final.
     pub fn can_transition(self, to: JobState) -> bool {
@@ -453,6 +466,17 @@ impl JobState {
 }
 
 impl TaskState {
+    /// Every task state, in declaration order (`ALL[s as usize] == s`).
+    pub const ALL: [TaskState; 7] = [
+        TaskState::Pending,
+        TaskState::Assigned,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Lost,
+        TaskState::Cancelled,
+    ];
+
     /// The task FSM. `Failed` and `Cancelled` are terminal, so a failed attempt with attempts left
     /// takes its task from `Assigned|Running` straight back to `Pending`; `Lost` is transient
     /// (it never survives a command) and leads to `Pending` or `Failed`.

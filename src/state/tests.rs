@@ -1369,3 +1369,95 @@ fn executor_changes_move_on_every_command_but_a_submission_and_are_not_state() {
     assert_eq!(restored.executor_changes(), 0);
     assert_eq!(restored, s);
 }
+
+// --- the tally (jobs, tasks and executors by state) ---------------------------------------------
+
+/// The state a golden scenario ends in, every command applied (rejections included).
+fn replay_golden(file: &str) -> State {
+    let path = format!("{}/src/state/testdata/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let script = text.split(GOLDEN_SEP).next().unwrap_or_default();
+    let mut s = State::new();
+    for line in script.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let _ = s.apply(&parse_line(line).unwrap_or_else(|e| panic!("{file}: {line:?}: {e}")));
+    }
+    s
+}
+
+#[test]
+fn every_state_is_listed_once_at_its_own_index() {
+    assert!(JobState::ALL.iter().enumerate().all(|(i, s)| *s as usize == i));
+    assert!(TaskState::ALL.iter().enumerate().all(|(i, s)| *s as usize == i));
+    assert!(ExecutorState::ALL.iter().enumerate().all(|(i, s)| *s as usize == i));
+}
+
+#[test]
+fn the_tally_follows_jobs_tasks_and_executors_through_their_lives() {
+    let mut s = State::new();
+    s.apply(&reg("e1", 4, "z1", 1)).unwrap();
+    s.apply(&reg("e2", 4, "z1", 1)).unwrap();
+    s.apply(&submit(1, "", spec(3, 1), 2)).unwrap();
+    s.apply(&submit(2, "", spec(1, 1), 2)).unwrap();
+    let t = s.tally().clone();
+    assert_eq!((t.jobs(JobState::Pending), t.tasks(TaskState::Pending)), (2, 4));
+    assert_eq!(t.executors(ExecutorState::Alive), 2);
+
+    s.apply(&assign(&[(1, 0, "e1"), (1, 1, "e2"), (2, 0, "e2")], 3)).unwrap();
+    s.apply(&started(1, 0, 1, 4)).unwrap();
+    s.apply(&finished(2, 0, 3, 0, 5)).unwrap();
+    let t = s.tally().clone();
+    assert_eq!((t.jobs(JobState::Running), t.jobs(JobState::Succeeded)), (1, 1));
+    assert_eq!(
+        TaskState::ALL.map(|x| t.tasks(x)),
+        [1, 1, 1, 1, 0, 0, 0],
+        "pending, assigned, running, succeeded, failed, lost, cancelled"
+    );
+
+    // e2 dies: its attempt is lost, and with one attempt allowed the job fails, cancelling the
+    // rest (the running task on e1 and the pending one).
+    s.apply(&dead("e2", 1, 6)).unwrap();
+    let t = s.tally().clone();
+    assert_eq!((t.jobs(JobState::Failed), t.jobs(JobState::Succeeded)), (1, 1));
+    assert_eq!(TaskState::ALL.map(|x| t.tasks(x)), [0, 0, 0, 1, 1, 0, 2]);
+    assert_eq!(ExecutorState::ALL.map(|x| t.executors(x)), [1, 0, 0, 1]);
+
+    s.apply(&reg("e2", 4, "z1", 7)).unwrap();
+    s.apply(&drain("e1", 8)).unwrap();
+    assert_eq!(ExecutorState::ALL.map(|x| s.tally().executors(x)), [1, 1, 0, 0]);
+    s.check_invariants().unwrap();
+}
+
+/// The tally is derived: every golden scenario ends with it equal to a recount; it is not in the
+/// encoding (a snapshot has the bytes it had before the tally existed, so existing data dirs
+/// load), and a decoded state has it recounted.
+#[test]
+fn the_tally_matches_a_recount_after_every_golden_scenario_and_is_rebuilt_on_decode() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/state/testdata");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let file = entry.unwrap().file_name().into_string().unwrap();
+        let s = replay_golden(&file);
+        assert_eq!(s.tally(), &apply::Tally::recount(&s), "{file}");
+        let jobs: u64 = JobState::ALL.iter().map(|x| s.tally().jobs(*x)).sum();
+        let tasks: u64 = TaskState::ALL.iter().map(|x| s.tally().tasks(*x)).sum();
+        assert_eq!(jobs, s.jobs.len() as u64, "{file}");
+        assert_eq!(tasks, s.jobs.values().map(|j| j.tasks.len() as u64).sum::<u64>(), "{file}");
+
+        let bytes = crate::raft::codec::encode(&s).unwrap();
+        let mut untallied = s.clone();
+        untallied.tally = apply::Tally::default();
+        assert_eq!(bytes, crate::raft::codec::encode(&untallied).unwrap(), "{file}: not encoded");
+        let back: State = crate::raft::codec::decode(&bytes).unwrap();
+        assert_eq!(back.tally(), s.tally(), "{file}: recounted on decode");
+        let json: State = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(json, s, "{file}");
+    }
+}
+
+#[test]
+fn check_invariants_catches_a_tally_out_of_step() {
+    let mut s = replay_golden("happy_four_tasks.txt");
+    s.check_invariants().unwrap();
+    s.tally = apply::Tally::default(); // as if the upkeep had forgotten everything
+    let err = s.check_invariants().unwrap_err();
+    assert!(err.contains("tally"), "{err}");
+}
