@@ -7,6 +7,7 @@
 pub mod batcher;
 pub mod cluster;
 pub mod config;
+pub mod errors;
 pub mod executors;
 pub mod http;
 pub mod jobs;
@@ -35,8 +36,8 @@ use crate::shutdown::Shutdown;
 use config::MasterConfig;
 use node::Node;
 
-/// How long a graceful stop may take before in-flight requests are dropped.
-const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long each step of a graceful stop may take before in-flight work is dropped.
+use crate::timings::MASTER_STOP_GRACE as STOP_GRACE;
 
 /// The snapshot interval of master `id`: `every` plus 1/16 of it per id (mod 8). Masters that
 /// apply the same log would otherwise all snapshot at the same index, and each snapshot of a
@@ -222,7 +223,7 @@ mod health {
         let mut rx = raft.metrics();
         let mut last = None;
         let mut term = 0;
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut tick = tokio::time::interval(crate::timings::HEALTH_TICK);
         loop {
             let healthy = {
                 let m = rx.borrow_and_update();
