@@ -339,6 +339,17 @@ fn no_module_uses_a_layer_above_it() {
     assert!(bad.is_empty(), "edges that point up:\n{}", bad.join("\n"));
 }
 
+/// An exception that is no longer needed is deleted, so the table cannot rot.
+#[test]
+fn every_pending_exception_is_still_needed() {
+    let srcs = sources();
+    for (file, to) in PENDING {
+        let s = srcs.iter().find(|s| format!("src/{}", s.rel.display()) == *file);
+        let used = s.is_some_and(|s| crate_uses(&s.text).iter().any(|u| u.segments[0] == *to));
+        assert!(used, "{file} no longer uses `crate::{to}`: delete its entry from PENDING");
+    }
+}
+
 #[test]
 fn no_sibling_files_use_each_other_in_a_cycle() {
     let bad = sibling_cycles(&sources());
