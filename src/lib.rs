@@ -6,13 +6,22 @@
 //! - [`store`] and [`raft`]: openraft on sled, and Raft between masters over gRPC;
 //! - [`master`]: a master's gRPC services and leader duties;
 //! - [`client`] and [`cli`]: the client library and the `triad` command line;
-//! - [`api`]: the wire protocol (`proto/`) and its conversions.
+//! - [`api`]: the wire protocol (`proto/`), its conversions, the gRPC channel builder, wire
+//!   limits and the contracts both ends of a call share;
+//! - [`executor`]: the executor process; [`fencing`] and [`timings`]: the fencing rule and every
+//!   related duration, shared by master and executor.
+//!
+//! Layers point one way (checked by `tests/layering.rs`), lowest first: the leaf utilities
+//! (`shutdown`, `chaos`, `metrics`, `timings`, `fencing`), then `state` <- `scheduler`,
+//! `state` <- `api` <- `raft` <- `store` <- `master`; `client` uses only `api`; `executor` uses
+//! `api` and `client`; `cli` uses everything.
 
 pub mod api;
 pub mod chaos;
 pub mod cli;
 pub mod client;
 pub mod executor;
+pub mod fencing;
 pub mod master;
 pub mod metrics;
 pub mod raft;
@@ -20,3 +29,4 @@ pub mod scheduler;
 pub mod shutdown;
 pub mod state;
 pub mod store;
+pub mod timings;

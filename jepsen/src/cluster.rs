@@ -2,13 +2,14 @@
 //! data dirs and logs under the run directory; and the leader pollers.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tonic::transport::Channel;
 use triad::api::pb;
+use triad::master::config::{peers, MasterConfig};
 use triad_jepsen::history::Call;
 
 use crate::net::Host;
@@ -56,12 +57,8 @@ impl Cluster {
     pub fn new(opts: &Options, hosts: &[Host], t0: Instant) -> anyhow::Result<Cluster> {
         let master_hosts: Vec<&Host> = hosts.iter().filter(|h| h.name.starts_with('m')).collect();
         let exec_hosts: Vec<&Host> = hosts.iter().filter(|h| h.name.starts_with('e')).collect();
-        let peers: Vec<(u64, String)> = master_hosts
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (i as u64 + 1, format!("{}:{MASTER_PORT}", h.ip)))
-            .collect();
-        let masters_arg = peers.iter().map(|(_, a)| a.as_str()).collect::<Vec<_>>().join(",");
+        let peers = peers(master_hosts.iter().map(|h| format!("{}:{MASTER_PORT}", h.ip)));
+        let masters_arg = peers.iter().map(|p| p.addr.as_str()).collect::<Vec<_>>().join(",");
         let mut base_env: Vec<(String, String)> = Vec::new();
         if let Some(f) = &opts.log_filter {
             base_env.push(("TRIAD_LOG".into(), f.clone()));
@@ -73,7 +70,8 @@ impl Cluster {
             std::fs::create_dir_all(dir.join("data"))?;
             let addr = format!("{}:{MASTER_PORT}", h.ip);
             let config = dir.join("master.toml");
-            std::fs::write(&config, master_toml(id, &addr, &dir.join("data"), &peers))
+            let cfg = MasterConfig::cluster_member(id, &peers, dir.join("data"), None)?;
+            std::fs::write(&config, format!("# written by triad-jepsen\n{}", cfg.to_toml()?))
                 .with_context(|| format!("writing {}", config.display()))?;
             let mut env = base_env.clone();
             if let Some(b) = &opts.bug {
@@ -209,16 +207,6 @@ impl Cluster {
 
 /// A master's TOML config, written out by hand so that options added to `MasterConfig` later
 /// (all defaulted) never break the suite.
-fn master_toml(id: u64, addr: &str, data: &Path, peers: &[(u64, String)]) -> String {
-    let peers: Vec<String> =
-        peers.iter().map(|(i, a)| format!("{{ id = {i}, addr = \"{a}\" }}")).collect();
-    format!(
-        "# written by triad-jepsen\nid = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nbootstrap = true\npeers = [{}]\n",
-        data.display(),
-        peers.join(", ")
-    )
-}
-
 /// One master's view at one poll.
 #[derive(Clone, Debug)]
 pub struct Seen {

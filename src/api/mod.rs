@@ -1,5 +1,9 @@
-//! The gRPC API (`proto/triad/v1/triad.proto`, package `triad.v1`) and the one place where wire
-//! messages and the replicated model are converted into each other.
+//! The gRPC API (`proto/triad/v1/triad.proto`, package `triad.v1`), the one place where wire
+//! messages and the replicated model are converted into each other ([`convert`]), and what both
+//! ends of a call must agree on: message and pipelining limits, metadata headers, the channel
+//! builder every gRPC client (masters, executors, the CLI) uses.
+//!
+//! Layer: above `state` (whose model it converts), below everything that talks gRPC.
 
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
@@ -14,6 +18,21 @@ pub mod convert;
 /// Largest gRPC message any triad endpoint accepts or sends (fits openraft batches and snapshot
 /// chunks with room to spare).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most `SubmitJobs` submissions in flight on one stream: the master reads no more than that
+/// before answering, and the client's pipeline waits for a slot beyond it.
+pub const MAX_PIPELINED: usize = 1024;
+
+/// A lazily connected channel to `addr` (`host:port`), with connect and keep-alive bounds.
+pub fn channel(addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    use crate::timings::{CONNECT_TIMEOUT, KEEP_ALIVE};
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEP_ALIVE)
+        .keep_alive_timeout(KEEP_ALIVE)
+        .connect_lazy())
+}
 
 /// Metadata key set on a request a master forwarded to the leader (forwarding is one hop only).
 pub const FORWARDED_HEADER: &str = "x-triad-forwarded";

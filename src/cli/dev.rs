@@ -15,12 +15,12 @@ use tokio::process::{Child, Command};
 
 use crate::api::pb;
 use crate::client::Client;
-use crate::master::config::{MasterConfig, Peer};
+use crate::master::config::{peers, MasterConfig};
 
-/// How long `triad dev` waits for the first leader.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `triad dev` waits for the first leader, and then for the executors.
+const READY_TIMEOUT: Duration = crate::timings::DEV_READY_TIMEOUT;
 /// How long a child gets to stop after SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+const STOP_GRACE: Duration = crate::timings::DEV_STOP_GRACE;
 
 pub struct DevArgs {
     pub masters: u32,
@@ -197,27 +197,17 @@ pub fn write_master_configs(
     n: u32,
     base_port: u16,
 ) -> anyhow::Result<Vec<(PathBuf, String)>> {
-    let peers: Vec<Peer> = (1..=n)
-        .map(|i| Peer { id: i as u64, addr: format!("127.0.0.1:{}", master_port(base_port, i)) })
-        .collect();
+    let peers = peers((1..=n).map(|i| format!("127.0.0.1:{}", master_port(base_port, i))));
     let mut out = Vec::new();
     for p in &peers {
         let node_dir = dir.join(format!("master{}", p.id));
         std::fs::create_dir_all(&node_dir)
             .with_context(|| format!("creating {}", node_dir.display()))?;
-        let cfg = MasterConfig {
-            id: p.id,
-            listen: p.addr.clone(),
-            advertise: None,
-            http_listen: Some(format!("127.0.0.1:{}", master_http_port(base_port, p.id as u32))),
-            data_dir: std::path::absolute(node_dir.join("data"))?,
-            bootstrap: true,
-            peers: peers.clone(),
-            raft: Default::default(),
-            executors: Default::default(),
-        };
+        let http = format!("127.0.0.1:{}", master_http_port(base_port, p.id as u32));
+        let data = std::path::absolute(node_dir.join("data"))?;
+        let cfg = MasterConfig::cluster_member(p.id, &peers, data, Some(http))?;
         let path = node_dir.join("master.toml");
-        std::fs::write(&path, toml::to_string_pretty(&cfg)?)
+        std::fs::write(&path, cfg.to_toml()?)
             .with_context(|| format!("writing {}", path.display()))?;
         out.push((path, p.addr.clone()));
     }
@@ -230,6 +220,25 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     check_ports_free(args.base_port, args.masters, args.executors)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let (mut procs, addrs) = start_masters(&args)?;
+    let masters = addrs.join(",");
+    let client = Client::new(addrs)?;
+    let started = Instant::now();
+    if let Err(e) = bring_up(&args, &client, &masters, &mut procs, started).await {
+        stop_all(&mut procs, |l| println!("{l}")).await;
+        anyhow::bail!("{e}; see the logs under {}", args.data_dir.display());
+    }
+    println!("\nexport TRIAD_MASTERS={masters}\n");
+    println!("triad dev is running; press Ctrl-C to stop every process.");
+    watch_until_ctrl_c(&mut procs).await;
+    println!("\nstopping...");
+    stop_all(&mut procs, |l| println!("{l}")).await;
+    Ok(())
+}
+
+/// Writes the master configs and starts every master, printing a line for each; returns the
+/// processes and the masters' addresses.
+fn start_masters(args: &DevArgs) -> anyhow::Result<(Vec<Proc>, Vec<String>)> {
     let configs = write_master_configs(&args.data_dir, args.masters, args.base_port)?;
     let mut procs = Vec::new();
     let mut addrs = Vec::new();
@@ -245,16 +254,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         procs.push(p);
         addrs.push(addr.clone());
     }
-    let masters = addrs.join(",");
-    let client = Client::new(addrs.clone())?;
-    let started = Instant::now();
-    let leader = match wait_leader(&client, READY_TIMEOUT).await {
-        Ok(s) => s,
-        Err(e) => {
-            stop_all(&mut procs, |l| println!("{l}")).await;
-            anyhow::bail!("{e}; see the logs under {}", args.data_dir.display());
-        }
-    };
+    Ok((procs, addrs))
+}
+
+/// Waits for a leader, then starts the executors and waits for them to register, printing
+/// progress. The caller stops every process if this fails.
+async fn bring_up(
+    args: &DevArgs,
+    client: &Client,
+    masters: &str,
+    procs: &mut Vec<Proc>,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let leader = wait_leader(client, READY_TIMEOUT).await?;
     println!(
         "leader     master{} at {} (elected in {} ms)",
         leader.leader_id,
@@ -262,7 +274,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         started.elapsed().as_millis()
     );
     for i in 1..=args.executors {
-        let p = spawn_executor(&args.data_dir, i, args.base_port, &masters)?;
+        let p = spawn_executor(&args.data_dir, i, args.base_port, masters)?;
         println!(
             "{:<10} {:<18} pid {:<8} http://{}/metrics  log {}",
             p.name,
@@ -273,26 +285,24 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         );
         procs.push(p);
     }
-    if let Err(e) = wait_executors(&client, &mut procs, args.executors, READY_TIMEOUT).await {
-        stop_all(&mut procs, |l| println!("{l}")).await;
-        anyhow::bail!("{e}; see the logs under {}", args.data_dir.display());
-    }
+    wait_executors(client, procs, args.executors, READY_TIMEOUT).await?;
     println!(
         "executors  {} registered (ready in {} ms)",
         args.executors,
         started.elapsed().as_millis()
     );
-    println!("\nexport TRIAD_MASTERS={masters}\n");
-    println!("triad dev is running; press Ctrl-C to stop every process.");
+    Ok(())
+}
 
-    // Until Ctrl-C, say so when a child exits (killed by the user to watch failover, or crashed).
+/// Until Ctrl-C, says so when a child exits (killed by the user to watch failover, or crashed).
+async fn watch_until_ctrl_c(procs: &mut [Proc]) {
     let mut watch = tokio::time::interval(Duration::from_millis(500));
     let stop = crate::shutdown::signal();
     tokio::pin!(stop);
     let mut gone = vec![false; procs.len()];
     loop {
         tokio::select! {
-            _ = &mut stop => break,
+            _ = &mut stop => return,
             _ = watch.tick() => {
                 for (p, gone) in procs.iter_mut().zip(gone.iter_mut()) {
                     match p.child.try_wait() {
@@ -307,9 +317,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             }
         }
     }
-    println!("\nstopping...");
-    stop_all(&mut procs, |l| println!("{l}")).await;
-    Ok(())
 }
 
 /// Waits until `n` executors are registered with the cluster; fails at once, naming it and its

@@ -378,12 +378,7 @@ pub enum ClusterCmd {
     },
 }
 
-pub fn parse_kv(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
-    }
-}
+pub use crate::executor::config::parse_kv;
 
 /// A gRPC status as one line for a human.
 pub fn status_line(s: &Status) -> String {

@@ -12,18 +12,19 @@ use anyhow::{bail, Context};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::api::channel;
 use crate::api::pb::cluster_service_client::ClusterServiceClient;
 use crate::api::pb::job_service_client::JobServiceClient;
 use crate::api::{pb, MAX_MESSAGE_BYTES};
-use crate::raft::network::channel;
 
 pub mod pipeline;
 pub use pipeline::SubmitPipeline;
 
-/// Per-attempt deadline of a client call.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(6);
+/// Per-attempt deadline of a client call (above the masters' forward deadline: see
+/// `crate::timings`).
+pub const CALL_TIMEOUT: Duration = crate::timings::CLIENT_CALL_TIMEOUT;
 /// Total time a call keeps retrying retryable failures (leader elections take ~1 s).
-pub const RETRY_FOR: Duration = Duration::from_secs(20);
+pub const RETRY_FOR: Duration = crate::timings::CLIENT_RETRY_FOR;
 
 /// Longest pause between rounds over every master. Short: an election takes well under a second,
 /// and a client that sleeps past its end adds the rest of the sleep to the failover time.

@@ -18,7 +18,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Code, Status};
 
 use crate::api::pb;
-use crate::master::jobs::MAX_PIPELINED;
+use crate::api::MAX_PIPELINED;
 
 type Answer = Result<pb::SubmitJobResponse, Status>;
 

@@ -53,7 +53,7 @@ impl ExecutorFile {
             self.labels = v
                 .split(',')
                 .filter(|s| !s.trim().is_empty())
-                .map(|kv| crate::cli::parse_kv(kv.trim()).map_err(anyhow::Error::msg))
+                .map(|kv| parse_kv(kv.trim()).map_err(anyhow::Error::msg))
                 .collect::<anyhow::Result<_>>()?;
         }
         if let Some(v) = get("TRIAD_EXECUTOR_WORK_DIR") {
@@ -88,6 +88,15 @@ impl ExecutorFile {
             advertise: self.advertise,
             http_listen: self.http_listen,
         })
+    }
+}
+
+/// `KEY=VALUE` (a label, a constraint, an environment variable), as the executor's
+/// `TRIAD_EXECUTOR_LABELS` and the command line's `--label`/`--constraint`/`--env` take it.
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
     }
 }
 

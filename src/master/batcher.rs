@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::node::{map_write_error, LocalError};
+use super::errors::{commit_timeout, map_write_error, LocalError};
 use crate::raft::{Raft, Request};
 use crate::state::{Command, Outcome, Rejection};
 
@@ -99,7 +99,7 @@ async fn run(
                 }
                 Err(_) => {
                     for reply in replies {
-                        let _ = reply.send(Err(super::node::commit_timeout(node_id, timeout)));
+                        let _ = reply.send(Err(commit_timeout(node_id, timeout)));
                     }
                 }
             }

@@ -3,18 +3,17 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use openraft::{BasicNode, ServerState};
 use tonic::{Request, Response, Status};
 
-use super::node::{forwarded, is_forwarded, LocalError, Node};
+use super::node::{is_forwarded, LocalError, Node};
 use crate::api::pb;
 use crate::api::pb::cluster_service_client::ClusterServiceClient;
 use crate::api::pb::cluster_service_server::ClusterService;
 
 /// Deadline for asking a peer for its status.
-const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(1000);
+use crate::timings::PEER_STATUS_TIMEOUT;
 
 pub struct Cluster {
     pub node: Arc<Node>,
@@ -207,13 +206,11 @@ impl ClusterService for Cluster {
             return Err(Status::invalid_argument("add-master needs a non-zero id and an address"));
         }
         self.node
-            .on_leader(
+            .serve_on_leader(
                 fwd,
+                &msg,
                 || self.change_membership_local(Some((msg.id, msg.addr.clone())), None),
-                |c| {
-                    let m = msg.clone();
-                    async move { ClusterServiceClient::new(c).add_master(forwarded(m)).await }
-                },
+                |c, m| async move { ClusterServiceClient::new(c).add_master(m).await },
             )
             .await
     }
@@ -228,13 +225,11 @@ impl ClusterService for Cluster {
             return Err(Status::invalid_argument("remove-master needs a non-zero id"));
         }
         self.node
-            .on_leader(
+            .serve_on_leader(
                 fwd,
+                &msg,
                 || self.change_membership_local(None, Some(msg.id)),
-                |c| {
-                    let m = msg.clone();
-                    async move { ClusterServiceClient::new(c).remove_master(forwarded(m)).await }
-                },
+                |c, m| async move { ClusterServiceClient::new(c).remove_master(m).await },
             )
             .await
     }

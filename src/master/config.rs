@@ -69,7 +69,7 @@ impl Default for RaftTimings {
             election_max_ms: 500,
             snapshot_every: 20_000,
             keep_logs: 1_000,
-            leader_wait_ms: 3_000,
+            leader_wait_ms: crate::timings::DEFAULT_LEADER_WAIT.as_millis() as u64,
         }
     }
 }
@@ -86,7 +86,10 @@ pub struct ExecutorTimings {
 
 impl Default for ExecutorTimings {
     fn default() -> Self {
-        ExecutorTimings { ttl_ms: 5_000, heartbeat_ms: 1_000 }
+        ExecutorTimings {
+            ttl_ms: crate::timings::DEFAULT_EXECUTOR_TTL.as_millis() as u64,
+            heartbeat_ms: crate::timings::DEFAULT_EXECUTOR_HEARTBEAT.as_millis() as u64,
+        }
     }
 }
 
@@ -94,7 +97,60 @@ fn default_true() -> bool {
     true
 }
 
+/// The initial voters of a cluster at `addrs`, numbered from 1 in order.
+pub fn peers(addrs: impl IntoIterator<Item = String>) -> Vec<Peer> {
+    addrs.into_iter().enumerate().map(|(i, addr)| Peer { id: i as u64 + 1, addr }).collect()
+}
+
 impl MasterConfig {
+    /// The config of master `id` of a new cluster of `peers` (it must be among them): it listens
+    /// at its own peer address, bootstraps the cluster on first start, keeps its data in
+    /// `data_dir`, serves HTTP at `http_listen` if given, and takes every timing's default. The
+    /// one builder behind `triad dev`, the integration tests and the chaos suite.
+    pub fn cluster_member(
+        id: u64,
+        peers: &[Peer],
+        data_dir: PathBuf,
+        http_listen: Option<String>,
+    ) -> anyhow::Result<MasterConfig> {
+        let me = peers
+            .iter()
+            .find(|p| p.id == id)
+            .with_context(|| format!("master {id} is not among the peers"))?;
+        Ok(MasterConfig {
+            id,
+            listen: me.addr.clone(),
+            advertise: None,
+            http_listen,
+            data_dir,
+            bootstrap: true,
+            peers: peers.to_vec(),
+            raft: RaftTimings::default(),
+            executors: ExecutorTimings::default(),
+        })
+    }
+
+    /// The config of a master that is not a member yet (no bootstrap, no peers): it joins a
+    /// running cluster through `triad cluster add-master`.
+    pub fn joiner(id: u64, listen: String, data_dir: PathBuf) -> MasterConfig {
+        MasterConfig {
+            id,
+            listen,
+            advertise: None,
+            http_listen: None,
+            data_dir,
+            bootstrap: false,
+            peers: Vec::new(),
+            raft: RaftTimings::default(),
+            executors: ExecutorTimings::default(),
+        }
+    }
+
+    /// The config as a TOML file's text ([`MasterConfig::load`] reads it back).
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string_pretty(self).context("writing the master config as TOML")
+    }
+
     /// Reads a config file, applies `TRIAD_MASTER_*` overrides and checks it.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -146,6 +202,13 @@ impl MasterConfig {
         {
             bail!("raft timings must satisfy 0 < 2 * heartbeat_ms + 1 < election_min_ms < election_max_ms");
         }
+        // How the configured timings relate to each other and to the fixed ones.
+        crate::timings::check_master(
+            self.executors.ttl_ms,
+            self.executors.heartbeat_ms,
+            self.raft.leader_wait_ms,
+        )
+        .map_err(anyhow::Error::msg)?;
         Ok(())
     }
 
@@ -213,5 +276,48 @@ mod tests {
         assert!(cfg.check().is_err());
         cfg.raft.election_min_ms += 1;
         cfg.check().unwrap();
+    }
+
+    #[test]
+    fn refuses_timings_that_break_a_relation_naming_both_values() {
+        let peers = peers(["127.0.0.1:1".to_string()]);
+        let ok = MasterConfig::cluster_member(1, &peers, "d".into(), None).unwrap();
+        ok.check().unwrap();
+
+        let mut cfg = ok.clone();
+        cfg.executors.heartbeat_ms = 3000; // the fencing window of the default 5 s TTL
+        let e = cfg.check().unwrap_err().to_string();
+        assert!(e.contains("heartbeat_ms (3000)") && e.contains("ttl_ms 5000"), "{e}");
+
+        let mut cfg = ok.clone();
+        cfg.executors.ttl_ms = 1000; // window 600 ms, below the default 1 s heartbeat
+        let e = cfg.check().unwrap_err().to_string();
+        assert!(e.contains("heartbeat_ms (1000)") && e.contains("600 ms"), "{e}");
+
+        let mut cfg = ok;
+        cfg.raft.leader_wait_ms = 6000;
+        let e = cfg.check().unwrap_err().to_string();
+        assert!(
+            e.contains("leader_wait_ms (6000)") && e.contains("forward deadline (5000 ms)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_cluster_members_config_round_trips_through_toml() {
+        let peers = peers(["127.0.0.1:7101".to_string(), "127.0.0.1:7102".to_string()]);
+        let cfg = MasterConfig::cluster_member(2, &peers, "/d".into(), Some("127.0.0.1:8".into()))
+            .unwrap();
+        assert_eq!((cfg.listen.as_str(), cfg.bootstrap), ("127.0.0.1:7102", true));
+        let back: MasterConfig = toml::from_str(&cfg.to_toml().unwrap()).unwrap();
+        assert_eq!(
+            (back.id, back.peers.clone(), back.http_listen.clone()),
+            (2, peers.clone(), cfg.http_listen)
+        );
+        back.check().unwrap();
+        assert!(MasterConfig::cluster_member(3, &peers, "/d".into(), None).is_err());
+        let j = MasterConfig::joiner(3, "127.0.0.1:7103".into(), "/d".into());
+        assert!(!j.bootstrap && j.peers.is_empty());
+        j.check().unwrap();
     }
 }

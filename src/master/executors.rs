@@ -29,7 +29,7 @@ use openraft::ServerState;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::liveness::Liveness;
-use super::node::{forwarded, is_forwarded, now_ms, LocalError, Node, Route};
+use super::node::{is_forwarded, now_ms, LocalError, Node, Route};
 use crate::api::convert::{executor_to_pb, rejection_to_status, resources_from_pb};
 use crate::api::pb::executor_service_client::ExecutorServiceClient;
 use crate::api::pb::executor_service_server::ExecutorService;
@@ -344,13 +344,11 @@ impl ExecutorService for Executors {
             return Err(Status::invalid_argument("executor_id and addr are required"));
         }
         self.node
-            .on_leader(
+            .serve_on_leader(
                 fwd,
+                &msg,
                 || self.register_local(&msg),
-                |c| {
-                    let m = msg.clone();
-                    async move { client(c).register(forwarded(m)).await }
-                },
+                |c, m| async move { client(c).register(m).await },
             )
             .await
     }
@@ -362,13 +360,11 @@ impl ExecutorService for Executors {
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
         self.node
-            .on_leader(
+            .serve_on_leader(
                 fwd,
+                &msg,
                 || async { self.heartbeat_local(&msg) },
-                |c| {
-                    let m = msg.clone();
-                    async move { client(c).heartbeat(forwarded(m)).await }
-                },
+                |c, m| async move { client(c).heartbeat(m).await },
             )
             .await
     }
@@ -390,13 +386,11 @@ impl ExecutorService for Executors {
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
         self.node
-            .on_leader(
+            .serve_on_leader(
                 fwd,
+                &msg,
                 || self.report_local(&msg),
-                |c| {
-                    let m = msg.clone();
-                    async move { client(c).report_task(forwarded(m)).await }
-                },
+                |c, m| async move { client(c).report_task(m).await },
             )
             .await
     }
@@ -415,10 +409,12 @@ impl ExecutorService for Executors {
             Ok(self.list_local())
         };
         self.node
-            .on_leader(fwd, local, |c| {
-                let m = msg.clone();
-                async move { client(c).list_executors(forwarded(m)).await }
-            })
+            .serve_on_leader(
+                fwd,
+                &msg,
+                local,
+                |c, m| async move { client(c).list_executors(m).await },
+            )
             .await
     }
 
@@ -437,10 +433,12 @@ impl ExecutorService for Executors {
             Ok(pb::DrainExecutorResponse {})
         };
         self.node
-            .on_leader(fwd, local, |c| {
-                let m = msg.clone();
-                async move { client(c).drain_executor(forwarded(m)).await }
-            })
+            .serve_on_leader(
+                fwd,
+                &msg,
+                local,
+                |c, m| async move { client(c).drain_executor(m).await },
+            )
             .await
     }
 
@@ -459,10 +457,7 @@ impl ExecutorService for Executors {
             Ok(pb::DeregisterResponse {})
         };
         self.node
-            .on_leader(fwd, local, |c| {
-                let m = msg.clone();
-                async move { client(c).deregister(forwarded(m)).await }
-            })
+            .serve_on_leader(fwd, &msg, local, |c, m| async move { client(c).deregister(m).await })
             .await
     }
 }

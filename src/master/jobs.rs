@@ -13,7 +13,7 @@ use futures::stream::{FuturesOrdered, Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use super::node::{forwarded, is_forwarded, now_ms, LocalError, Node};
+use super::node::{is_forwarded, now_ms, LocalError, Node};
 use crate::api::convert::{
     job_spec_from_pb, job_state_name, job_to_pb, parse_job_id, parse_job_state, rejection_to_status,
 };
@@ -27,9 +27,10 @@ use crate::store::with_read;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
-/// Submissions one `SubmitJobs` stream may have in flight. Beyond it the stream's requests stay
-/// unread, and HTTP/2 flow control holds the client back.
-pub const MAX_PIPELINED: usize = 1024;
+/// Submissions one `SubmitJobs` stream may have in flight (a wire limit both ends share, so it
+/// lives in `api`). Beyond it the stream's requests stay unread, and HTTP/2 flow control holds
+/// the client back.
+pub use crate::api::MAX_PIPELINED;
 
 #[derive(Clone)]
 pub struct Jobs {
@@ -83,13 +84,11 @@ impl Jobs {
         // Validate wherever the request lands: bad input never needs a leader.
         let spec = job_spec_from_pb(msg.spec.clone())?;
         self.node
-            .on_leader(
+            .serve_on_leader(
                 forwarded_in,
+                &msg,
                 || self.submit_local(&msg, &spec),
-                |c| {
-                    let m = msg.clone();
-                    async move { client(c).submit_job(forwarded(m)).await }
-                },
+                |c, m| async move { client(c).submit_job(m).await },
             )
             .await
     }
@@ -254,10 +253,7 @@ impl JobService for Jobs {
             Ok(self.read_job(id)?)
         };
         self.node
-            .on_leader(fwd, local, |c| {
-                let m = msg.clone();
-                async move { client(c).get_job(forwarded(m)).await }
-            })
+            .serve_on_leader(fwd, &msg, local, |c, m| async move { client(c).get_job(m).await })
             .await
     }
 
@@ -290,10 +286,7 @@ impl JobService for Jobs {
             Ok(self.read_page(filter, after, size))
         };
         self.node
-            .on_leader(fwd, local, |c| {
-                let m = msg.clone();
-                async move { client(c).list_jobs(forwarded(m)).await }
-            })
+            .serve_on_leader(fwd, &msg, local, |c, m| async move { client(c).list_jobs(m).await })
             .await
     }
 
@@ -319,10 +312,7 @@ impl JobService for Jobs {
             }
         };
         self.node
-            .on_leader(fwd, local, |c| {
-                let m = msg.clone();
-                async move { client(c).cancel_job(forwarded(m)).await }
-            })
+            .serve_on_leader(fwd, &msg, local, |c, m| async move { client(c).cancel_job(m).await })
             .await
     }
 }

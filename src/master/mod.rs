@@ -7,6 +7,7 @@
 pub mod batcher;
 pub mod cluster;
 pub mod config;
+pub mod errors;
 pub mod executors;
 pub mod http;
 pub mod jobs;
@@ -21,6 +22,8 @@ use std::time::Duration;
 use anyhow::Context;
 use openraft::{BasicNode, SnapshotPolicy};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tonic_health::server::HealthReporter;
 
 use crate::api::pb::cluster_service_server::ClusterServiceServer;
 use crate::api::pb::executor_service_server::ExecutorServiceServer;
@@ -35,8 +38,8 @@ use crate::shutdown::Shutdown;
 use config::MasterConfig;
 use node::Node;
 
-/// How long a graceful stop may take before in-flight requests are dropped.
-const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long each step of a graceful stop may take before in-flight work is dropped.
+use crate::timings::MASTER_STOP_GRACE as STOP_GRACE;
 
 /// The snapshot interval of master `id`: `every` plus 1/16 of it per id (mod 8). Masters that
 /// apply the same log would otherwise all snapshot at the same index, and each snapshot of a
@@ -71,13 +74,50 @@ fn raft_config(cfg: &MasterConfig) -> anyhow::Result<openraft::Config> {
     c.validate().context("invalid raft timings")
 }
 
-/// Runs a master until `shutdown` fires.
+/// Runs a master until `shutdown` fires: start Raft on the store, serve gRPC (and HTTP when
+/// configured), run the background tasks, bootstrap on first start when configured; then stop
+/// each part within its grace and flush the log.
 pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()> {
+    let (storage, node, election) = start_raft(&cfg).await?;
+    let listener =
+        TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let http = serve_http(&cfg, &node, &shutdown).await?;
+    tracing::info!(id = cfg.id, listen = %cfg.listen, advertise = %node.addr, data_dir = %cfg.data_dir.display(), "master starting");
+    let liveness = Arc::new(liveness::Liveness::default());
+    let (serving, health_reporter) =
+        serve_grpc(&cfg, &node, election.clone(), liveness.clone(), listener, &shutdown)?;
+    let tasks =
+        Background::start(&cfg, &node, election, liveness, health_reporter, http, &shutdown);
+    bootstrap(&cfg, &node.raft).await?;
+
+    shutdown.wait().await;
+    tracing::info!(id = cfg.id, "master stopping");
+    match tokio::time::timeout(STOP_GRACE, serving).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error while stopping"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+        Err(_) => tracing::warn!("server did not stop within {STOP_GRACE:?}"),
+    }
+    tasks.stop().await;
+    if tokio::time::timeout(STOP_GRACE, node.raft.shutdown()).await.is_err() {
+        tracing::warn!("raft did not stop within {STOP_GRACE:?}");
+    }
+    storage.raft.flush_async().await.context("final flush")?;
+    Ok(())
+}
+
+/// Opens the store in the data dir and starts Raft on it; returns the store (flushed last on
+/// stop), the master's shared context and the election timer (shared by the campaigns and the
+/// Raft service).
+async fn start_raft(
+    cfg: &MasterConfig,
+) -> anyhow::Result<(crate::store::Storage, Arc<Node>, Election)> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    let dbs = crate::store::open(&cfg.data_dir)
+    let storage = crate::store::open(&cfg.data_dir)
         .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?;
-    let (log_store, sm_store) = crate::store::open_stores(&dbs).context("opening raft stores")?;
+    let (log_store, sm_store) =
+        crate::store::open_stores(&storage).context("opening raft stores")?;
     let applied = sm_store.applied();
     let channels = Channels::default();
     let election = Election::new(
@@ -89,61 +129,50 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
         election: election.clone(),
         retry: Duration::from_millis(cfg.raft.heartbeat_ms),
     };
-    let raft = Raft::new(cfg.id, Arc::new(raft_config(&cfg)?), network, log_store, sm_store)
+    let raft = Raft::new(cfg.id, Arc::new(raft_config(cfg)?), network, log_store, sm_store)
         .await
         .context("starting raft")?;
-
     let addr = cfg.advertise_addr().to_string();
-    let node = Arc::new(Node::new(
-        cfg.id,
-        addr.clone(),
-        raft.clone(),
-        applied,
-        channels,
-        cfg.leader_wait(),
-    ));
+    let node = Arc::new(Node::new(cfg.id, addr, raft, applied, channels, cfg.leader_wait()));
+    Ok((storage, node, election))
+}
 
-    let listener =
-        TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
-    let http = match &cfg.http_listen {
-        Some(addr) => {
-            let l =
-                TcpListener::bind(addr).await.with_context(|| format!("binding http {addr}"))?;
-            tracing::info!(http = %addr, "serving /metrics and /status");
-            Some(tokio::spawn(http::serve(node.clone(), l, shutdown.clone())))
-        }
-        None => None,
-    };
-    tracing::info!(id = cfg.id, listen = %cfg.listen, advertise = %addr, data_dir = %cfg.data_dir.display(), "master starting");
+/// Binds and serves `/metrics` and `/status` when `http_listen` is set.
+async fn serve_http(
+    cfg: &MasterConfig,
+    node: &Arc<Node>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let Some(addr) = &cfg.http_listen else { return Ok(None) };
+    let l = TcpListener::bind(addr).await.with_context(|| format!("binding http {addr}"))?;
+    tracing::info!(http = %addr, "serving /metrics and /status");
+    let serve = http::serve(node.clone(), l, shutdown.clone());
+    Ok(Some(tokio::spawn(async move {
+        let _ = serve.await;
+    })))
+}
 
+/// Builds the gRPC server (health, reflection, Raft, jobs, cluster, executors) and serves it on
+/// `listener` until shutdown; returns the serving task and the health reporter to drive.
+fn serve_grpc(
+    cfg: &MasterConfig,
+    node: &Arc<Node>,
+    election: Election,
+    liveness: Arc<liveness::Liveness>,
+    listener: TcpListener,
+    shutdown: &Shutdown,
+) -> anyhow::Result<(JoinHandle<Result<(), tonic::transport::Error>>, HealthReporter)> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building reflection service")?;
-    let lease = Duration::from_millis(cfg.raft.election_max_ms * 2);
-    tokio::spawn(health::track(raft.clone(), health_reporter, lease, shutdown.clone()));
-    let liveness = std::sync::Arc::new(liveness::Liveness::default());
-    let campaigns = tokio::spawn(crate::raft::election::run(
-        raft.clone(),
-        cfg.id,
-        election.clone(),
-        Duration::from_millis(cfg.raft.heartbeat_ms),
-        shutdown.clone(),
-    ));
-    let duties = tokio::spawn(leader::watch(
-        node.clone(),
-        liveness.clone(),
-        cfg.executors.clone(),
-        shutdown.clone(),
-    ));
-
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            RaftServiceServer::new(RaftServer { raft: raft.clone(), election })
+            RaftServiceServer::new(RaftServer { raft: node.raft.clone(), election })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -157,7 +186,7 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
             liveness,
             timings: cfg.executors.clone(),
             // Stamps and acks stop before the voters' lease ends, so every beat a deposed leader
-            // acknowledged came before any successor was elected (see `executor::lease`).
+            // acknowledged came before any successor was elected (see `crate::fencing`).
             quorum_lease: Duration::from_millis(cfg.raft.lease_ms()),
             shutdown: shutdown.clone(),
         }));
@@ -166,7 +195,11 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
         crate::api::incoming(listener),
         async move { stop.wait().await },
     ));
+    Ok((serving, health_reporter))
+}
 
+/// Initialises a new cluster from `peers` on first start, when `bootstrap` is on.
+async fn bootstrap(cfg: &MasterConfig, raft: &Raft) -> anyhow::Result<()> {
     if cfg.bootstrap && !raft.is_initialized().await.context("reading raft state")? {
         let members: BTreeMap<u64, BasicNode> =
             cfg.peers.iter().map(|p| (p.id, BasicNode { addr: p.addr.clone() })).collect();
@@ -176,25 +209,53 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
             tracing::info!(error = %e, "cluster already initialised by a peer");
         }
     }
-
-    shutdown.wait().await;
-    tracing::info!(id = cfg.id, "master stopping");
-    match tokio::time::timeout(STOP_GRACE, serving).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error while stopping"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
-        Err(_) => tracing::warn!("server did not stop within {STOP_GRACE:?}"),
-    }
-    let _ = tokio::time::timeout(STOP_GRACE, duties).await;
-    let _ = tokio::time::timeout(STOP_GRACE, campaigns).await;
-    if let Some(h) = http {
-        let _ = tokio::time::timeout(STOP_GRACE, h).await;
-    }
-    if tokio::time::timeout(STOP_GRACE, raft.shutdown()).await.is_err() {
-        tracing::warn!("raft did not stop within {STOP_GRACE:?}");
-    }
-    dbs.raft.flush_async().await.context("final flush")?;
     Ok(())
+}
+
+/// The master's background tasks besides the gRPC server, stopped in this order.
+struct Background {
+    duties: JoinHandle<()>,
+    campaigns: JoinHandle<()>,
+    http: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts gRPC health tracking, the election campaigns and the leader duties.
+    fn start(
+        cfg: &MasterConfig,
+        node: &Arc<Node>,
+        election: Election,
+        liveness: Arc<liveness::Liveness>,
+        health_reporter: HealthReporter,
+        http: Option<JoinHandle<()>>,
+        shutdown: &Shutdown,
+    ) -> Background {
+        let raft = node.raft.clone();
+        let lease = Duration::from_millis(cfg.raft.election_max_ms * 2);
+        tokio::spawn(health::track(raft.clone(), health_reporter, lease, shutdown.clone()));
+        let heartbeat = Duration::from_millis(cfg.raft.heartbeat_ms);
+        let campaigns =
+            crate::raft::election::run(raft, cfg.id, election, heartbeat, shutdown.clone());
+        let duties = leader::watch(node.clone(), liveness, cfg.executors.clone(), shutdown.clone());
+        Background {
+            campaigns: tokio::spawn(async move {
+                campaigns.await;
+            }),
+            duties: tokio::spawn(async move {
+                duties.await;
+            }),
+            http,
+        }
+    }
+
+    /// Waits for each task to end, at most [`STOP_GRACE`] each.
+    async fn stop(self) {
+        let _ = tokio::time::timeout(STOP_GRACE, self.duties).await;
+        let _ = tokio::time::timeout(STOP_GRACE, self.campaigns).await;
+        if let Some(h) = self.http {
+            let _ = tokio::time::timeout(STOP_GRACE, h).await;
+        }
+    }
 }
 
 mod health {
@@ -222,7 +283,7 @@ mod health {
         let mut rx = raft.metrics();
         let mut last = None;
         let mut term = 0;
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut tick = tokio::time::interval(crate::timings::HEALTH_TICK);
         loop {
             let healthy = {
                 let m = rx.borrow_and_update();

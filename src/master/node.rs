@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::ServerState;
 use tonic::transport::Channel;
 use tonic::Status;
@@ -18,8 +18,8 @@ use crate::raft::{NodeId, Raft, RaftMetrics, Request, Response};
 use crate::state::{Command, Outcome, Rejection};
 use crate::store::SharedApplied;
 
-/// Deadline of a request forwarded to the leader.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of a request forwarded to the leader (see `crate::timings` for how it relates).
+pub use crate::timings::FORWARD_TIMEOUT;
 
 pub struct Node {
     pub id: NodeId,
@@ -49,39 +49,7 @@ pub enum Route {
     Leader(Channel, NodeId, String),
 }
 
-/// Why a leader-side handler could not finish here.
-pub enum LocalError {
-    /// Leadership moved (or was never here): route again.
-    NotLeader,
-    Status(Status),
-}
-
-impl From<Status> for LocalError {
-    fn from(s: Status) -> Self {
-        LocalError::Status(s)
-    }
-}
-
-/// How a failed Raft write reaches the caller.
-pub fn map_write_error(
-    e: &RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
-) -> LocalError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => LocalError::NotLeader,
-        RaftError::APIError(e) => LocalError::Status(Status::failed_precondition(e.to_string())),
-        RaftError::Fatal(e) => {
-            LocalError::Status(Status::unavailable(format!("raft stopped: {e}")))
-        }
-    }
-}
-
-/// A write not committed within the bound: the outcome is unknown.
-pub fn commit_timeout(id: NodeId, bound: Duration) -> LocalError {
-    LocalError::Status(Status::unavailable(format!(
-        "master {id} could not commit within {} ms (no quorum reachable?); the outcome is unknown, retry with the same idempotency key",
-        bound.as_millis()
-    )))
-}
+pub use super::errors::{commit_timeout, map_write_error, LocalError};
 
 /// Milliseconds since the Unix epoch, read on the leader and carried inside commands.
 pub fn now_ms() -> u64 {
@@ -242,6 +210,26 @@ impl Node {
                 },
             }
         }
+    }
+
+    /// Serves a leader-only RPC: `local` on this master if it leads, otherwise `msg` forwarded
+    /// to the leader ([`forwarded`]: marked, with the forward deadline) through `call`. Every
+    /// leader-only RPC goes through here, so forwarding is written once.
+    pub async fn serve_on_leader<M, T, L, LF, C, CF>(
+        &self,
+        req_forwarded: bool,
+        msg: &M,
+        local: L,
+        call: C,
+    ) -> Result<tonic::Response<T>, Status>
+    where
+        M: Clone,
+        L: Fn() -> LF,
+        LF: Future<Output = Result<T, LocalError>>,
+        C: Fn(Channel, tonic::Request<M>) -> CF,
+        CF: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.on_leader(req_forwarded, local, |c| call(c, forwarded(msg.clone()))).await
     }
 
     /// Resolves once this node knows a leader other than `leader` (never, while it does not).

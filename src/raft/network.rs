@@ -16,7 +16,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::codec;
 use super::{NodeId, TypeConfig};
@@ -24,15 +24,9 @@ use crate::api::pb::raft_service_client::RaftServiceClient;
 use crate::api::pb::RaftPayload;
 use crate::api::MAX_MESSAGE_BYTES;
 
-/// A lazily connected channel to `addr` (`host:port`), with connect and keep-alive bounds.
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
-}
+/// The channel builder lives in `api` (clients use it too); kept here for the tests' and the
+/// chaos suite's imports.
+pub use crate::api::channel;
 
 /// Caches one channel per address; shared by Raft, forwarding and status gathering.
 #[derive(Clone, Default)]

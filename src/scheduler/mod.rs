@@ -33,7 +33,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::state::{Assignment, ExecutorId, JobId, Resources};
+use crate::state::{labels_satisfy, Assignment, ExecutorId, JobId, Resources};
 
 /// An executor as the planner sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,7 +131,7 @@ pub fn plan(input: &PlanInput, max_assignments: usize) -> Plan {
                 .members
                 .iter()
                 .map(|k| k.rank)
-                .find(|&r| fits(execs[r].load, t.demand, execs[r].view.capacity))
+                .find(|&r| execs[r].load.fits_with(t.demand, execs[r].view.capacity))
         };
         let Some(rank) = found else {
             if !known_misfit {
@@ -178,7 +178,7 @@ impl Class {
         let mut members = BTreeSet::new();
         for rank in index.candidates(constraints, execs.len()) {
             let e = &mut execs[rank];
-            if satisfies(&e.view.labels, constraints) && e.load.fits_in(e.view.capacity) {
+            if labels_satisfy(&e.view.labels, constraints) && e.load.fits_in(e.view.capacity) {
                 members.insert(e.key(rank));
                 e.classes.push(id);
             }
@@ -277,19 +277,6 @@ impl PartialEq for Ratio {
     }
 }
 impl Eq for Ratio {}
-
-/// Every constraint `k=v` is among the labels.
-fn satisfies(labels: &BTreeMap<String, String>, constraints: &BTreeMap<String, String>) -> bool {
-    constraints.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
-/// `load + demand <= cap` on every dimension, without the saturation of [`Resources::plus`] (which
-/// could make an overflowing sum look like it fits).
-fn fits(load: Resources, demand: Resources, cap: Resources) -> bool {
-    u64::from(load.slots) + u64::from(demand.slots) <= u64::from(cap.slots)
-        && u64::from(load.cpu_millis) + u64::from(demand.cpu_millis) <= u64::from(cap.cpu_millis)
-        && u128::from(load.memory_mib) + u128::from(demand.memory_mib) <= u128::from(cap.memory_mib)
-}
 
 #[cfg(test)]
 mod tests;

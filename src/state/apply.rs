@@ -451,7 +451,7 @@ impl State {
         if ex.state != ExecutorState::Alive || !ex.satisfies(&job.spec.constraints) {
             return Err(Rejection::ExecutorUnavailable(a.executor.clone()));
         }
-        if !self.used_resources(&a.executor).plus(job.spec.resources).fits_in(ex.capacity) {
+        if !self.used_resources(&a.executor).fits_with(job.spec.resources, ex.capacity) {
             return Err(Rejection::NoCapacity(a.executor.clone()));
         }
 

@@ -36,6 +36,16 @@ impl Resources {
             memory_mib: self.memory_mib.saturating_add(o.memory_mib),
         }
     }
+    /// `self + demand <= cap` on every dimension, computed exactly (widened, never saturated:
+    /// a saturated sum could make an overflow look like it fits). The one resource-fit rule,
+    /// used by the state machine's assignment check and by the planner.
+    pub fn fits_with(self, demand: Resources, cap: Resources) -> bool {
+        u64::from(self.slots) + u64::from(demand.slots) <= u64::from(cap.slots)
+            && u64::from(self.cpu_millis) + u64::from(demand.cpu_millis)
+                <= u64::from(cap.cpu_millis)
+            && u128::from(self.memory_mib) + u128::from(demand.memory_mib)
+                <= u128::from(cap.memory_mib)
+    }
     /// True when `self` fits inside `cap` on every dimension.
     pub fn fits_in(self, cap: Resources) -> bool {
         self.slots <= cap.slots
@@ -440,8 +450,17 @@ impl ExecutorState {
 impl Executor {
     /// True when every `k=v` of `constraints` is among this executor's labels.
     pub fn satisfies(&self, constraints: &BTreeMap<String, String>) -> bool {
-        constraints.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+        labels_satisfy(&self.labels, constraints)
     }
+}
+
+/// Every constraint `k=v` is among the labels: the one label-matching rule, used by the state
+/// machine's assignment check and by the planner.
+pub fn labels_satisfy(
+    labels: &BTreeMap<String, String>,
+    constraints: &BTreeMap<String, String>,
+) -> bool {
+    constraints.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 impl JobState {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use triad::api::pb;
 use triad::client::{node_status, Client};
-use triad::master::config::{MasterConfig, Peer};
+use triad::master::config::{peers, MasterConfig};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_triad");
 
@@ -58,29 +58,18 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("triad-test-").tempdir().expect("tempdir");
         let all = free_ports(2 * n);
         let (ports, http_ports) = all.split_at(n);
-        let peers: Vec<Peer> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Peer { id: i as u64 + 1, addr: format!("127.0.0.1:{p}") })
-            .collect();
+        let peers = peers(ports.iter().map(|p| format!("127.0.0.1:{p}")));
         let mut masters = Vec::new();
         for p in &peers {
             let node_dir = dir.path().join(format!("master{}", p.id));
             std::fs::create_dir_all(&node_dir).unwrap();
-            let mut cfg = MasterConfig {
-                id: p.id,
-                listen: p.addr.clone(),
-                advertise: None,
-                http_listen: Some(format!("127.0.0.1:{}", http_ports[p.id as usize - 1])),
-                data_dir: node_dir.join("data"),
-                bootstrap: true,
-                peers: peers.clone(),
-                raft: Default::default(),
-                executors: Default::default(),
-            };
+            let http = format!("127.0.0.1:{}", http_ports[p.id as usize - 1]);
+            let mut cfg =
+                MasterConfig::cluster_member(p.id, &peers, node_dir.join("data"), Some(http))
+                    .unwrap();
             tweak(&mut cfg);
             let config = node_dir.join("master.toml");
-            std::fs::write(&config, toml::to_string(&cfg).unwrap()).unwrap();
+            std::fs::write(&config, cfg.to_toml().unwrap()).unwrap();
             let http = cfg.http_listen.clone();
             masters.push(Master {
                 id: p.id,
@@ -104,19 +93,9 @@ impl Cluster {
         let addr = format!("127.0.0.1:{port}");
         let node_dir = self.dir.path().join(format!("master{id}"));
         std::fs::create_dir_all(&node_dir).unwrap();
-        let cfg = MasterConfig {
-            id,
-            listen: addr.clone(),
-            advertise: None,
-            http_listen: None,
-            data_dir: node_dir.join("data"),
-            bootstrap: false,
-            peers: Vec::new(),
-            raft: Default::default(),
-            executors: Default::default(),
-        };
+        let cfg = MasterConfig::joiner(id, addr.clone(), node_dir.join("data"));
         let config = node_dir.join("master.toml");
-        std::fs::write(&config, toml::to_string(&cfg).unwrap()).unwrap();
+        std::fs::write(&config, cfg.to_toml().unwrap()).unwrap();
         self.masters.push(Master {
             id,
             addr: addr.clone(),
