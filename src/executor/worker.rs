@@ -1,4 +1,13 @@
 //! The worker API an executor serves: the leader starts and stops attempts; clients read output.
+//!
+//! Invariants:
+//! - **A start is admitted only by a live, current executor:** not draining, not self-fenced,
+//!   the request's epoch equal to ours, and its lease stamp fresh (`executor::lease`). Anything
+//!   else is refused before the runner sees the request.
+//! - **A start survives its RPC:** it runs as its own task, so a cancelled call never leaves a
+//!   token registered but not spawned.
+//! - **Starts are idempotent:** a retried start of a known token answers with the existing pid;
+//!   a spawn failure is the attempt's exit, reported by the runner's `Finished`, not a failed RPC.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -268,12 +268,10 @@ const E2E_POLL: Duration = Duration::from_millis(1);
 ///   went through Raft); polled from the leader every [`E2E_POLL`].
 /// - `succeeded`: the job's end is committed.
 pub async fn e2e(client: Client, count: usize) -> anyhow::Result<Vec<Report>> {
-    use crate::api::pb::worker_service_client::WorkerServiceClient;
     let client = leader_client(&client).await?;
     let (mut process, mut running, mut done) = (new_hist(), new_hist(), new_hist());
     let mut errors = 0;
-    let mut workers: HashMap<String, WorkerServiceClient<tonic::transport::Channel>> =
-        HashMap::new();
+    let mut workers = Workers::new();
     let started = Instant::now();
     for _ in 0..count {
         let t = Instant::now();
@@ -290,71 +288,16 @@ pub async fn e2e(client: Client, count: usize) -> anyhow::Result<Vec<Report>> {
                 continue;
             }
         };
-        let mut saw_running = false;
-        let deadline = t + Duration::from_secs(30);
-        let finished = loop {
-            // A stale read from the leader: its applied state is the committed state as soon as the
-            // Started report commits, and the read costs no Raft round (which would load the
-            // very cluster being measured).
-            let j = client
-                .get_job(&r.job_id, true)
-                .await
-                .map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
-            let started_attempt =
-                j.tasks.iter().any(|t| t.attempts.iter().any(|a| a.started_at_ms != 0));
-            if !saw_running && (started_attempt || j.state != "pending") {
-                saw_running = true;
-                let _ = running.record(t.elapsed().as_micros().max(1) as u64);
-            }
-            if j.state == "succeeded" {
-                let _ = done.record(t.elapsed().as_micros().max(1) as u64);
-                break Some(j);
-            }
-            if matches!(j.state.as_str(), "failed" | "cancelled") || Instant::now() > deadline {
-                errors += 1;
-                break None;
-            }
-            tokio::time::sleep(E2E_POLL).await;
-        };
-        // The process's own clock reading, from its stdout on the executor that ran it.
-        let Some(attempt) = finished
-            .as_ref()
-            .and_then(|j| j.tasks.first())
-            .and_then(|t| t.attempts.last())
-            .cloned()
+        let Some(finished) = watch_e2e_job(&client, &r.job_id, t, &mut running, &mut done).await?
         else {
+            errors += 1;
             continue;
         };
-        if !workers.contains_key(&attempt.executor) {
-            let list = super::executors::list_executors(&client)
-                .await
-                .map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
-            for e in list {
-                workers.insert(
-                    e.id.clone(),
-                    WorkerServiceClient::new(crate::raft::network::channel(&e.addr)?),
-                );
-            }
-        }
-        let worker = workers
-            .get_mut(&attempt.executor)
-            .with_context(|| format!("executor {} is unknown", attempt.executor))?;
-        let out = worker
-            .read_output(pb::ReadOutputRequest {
-                job_id: r.job_id.clone(),
-                task_index: 0,
-                attempt: attempt.number,
-                stderr: false,
-                offset: 0,
-                max_bytes: 0,
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the task's output: {}", super::status_line(&e)))?
-            .into_inner();
-        let ran_at =
-            String::from_utf8_lossy(&out.data).trim().parse::<u128>().with_context(|| {
-                format!("the task printed {:?}, not a time", String::from_utf8_lossy(&out.data))
-            })?;
+        // The process's own clock reading, from its stdout on the executor that ran it.
+        let Some(attempt) = finished.tasks.first().and_then(|t| t.attempts.last()) else {
+            continue;
+        };
+        let ran_at = workers.process_clock(&client, &r.job_id, attempt).await?;
         let submitted = wall.duration_since(std::time::UNIX_EPOCH)?.as_nanos();
         let _ = process.record((ran_at.saturating_sub(submitted) / 1000).max(1) as u64);
     }
@@ -376,6 +319,98 @@ pub async fn e2e(client: Client, count: usize) -> anyhow::Result<Vec<Report>> {
         ),
         Report::from_hist("e2e submit->succeeded", &done, errors, elapsed, BTreeMap::new()),
     ])
+}
+
+/// Polls job `job_id`, submitted at `t`, every [`E2E_POLL`] until it ends; records submit →
+/// first attempt started in `running` and submit → succeeded in `done`. `None` if it failed, was
+/// cancelled or did not succeed within 30 s.
+async fn watch_e2e_job(
+    client: &Client,
+    job_id: &str,
+    t: Instant,
+    running: &mut Histogram<u64>,
+    done: &mut Histogram<u64>,
+) -> anyhow::Result<Option<pb::Job>> {
+    let mut saw_running = false;
+    let deadline = t + Duration::from_secs(30);
+    loop {
+        // A stale read from the leader: its applied state is the committed state as soon as the
+        // Started report commits, and the read costs no Raft round (which would load the
+        // very cluster being measured).
+        let j = client
+            .get_job(job_id, true)
+            .await
+            .map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
+        let started_attempt =
+            j.tasks.iter().any(|t| t.attempts.iter().any(|a| a.started_at_ms != 0));
+        if !saw_running && (started_attempt || j.state != "pending") {
+            saw_running = true;
+            let _ = running.record(t.elapsed().as_micros().max(1) as u64);
+        }
+        if j.state == "succeeded" {
+            let _ = done.record(t.elapsed().as_micros().max(1) as u64);
+            return Ok(Some(j));
+        }
+        if matches!(j.state.as_str(), "failed" | "cancelled") || Instant::now() > deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(E2E_POLL).await;
+    }
+}
+
+/// Worker API clients of the executors, by executor id, connected as they are first needed.
+struct Workers(
+    HashMap<
+        String,
+        crate::api::pb::worker_service_client::WorkerServiceClient<tonic::transport::Channel>,
+    >,
+);
+
+impl Workers {
+    fn new() -> Workers {
+        Workers(HashMap::new())
+    }
+
+    /// The clock reading (ns since the epoch) that `attempt` of task 0 of `job_id` printed
+    /// first thing, read from the executor that ran it.
+    async fn process_clock(
+        &mut self,
+        client: &Client,
+        job_id: &str,
+        attempt: &pb::Attempt,
+    ) -> anyhow::Result<u128> {
+        use crate::api::pb::worker_service_client::WorkerServiceClient;
+        if !self.0.contains_key(&attempt.executor) {
+            let list = super::executors::list_executors(client)
+                .await
+                .map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
+            for e in list {
+                self.0.insert(
+                    e.id.clone(),
+                    WorkerServiceClient::new(crate::raft::network::channel(&e.addr)?),
+                );
+            }
+        }
+        let worker = self
+            .0
+            .get_mut(&attempt.executor)
+            .with_context(|| format!("executor {} is unknown", attempt.executor))?;
+        let out = worker
+            .read_output(pb::ReadOutputRequest {
+                job_id: job_id.to_owned(),
+                task_index: 0,
+                attempt: attempt.number,
+                stderr: false,
+                offset: 0,
+                max_bytes: 0,
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the task's output: {}", super::status_line(&e)))?
+            .into_inner();
+        String::from_utf8_lossy(&out.data).trim().parse::<u128>().with_context(|| {
+            format!("the task printed {:?}, not a time", String::from_utf8_lossy(&out.data))
+        })
+    }
 }
 
 /// The pure planner's throughput on a synthetic state: `executors` × `tasks` pending.
