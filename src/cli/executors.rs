@@ -122,42 +122,61 @@ pub async fn logs(
         .iter()
         .find(|t| t.index == task)
         .with_context(|| format!("job {job_id} has no task {task}"))?;
-    let a = match attempt {
+    let a = choose_attempt(t, job_id, attempt)?;
+    let execs = list_executors(client).await.map_err(st)?;
+    let exec = execs
+        .iter()
+        .find(|e| e.id == a.executor)
+        .with_context(|| format!("executor {} is unknown", a.executor))?;
+    let req = pb::ReadOutputRequest {
+        job_id: job_id.to_string(),
+        task_index: task,
+        attempt: a.number,
+        stderr,
+        offset: 0,
+        max_bytes: 0,
+    };
+    stream_output(exec, req).await
+}
+
+/// Attempt `n` of task `t`, or without `n` the latest that started (the last one if none did).
+fn choose_attempt<'t>(
+    t: &'t pb::Task,
+    job_id: &str,
+    attempt: Option<u32>,
+) -> anyhow::Result<&'t pb::Attempt> {
+    let task = t.index;
+    match attempt {
         Some(n) => t
             .attempts
             .iter()
             .find(|a| a.number == n)
-            .with_context(|| format!("task {task} has no attempt {n}"))?,
+            .with_context(|| format!("task {task} has no attempt {n}")),
         None => t
             .attempts
             .iter()
             .rev()
             .find(|a| a.started_at_ms != 0)
             .or(t.attempts.last())
-            .with_context(|| format!("task {task} of job {job_id} has not run yet"))?,
-    };
-    let execs = list_executors(client).await.map_err(st)?;
-    let exec = execs
-        .iter()
-        .find(|e| e.id == a.executor)
-        .with_context(|| format!("executor {} is unknown", a.executor))?;
+            .with_context(|| format!("task {task} of job {job_id} has not run yet")),
+    }
+}
+
+/// Copies the output `req` names from `exec` to stdout, chunk by chunk from `req.offset`, until
+/// the executor says it has reached the end (or returns nothing more).
+async fn stream_output(
+    exec: &pb::ExecutorInfo,
+    mut req: pb::ReadOutputRequest,
+) -> anyhow::Result<()> {
     let chan = crate::raft::network::channel(&exec.addr)?;
     let mut worker =
         WorkerServiceClient::new(chan).max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
-    let mut offset = 0u64;
     let mut out = std::io::stdout().lock();
     loop {
-        let mut req = tonic::Request::new(pb::ReadOutputRequest {
-            job_id: job_id.to_string(),
-            task_index: task,
-            attempt: a.number,
-            stderr,
-            offset,
-            max_bytes: 0,
-        });
-        req.set_timeout(Duration::from_secs(10));
+        let mut call = tonic::Request::new(req.clone());
+        call.set_timeout(Duration::from_secs(10));
         let r = worker
-            .read_output(req)
+            .read_output(call)
             .await
             .map_err(|s| {
                 anyhow::anyhow!(
@@ -169,7 +188,7 @@ pub async fn logs(
             })?
             .into_inner();
         out.write_all(&r.data)?;
-        offset += r.data.len() as u64;
+        req.offset += r.data.len() as u64;
         if r.eof || r.data.is_empty() {
             break;
         }

@@ -413,13 +413,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Master { config } => {
             init_logging(cli.log_format);
-            let cfg = crate::master::config::MasterConfig::load(&config)?;
-            let (trigger, shutdown) = crate::shutdown::channel();
-            tokio::spawn(async move {
-                crate::shutdown::signal().await;
-                trigger.fire();
-            });
-            crate::master::run(cfg, shutdown).await?;
+            master(&config).await?;
             Ok(0)
         }
         Cmd::Executor { cmd: Some(cmd), .. } => executors::command(cmd).await,
@@ -430,88 +424,75 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Job(cmd) => job(cmd).await,
         Cmd::Bench(cmd) => {
-            match cmd {
-                BenchCmd::Submit { load, api, out, m } => {
-                    bench::submit(m.client()?, load, api).await?.print(out.format)?
-                }
-                BenchCmd::EtcdPut { endpoint, load, value_size, out } => {
-                    bench::etcd::put(&endpoint, load, value_size).await?.print(out.format)?
-                }
-                BenchCmd::E2e { count, out, m } => {
-                    for r in bench::e2e(m.client()?, count).await? {
-                        r.print(out.format)?;
-                    }
-                }
-                BenchCmd::Heartbeats { executors, hz, duration, connections, out, m } => {
-                    bench::heartbeats(m.client()?, executors, hz, duration, connections)
-                        .await?
-                        .print(out.format)?
-                }
-                BenchCmd::Failover {
-                    kills,
-                    executor_kills,
-                    data_dir,
-                    keep,
-                    base_port,
-                    round_timeout,
-                    out,
-                } => {
-                    let args = bench::failover::FailoverArgs {
-                        kills,
-                        executor_kills,
-                        data_dir,
-                        keep,
-                        base_port,
-                        round_timeout,
-                    };
-                    for r in bench::failover::run(args).await? {
-                        r.print(out.format)?;
-                    }
-                }
-                BenchCmd::Placement { executors, tasks, rounds, out } => {
-                    bench::placement(executors, tasks, rounds).print(out.format)?
-                }
-            }
+            bench_command(cmd).await?;
             Ok(0)
         }
         Cmd::Cluster(cmd) => cluster(cmd).await,
     }
 }
 
+/// Runs a master until SIGINT or SIGTERM.
+async fn master(config: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = crate::master::config::MasterConfig::load(config)?;
+    let (trigger, shutdown) = crate::shutdown::channel();
+    tokio::spawn(async move {
+        crate::shutdown::signal().await;
+        trigger.fire();
+    });
+    crate::master::run(cfg, shutdown).await?;
+    Ok(())
+}
+
+/// Runs one benchmark and prints its results.
+async fn bench_command(cmd: BenchCmd) -> anyhow::Result<()> {
+    match cmd {
+        BenchCmd::Submit { load, api, out, m } => {
+            bench::submit(m.client()?, load, api).await?.print(out.format)?
+        }
+        BenchCmd::EtcdPut { endpoint, load, value_size, out } => {
+            bench::etcd::put(&endpoint, load, value_size).await?.print(out.format)?
+        }
+        BenchCmd::E2e { count, out, m } => {
+            for r in bench::e2e(m.client()?, count).await? {
+                r.print(out.format)?;
+            }
+        }
+        BenchCmd::Heartbeats { executors, hz, duration, connections, out, m } => {
+            bench::heartbeats(m.client()?, executors, hz, duration, connections)
+                .await?
+                .print(out.format)?
+        }
+        BenchCmd::Failover {
+            kills,
+            executor_kills,
+            data_dir,
+            keep,
+            base_port,
+            round_timeout,
+            out,
+        } => {
+            let args = bench::failover::FailoverArgs {
+                kills,
+                executor_kills,
+                data_dir,
+                keep,
+                base_port,
+                round_timeout,
+            };
+            for r in bench::failover::run(args).await? {
+                r.print(out.format)?;
+            }
+        }
+        BenchCmd::Placement { executors, tasks, rounds, out } => {
+            bench::placement(executors, tasks, rounds).print(out.format)?
+        }
+    }
+    Ok(())
+}
+
 async fn job(cmd: JobCmd) -> anyhow::Result<i32> {
     match cmd {
-        JobCmd::Submit(a) => {
-            let client = a.m.client()?;
-            let (command, args) =
-                a.command.split_first().context("a command is required after --")?;
-            let req = pb::SubmitJobRequest {
-                name: a.name.clone(),
-                idempotency_key: a.idempotency_key.clone().unwrap_or_default(),
-                spec: Some(pb::JobSpec {
-                    command: command.clone(),
-                    args: args.to_vec(),
-                    env: a.env.iter().cloned().collect(),
-                    shell: a.shell,
-                    task_count: a.tasks,
-                    resources: Some(pb::Resources {
-                        slots: a.slots,
-                        cpu_millis: a.cpu,
-                        memory_mib: a.memory,
-                    }),
-                    constraints: a.constraints.iter().cloned().collect(),
-                    max_attempts: a.max_attempts,
-                    retry_backoff_ms: a.backoff.map_or(0, |d| d.as_millis() as u64),
-                    timeout_ms: a.timeout.map_or(0, |d| d.as_millis() as u64),
-                    priority: a.priority,
-                }),
-            };
-            let r = client.submit_job(req).await.map_err(st)?;
-            println!("{}", r.job_id);
-            if a.wait {
-                return wait_job(&client, &r.job_id).await;
-            }
-            Ok(0)
-        }
+        JobCmd::Submit(a) => submit(a).await,
         JobCmd::Get { id, stale, out, m } => {
             let j = m.client()?.get_job(&id, stale).await.map_err(st)?;
             match out.format {
@@ -521,31 +502,7 @@ async fn job(cmd: JobCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         JobCmd::List { state, stale, out, m } => {
-            let jobs = m
-                .client()?
-                .list_all_jobs(state.as_deref().unwrap_or(""), stale)
-                .await
-                .map_err(st)?;
-            match out.format {
-                Format::Json => json(&jobs)?,
-                Format::Table => {
-                    let rows: Vec<Vec<String>> = jobs
-                        .iter()
-                        .map(|j| {
-                            let c = j.counts.unwrap_or_default();
-                            let total = j.spec.as_ref().map_or(0, |s| s.task_count);
-                            vec![
-                                j.id.clone(),
-                                j.name.clone(),
-                                j.state.clone(),
-                                format!("{}/{}", c.succeeded, total),
-                                age(j.created_at_ms),
-                            ]
-                        })
-                        .collect();
-                    println!("{}", table(&["ID", "NAME", "STATE", "DONE", "CREATED"], &rows));
-                }
-            }
+            list_jobs(m, state.as_deref().unwrap_or(""), stale, out.format).await?;
             Ok(0)
         }
         JobCmd::Cancel { id, m } => {
@@ -559,6 +516,65 @@ async fn job(cmd: JobCmd) -> anyhow::Result<i32> {
         }
         JobCmd::Wait { id, m } => wait_job(&m.client()?, &id).await,
     }
+}
+
+/// `triad job submit`: prints the new job's id, then waits for it if asked.
+async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
+    let client = a.m.client()?;
+    let (command, args) = a.command.split_first().context("a command is required after --")?;
+    let req = pb::SubmitJobRequest {
+        name: a.name.clone(),
+        idempotency_key: a.idempotency_key.clone().unwrap_or_default(),
+        spec: Some(pb::JobSpec {
+            command: command.clone(),
+            args: args.to_vec(),
+            env: a.env.iter().cloned().collect(),
+            shell: a.shell,
+            task_count: a.tasks,
+            resources: Some(pb::Resources {
+                slots: a.slots,
+                cpu_millis: a.cpu,
+                memory_mib: a.memory,
+            }),
+            constraints: a.constraints.iter().cloned().collect(),
+            max_attempts: a.max_attempts,
+            retry_backoff_ms: a.backoff.map_or(0, |d| d.as_millis() as u64),
+            timeout_ms: a.timeout.map_or(0, |d| d.as_millis() as u64),
+            priority: a.priority,
+        }),
+    };
+    let r = client.submit_job(req).await.map_err(st)?;
+    println!("{}", r.job_id);
+    if a.wait {
+        return wait_job(&client, &r.job_id).await;
+    }
+    Ok(0)
+}
+
+/// `triad job list`: every job (in `state`, if not empty), as JSON or a table.
+async fn list_jobs(m: MastersArg, state: &str, stale: bool, format: Format) -> anyhow::Result<()> {
+    let jobs = m.client()?.list_all_jobs(state, stale).await.map_err(st)?;
+    match format {
+        Format::Json => json(&jobs)?,
+        Format::Table => {
+            let rows: Vec<Vec<String>> = jobs
+                .iter()
+                .map(|j| {
+                    let c = j.counts.unwrap_or_default();
+                    let total = j.spec.as_ref().map_or(0, |s| s.task_count);
+                    vec![
+                        j.id.clone(),
+                        j.name.clone(),
+                        j.state.clone(),
+                        format!("{}/{}", c.succeeded, total),
+                        age(j.created_at_ms),
+                    ]
+                })
+                .collect();
+            println!("{}", table(&["ID", "NAME", "STATE", "DONE", "CREATED"], &rows));
+        }
+    }
+    Ok(())
 }
 
 fn print_job(j: &pb::Job) {

@@ -1,4 +1,13 @@
 //! The worker API an executor serves: the leader starts and stops attempts; clients read output.
+//!
+//! Invariants:
+//! - **A start is admitted only by a live, current executor:** not draining, not self-fenced,
+//!   the request's epoch equal to ours, and its lease stamp fresh (`executor::lease`). Anything
+//!   else is refused before the runner sees the request.
+//! - **A start survives its RPC:** it runs as its own task, so a cancelled call never leaves a
+//!   token registered but not spawned.
+//! - **Starts are idempotent:** a retried start of a known token answers with the existing pid;
+//!   a spawn failure is the attempt's exit, reported by the runner's `Finished`, not a failed RPC.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,73 +34,15 @@ impl WorkerService for Worker {
         req: Request<pb::StartAttemptRequest>,
     ) -> Result<Response<pb::StartAttemptResponse>, Status> {
         let r = req.into_inner();
-        if self.agent.draining.load(Ordering::SeqCst) {
-            return Err(Status::failed_precondition("executor is draining"));
-        }
-        if self.agent.is_fenced() {
-            return Err(Status::failed_precondition(
-                "executor is self-fenced (no heartbeat acknowledged recently)",
-            ));
-        }
-        let epoch = self.agent.epoch.load(Ordering::SeqCst);
-        if r.epoch < epoch {
-            return Err(Status::failed_precondition(format!(
-                "stale executor epoch {} (current {epoch})",
-                r.epoch
-            )));
-        }
-        if r.epoch > epoch {
-            // The leader committed our registration before its reply reached us: retry shortly.
-            return Err(Status::unavailable(format!(
-                "executor has not yet learned epoch {} (has {epoch})",
-                r.epoch
-            )));
-        }
-        // Late or unstamped: the leader may have given this start up. It retries with the stamp
-        // of a newer beat if it still wants it.
-        if let Err(e) = self.agent.check_lease(r.lease_seq) {
-            crate::metrics::executor().stale_starts.inc();
-            tracing::info!(token = r.token, "start refused: {e}");
-            return Err(Status::unavailable(format!(
-                "start of token {} refused: {e}; retry with a newer heartbeat",
-                r.token
-            )));
-        }
-        let spec = AttemptSpec {
-            job_id: r.job_id,
-            task_index: r.task_index,
-            task_count: r.task_count,
-            attempt: r.attempt,
-            token: r.token,
-            command: r.command,
-            args: r.args,
-            env: r.env.into_iter().collect(),
-            shell: r.shell,
-            timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
-            range_start: r.range_start,
-            range_end: r.range_end,
-        };
+        self.admit_start(&r)?;
+        let spec = attempt_spec(r);
         // Run the start as its own task: a cancelled RPC must not leave a token registered but
         // never spawned (every retry would then see AlreadyExists and nothing would run).
         let runner = self.agent.runner.clone();
         let started = tokio::spawn(async move { runner.start(spec).await })
             .await
             .map_err(|e| Status::internal(format!("start task failed: {e}")))?;
-        match started {
-            Ok(pid) => Ok(Response::new(pb::StartAttemptResponse { pid })),
-            // Idempotent: the leader retried a start that had already worked.
-            Err(RunnerError::AlreadyExists { pid, .. }) => {
-                Ok(Response::new(pb::StartAttemptResponse { pid: pid.unwrap_or(0) }))
-            }
-            Err(e @ (RunnerError::InvalidSpec { .. } | RunnerError::DirInUse { .. })) => {
-                Err(Status::invalid_argument(e.to_string()))
-            }
-            // A spawn failure is reported as the attempt's exit (127), not as a dispatch failure.
-            Err(RunnerError::Spawn { .. } | RunnerError::Prepare { .. }) => {
-                Ok(Response::new(pb::StartAttemptResponse { pid: 0 }))
-            }
-            Err(e) => Err(Status::internal(e.to_string())),
-        }
+        start_response(started)
     }
 
     async fn stop_attempt(
@@ -134,5 +85,84 @@ impl WorkerService for Worker {
             Err(e @ RunnerError::OutputNotFound { .. }) => Err(Status::not_found(e.to_string())),
             Err(e) => Err(Status::internal(e.to_string())),
         }
+    }
+}
+
+impl Worker {
+    /// Refuses a start this executor must not run now: it is draining or self-fenced, the
+    /// request is for another epoch, or its lease stamp is stale.
+    fn admit_start(&self, r: &pb::StartAttemptRequest) -> Result<(), Status> {
+        if self.agent.draining.load(Ordering::SeqCst) {
+            return Err(Status::failed_precondition("executor is draining"));
+        }
+        if self.agent.is_fenced() {
+            return Err(Status::failed_precondition(
+                "executor is self-fenced (no heartbeat acknowledged recently)",
+            ));
+        }
+        let epoch = self.agent.epoch.load(Ordering::SeqCst);
+        if r.epoch < epoch {
+            return Err(Status::failed_precondition(format!(
+                "stale executor epoch {} (current {epoch})",
+                r.epoch
+            )));
+        }
+        if r.epoch > epoch {
+            // The leader committed our registration before its reply reached us: retry shortly.
+            return Err(Status::unavailable(format!(
+                "executor has not yet learned epoch {} (has {epoch})",
+                r.epoch
+            )));
+        }
+        // Late or unstamped: the leader may have given this start up. It retries with the stamp
+        // of a newer beat if it still wants it.
+        if let Err(e) = self.agent.check_lease(r.lease_seq) {
+            crate::metrics::executor().stale_starts.inc();
+            tracing::info!(token = r.token, "start refused: {e}");
+            return Err(Status::unavailable(format!(
+                "start of token {} refused: {e}; retry with a newer heartbeat",
+                r.token
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The runner's spec for a start request.
+fn attempt_spec(r: pb::StartAttemptRequest) -> AttemptSpec {
+    AttemptSpec {
+        job_id: r.job_id,
+        task_index: r.task_index,
+        task_count: r.task_count,
+        attempt: r.attempt,
+        token: r.token,
+        command: r.command,
+        args: r.args,
+        env: r.env.into_iter().collect(),
+        shell: r.shell,
+        timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
+        range_start: r.range_start,
+        range_end: r.range_end,
+    }
+}
+
+/// The answer to a start: the pid, or how the leader should take the runner's refusal.
+fn start_response(
+    started: Result<u32, RunnerError>,
+) -> Result<Response<pb::StartAttemptResponse>, Status> {
+    match started {
+        Ok(pid) => Ok(Response::new(pb::StartAttemptResponse { pid })),
+        // Idempotent: the leader retried a start that had already worked.
+        Err(RunnerError::AlreadyExists { pid, .. }) => {
+            Ok(Response::new(pb::StartAttemptResponse { pid: pid.unwrap_or(0) }))
+        }
+        Err(e @ (RunnerError::InvalidSpec { .. } | RunnerError::DirInUse { .. })) => {
+            Err(Status::invalid_argument(e.to_string()))
+        }
+        // A spawn failure is reported as the attempt's exit (127), not as a dispatch failure.
+        Err(RunnerError::Spawn { .. } | RunnerError::Prepare { .. }) => {
+            Ok(Response::new(pb::StartAttemptResponse { pid: 0 }))
+        }
+        Err(e) => Err(Status::internal(e.to_string())),
     }
 }

@@ -357,12 +357,58 @@ impl Cluster {
 
     // ---- executor kills --------------------------------------------------------------------
 
+    /// Kills the executor running some of a job's tasks and measures until every one of them
+    /// runs elsewhere; then cancels the job and restarts the executor (same id, new epoch).
     async fn executor_round(&mut self, n: usize, of: usize) -> anyhow::Result<Duration> {
         let deadline = Instant::now() + self.round_timeout;
         let execs = self.wait_executors_alive(deadline, None).await?;
-        let name_of = |id: &str| {
-            execs.iter().find(|e| e.id == id).and_then(|e| e.labels.get("name").cloned())
-        };
+        let (job_id, on) = self.start_long_job(n, deadline).await?;
+        // Alternate the victim between the executors that run some of the tasks.
+        let busy: BTreeSet<&str> = on.values().map(String::as_str).collect();
+        let busy: Vec<&str> = busy.into_iter().collect();
+        let victim_id = busy[(n - 1) % busy.len()].to_string();
+        let victim = execs
+            .iter()
+            .find(|e| e.id == victim_id)
+            .and_then(|e| e.labels.get("name").cloned())
+            .with_context(|| format!("executor {victim_id} has no name label"))?;
+        let old_epoch = execs.iter().find(|e| e.id == victim_id).map_or(0, |e| e.epoch);
+        let moved: Vec<u32> =
+            on.iter().filter(|(_, e)| **e == victim_id).map(|(t, _)| *t).collect();
+
+        let t0 = self.proc_mut(&victim)?.crash(REAP_WITHIN).await?;
+        let t1 =
+            self.wait_tasks_moved(&job_id, &moved, &victim_id, t0 + self.round_timeout).await?;
+        let d = t1 - t0;
+        eprintln!(
+            "executor kill {n}/{of}: {victim} killed with {} task(s) -> running elsewhere after {:.0} ms (TTL {} ms)",
+            moved.len(),
+            ms(d),
+            self.ttl_ms
+        );
+        // Clean up: the job (its new attempts), then the executor comes back under the same id
+        // and a new epoch (the killed one's attempts died with it).
+        self.client
+            .cancel_job(&job_id)
+            .await
+            .map_err(|e| anyhow::anyhow!("cancelling the job: {}", status_line(&e)))?;
+        self.proc_mut(&victim)?.restart()?;
+        self.wait_executors_alive(
+            Instant::now() + self.round_timeout,
+            Some((&victim_id, old_epoch)),
+        )
+        .await
+        .with_context(|| format!("after restarting {victim}"))?;
+        Ok(d)
+    }
+
+    /// Submits round `n`'s long job and waits until every task runs; returns the job's id and
+    /// which executor runs each task.
+    async fn start_long_job(
+        &self,
+        n: usize,
+        deadline: Instant,
+    ) -> anyhow::Result<(String, BTreeMap<u32, String>)> {
         let job = self
             .client
             .submit_job(self.long_job(n))
@@ -374,58 +420,30 @@ impl Cluster {
             (running_on(&j).len() == TASKS as usize).then_some(j)
         })
         .await?;
-        let on = running_on(&j);
-        // Alternate the victim between the executors that run some of the tasks.
-        let busy: BTreeSet<&str> = on.values().map(String::as_str).collect();
-        let busy: Vec<&str> = busy.into_iter().collect();
-        let victim_id = busy[(n - 1) % busy.len()].to_string();
-        let victim = name_of(&victim_id)
-            .with_context(|| format!("executor {victim_id} has no name label"))?;
-        let old_epoch = execs.iter().find(|e| e.id == victim_id).map_or(0, |e| e.epoch);
-        let moved: Vec<u32> =
-            on.iter().filter(|(_, e)| **e == victim_id).map(|(t, _)| *t).collect();
+        Ok((job.job_id, running_on(&j)))
+    }
 
-        let t0 = self.proc_mut(&victim)?.crash(REAP_WITHIN).await?;
-        let deadline = t0 + self.round_timeout;
-        let t1 = {
-            let client = &self.client;
-            let (job_id, moved, victim_id) = (&job.job_id, &moved, &victim_id);
-            wait_for_every(
-                JOB_POLL,
-                "the killed executor's tasks running elsewhere",
-                deadline,
-                || async move {
-                    let j = client.get_job(job_id, false).await.ok()?;
-                    let now = running_on(&j);
-                    moved
-                        .iter()
-                        .all(|t| now.get(t).is_some_and(|e| e != victim_id))
-                        .then(Instant::now)
-                },
-            )
-            .await?
-        };
-        let d = t1 - t0;
-        eprintln!(
-            "executor kill {n}/{of}: {victim} killed with {} task(s) -> running elsewhere after {:.0} ms (TTL {} ms)",
-            moved.len(),
-            ms(d),
-            self.ttl_ms
-        );
-        // Clean up: the job (its new attempts), then the executor comes back under the same id
-        // and a new epoch (the killed one's attempts died with it).
-        self.client
-            .cancel_job(&job.job_id)
-            .await
-            .map_err(|e| anyhow::anyhow!("cancelling the job: {}", status_line(&e)))?;
-        self.proc_mut(&victim)?.restart()?;
-        self.wait_executors_alive(
-            Instant::now() + self.round_timeout,
-            Some((&victim_id, old_epoch)),
+    /// When every task in `moved` was first seen running on an executor other than
+    /// `victim_id`.
+    async fn wait_tasks_moved(
+        &self,
+        job_id: &str,
+        moved: &[u32],
+        victim_id: &str,
+        deadline: Instant,
+    ) -> anyhow::Result<Instant> {
+        let client = &self.client;
+        wait_for_every(
+            JOB_POLL,
+            "the killed executor's tasks running elsewhere",
+            deadline,
+            || async move {
+                let j = client.get_job(job_id, false).await.ok()?;
+                let now = running_on(&j);
+                moved.iter().all(|t| now.get(t).is_some_and(|e| e != victim_id)).then(Instant::now)
+            },
         )
         .await
-        .with_context(|| format!("after restarting {victim}"))?;
-        Ok(d)
     }
 
     /// Long tasks (they outlast the round).

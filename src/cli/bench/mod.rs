@@ -268,12 +268,10 @@ const E2E_POLL: Duration = Duration::from_millis(1);
 ///   went through Raft); polled from the leader every [`E2E_POLL`].
 /// - `succeeded`: the job's end is committed.
 pub async fn e2e(client: Client, count: usize) -> anyhow::Result<Vec<Report>> {
-    use crate::api::pb::worker_service_client::WorkerServiceClient;
     let client = leader_client(&client).await?;
     let (mut process, mut running, mut done) = (new_hist(), new_hist(), new_hist());
     let mut errors = 0;
-    let mut workers: HashMap<String, WorkerServiceClient<tonic::transport::Channel>> =
-        HashMap::new();
+    let mut workers = Workers::new();
     let started = Instant::now();
     for _ in 0..count {
         let t = Instant::now();
@@ -290,71 +288,16 @@ pub async fn e2e(client: Client, count: usize) -> anyhow::Result<Vec<Report>> {
                 continue;
             }
         };
-        let mut saw_running = false;
-        let deadline = t + Duration::from_secs(30);
-        let finished = loop {
-            // A stale read from the leader: its applied state is the committed state as soon as the
-            // Started report commits, and the read costs no Raft round (which would load the
-            // very cluster being measured).
-            let j = client
-                .get_job(&r.job_id, true)
-                .await
-                .map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
-            let started_attempt =
-                j.tasks.iter().any(|t| t.attempts.iter().any(|a| a.started_at_ms != 0));
-            if !saw_running && (started_attempt || j.state != "pending") {
-                saw_running = true;
-                let _ = running.record(t.elapsed().as_micros().max(1) as u64);
-            }
-            if j.state == "succeeded" {
-                let _ = done.record(t.elapsed().as_micros().max(1) as u64);
-                break Some(j);
-            }
-            if matches!(j.state.as_str(), "failed" | "cancelled") || Instant::now() > deadline {
-                errors += 1;
-                break None;
-            }
-            tokio::time::sleep(E2E_POLL).await;
-        };
-        // The process's own clock reading, from its stdout on the executor that ran it.
-        let Some(attempt) = finished
-            .as_ref()
-            .and_then(|j| j.tasks.first())
-            .and_then(|t| t.attempts.last())
-            .cloned()
+        let Some(finished) = watch_e2e_job(&client, &r.job_id, t, &mut running, &mut done).await?
         else {
+            errors += 1;
             continue;
         };
-        if !workers.contains_key(&attempt.executor) {
-            let list = super::executors::list_executors(&client)
-                .await
-                .map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
-            for e in list {
-                workers.insert(
-                    e.id.clone(),
-                    WorkerServiceClient::new(crate::raft::network::channel(&e.addr)?),
-                );
-            }
-        }
-        let worker = workers
-            .get_mut(&attempt.executor)
-            .with_context(|| format!("executor {} is unknown", attempt.executor))?;
-        let out = worker
-            .read_output(pb::ReadOutputRequest {
-                job_id: r.job_id.clone(),
-                task_index: 0,
-                attempt: attempt.number,
-                stderr: false,
-                offset: 0,
-                max_bytes: 0,
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the task's output: {}", super::status_line(&e)))?
-            .into_inner();
-        let ran_at =
-            String::from_utf8_lossy(&out.data).trim().parse::<u128>().with_context(|| {
-                format!("the task printed {:?}, not a time", String::from_utf8_lossy(&out.data))
-            })?;
+        // The process's own clock reading, from its stdout on the executor that ran it.
+        let Some(attempt) = finished.tasks.first().and_then(|t| t.attempts.last()) else {
+            continue;
+        };
+        let ran_at = workers.process_clock(&client, &r.job_id, attempt).await?;
         let submitted = wall.duration_since(std::time::UNIX_EPOCH)?.as_nanos();
         let _ = process.record((ran_at.saturating_sub(submitted) / 1000).max(1) as u64);
     }
@@ -376,6 +319,98 @@ pub async fn e2e(client: Client, count: usize) -> anyhow::Result<Vec<Report>> {
         ),
         Report::from_hist("e2e submit->succeeded", &done, errors, elapsed, BTreeMap::new()),
     ])
+}
+
+/// Polls job `job_id`, submitted at `t`, every [`E2E_POLL`] until it ends; records submit →
+/// first attempt started in `running` and submit → succeeded in `done`. `None` if it failed, was
+/// cancelled or did not succeed within 30 s.
+async fn watch_e2e_job(
+    client: &Client,
+    job_id: &str,
+    t: Instant,
+    running: &mut Histogram<u64>,
+    done: &mut Histogram<u64>,
+) -> anyhow::Result<Option<pb::Job>> {
+    let mut saw_running = false;
+    let deadline = t + Duration::from_secs(30);
+    loop {
+        // A stale read from the leader: its applied state is the committed state as soon as the
+        // Started report commits, and the read costs no Raft round (which would load the
+        // very cluster being measured).
+        let j = client
+            .get_job(job_id, true)
+            .await
+            .map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
+        let started_attempt =
+            j.tasks.iter().any(|t| t.attempts.iter().any(|a| a.started_at_ms != 0));
+        if !saw_running && (started_attempt || j.state != "pending") {
+            saw_running = true;
+            let _ = running.record(t.elapsed().as_micros().max(1) as u64);
+        }
+        if j.state == "succeeded" {
+            let _ = done.record(t.elapsed().as_micros().max(1) as u64);
+            return Ok(Some(j));
+        }
+        if matches!(j.state.as_str(), "failed" | "cancelled") || Instant::now() > deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(E2E_POLL).await;
+    }
+}
+
+/// Worker API clients of the executors, by executor id, connected as they are first needed.
+struct Workers(
+    HashMap<
+        String,
+        crate::api::pb::worker_service_client::WorkerServiceClient<tonic::transport::Channel>,
+    >,
+);
+
+impl Workers {
+    fn new() -> Workers {
+        Workers(HashMap::new())
+    }
+
+    /// The clock reading (ns since the epoch) that `attempt` of task 0 of `job_id` printed
+    /// first thing, read from the executor that ran it.
+    async fn process_clock(
+        &mut self,
+        client: &Client,
+        job_id: &str,
+        attempt: &pb::Attempt,
+    ) -> anyhow::Result<u128> {
+        use crate::api::pb::worker_service_client::WorkerServiceClient;
+        if !self.0.contains_key(&attempt.executor) {
+            let list = super::executors::list_executors(client)
+                .await
+                .map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
+            for e in list {
+                self.0.insert(
+                    e.id.clone(),
+                    WorkerServiceClient::new(crate::raft::network::channel(&e.addr)?),
+                );
+            }
+        }
+        let worker = self
+            .0
+            .get_mut(&attempt.executor)
+            .with_context(|| format!("executor {} is unknown", attempt.executor))?;
+        let out = worker
+            .read_output(pb::ReadOutputRequest {
+                job_id: job_id.to_owned(),
+                task_index: 0,
+                attempt: attempt.number,
+                stderr: false,
+                offset: 0,
+                max_bytes: 0,
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the task's output: {}", super::status_line(&e)))?
+            .into_inner();
+        String::from_utf8_lossy(&out.data).trim().parse::<u128>().with_context(|| {
+            format!("the task printed {:?}, not a time", String::from_utf8_lossy(&out.data))
+        })
+    }
 }
 
 /// The pure planner's throughput on a synthetic state: `executors` × `tasks` pending.
@@ -510,8 +545,6 @@ pub async fn heartbeats(
     duration: Duration,
     connections: usize,
 ) -> anyhow::Result<Report> {
-    use crate::api::pb::executor_service_client::ExecutorServiceClient;
-    use futures::StreamExt;
     let status =
         client.cluster_status().await.map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
     anyhow::ensure!(status.leader_id != 0, "the cluster has no leader");
@@ -522,8 +555,47 @@ pub async fn heartbeats(
         .map(|_| crate::raft::network::channel(&status.leader_addr))
         .collect::<Result<_, _>>()?;
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    // Register everyone (group commit batches these).
     let ids: Vec<String> = (0..executors).map(|i| format!("sim-{run}-{i:05}")).collect();
+    let epochs = register_sims(&chans, &ids).await?;
+    // Each connection drives `per` executors.
+    let per = executors.div_ceil(connections.max(1)).max(1);
+    let streams = open_sim_streams(&chans, &ids, per).await?;
+    let period = Duration::from_secs_f64(1.0 / hz);
+    let cpu0 = cpu_time(leader_pid);
+    let started = Instant::now();
+    let end = started + duration;
+    let mut workers = Vec::new();
+    for ((w, chunk), opened) in ids.chunks(per).enumerate().zip(streams) {
+        let my_epochs = epochs[w * per..(w * per + chunk.len())].to_vec();
+        let conn =
+            SimConnection::new(chans[w % chans.len()].clone(), chunk.to_vec(), my_epochs, opened);
+        workers.push(tokio::spawn(conn.run(period, end)));
+    }
+    let mut hist = new_hist();
+    let mut errors = 0;
+    for w in workers {
+        let (local, errs) = w.await?;
+        hist.add(&local).expect("same bounds");
+        errors += errs;
+    }
+    let elapsed = started.elapsed();
+    let cpu = match (cpu0, cpu_time(leader_pid)) {
+        (Some(a), Some(b)) => Some((b - a).as_secs_f64() / elapsed.as_secs_f64() * 100.0),
+        _ => None,
+    };
+    deregister_sims(&chans, &ids, &epochs).await;
+    // The rate is over the window beats were sent in (not the answers still in flight after it).
+    Ok(heartbeats_report(executors, hz, cpu, &hist, errors, elapsed.min(duration)))
+}
+
+/// Registers the simulated executors `ids` (capacity 0) from 64 tasks at once, so group commit
+/// batches them; returns their epochs, in the order of `ids`.
+async fn register_sims(
+    chans: &[tonic::transport::Channel],
+    ids: &[String],
+) -> anyhow::Result<Vec<u64>> {
+    use crate::api::pb::executor_service_client::ExecutorServiceClient;
+    let executors = ids.len();
     let epochs = Arc::new(Mutex::new(vec![0u64; executors]));
     let mut regs = Vec::new();
     for (w, chunk) in ids.chunks(executors.div_ceil(64).max(1)).enumerate() {
@@ -552,10 +624,22 @@ pub async fn heartbeats(
         })?;
     }
     let epochs = epochs.lock().expect("poisoned").clone();
-    // Open every stream first (the set-up is not part of the steady state measured), a few at a
-    // time per connection: 10,000 opens at once stall a leader on a loaded machine long enough
-    // for its followers to elect another (real executors open theirs spread over a beat).
-    let per = executors.div_ceil(connections.max(1)).max(1);
+    Ok(epochs)
+}
+
+/// An open heartbeat stream of one simulated executor: its request side and its answers.
+type SimStream = (tokio::sync::mpsc::Sender<pb::HeartbeatRequest>, SimAnswers);
+
+/// Opens every simulated executor's stream, `per` executors to a connection, before the
+/// measured steady state. A few at a time per connection: 10,000 opens at once stall a leader on
+/// a loaded machine long enough for its followers to elect another (real executors open theirs
+/// spread over a beat).
+async fn open_sim_streams(
+    chans: &[tonic::transport::Channel],
+    ids: &[String],
+    per: usize,
+) -> anyhow::Result<Vec<Vec<SimStream>>> {
+    use futures::StreamExt;
     let mut opened = Vec::new();
     for (w, chunk) in ids.chunks(per).enumerate() {
         let chan = chans[w % chans.len()].clone();
@@ -572,130 +656,32 @@ pub async fn heartbeats(
             anyhow::anyhow!("opening heartbeat streams: {}", super::status_line(&e))
         })?);
     }
-    // Beat: executor i of a connection's n beats at offset i/n within each period.
-    let hist = Arc::new(Mutex::new(new_hist()));
-    let errors = Arc::new(AtomicU64::new(0));
-    let period = Duration::from_secs_f64(1.0 / hz);
-    let cpu0 = cpu_time(leader_pid);
-    let started = Instant::now();
-    let end = started + duration;
-    let mut workers = Vec::new();
-    for ((w, chunk), opened) in ids.chunks(per).enumerate().zip(streams) {
-        let (chunk, chan, hist, errors) =
-            (chunk.to_vec(), chans[w % chans.len()].clone(), hist.clone(), errors.clone());
-        let my_epochs: Vec<u64> = epochs[w * per..(w * per + chunk.len())].to_vec();
-        workers.push(tokio::spawn(async move {
-            let mut local = new_hist();
-            let mut errs = 0u64;
-            let mut sims: Vec<SimBeats> = Vec::with_capacity(chunk.len());
-            let mut answers = futures::stream::SelectAll::new();
-            for (tx, a) in opened {
-                sims.push(SimBeats { tx: Some(tx), sent: None, stream: 0, seq: 0 });
-                answers.push(a);
-            }
-            let step = period.div_f64(chunk.len().max(1) as f64);
-            let mut next = Instant::now();
-            let mut i = 0;
-            // Beats until the end, then collects the answers still in flight.
-            let mut closing: Option<Instant> = None;
-            loop {
-                if closing.is_none() && Instant::now() >= end {
-                    closing = Some(Instant::now() + SIM_OPEN_TIMEOUT);
-                }
-                if let Some(until) = closing {
-                    if sims.iter().all(|s| s.sent.is_none()) || Instant::now() >= until {
-                        break;
-                    }
-                }
-                let beat_at = closing.unwrap_or(next);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(beat_at.into()) => {
-                        if closing.is_some() {
-                            continue;
-                        }
-                        next += step;
-                        let s = &mut sims[i];
-                        if s.sent.take().is_some() {
-                            // Its last beat went unanswered for a whole period: drop that stream.
-                            errs += 1;
-                            s.tx = None;
-                        }
-                        if s.tx.is_none() {
-                            match open_sim_stream(chan.clone(), i, s.stream + 1).await {
-                                Ok((tx, a)) => {
-                                    s.stream += 1;
-                                    s.tx = Some(tx);
-                                    answers.push(a);
-                                }
-                                Err(_) => errs += 1,
-                            }
-                        }
-                        if let Some(tx) = &s.tx {
-                            s.seq += 1;
-                            let req = pb::HeartbeatRequest { executor_id: chunk[i].clone(), epoch: my_epochs[i], attempts: Vec::new(), seq: s.seq };
-                            match tx.try_send(req) {
-                                Ok(()) => s.sent = Some(Instant::now()),
-                                Err(_) => {
-                                    errs += 1;
-                                    s.tx = None;
-                                }
-                            }
-                        }
-                        i = (i + 1) % sims.len();
-                    }
-                    Some(((j, n), r)) = answers.next() => {
-                        let s = &mut sims[j];
-                        if n != s.stream {
-                            continue;
-                        }
-                        match r {
-                            Ok(_) => {
-                                if let Some(t) = s.sent.take() {
-                                    let _ = local.record(t.elapsed().as_micros().max(1) as u64);
-                                }
-                            }
-                            Err(_) => {
-                                // The stream broke, or ended after the leader refused a beat.
-                                if s.tx.take().is_some() || s.sent.is_some() {
-                                    errs += 1;
-                                }
-                                s.sent = None;
-                            }
-                        }
-                    }
-                }
-            }
-            errs += sims.iter().filter(|s| s.sent.is_some()).count() as u64;
-            errors.fetch_add(errs, Ordering::Relaxed);
-            hist.lock().expect("poisoned").add(&local).expect("same bounds");
-        }));
-    }
-    for w in workers {
-        w.await?;
-    }
-    let elapsed = started.elapsed();
-    let cpu = match (cpu0, cpu_time(leader_pid)) {
-        (Some(a), Some(b)) => Some((b - a).as_secs_f64() / elapsed.as_secs_f64() * 100.0),
-        _ => None,
-    };
-    // Leave cleanly: deregister the simulated executors.
+    Ok(streams)
+}
+
+/// Leaves cleanly: deregisters the simulated executors (failures ignored; they expire anyway).
+async fn deregister_sims(chans: &[tonic::transport::Channel], ids: &[String], epochs: &[u64]) {
+    use crate::api::pb::executor_service_client::ExecutorServiceClient;
     for (i, id) in ids.iter().enumerate() {
         let _ = ExecutorServiceClient::new(chans[i % chans.len()].clone())
             .deregister(pb::DeregisterRequest { executor_id: id.clone(), epoch: epochs[i] })
             .await;
     }
+}
+
+/// The `bench heartbeats` report: round trips over the `window` beats were sent in.
+fn heartbeats_report(
+    executors: usize,
+    hz: f64,
+    cpu: Option<f64>,
+    hist: &Histogram<u64>,
+    errors: u64,
+    window: Duration,
+) -> Report {
     let mut extra = BTreeMap::new();
     extra.insert("EXECUTORS".into(), executors.to_string());
     extra.insert("LEADER CPU %".into(), cpu.map_or("n/a".into(), |c| format!("{c:.1}")));
-    let h = hist.lock().expect("poisoned");
-    // The rate is over the window beats were sent in (not the answers still in flight after it).
-    let mut r = Report::from_hist(
-        "heartbeats",
-        &h,
-        errors.load(Ordering::Relaxed),
-        elapsed.min(duration),
-        extra,
-    );
+    let mut r = Report::from_hist("heartbeats", hist, errors, window, extra);
     r.summary = format!(
         "heartbeats: {executors} executors at {hz} Hz: {:.0} heartbeats/s, p50 {:.2} ms, p99 {:.2} ms, leader CPU {} of one core, {} errors",
         r.rate_per_sec,
@@ -704,5 +690,136 @@ pub async fn heartbeats(
         cpu.map_or("n/a".into(), |c| format!("{c:.1} %")),
         r.errors
     );
-    Ok(r)
+    r
+}
+
+/// One connection's share of the simulated executors: executor `i` of `n` beats at offset
+/// `i/n` within each period, on its own stream; answers arrive on any of them.
+struct SimConnection {
+    /// The connection every stream of this share is opened on.
+    chan: tonic::transport::Channel,
+    /// The executors' ids; index `i` here is `sims[i]`.
+    ids: Vec<String>,
+    /// Their epochs from registration.
+    epochs: Vec<u64>,
+    /// Their streams and unanswered beats.
+    sims: Vec<SimBeats>,
+    /// The answers of every stream opened, tagged with executor and stream number.
+    answers: futures::stream::SelectAll<SimAnswers>,
+    /// Round trips of answered beats.
+    hist: Histogram<u64>,
+    /// Unanswered beats, failed sends and failed reopens.
+    errors: u64,
+}
+
+impl SimConnection {
+    fn new(
+        chan: tonic::transport::Channel,
+        ids: Vec<String>,
+        epochs: Vec<u64>,
+        opened: Vec<SimStream>,
+    ) -> SimConnection {
+        let mut sims: Vec<SimBeats> = Vec::with_capacity(ids.len());
+        let mut answers = futures::stream::SelectAll::new();
+        for (tx, a) in opened {
+            sims.push(SimBeats { tx: Some(tx), sent: None, stream: 0, seq: 0 });
+            answers.push(a);
+        }
+        SimConnection { chan, ids, epochs, sims, answers, hist: new_hist(), errors: 0 }
+    }
+
+    /// Beats until `end`, then collects the answers still in flight (for at most
+    /// [`SIM_OPEN_TIMEOUT`]); a beat left unanswered is an error. Returns the round trips and
+    /// the error count.
+    async fn run(mut self, period: Duration, end: Instant) -> (Histogram<u64>, u64) {
+        use futures::StreamExt;
+        let step = period.div_f64(self.ids.len().max(1) as f64);
+        let mut next = Instant::now();
+        let mut i = 0;
+        let mut closing: Option<Instant> = None;
+        loop {
+            if closing.is_none() && Instant::now() >= end {
+                closing = Some(Instant::now() + SIM_OPEN_TIMEOUT);
+            }
+            if let Some(until) = closing {
+                if self.sims.iter().all(|s| s.sent.is_none()) || Instant::now() >= until {
+                    break;
+                }
+            }
+            let beat_at = closing.unwrap_or(next);
+            tokio::select! {
+                _ = tokio::time::sleep_until(beat_at.into()) => {
+                    if closing.is_some() {
+                        continue;
+                    }
+                    next += step;
+                    self.beat(i).await;
+                    i = (i + 1) % self.sims.len();
+                }
+                Some(((j, n), r)) = self.answers.next() => self.answer(j, n, r),
+            }
+        }
+        self.errors += self.sims.iter().filter(|s| s.sent.is_some()).count() as u64;
+        (self.hist, self.errors)
+    }
+
+    /// Sends executor `i`'s next beat, first reopening its stream if its last beat went
+    /// unanswered for a whole period or the stream broke.
+    async fn beat(&mut self, i: usize) {
+        let s = &mut self.sims[i];
+        if s.sent.take().is_some() {
+            // Its last beat went unanswered for a whole period: drop that stream.
+            self.errors += 1;
+            s.tx = None;
+        }
+        if s.tx.is_none() {
+            match open_sim_stream(self.chan.clone(), i, s.stream + 1).await {
+                Ok((tx, a)) => {
+                    s.stream += 1;
+                    s.tx = Some(tx);
+                    self.answers.push(a);
+                }
+                Err(_) => self.errors += 1,
+            }
+        }
+        if let Some(tx) = &s.tx {
+            s.seq += 1;
+            let req = pb::HeartbeatRequest {
+                executor_id: self.ids[i].clone(),
+                epoch: self.epochs[i],
+                attempts: Vec::new(),
+                seq: s.seq,
+            };
+            match tx.try_send(req) {
+                Ok(()) => s.sent = Some(Instant::now()),
+                Err(_) => {
+                    self.errors += 1;
+                    s.tx = None;
+                }
+            }
+        }
+    }
+
+    /// Takes an answer from executor `j`'s stream number `n` (ignored if that stream was
+    /// replaced): records the round trip, or on an error counts it and drops the stream.
+    fn answer(&mut self, j: usize, n: u64, r: Result<pb::HeartbeatResponse, tonic::Status>) {
+        let s = &mut self.sims[j];
+        if n != s.stream {
+            return;
+        }
+        match r {
+            Ok(_) => {
+                if let Some(t) = s.sent.take() {
+                    let _ = self.hist.record(t.elapsed().as_micros().max(1) as u64);
+                }
+            }
+            Err(_) => {
+                // The stream broke, or ended after the leader refused a beat.
+                if s.tx.take().is_some() || s.sent.is_some() {
+                    self.errors += 1;
+                }
+                s.sent = None;
+            }
+        }
+    }
 }
