@@ -143,8 +143,7 @@ fn crate_uses(text: &str) -> Vec<Use> {
                     text.push_str(more);
                 }
                 let (mut depth, mut start) = (0, true);
-                let mut chars = text.char_indices().peekable();
-                while let Some((i, c)) = chars.next() {
+                for (i, c) in text.char_indices() {
                     match c {
                         '{' => depth += 1,
                         '}' if depth == 0 => break,

@@ -21,6 +21,10 @@
 //!   their deadline and the leader was deposed. In pieces, at most half the time, for the disk's
 //!   sake likewise.
 
+// openraft's `StorageError` is large, and it is the error type the storage traits require: boxing it
+// here would only add a conversion at every call.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
