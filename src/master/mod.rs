@@ -7,10 +7,10 @@
 pub mod batcher;
 pub mod cluster;
 pub mod config;
+pub mod duties;
 pub mod executors;
 pub mod http;
 pub mod jobs;
-pub mod leader;
 pub mod liveness;
 pub mod node;
 
@@ -131,7 +131,7 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
         Duration::from_millis(cfg.raft.heartbeat_ms),
         shutdown.clone(),
     ));
-    let duties = tokio::spawn(leader::watch(
+    let duties = tokio::spawn(duties::watch(
         node.clone(),
         liveness.clone(),
         cfg.executors.clone(),
