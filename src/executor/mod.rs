@@ -223,6 +223,7 @@ async fn farewell(
 }
 
 impl Agent {
+    /// The agent of executor `id`, reached at `addr`, before its first registration.
     fn new(id: String, addr: String, cfg: ExecutorConfig, runner: Runner) -> anyhow::Result<Agent> {
         let client = Client::new(cfg.masters.clone())?;
         let mut hb_client = Client::new(cfg.masters.clone())?;
@@ -241,6 +242,7 @@ impl Agent {
         })
     }
 
+    /// The heartbeat memory, locked (briefly: never held across an await).
     fn pulse(&self) -> std::sync::MutexGuard<'_, heartbeat::Pulse> {
         self.pulse.lock().expect("poisoned")
     }

@@ -80,7 +80,7 @@ pub enum Effect {
     /// Nothing after it may run unless it committed.
     Propose(Vec<Command>),
     /// Send this StartAttempt to the executor at `addr`; answer with [`Core::on_dispatch`].
-    Start { addr: String, req: pb::StartAttemptRequest },
+    Start { addr: String, req: Box<pb::StartAttemptRequest> },
     /// Stop this attempt on the executor at `addr` (best effort, no answer needed).
     Stop { addr: String, token: Token },
 }
@@ -347,7 +347,9 @@ impl Core {
         if !commands.is_empty() {
             effects.push(Effect::Propose(commands));
         }
-        effects.extend(starts.into_iter().map(|(addr, req)| Effect::Start { addr, req }));
+        effects.extend(
+            starts.into_iter().map(|(addr, req)| Effect::Start { addr, req: Box::new(req) }),
+        );
         effects.extend(stops.into_iter().map(|(addr, token)| Effect::Stop { addr, token }));
         effects
     }

@@ -184,7 +184,7 @@ impl Duties {
         for effect in effects {
             match effect {
                 Effect::Propose(commands) => self.propose(commands, now.at).await?,
-                Effect::Start { addr, req } => rpc::start(&self.node, self.tx.clone(), addr, req),
+                Effect::Start { addr, req } => rpc::start(&self.node, self.tx.clone(), addr, *req),
                 Effect::Stop { addr, token } => rpc::stop(&self.node, addr, token),
             }
         }
