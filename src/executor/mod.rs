@@ -5,7 +5,8 @@
 //! Invariants:
 //! - **Self-fencing**: when no heartbeat has been acknowledged for `SELF_FENCE_FRACTION` of the
 //!   leader's TTL, every attempt is killed; the leader will have declared this executor dead (or
-//!   is about to) and rescheduled the work, so the old attempt must not keep running.
+//!   is about to) and rescheduled the work, so the old attempt must not keep running. The rules
+//!   are decided by the pure [`heartbeat::core::Pulse`]; [`heartbeat`] is their shell.
 //! - A report is retried until the leader gives a final answer; a stale-token answer kills the
 //!   attempt.
 //! - An attempt assigned under an older registration epoch is refused (the executor restarted).
@@ -49,6 +50,9 @@ pub fn fence_window(ttl: Duration) -> Duration {
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long a stopping executor keeps trying to deliver its last reports and to deregister.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The heartbeat client's deadline per call, and how long it retries one beat: a heartbeat is
+/// never worth waiting long for.
+const HEARTBEAT_CALL_TIMEOUT: Duration = Duration::from_millis(800);
 
 #[derive(Clone, Debug)]
 pub struct ExecutorConfig {
@@ -80,11 +84,9 @@ pub struct Agent {
     pub epoch: AtomicU64,
     /// No new work is accepted.
     pub draining: AtomicBool,
-    last_ack: Mutex<Instant>,
-    /// When each recent heartbeat was sent: the leases starts are judged by ([`lease`]).
-    beats: Mutex<lease::BeatLog>,
-    ttl: Mutex<Duration>,
-    heartbeat: Mutex<Duration>,
+    /// The heartbeat and fencing memory: timings, last acknowledgement, the beats sent (the
+    /// leases starts are judged by, [`lease`]).
+    pulse: Mutex<heartbeat::Pulse>,
 }
 
 /// Loads the executor's stable id from its work dir, creating it on first start.
@@ -100,7 +102,8 @@ fn load_or_create_id(dir: &std::path::Path) -> anyhow::Result<String> {
     }
 }
 
-/// Runs an executor until `shutdown` fires (or it finishes draining).
+/// Runs an executor until `shutdown` fires (or it finishes draining): clean up after an earlier
+/// process, serve the worker API, register, heartbeat; then hand back and leave.
 pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.work_dir)
         .with_context(|| format!("creating work dir {}", cfg.work_dir.display()))?;
@@ -111,36 +114,9 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
     let addr = cfg.advertise.clone().unwrap_or_else(|| bound.to_string());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let runner = Runner::new(cfg.work_dir.clone(), events_tx);
-    // Before anything else (above all before registering, which lets the leader reschedule the
-    // old epoch's work): no attempt of an earlier, crashed process of this executor may live on.
-    let sweep = runner.clone();
-    match tokio::task::spawn_blocking(move || sweep.kill_leftovers()).await? {
-        Ok(0) => {}
-        Ok(n) => tracing::warn!(
-            killed = n,
-            "killed attempts left running by an earlier executor process"
-        ),
-        Err(e) => return Err(e).context("killing attempts left by an earlier executor process"),
-    }
-    let client = Client::new(cfg.masters.clone())?;
-    let mut hb_client = Client::new(cfg.masters.clone())?;
-    hb_client.call_timeout = Duration::from_millis(800);
-    hb_client.retry_for = Duration::from_millis(800);
-    let agent = Arc::new(Agent {
-        id: id.clone(),
-        addr: addr.clone(),
-        cfg: cfg.clone(),
-        client,
-        hb_client,
-        runner,
-        epoch: AtomicU64::new(0),
-        draining: AtomicBool::new(false),
-        last_ack: Mutex::new(Instant::now()),
-        beats: Mutex::new(lease::BeatLog::default()),
-        ttl: Mutex::new(Duration::from_secs(5)),
-        heartbeat: Mutex::new(Duration::from_secs(1)),
-    });
-    tracing::info!(%id, %addr, work_dir = %cfg.work_dir.display(), "executor starting");
+    kill_leftovers(&runner).await?;
+    let agent = Arc::new(Agent::new(id, addr, cfg, runner)?);
+    tracing::info!(id = %agent.id, addr = %agent.addr, work_dir = %agent.cfg.work_dir.display(), "executor starting");
 
     // The executor's own stop signal: external shutdown, or the end of a drain.
     let (stop_trigger, stop) = shutdown::channel();
@@ -151,7 +127,48 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
             t.fire();
         });
     }
-    if let Some(http_addr) = &cfg.http_listen {
+    let server = serve(&agent, listener, &stop).await?;
+    let (flush_tx, flush_rx) = tokio::sync::oneshot::channel();
+    let reports = tokio::spawn(report_loop(agent.clone(), events_rx, flush_rx));
+
+    let mut stop_wait = stop.clone();
+    tokio::select! {
+        r = agent.register() => r?,
+        _ = stop_wait.wait() => {}
+    }
+    if !stop.is_fired() {
+        heartbeat::heartbeat_loop(agent.clone(), stop.clone(), stop_trigger.clone()).await;
+    }
+    farewell(&agent, flush_tx, reports).await;
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, server).await;
+    Ok(())
+}
+
+/// Before anything else (above all before registering, which lets the leader reschedule the old
+/// epoch's work): no attempt of an earlier, crashed process of this executor may live on.
+async fn kill_leftovers(runner: &Runner) -> anyhow::Result<()> {
+    let sweep = runner.clone();
+    match tokio::task::spawn_blocking(move || sweep.kill_leftovers()).await? {
+        Ok(0) => Ok(()),
+        Ok(n) => {
+            tracing::warn!(
+                killed = n,
+                "killed attempts left running by an earlier executor process"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e).context("killing attempts left by an earlier executor process"),
+    }
+}
+
+/// Serves the HTTP endpoints (when configured) and the worker API (with health and reflection)
+/// until `stop`; returns the worker API server's task.
+async fn serve(
+    agent: &Arc<Agent>,
+    listener: TcpListener,
+    stop: &Shutdown,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
+    if let Some(http_addr) = &agent.cfg.http_listen {
         let l = TcpListener::bind(http_addr)
             .await
             .with_context(|| format!("binding http {http_addr}"))?;
@@ -172,26 +189,21 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
         .serve_with_incoming_shutdown(crate::api::incoming(listener), async move {
             server_stop.wait().await
         });
-    let server = tokio::spawn(server);
+    Ok(tokio::spawn(server))
+}
 
-    let (flush_tx, flush_rx) = tokio::sync::oneshot::channel();
-    let reports = tokio::spawn(report_loop(agent.clone(), events_rx, flush_rx));
-
-    let mut stop_wait = stop.clone();
-    tokio::select! {
-        r = agent.register() => r?,
-        _ = stop_wait.wait() => {}
-    }
-    if !stop.is_fired() {
-        heartbeat_loop(agent.clone(), stop.clone(), stop_trigger.clone()).await;
-    }
-
-    // Hand back what still runs: kill it; the reports (LOST) let the leader reschedule at once.
+/// Leaving: hand back what still runs (killed; the reports, LOST, let the leader reschedule at
+/// once), deliver the last reports, deregister, clean up the job dirs. Each step is bounded.
+async fn farewell(
+    agent: &Agent,
+    flush: tokio::sync::oneshot::Sender<()>,
+    reports: tokio::task::JoinHandle<()>,
+) {
     tracing::info!("executor stopping: handing back {} attempts", agent.runner.live_tokens().len());
     agent.draining.store(true, Ordering::SeqCst);
     agent.runner.stop_all(STOP_GRACE).await;
     // Every attempt has ended, so its final event is queued: deliver those reports, then finish.
-    let _ = flush_tx.send(());
+    let _ = flush.send(());
     let _ = tokio::time::timeout(FAREWELL_TIMEOUT, reports).await;
     let epoch = agent.epoch.load(Ordering::SeqCst);
     if epoch > 0 {
@@ -208,15 +220,37 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
     }
     let r = agent.runner.clone();
     let _ = tokio::task::spawn_blocking(move || r.cleanup_job_dirs()).await;
-    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, server).await;
-    Ok(())
 }
 
 impl Agent {
+    /// The agent of executor `id`, reached at `addr`, before its first registration.
+    fn new(id: String, addr: String, cfg: ExecutorConfig, runner: Runner) -> anyhow::Result<Agent> {
+        let client = Client::new(cfg.masters.clone())?;
+        let mut hb_client = Client::new(cfg.masters.clone())?;
+        hb_client.call_timeout = HEARTBEAT_CALL_TIMEOUT;
+        hb_client.retry_for = HEARTBEAT_CALL_TIMEOUT;
+        Ok(Agent {
+            id,
+            addr,
+            cfg,
+            client,
+            hb_client,
+            runner,
+            epoch: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            pulse: Mutex::new(heartbeat::Pulse::new(Instant::now())),
+        })
+    }
+
+    /// The heartbeat memory, locked (briefly: never held across an await).
+    fn pulse(&self) -> std::sync::MutexGuard<'_, heartbeat::Pulse> {
+        self.pulse.lock().expect("poisoned")
+    }
+
     /// Registers (retrying until it succeeds); a new epoch invalidates every older attempt.
     async fn register(&self) -> anyhow::Result<()> {
         // Numbered like a beat, as of its first try: work can be started under it at once.
-        let seq = self.beats.lock().expect("poisoned").record(Instant::now(), self.fence_window());
+        let seq = self.pulse().number_registration(Instant::now());
         let req = pb::RegisterRequest {
             seq,
             executor_id: self.id.clone(),
@@ -240,10 +274,7 @@ impl Agent {
             match r {
                 Ok(r) => {
                     self.epoch.store(r.epoch, Ordering::SeqCst);
-                    *self.ttl.lock().expect("poisoned") = Duration::from_millis(r.ttl_ms.max(100));
-                    *self.heartbeat.lock().expect("poisoned") =
-                        Duration::from_millis(r.heartbeat_ms.clamp(50, 60_000));
-                    *self.last_ack.lock().expect("poisoned") = Instant::now();
+                    self.pulse().registered(r.ttl_ms, r.heartbeat_ms, Instant::now());
                     crate::metrics::executor().registrations.inc();
                     tracing::info!(epoch = r.epoch, "registered");
                     return Ok(());
@@ -262,29 +293,29 @@ impl Agent {
 
     /// No heartbeat acknowledged within the self-fencing window: take no new work.
     pub fn is_fenced(&self) -> bool {
-        self.since_ack() > self.fence_window()
+        self.pulse().is_fenced(Instant::now())
     }
 
     /// [`fence_window`] of the TTL this executor was given.
     pub fn fence_window(&self) -> Duration {
-        fence_window(self.ttl())
+        self.pulse().fence_window()
     }
 
     /// May a start that names heartbeat `seq` run now? (See [`lease`].)
     pub fn check_lease(&self, seq: u64) -> Result<(), lease::LeaseError> {
-        self.beats.lock().expect("poisoned").check(seq, Instant::now(), self.fence_window())
+        self.pulse().check_lease(seq, Instant::now())
     }
 
     fn since_ack(&self) -> Duration {
-        self.last_ack.lock().expect("poisoned").elapsed()
+        self.pulse().since_ack(Instant::now())
     }
 
     fn ttl(&self) -> Duration {
-        *self.ttl.lock().expect("poisoned")
+        self.pulse().ttl()
     }
 
     fn heartbeat_interval(&self) -> Duration {
-        *self.heartbeat.lock().expect("poisoned")
+        self.pulse().interval()
     }
 
     fn running(&self) -> Vec<pb::RunningAttempt> {
@@ -299,13 +330,6 @@ impl Agent {
             .collect()
     }
 
-    /// How long a self-fenced attempt gets between SIGTERM and SIGKILL. A self-fence races the
-    /// leader's TTL: the rest of it after the fencing window is all the time there is, so the
-    /// kill takes at most a quarter of that.
-    fn self_fence_grace(&self) -> Duration {
-        STOP_GRACE.min(self.ttl().saturating_sub(self.fence_window()) / 4)
-    }
-
     /// Kills an attempt without waiting (SIGKILL after `grace`); `cause` labels the kill in the
     /// metrics and the log.
     fn stop_in_background(self: &Arc<Self>, token: u64, cause: &'static str, grace: Duration) {
@@ -316,105 +340,6 @@ impl Agent {
                 tracing::info!(token, cause, "killed an attempt");
             }
         });
-    }
-}
-
-/// Beats every interval over [`heartbeat::Link`] (one stream to the leader) and acts on each
-/// answer: acknowledgement, kills, re-registration, draining. Self-fences before every beat.
-async fn heartbeat_loop(agent: Arc<Agent>, mut stop: Shutdown, stop_trigger: shutdown::Trigger) {
-    let mut link = heartbeat::Link::default();
-    let mut next_beat = Instant::now() + agent.heartbeat_interval();
-    loop {
-        // Wake for the next beat, or as the fencing window closes if that comes first: the
-        // attempts must be dead well before the leader's TTL runs out, not a beat interval late.
-        // (Once fenced, no start is accepted, so there is nothing new to kill before the beat.)
-        let mut wait = next_beat.saturating_duration_since(Instant::now());
-        if let Some(open) = agent.fence_window().checked_sub(agent.since_ack()) {
-            wait = wait.min(open + Duration::from_millis(5));
-        }
-        let wake = tokio::time::Instant::now() + wait;
-        tokio::select! {
-            _ = stop.wait() => return,
-            _ = tokio::time::sleep_until(wake) => {}
-        }
-        // Self-fence before talking to anyone: after a pause the old attempts must die first.
-        let skip = crate::chaos::on(crate::chaos::Bug::SkipFencing);
-        if !skip && agent.is_fenced() && !agent.runner.live_tokens().is_empty() {
-            tracing::warn!(
-                since_ack_ms = agent.since_ack().as_millis() as u64,
-                "no heartbeat acknowledged: self-fencing, killing all attempts"
-            );
-            crate::metrics::executor().self_fences.inc();
-            for t in agent.runner.live_tokens() {
-                agent.stop_in_background(t, "self_fence", agent.self_fence_grace());
-            }
-        }
-        if Instant::now() < next_beat {
-            continue;
-        }
-        let sent = Instant::now();
-        next_beat = sent + agent.heartbeat_interval();
-        let seq = agent.beats.lock().expect("poisoned").record(sent, agent.fence_window());
-        let req = pb::HeartbeatRequest {
-            executor_id: agent.id.clone(),
-            epoch: agent.epoch.load(Ordering::SeqCst),
-            attempts: agent.running(),
-            seq,
-        };
-        // The whole beat is bounded like a unary heartbeat (a deadline per attempt, a bound on the
-        // retries); a beat cut short drops the stream it was on.
-        let bound = agent.hb_client.call_timeout + agent.hb_client.retry_for;
-        let r = match tokio::time::timeout(bound, link.beat(&agent.hb_client, req)).await {
-            Ok(r) => r,
-            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                "heartbeat not answered within {bound:?}"
-            ))),
-        };
-        let result = if r.is_ok() { "ok" } else { "error" };
-        let m = crate::metrics::executor();
-        m.heartbeats.with_label_values(&[result]).inc();
-        m.heartbeat_seconds.with_label_values(&[result]).observe(sent.elapsed().as_secs_f64());
-        let resp = match r {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "heartbeat failed");
-                continue;
-            }
-        };
-        if resp.reregister {
-            // Not acknowledged as a live executor: no longer registered, so no start is accepted
-            // until the new registration (whose epoch the leader will use).
-            agent.epoch.store(0, Ordering::SeqCst);
-        } else {
-            // The beat was acknowledged as of when it was sent, not as of now: a slow answer
-            // must not stretch the fencing window.
-            let mut last = agent.last_ack.lock().expect("poisoned");
-            *last = (*last).max(sent);
-        }
-        for t in &resp.kill_tokens {
-            agent.stop_in_background(*t, "leader", STOP_GRACE);
-        }
-        if resp.reregister {
-            tracing::warn!(
-                "the leader does not know this executor (declared dead?): registering again"
-            );
-            if !skip {
-                for t in agent.runner.live_tokens() {
-                    agent.stop_in_background(t, "reregister", STOP_GRACE);
-                }
-            }
-            tokio::select! {
-                r = agent.register() => if let Err(e) = r { tracing::error!(error = %e, "re-registration failed"); stop_trigger.fire(); return; },
-                _ = stop.wait() => return,
-            }
-        }
-        if resp.draining && !agent.draining.swap(true, Ordering::SeqCst) {
-            tracing::info!("draining: finishing running attempts, then leaving");
-        }
-        if agent.draining.load(Ordering::SeqCst) && agent.runner.live_tokens().is_empty() {
-            stop_trigger.fire();
-            return;
-        }
     }
 }
 
@@ -446,20 +371,7 @@ async fn report_loop(
                 m.attempts_finished.with_label_values(&[status.outcome()]).inc()
             }
         }
-        let (kind, exit_code, error) = match &ev.kind {
-            EventKind::Started { .. } => (Kind::Started, 0, String::new()),
-            EventKind::Finished { status } => match status {
-                ExitStatus::Exited(c) => (Kind::Finished, *c, String::new()),
-                ExitStatus::Signaled(s) => {
-                    (Kind::Finished, 128 + s, format!("killed by signal {s}"))
-                }
-                ExitStatus::TimedOut => (Kind::Finished, 124, "timed out".to_string()),
-                ExitStatus::Killed => (Kind::Lost, 0, "stopped by the executor".to_string()),
-                ExitStatus::SpawnFailed(m) => {
-                    (Kind::Finished, 127, format!("could not start: {m}"))
-                }
-            },
-        };
+        let (kind, exit_code, error) = report_of(&ev.kind);
         let req = pb::ReportTaskRequest {
             executor_id: agent.id.clone(),
             job_id: info.job_id.clone(),
@@ -469,42 +381,62 @@ async fn report_loop(
             exit_code,
             error,
         };
-        let deadline =
-            Instant::now() + if flushing { FAREWELL_TIMEOUT } else { Duration::from_secs(3600) };
-        while Instant::now() < deadline {
-            let r = agent
-                .client
-                .call(|c| {
-                    let req = req.clone();
-                    async move { ExecutorServiceClient::new(c).report_task(req).await }
-                })
-                .await;
-            match r {
-                Ok(resp) => {
-                    m.reports
-                        .with_label_values(&[if resp.kill { "stale" } else { "accepted" }])
-                        .inc();
-                    if resp.kill {
-                        agent.stop_in_background(ev.token, "stale_report", STOP_GRACE);
-                    }
-                    break;
-                }
-                Err(e)
-                    if e.code() == tonic::Code::InvalidArgument
-                        || e.code() == tonic::Code::NotFound =>
-                {
-                    m.reports.with_label_values(&["refused"]).inc();
-                    tracing::warn!(token = ev.token, error = %e, "report refused for good");
-                    break;
-                }
-                Err(e) => {
-                    m.reports.with_label_values(&["retry"]).inc();
-                    tracing::debug!(token = ev.token, error = %e, "report failed; retrying")
-                }
-            }
-        }
+        // While running, a report is retried for as long as it takes; when leaving, for the
+        // farewell timeout.
+        let deadline = flushing.then(|| Instant::now() + FAREWELL_TIMEOUT);
+        deliver(&agent, req, deadline).await;
         if matches!(ev.kind, EventKind::Finished { .. }) {
             agent.runner.forget(ev.token);
+        }
+    }
+}
+
+/// What a runner event reports: its kind, exit code and error text.
+fn report_of(kind: &EventKind) -> (Kind, i32, String) {
+    match kind {
+        EventKind::Started { .. } => (Kind::Started, 0, String::new()),
+        EventKind::Finished { status } => match status {
+            ExitStatus::Exited(c) => (Kind::Finished, *c, String::new()),
+            ExitStatus::Signaled(s) => (Kind::Finished, 128 + s, format!("killed by signal {s}")),
+            ExitStatus::TimedOut => (Kind::Finished, 124, "timed out".to_string()),
+            ExitStatus::Killed => (Kind::Lost, 0, "stopped by the executor".to_string()),
+            ExitStatus::SpawnFailed(m) => (Kind::Finished, 127, format!("could not start: {m}")),
+        },
+    }
+}
+
+/// Sends a report until the leader answers for good or `deadline` (none: no deadline) passes;
+/// a stale-token answer kills the attempt.
+async fn deliver(agent: &Arc<Agent>, req: pb::ReportTaskRequest, deadline: Option<Instant>) {
+    let m = crate::metrics::executor();
+    while deadline.is_none_or(|d| Instant::now() < d) {
+        let r = agent
+            .client
+            .call(|c| {
+                let req = req.clone();
+                async move { ExecutorServiceClient::new(c).report_task(req).await }
+            })
+            .await;
+        match r {
+            Ok(resp) => {
+                m.reports.with_label_values(&[if resp.kill { "stale" } else { "accepted" }]).inc();
+                if resp.kill {
+                    agent.stop_in_background(req.token, "stale_report", STOP_GRACE);
+                }
+                return;
+            }
+            Err(e)
+                if e.code() == tonic::Code::InvalidArgument
+                    || e.code() == tonic::Code::NotFound =>
+            {
+                m.reports.with_label_values(&["refused"]).inc();
+                tracing::warn!(token = req.token, error = %e, "report refused for good");
+                return;
+            }
+            Err(e) => {
+                m.reports.with_label_values(&["retry"]).inc();
+                tracing::debug!(token = req.token, error = %e, "report failed; retrying")
+            }
         }
     }
 }

@@ -7,11 +7,11 @@
 pub mod batcher;
 pub mod cluster;
 pub mod config;
+pub mod duties;
 pub mod errors;
 pub mod executors;
 pub mod http;
 pub mod jobs;
-pub mod leader;
 pub mod liveness;
 pub mod node;
 
@@ -236,7 +236,7 @@ impl Background {
         let heartbeat = Duration::from_millis(cfg.raft.heartbeat_ms);
         let campaigns =
             crate::raft::election::run(raft, cfg.id, election, heartbeat, shutdown.clone());
-        let duties = leader::watch(node.clone(), liveness, cfg.executors.clone(), shutdown.clone());
+        let duties = duties::watch(node.clone(), liveness, cfg.executors.clone(), shutdown.clone());
         Background {
             campaigns: tokio::spawn(async move {
                 campaigns.await;

@@ -1,7 +1,7 @@
 //! The executor's heartbeat link to the leader: one long-lived `HeartbeatStream` on which each
 //! beat is one request answered by one response, instead of a unary call (and a new HTTP/2
 //! stream) per beat. The rules a beat's answer triggers (fencing, re-registration, kills,
-//! draining) stay in `heartbeat_loop`; this module only carries beats.
+//! draining) stay in [`super`] (decided by [`super::core`]); this module only carries beats.
 //!
 //! Invariants:
 //! - At most one beat is outstanding on a stream, and a stream that failed in any way (its

@@ -1,0 +1,527 @@
+//! The leader duties' decisions, pure: given the replicated state, the liveness table, what this
+//! leader has dispatched so far and the time, which commands to propose and which attempts to
+//! start or stop. No clock, no I/O, no Raft: the shell ([`super`]) reads the clock, executes the
+//! [`Effect`]s in order and feeds dispatch answers back with [`Core::on_dispatch`]. The golden
+//! scenarios in `testdata/` drive this exactly as the shell does.
+//!
+//! A round is two calls, [`Core::plan`] (dead scan and placement) and [`Core::dispatch`] (starts,
+//! stops, give-ups, and the effects in the order they must run). They are two so that the shell
+//! can time the planning pass between them: its cost sets how often full passes may run.
+//!
+//! Rules (each kept exactly as the chaos suite proved them):
+//! - **Placements before starts**: a placement is proposed in the round's one Raft entry, and its
+//!   start is sent only by a later round that finds the attempt `Assigned` in the applied state.
+//!   [`Effect::Propose`], when present, comes first; the shell runs nothing after a failed one.
+//! - **Dead only after a full TTL of this leader's silence**: [`grant_grace`] gives every executor
+//!   a fresh TTL when a leader takes over; the dead scan runs on ticks only, and is skipped when
+//!   nothing can have changed since a clean one ([`Core::plan`]).
+//! - **A start is given up only a fencing window after the heartbeat it named was received**
+//!   (`executor::lease::may_give_up`), and only after [`MAX_START_TRIES`] failed tries or a
+//!   refusal, so a start request still in the network is refused by the executor by then.
+//! - **Each cancelled attempt is stopped once** per leader (heartbeat reconciliation kills what a
+//!   lost stop missed).
+//! - **Planning cadence**: a round after an apply plans only newly submitted jobs unless the
+//!   executors changed; full passes (every pending task) run on ticks only when they can place
+//!   something new, and as a rate-limited safety net.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use super::super::liveness::{Liveness, View};
+use crate::api::pb;
+use crate::scheduler::{self, ExecutorView, PendingTask, PlanInput};
+use crate::state::{
+    Assignment, AttemptState, Command, ExecutorState, JobId, JobState, Millis, State, TaskState,
+    Token,
+};
+
+/// Most placements committed in one Raft entry.
+pub const MAX_PLACEMENTS_PER_ROUND: usize = 2000;
+/// A start that failed this many times is given up: the attempt is reported lost.
+pub const MAX_START_TRIES: u32 = 6;
+/// A failed start is retried after `START_RETRY_BASE << tries` (tries capped at
+/// [`START_RETRY_MAX_SHIFT`]): 200 ms, 400 ms, ... 6.4 s.
+const START_RETRY_BASE: Duration = Duration::from_millis(100);
+const START_RETRY_MAX_SHIFT: u32 = 6;
+/// The duties loop runs at least this often even when nothing is applied.
+pub const TICK: Duration = Duration::from_millis(100);
+/// A full planning pass (every pending task) costs time proportional to the backlog while
+/// holding the state's read lock, which apply needs, so it runs only when it can place something
+/// a partial pass cannot: when the executors or their loads changed (at once), or when a retry
+/// backoff seen by the last pass has ended (at most 1/FULL_PASS_SPACING of the time).
+const FULL_PASS_SPACING: u32 = 20;
+/// Besides those, a full pass runs as a safety net at most 1/SAFETY_PASS_SPACING of the time and
+/// at least every SAFETY_PASS_EVERY. A backlog that cannot be placed thus costs apply a stall of
+/// one pass per second or less, instead of one every 20 pass-lengths (which showed in the
+/// submission p99 with 10^5 pending jobs).
+const SAFETY_PASS_SPACING: u32 = 1000;
+const SAFETY_PASS_EVERY: Duration = Duration::from_secs(1);
+/// Cancelled attempts younger than this are stopped by a new leader too (older ones are
+/// reconciled by heartbeats anyway).
+pub const STOP_HORIZON_MS: u64 = 10 * 60 * 1000;
+/// Each scan for cancelled attempts re-reads this much before where the last one ended, for
+/// cancels stamped before but applied after it.
+pub const STOP_SCAN_OVERLAP_MS: u64 = 5_000;
+/// Why a start given up on is reported lost.
+pub const START_GIVEN_UP: &str = "the executor could not start the attempt";
+
+/// The time of a round, read once by the shell: the monotonic instant (liveness, retries,
+/// leases) and the leader's wall clock in ms (what commands carry).
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub at: Instant,
+    pub wall: Millis,
+}
+
+/// What the shell must do, in this order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Commit these through Raft as one entry (dead executors, given-up starts, placements).
+    /// Nothing after it may run unless it committed.
+    Propose(Vec<Command>),
+    /// Send this StartAttempt to the executor at `addr`; answer with [`Core::on_dispatch`].
+    Start { addr: String, req: Box<pb::StartAttemptRequest> },
+    /// Stop this attempt on the executor at `addr` (best effort, no answer needed).
+    Stop { addr: String, token: Token },
+}
+
+/// How a start request ended, as the dispatch task reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dispatched {
+    Started(Token),
+    /// Retry later (with backoff).
+    Failed(Token, String),
+    /// The executor refused for good (stale epoch, draining, lease): the attempt is lost.
+    Refused(Token, String),
+}
+
+/// Which pending tasks a round's placement looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Nothing new to place and no capacity change: no planning at all.
+    Skipped,
+    /// Only the jobs submitted after this seq.
+    NewJobs { after: u64 },
+    /// Every pending task.
+    Full,
+}
+
+/// The first half of a round, handed to [`Core::dispatch`].
+#[derive(Debug)]
+pub struct Planned {
+    /// When the round started (to time a full pass).
+    started: Instant,
+    pub pass: Pass,
+    /// `ExecutorDead` commands.
+    dead: Vec<Command>,
+    placements: Vec<Assignment>,
+}
+
+/// A start this leader is dispatching (an attempt `Assigned` in the state).
+struct Pending {
+    job: JobId,
+    index: u32,
+    tries: u32,
+    /// When the next request may go out; none: never (it was accepted, the entry waits for the
+    /// Started report to land, or for the attempt to leave `Assigned` otherwise).
+    next_try: Option<Instant>,
+    in_flight: bool,
+    /// When this leader received the heartbeat its latest request for the start named (none:
+    /// no request sent yet). The start is given up only a fencing window after it
+    /// (`executor::lease`), so a request still in the network is refused by then.
+    stamp: Option<Instant>,
+}
+
+/// Everything the duties remember between rounds: leader memory, rebuilt by each new leader.
+pub struct Core {
+    ttl: Duration,
+    /// What the last plan saw of the executors: the state's executor-change count and the
+    /// liveness generation. When both are unchanged, only newly submitted jobs can be placed,
+    /// so a round plans just those.
+    executors_seen: (u64, u64),
+    /// Jobs up to this seq have been considered by a plan.
+    planned_seq: u64,
+    /// Jobs (by seq) with tasks that fit on no executor as of `executors_seen`: skipped until the
+    /// executors or their loads change, so a backlog that cannot be placed costs nothing per round.
+    unplaceable: HashSet<u64>,
+    /// Earliest time of the next full pass for an ended backoff (see [`FULL_PASS_SPACING`]).
+    next_full: Instant,
+    /// Time of the next safety-net full pass (see [`SAFETY_PASS_SPACING`]).
+    next_safety: Instant,
+    /// The earliest end of a retry backoff (leader wall ms) among the tasks the last passes left
+    /// out for it: a full pass is due then.
+    backoff_due: Option<Millis>,
+    starts: HashMap<Token, Pending>,
+    /// Cancelled attempts already stopped, among those the stop scan still covers.
+    stopped: HashSet<Token>,
+    /// Where the next scan for cancelled attempts to stop starts (leader wall ms; none: this
+    /// leader has not scanned yet, so it looks back [`STOP_HORIZON_MS`]).
+    stop_scan_from: Option<Millis>,
+    /// The state's executor-change count at the last dead scan that found no one to declare
+    /// dead (none: scan at the next tick). See [`Core::needs_dead_scan`].
+    dead_scan_clean: Option<u64>,
+}
+
+/// A new leader's grace: every executor in the state gets a full fresh TTL from `now` before this
+/// leader may declare it dead (a failover never kills executors that beat to the old leader).
+pub fn grant_grace(state: &State, liveness: &Liveness, now: Instant) {
+    let ids: Vec<_> = state.executors().map(|e| e.id.clone()).collect();
+    liveness.reset(&ids, now);
+}
+
+/// How long an executor may be silent and still be given work: its own fencing window less a
+/// tick, so that no start sent after a tick's sweep reaches an executor refusing it for silence.
+/// (Shorter than the TTL, which [`Core::needs_dead_scan`] relies on.)
+pub fn placement_window(ttl: Duration) -> Duration {
+    crate::executor::fence_window(ttl).saturating_sub(TICK)
+}
+
+impl Core {
+    /// The duties of a leader that took over at `now` (after [`grant_grace`]).
+    pub fn new(ttl: Duration, now: Instant) -> Core {
+        Core {
+            ttl,
+            executors_seen: (u64::MAX, u64::MAX),
+            planned_seq: 0,
+            unplaceable: HashSet::new(),
+            next_full: now,
+            next_safety: now,
+            backoff_due: None,
+            starts: HashMap::new(),
+            stopped: HashSet::new(),
+            stop_scan_from: None,
+            dead_scan_clean: None,
+        }
+    }
+
+    /// The TTL executors are declared dead after.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Records how a start request ended; returns its failed tries so far (none: not tracked).
+    pub fn on_dispatch(&mut self, result: &Dispatched, now: Instant) -> Option<u32> {
+        let token = match result {
+            Dispatched::Started(t) | Dispatched::Failed(t, _) | Dispatched::Refused(t, _) => t,
+        };
+        let p = self.starts.get_mut(token)?;
+        p.in_flight = false;
+        match result {
+            // Keep the entry until the Started report lands, with no further tries.
+            Dispatched::Started(_) => p.next_try = None,
+            Dispatched::Failed(..) => {
+                p.tries += 1;
+                p.next_try =
+                    Some(now + START_RETRY_BASE * (1 << p.tries.min(START_RETRY_MAX_SHIFT)));
+            }
+            Dispatched::Refused(..) => p.tries = MAX_START_TRIES,
+        }
+        Some(p.tries)
+    }
+
+    /// Are the executors and their placeability as the last plan saw them? Then a round that is
+    /// no tick can place only newly submitted jobs: it is light (it looks at no executor and no
+    /// old job), so the shell may run it on the async worker.
+    pub fn executors_unchanged(&self, state: &State, liveness: &Liveness) -> bool {
+        (state.executor_changes(), liveness.generation()) == self.executors_seen
+    }
+
+    /// On ticks, marks executors silent for the [`placement_window`] unplaceable; returns how
+    /// many entries are unplaceable (0 on other rounds).
+    pub fn sweep(&self, liveness: &Liveness, now: Instant, tick: bool) -> usize {
+        if tick {
+            liveness.sweep(placement_window(self.ttl), now)
+        } else {
+            0
+        }
+    }
+
+    /// Must this tick's dead scan look at every executor? Not when the last scan found no one
+    /// to declare dead, the executors have not changed since (so every alive executor in the
+    /// state had a fresh liveness entry then), and the sweep just found every entry placeable
+    /// (so every entry is still fresh: see the liveness invariants). In the steady state of
+    /// many heartbeating executors that skips a hash lookup per executor ten times a second.
+    fn needs_dead_scan(&self, state: &State, unplaceable: usize) -> bool {
+        unplaceable > 0 || self.dead_scan_clean != Some(state.executor_changes())
+    }
+
+    /// The first half of a round: the dead scan (ticks only) and placement. `unplaceable` is what
+    /// [`Core::sweep`] returned this round.
+    pub fn plan(
+        &mut self,
+        state: &State,
+        liveness: &Liveness,
+        now: Now,
+        tick: bool,
+        unplaceable: usize,
+    ) -> Planned {
+        let dead = if tick && self.needs_dead_scan(state, unplaceable) {
+            self.dead_scan(state, &liveness.view(), now)
+        } else {
+            Vec::new()
+        };
+        let seen = (state.executor_changes(), liveness.generation());
+        if seen != self.executors_seen {
+            self.unplaceable.clear();
+        }
+        let backoff_ended = self.backoff_due.is_some_and(|due| due <= now.wall);
+        let full = seen != self.executors_seen
+            || (tick && now.at >= self.next_full && (backoff_ended || now.at >= self.next_safety));
+        let after = if full { None } else { Some(self.planned_seq) };
+        self.executors_seen = seen;
+        self.planned_seq = state.next_seq().saturating_sub(1);
+        let (pass, placements) = match after {
+            Some(s) if s >= self.planned_seq => (Pass::Skipped, Vec::new()),
+            _ => {
+                let pass = after.map_or(Pass::Full, |after| Pass::NewJobs { after });
+                (pass, self.place(state, &liveness.view(), now.wall, after))
+            }
+        };
+        Planned { started: now.at, pass, dead, placements }
+    }
+
+    /// `ExecutorDead` for every alive or draining executor not heard from within the TTL.
+    fn dead_scan(&mut self, state: &State, live: &View<'_>, now: Now) -> Vec<Command> {
+        let dead: Vec<Command> = state
+            .executors()
+            .filter(|e| matches!(e.state, ExecutorState::Alive | ExecutorState::Draining))
+            .filter(|e| !live.is_fresh(&e.id, self.ttl, now.at))
+            .map(|e| Command::ExecutorDead { id: e.id.clone(), epoch: e.epoch, now: now.wall })
+            .collect();
+        self.dead_scan_clean = dead.is_empty().then(|| state.executor_changes());
+        dead
+    }
+
+    /// Runs the planner over the pending tasks (of jobs after `after`, or all), remembering the
+    /// jobs that fit nowhere and the next backoff end among those left out.
+    fn place(
+        &mut self,
+        state: &State,
+        live: &View<'_>,
+        wall: Millis,
+        after: Option<u64>,
+    ) -> Vec<Assignment> {
+        let input = planner_input(state, live, wall, after, &self.unplaceable);
+        let plan = scheduler::plan(&input, MAX_PLACEMENTS_PER_ROUND);
+        // Not cut short by the limit: every unassigned task was tried and fits nowhere.
+        if plan.assignments.len() < MAX_PLACEMENTS_PER_ROUND {
+            let placed: HashSet<(JobId, u32)> =
+                plan.assignments.iter().map(|a| (a.job, a.index)).collect();
+            self.unplaceable.extend(
+                input.pending.iter().filter(|t| !placed.contains(&(t.job, t.index))).map(|t| t.seq),
+            );
+        }
+        let unplaceable = &self.unplaceable;
+        let next = state.next_backoff_end(wall, after, |seq| !unplaceable.contains(&seq));
+        self.backoff_due = match after {
+            None => next,
+            Some(_) => self.backoff_due.into_iter().chain(next).min(),
+        };
+        plan.assignments
+    }
+
+    /// The second half of a round: starts due, stops (ticks only), starts given up on, and the
+    /// effects in execution order. `now.at` is when planning ended: a full pass's length sets
+    /// the cadence of the next ones, and the dispatch decisions are dated after it.
+    pub fn dispatch(
+        &mut self,
+        state: &State,
+        liveness: &Liveness,
+        planned: Planned,
+        now: Now,
+        tick: bool,
+    ) -> Vec<Effect> {
+        if planned.pass == Pass::Full {
+            let took = now.at.saturating_duration_since(planned.started);
+            self.next_full = now.at + TICK.max(took * FULL_PASS_SPACING);
+            self.next_safety = now.at + SAFETY_PASS_EVERY.max(took * SAFETY_PASS_SPACING);
+        }
+        let starts = self.starts_due(state, &liveness.view(), now.at);
+        let stops = if tick { self.stops_due(state, now.wall) } else { Vec::new() };
+        let mut commands = planned.dead;
+        commands.extend(self.given_up(now));
+        if !planned.placements.is_empty() {
+            commands.push(Command::AssignTasks { assignments: planned.placements, now: now.wall });
+        }
+        let mut effects = Vec::with_capacity(1 + starts.len() + stops.len());
+        if !commands.is_empty() {
+            effects.push(Effect::Propose(commands));
+        }
+        effects.extend(
+            starts.into_iter().map(|(addr, req)| Effect::Start { addr, req: Box::new(req) }),
+        );
+        effects.extend(stops.into_iter().map(|(addr, token)| Effect::Stop { addr, token }));
+        effects
+    }
+
+    /// Start requests for `Assigned` attempts that are due a (re)try, each naming the newest
+    /// beat heard from its executor; forgets starts whose attempt is no longer `Assigned`.
+    fn starts_due(
+        &mut self,
+        state: &State,
+        live: &View<'_>,
+        now: Instant,
+    ) -> Vec<(String, pb::StartAttemptRequest)> {
+        let mut to_start = Vec::new();
+        let mut assigned = HashSet::new();
+        for a in state.live_attempts() {
+            if a.state != TaskState::Assigned {
+                continue;
+            }
+            assigned.insert(a.token);
+            let p = self.starts.entry(a.token).or_insert(Pending {
+                job: a.job,
+                index: a.index,
+                tries: 0,
+                next_try: Some(now),
+                in_flight: false,
+                stamp: None,
+            });
+            let due = p.next_try.is_some_and(|t| t <= now);
+            if p.in_flight || p.tries >= MAX_START_TRIES || !due {
+                continue;
+            }
+            let Some((addr, mut req)) = start_request(state, &a.job, a.index) else { continue };
+            // Not before this leader has heard a beat of the executor's current registration:
+            // the start must name one (its lease). The next beat brings it.
+            let Some(stamp) = live.stamp(&a.executor, req.epoch) else { continue };
+            req.lease_seq = stamp.seq;
+            p.stamp = Some(stamp.received);
+            p.in_flight = true;
+            to_start.push((addr, req));
+        }
+        // Forget attempts that started, finished or were lost.
+        self.starts.retain(|t, _| assigned.contains(t));
+        to_start
+    }
+
+    /// `TaskLost` for the starts given up on (out of tries or refused, none in flight), each only
+    /// a fencing window after the beat its latest request named was received, so the task is
+    /// placed again only when no executor can accept the old request any more. By token, so the
+    /// proposal does not depend on hash order.
+    fn given_up(&self, now: Now) -> Vec<Command> {
+        let window = crate::executor::fence_window(self.ttl);
+        let mut lost: Vec<(Token, &Pending)> = self
+            .starts
+            .iter()
+            .filter(|(_, p)| {
+                !p.in_flight
+                    && p.tries >= MAX_START_TRIES
+                    && crate::executor::lease::may_give_up(p.stamp, now.at, window)
+            })
+            .map(|(t, p)| (*t, p))
+            .collect();
+        lost.sort_by_key(|(t, _)| *t);
+        lost.into_iter()
+            .map(|(token, p)| Command::TaskLost {
+                job: p.job,
+                index: p.index,
+                token,
+                reason: START_GIVEN_UP.into(),
+                now: now.wall,
+            })
+            .collect()
+    }
+
+    /// Cancelled attempts to stop (each once). The scan covers jobs cancelled since the last
+    /// scan (with an overlap for commands applied late), so its cost follows the cancel rate,
+    /// not the number of jobs finished lately; heartbeat reconciliation stops whatever it misses.
+    fn stops_due(&mut self, state: &State, wall: Millis) -> Vec<(String, Token)> {
+        let since = match self.stop_scan_from {
+            None => wall.saturating_sub(STOP_HORIZON_MS),
+            Some(from) => from.min(wall).saturating_sub(STOP_SCAN_OVERLAP_MS),
+        };
+        let mut to_stop = Vec::new();
+        let mut seen = HashSet::new();
+        for job in state.jobs_recently_finished(since).filter(|j| j.state == JobState::Cancelled) {
+            for a in job.tasks.iter().flat_map(|t| &t.attempts) {
+                if a.state == AttemptState::Cancelled && a.started_at.is_some() {
+                    seen.insert(a.token);
+                    if self.stopped.insert(a.token) {
+                        if let Some(e) = state.executor(&a.executor) {
+                            to_stop.push((e.addr.clone(), a.token));
+                        }
+                    }
+                }
+            }
+        }
+        // Tokens that left the window are never scanned again.
+        self.stopped.retain(|t| seen.contains(t));
+        self.stop_scan_from = Some(wall);
+        to_stop
+    }
+}
+
+/// The StartAttempt call for the current attempt of a task, with the executor's address (the
+/// lease is filled in by the caller).
+fn start_request(
+    state: &State,
+    job_id: &JobId,
+    index: u32,
+) -> Option<(String, pb::StartAttemptRequest)> {
+    let job = state.job(job_id)?;
+    let task = job.tasks.get(index as usize)?;
+    let attempt = task.current()?;
+    let exec = state.executor(&attempt.executor)?;
+    let (start, end) = crate::state::task_range(index, job.spec.task_count);
+    Some((
+        exec.addr.clone(),
+        pb::StartAttemptRequest {
+            job_id: job.id.to_string(),
+            task_index: index,
+            task_count: job.spec.task_count,
+            attempt: attempt.number,
+            token: attempt.token,
+            command: job.spec.command.clone(),
+            args: job.spec.args.clone(),
+            env: job.spec.env.clone().into_iter().collect(),
+            shell: job.spec.shell,
+            timeout_ms: job.spec.timeout_ms,
+            range_start: uuid::Uuid::from_u128(start).to_string(),
+            range_end: uuid::Uuid::from_u128(end).to_string(),
+            epoch: exec.epoch,
+            lease_seq: 0,
+        },
+    ))
+}
+
+/// The planner's view of the state: placeable executors are alive and were heard from within
+/// their fencing window at the last sweep; pending tasks of every job, or only of jobs submitted
+/// after `after_seq`.
+pub fn planner_input(
+    state: &State,
+    seen: &View<'_>,
+    wall: Millis,
+    after_seq: Option<u64>,
+    skip: &HashSet<u64>,
+) -> PlanInput {
+    let pending: Vec<PendingTask> = state
+        .pending_tasks_where(wall, after_seq, |seq| !skip.contains(&seq))
+        .map(|(job, index)| PendingTask {
+            job: job.id,
+            index,
+            priority: job.spec.priority,
+            seq: job.seq,
+            demand: job.spec.resources,
+            constraints: job.spec.constraints.clone(),
+        })
+        .collect();
+    if pending.is_empty() {
+        // Nothing to place: the executors' view (a copy of every executor) is not built at all.
+        return PlanInput { executors: Vec::new(), pending };
+    }
+    let executors = state
+        .executors()
+        .filter(|e| e.state != ExecutorState::Left && e.state != ExecutorState::Dead)
+        .map(|e| ExecutorView {
+            id: e.id.clone(),
+            capacity: e.capacity,
+            used: state.used_resources(&e.id),
+            labels: e.labels.clone(),
+            // Within the executor's self-fencing window, not the whole TTL: an executor silent
+            // for longer refuses new work anyway.
+            placeable: e.state == ExecutorState::Alive && seen.is_placeable(&e.id),
+        })
+        .collect();
+    PlanInput { executors, pending }
+}

@@ -1,0 +1,340 @@
+//! Golden scenarios for the duties core (`testdata/*.txt`, regenerate with `UPDATE_GOLDEN=1`),
+//! driven exactly as the shell drives it, with the clock and the executors scripted.
+//!
+//! A scenario file is a script, one event per line as `<ms> <verb> <args>`, then a line
+//! `=== expected ===` and the transcript: each event with what it produced, then the tasks.
+//! `<ms>` is both the monotonic time since the scenario began and the leader's wall clock.
+//!
+//!   <ms> lead [ttl=MS]             a new leader takes over: a fresh core and liveness table,
+//!                                  and every executor's grace period starts (TTL 5000 unless set)
+//!   <ms> register E [slots=N]      commands applied as if committed by someone else:
+//!   <ms> drain E                   registrations, submissions, cancels, the executor's reports
+//!   <ms> submit jN [tasks=N] [attempts=N] [backoff=MS] [slots=N]
+//!   <ms> cancel jN
+//!   <ms> running jN/I tok=T        (the Started report)
+//!   <ms> finish jN/I tok=T [exit=C]
+//!   <ms> beat E seq=N              heartbeat N of E's current registration reaches the leader
+//!   <ms> tick | apply              a round: on the timer, or woken by an applied entry
+//!   <ms> started tok=T | failed tok=T | refused tok=T
+//!                                  how a start request the round sent ended
+//!
+//! A round prints its pass (`full`, `new jobs after seq N`; nothing when it planned nothing) and
+//! its effects in execution order. Proposed commands are applied at once (the entry commits);
+//! a full pass is timed as taking no time.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+use super::core::{self, Core, Dispatched, Effect, Now, Pass};
+use crate::master::liveness::Liveness;
+use crate::state::{Command, JobId, JobSpec, Outcome, Resources, State};
+
+const GOLDEN_SEP: &str = "=== expected ===";
+const DEFAULT_TTL_MS: u64 = 5000;
+
+fn job_name(id: &JobId) -> String {
+    format!("j{}", id.as_u128())
+}
+
+fn parse_job(s: &str) -> Result<JobId, String> {
+    let n: u128 =
+        s.strip_prefix('j').and_then(|n| n.parse().ok()).ok_or(format!("bad job {s:?}"))?;
+    Ok(JobId::from_u128(n))
+}
+
+fn parse_task(s: &str) -> Result<(JobId, u32), String> {
+    let (job, index) = s.split_once('/').ok_or(format!("bad task {s:?}"))?;
+    Ok((parse_job(job)?, index.parse().map_err(|_| format!("bad index in {s:?}"))?))
+}
+
+/// One scripted line, split: time, verb, positional operands, `key=value` options.
+struct Line<'a> {
+    ms: u64,
+    verb: &'a str,
+    pos: Vec<&'a str>,
+    opt: BTreeMap<&'a str, &'a str>,
+}
+
+impl<'a> Line<'a> {
+    fn parse(line: &'a str) -> Result<Line<'a>, String> {
+        let mut words = line.split_whitespace();
+        let ms = words.next().and_then(|t| t.parse().ok()).ok_or("line must start with a time")?;
+        let verb = words.next().ok_or("missing verb")?;
+        let (mut pos, mut opt) = (Vec::new(), BTreeMap::new());
+        for w in words {
+            match w.split_once('=') {
+                Some((k, v)) => {
+                    opt.insert(k, v);
+                }
+                None => pos.push(w),
+            }
+        }
+        Ok(Line { ms, verb, pos, opt })
+    }
+
+    fn num(&self, key: &str, default: u64) -> Result<u64, String> {
+        self.opt.get(key).map_or(Ok(default), |v| v.parse().map_err(|_| format!("bad {key}={v}")))
+    }
+
+    fn first(&self) -> Result<&'a str, String> {
+        self.pos.first().copied().ok_or_else(|| "missing operand".to_string())
+    }
+
+    /// The state command this line scripts, if it is one.
+    fn command(&self) -> Result<Option<Command>, String> {
+        let now = self.ms;
+        Ok(Some(match self.verb {
+            "register" => Command::RegisterExecutor {
+                id: self.first()?.into(),
+                addr: self.first()?.into(),
+                capacity: Resources { slots: self.num("slots", 1)? as u32, ..Default::default() },
+                labels: BTreeMap::new(),
+                now,
+            },
+            "drain" => Command::DrainExecutor { id: self.first()?.into(), now },
+            "submit" => {
+                let d = JobSpec::new("/bin/true");
+                let spec = JobSpec {
+                    task_count: self.num("tasks", 1)? as u32,
+                    resources: Resources { slots: self.num("slots", 1)? as u32, ..d.resources },
+                    max_attempts: self.num("attempts", d.max_attempts.into())? as u32,
+                    retry_backoff_ms: self.num("backoff", d.retry_backoff_ms)?,
+                    ..d
+                };
+                let id = parse_job(self.first()?)?;
+                Command::SubmitJob {
+                    id,
+                    name: String::new(),
+                    idempotency_key: String::new(),
+                    spec,
+                    now,
+                }
+            }
+            "cancel" => Command::CancelJob { id: parse_job(self.first()?)?, now },
+            "running" => {
+                let (job, index) = parse_task(self.first()?)?;
+                Command::TaskStarted { job, index, token: self.num("tok", 0)?, now }
+            }
+            "finish" => {
+                let (job, index) = parse_task(self.first()?)?;
+                let exit_code = self.num("exit", 0)? as i32;
+                Command::TaskFinished {
+                    job,
+                    index,
+                    token: self.num("tok", 0)?,
+                    exit_code,
+                    error: None,
+                    now,
+                }
+            }
+            _ => return Ok(None),
+        }))
+    }
+}
+
+/// A leader's duties and the world around them.
+struct World {
+    t0: Instant,
+    state: State,
+    liveness: Liveness,
+    core: Core,
+}
+
+impl World {
+    fn at(&self, ms: u64) -> Instant {
+        self.t0 + Duration::from_millis(ms)
+    }
+
+    fn lead(&mut self, ms: u64, ttl_ms: u64) {
+        self.liveness = Liveness::default();
+        core::grant_grace(&self.state, &self.liveness, self.at(ms));
+        self.core = Core::new(Duration::from_millis(ttl_ms), self.at(ms));
+    }
+
+    /// A round as the shell runs it (the planning pass takes no time).
+    fn round(&mut self, ms: u64, tick: bool, out: &mut String) {
+        let now = Now { at: self.at(ms), wall: ms };
+        let unplaceable = self.core.sweep(&self.liveness, now.at, tick);
+        let planned = self.core.plan(&self.state, &self.liveness, now, tick, unplaceable);
+        match planned.pass {
+            Pass::Skipped => {}
+            Pass::NewJobs { after } => {
+                out.push_str(&format!("  pass: new jobs after seq {after}\n"))
+            }
+            Pass::Full => out.push_str("  pass: full\n"),
+        }
+        let effects = self.core.dispatch(&self.state, &self.liveness, planned, now, tick);
+        if effects.is_empty() {
+            out.push_str("  -> nothing\n");
+        }
+        for effect in effects {
+            match effect {
+                Effect::Propose(commands) => {
+                    for cmd in commands {
+                        let what = describe(&cmd);
+                        let result = self.apply(&cmd);
+                        let _ = writeln!(out, "  -> propose {what}{result}");
+                    }
+                }
+                Effect::Start { addr, req } => {
+                    let job =
+                        JobId::parse_str(&req.job_id).map(|j| job_name(&j)).unwrap_or(req.job_id);
+                    let _ = writeln!(
+                        out,
+                        "  -> start {job}/{} #{} tok={} on {addr} epoch={} lease={}",
+                        req.task_index, req.attempt, req.token, req.epoch, req.lease_seq
+                    );
+                }
+                Effect::Stop { addr, token } => {
+                    let _ = writeln!(out, "  -> stop tok={token} on {addr}");
+                }
+            }
+        }
+    }
+
+    /// Applies a committed command; the suffix to print (nothing when it simply succeeded).
+    fn apply(&mut self, cmd: &Command) -> String {
+        let result = match self.state.apply(cmd) {
+            Ok(Outcome::Assigned { tokens }) => {
+                let tokens: Vec<String> = tokens
+                    .iter()
+                    .map(|t| {
+                        t.as_ref().map_or_else(|r| format!("rejected: {r}"), |t| format!("tok={t}"))
+                    })
+                    .collect();
+                format!(" => {}", tokens.join(" "))
+            }
+            Ok(_) => String::new(),
+            Err(r) => format!(" => rejected: {r}"),
+        };
+        self.state.check_invariants().unwrap_or_else(|e| panic!("after {cmd:?}: {e}"));
+        result
+    }
+
+    fn step(&mut self, line: &Line<'_>, out: &mut String) -> Result<(), String> {
+        let at = self.at(line.ms);
+        let token = || line.num("tok", 0);
+        match line.verb {
+            "lead" => self.lead(line.ms, line.num("ttl", DEFAULT_TTL_MS)?),
+            "beat" => {
+                let id = line.first()?;
+                let epoch = self.state.executor(id).map_or(0, |e| e.epoch);
+                self.liveness.beat(id, epoch, line.num("seq", 0)?, at);
+            }
+            "tick" => self.round(line.ms, true, out),
+            "apply" => self.round(line.ms, false, out),
+            "started" => {
+                let _ = self.core.on_dispatch(&Dispatched::Started(token()?), at);
+            }
+            "failed" => {
+                let tries = self.core.on_dispatch(&Dispatched::Failed(token()?, "".into()), at);
+                let _ = writeln!(
+                    out,
+                    "  -> tries={}",
+                    tries.map_or("untracked".into(), |t| t.to_string())
+                );
+            }
+            "refused" => {
+                let _ = self.core.on_dispatch(&Dispatched::Refused(token()?, "".into()), at);
+            }
+            _ => {
+                let cmd = line.command()?.ok_or(format!("unknown verb {:?}", line.verb))?;
+                let result = self.apply(&cmd);
+                let _ = writeln!(out, "  -> ok{result}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A proposed command, in script words.
+fn describe(cmd: &Command) -> String {
+    match cmd {
+        Command::ExecutorDead { id, epoch, .. } => format!("dead {id} epoch={epoch}"),
+        Command::TaskLost { job, index, token, reason, .. } => {
+            format!("lost {}/{index} tok={token} {reason:?}", job_name(job))
+        }
+        Command::AssignTasks { assignments, .. } => {
+            let a: Vec<String> = assignments
+                .iter()
+                .map(|a| format!("{}/{}@{}", job_name(&a.job), a.index, a.executor))
+                .collect();
+            format!("assign {}", a.join(" "))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Every task with its attempts, one line each.
+fn summary(s: &State) -> String {
+    let mut o = String::from("--- tasks ---\n");
+    let (jobs, _) = s.jobs_page(None, None, usize::MAX);
+    for job in jobs {
+        for t in &job.tasks {
+            let _ = write!(o, "{}/{} {:?}", job_name(&job.id), t.index, t.state);
+            for a in &t.attempts {
+                let _ = write!(o, " | #{} tok{} {} {:?}", a.number, a.token, a.executor, a.state);
+            }
+            o.push('\n');
+        }
+    }
+    o
+}
+
+fn run_golden(file: &str) {
+    let path = format!("{}/src/master/duties/testdata/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let script = text.split(GOLDEN_SEP).next().unwrap_or_default().trim_end();
+    let t0 = Instant::now();
+    let mut w = World {
+        t0,
+        state: State::new(),
+        liveness: Liveness::default(),
+        core: Core::new(Duration::from_millis(DEFAULT_TTL_MS), t0),
+    };
+    let mut out = String::new();
+    let mut last = 0;
+    for raw in script.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let line = Line::parse(raw).unwrap_or_else(|e| panic!("{file}: {raw:?}: {e}"));
+        assert!(line.ms >= last, "{file}: {raw:?}: time goes backwards");
+        last = line.ms;
+        out.push_str(raw);
+        out.push('\n');
+        w.step(&line, &mut out).unwrap_or_else(|e| panic!("{file}: {raw:?}: {e}"));
+    }
+    out.push_str(&summary(&w.state));
+    let expected =
+        text.split_once(GOLDEN_SEP).map(|(_, e)| e.trim_start_matches('\n')).unwrap_or("");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, format!("{script}\n\n{GOLDEN_SEP}\n{out}")).unwrap();
+    } else if expected != out {
+        panic!("{file}: transcript differs (rerun with UPDATE_GOLDEN=1 to accept)\n--- expected\n{expected}\n--- got\n{out}");
+    }
+}
+
+macro_rules! golden {
+    ($($name:ident),* $(,)?) => {
+        $( #[test] fn $name() { run_golden(concat!(stringify!($name), ".txt")); } )*
+        /// Every scenario file has a test above.
+        #[test]
+        fn golden_files_all_listed() {
+            let listed = [$(concat!(stringify!($name), ".txt")),*];
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/master/duties/testdata");
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let name = entry.unwrap().file_name().into_string().unwrap();
+                assert!(listed.contains(&name.as_str()), "testdata/{name} has no golden! entry");
+            }
+        }
+    };
+}
+
+golden!(
+    executor_dies_mid_start,
+    start_lease_expires,
+    new_leader_grace,
+    cancelled_job_stops_once,
+    backoff_ends_full_pass,
+    dispatch_retry_then_give_up,
+    refused_start_is_lost,
+);
