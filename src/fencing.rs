@@ -26,8 +26,6 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-pub use crate::timings::{fence_window, SELF_FENCE_FRACTION};
-
 /// Most beats remembered (a beat per 50 ms over a 60 s window fits).
 pub const MAX_BEATS: usize = 1200;
 

@@ -17,16 +17,16 @@
 //! `api` and `client`; `cli` uses everything.
 
 pub mod api;
-pub mod chaos;
+pub(crate) mod chaos;
 pub mod cli;
 pub mod client;
-pub mod executor;
-pub mod fencing;
+pub(crate) mod executor;
+pub(crate) mod fencing;
 pub mod master;
-pub mod metrics;
-pub mod raft;
-pub mod scheduler;
-pub mod shutdown;
-pub mod state;
-pub mod store;
-pub mod timings;
+pub(crate) mod metrics;
+pub(crate) mod raft;
+pub(crate) mod scheduler;
+pub(crate) mod shutdown;
+pub(crate) mod state;
+pub(crate) mod store;
+pub(crate) mod timings;

@@ -20,9 +20,6 @@ impl Trigger {
     pub fn fire(&self) {
         let _ = self.0.send(true);
     }
-    pub fn subscribe(&self) -> Shutdown {
-        Shutdown(self.0.subscribe())
-    }
 }
 
 impl Shutdown {

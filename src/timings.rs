@@ -94,10 +94,6 @@ pub const DEV_STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long `triad dev` waits for its cluster to come up.
 pub const DEV_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A deadline so far away it means "not until something else happens" (used instead of an
-/// `Option<Instant>` where a timer must always be armed).
-pub const NEVER: Duration = Duration::from_secs(3600);
-
 // ---- Compile-time relations ----
 
 const fn ms(d: Duration) -> u64 {
@@ -125,7 +121,6 @@ const _: () = {
     assert!(ms(DEV_STOP_GRACE) >= ms(MASTER_STOP_GRACE));
     assert!(ms(DEV_STOP_GRACE) >= ms(EXECUTOR_KILL_GRACE));
     // "Never" is longer than anything it stands in for.
-    assert!(ms(NEVER) > ms(CLIENT_RETRY_FOR));
 };
 
 // ---- Start-up relations of configured values ----

@@ -517,9 +517,8 @@ async fn open_heartbeat_stream(
 > {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.try_send(first).unwrap();
-    let mut client = pb::executor_service_client::ExecutorServiceClient::new(
-        triad::raft::network::channel(addr).unwrap(),
-    );
+    let mut client =
+        pb::executor_service_client::ExecutorServiceClient::new(triad::api::channel(addr).unwrap());
     let open = client.heartbeat_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     let r = tokio::time::timeout(Duration::from_secs(10), open)
         .await

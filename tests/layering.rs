@@ -49,11 +49,6 @@ const LAYERS: &[(&str, u32, &[&str])] = &[
     ),
 ];
 
-/// Upward edges that are known and being removed by work merged separately: (file, module).
-/// `master/leader.rs` still names `executor::fence_window`/`executor::lease`, whose rules now
-/// live in `crate::fencing`; it is being rewritten on another branch. Delete at merge.
-const PENDING: &[(&str, &str)] = &[("src/master/leader.rs", "executor")];
-
 fn layer(module: &str) -> Option<&'static (&'static str, u32, &'static [&'static str])> {
     LAYERS.iter().find(|(m, _, _)| *m == module)
 }
@@ -235,9 +230,6 @@ fn violations(sources: &[Source]) -> Vec<String> {
             if layer(to).is_none() || may_use(&from, to) {
                 continue; // not a module (a macro, `crate::Foo`), or allowed
             }
-            if PENDING.contains(&(shown.as_str(), to.as_str())) {
-                continue;
-            }
             bad.push(format!(
                 "{shown}:{}: `{from}` uses `crate::{}`, but `{from}` may use only {:?} and the leaves",
                 u.line,
@@ -336,17 +328,6 @@ fn the_layer_table_points_one_way() {
 fn no_module_uses_a_layer_above_it() {
     let bad = violations(&sources());
     assert!(bad.is_empty(), "edges that point up:\n{}", bad.join("\n"));
-}
-
-/// An exception that is no longer needed is deleted, so the table cannot rot.
-#[test]
-fn every_pending_exception_is_still_needed() {
-    let srcs = sources();
-    for (file, to) in PENDING {
-        let s = srcs.iter().find(|s| format!("src/{}", s.rel.display()) == *file);
-        let used = s.is_some_and(|s| crate_uses(&s.text).iter().any(|u| u.segments[0] == *to));
-        assert!(used, "{file} no longer uses `crate::{to}`: delete its entry from PENDING");
-    }
 }
 
 #[test]

@@ -240,7 +240,7 @@ impl LeaderView {
 }
 
 pub fn cluster_channel(addr: &str) -> anyhow::Result<Channel> {
-    triad::raft::network::channel(addr).with_context(|| format!("bad address {addr}"))
+    triad::api::channel(addr).with_context(|| format!("bad address {addr}"))
 }
 
 /// Polls one master's own status every `every` and records each poll as a `leader-poll` op.

@@ -1,10 +1,10 @@
 //! The `triad` command line (SPEC "Command line"): argument parsing and one function per
 //! command. Errors reach the user as one line on stderr and a non-zero exit status.
 
-pub mod bench;
-pub mod dev;
-pub mod executors;
-pub mod output;
+pub(crate) mod bench;
+pub(crate) mod dev;
+pub(crate) mod executors;
+pub(crate) mod output;
 
 use std::path::PathBuf;
 use std::time::Duration;

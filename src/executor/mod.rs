@@ -15,7 +15,6 @@
 pub mod config;
 mod heartbeat;
 mod http;
-pub mod lease;
 pub mod runner;
 mod worker;
 
@@ -36,23 +35,8 @@ use crate::client::Client;
 use crate::shutdown::{self, Shutdown};
 use runner::{AttemptEvent, EventKind, ExitStatus, Runner};
 
-/// Attempts are killed once heartbeats have gone unacknowledged for this fraction of the TTL,
-/// leaving the rest of the TTL as margin for clock-rate differences and the kill itself.
-pub const SELF_FENCE_FRACTION: f64 = 0.6;
-
-/// The self-fencing window of a TTL: attempts die after this long without an acknowledged beat,
-/// a start runs only this long after the beat it names was sent, and the leader gives a start up
-/// only this long after it received that beat ([`lease`]).
-pub fn fence_window(ttl: Duration) -> Duration {
-    ttl.mul_f64(SELF_FENCE_FRACTION)
-}
-/// Grace between SIGTERM and SIGKILL when stopping an attempt.
-pub const STOP_GRACE: Duration = Duration::from_secs(2);
-/// How long a stopping executor keeps trying to deliver its last reports and to deregister.
-const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
-/// The heartbeat client's deadline per call, and how long it retries one beat: a heartbeat is
-/// never worth waiting long for.
-const HEARTBEAT_CALL_TIMEOUT: Duration = Duration::from_millis(800);
+use crate::timings::HEARTBEAT_CALL_TIMEOUT;
+use crate::timings::{EXECUTOR_FAREWELL as FAREWELL_TIMEOUT, EXECUTOR_KILL_GRACE as STOP_GRACE};
 
 #[derive(Clone, Debug)]
 pub struct ExecutorConfig {
@@ -296,13 +280,8 @@ impl Agent {
         self.pulse().is_fenced(Instant::now())
     }
 
-    /// [`fence_window`] of the TTL this executor was given.
-    pub fn fence_window(&self) -> Duration {
-        self.pulse().fence_window()
-    }
-
-    /// May a start that names heartbeat `seq` run now? (See [`lease`].)
-    pub fn check_lease(&self, seq: u64) -> Result<(), lease::LeaseError> {
+    /// May a start that names heartbeat `seq` run now? (See [`crate::fencing`].)
+    pub fn check_lease(&self, seq: u64) -> Result<(), crate::fencing::LeaseError> {
         self.pulse().check_lease(seq, Instant::now())
     }
 

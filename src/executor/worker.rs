@@ -2,7 +2,7 @@
 //!
 //! Invariants:
 //! - **A start is admitted only by a live, current executor:** not draining, not self-fenced,
-//!   the request's epoch equal to ours, and its lease stamp fresh (`executor::lease`). Anything
+//!   the request's epoch equal to ours, and its lease stamp fresh (`fencing`). Anything
 //!   else is refused before the runner sees the request.
 //! - **A start survives its RPC:** it runs as its own task, so a cancelled call never leaves a
 //!   token registered but not spawned.

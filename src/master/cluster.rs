@@ -163,7 +163,7 @@ impl Cluster {
                 raft_err(e.to_string())
             }
         })?;
-        let mem = r.membership.cloned().unwrap_or(membership);
+        let mem = r.membership.unwrap_or(membership);
         Ok(pb::MembershipResponse {
             voters: mem.voter_ids().collect(),
             learners: mem.learner_ids().collect(),

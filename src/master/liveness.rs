@@ -24,7 +24,7 @@ struct Seen {
     /// As of the last sweep (or the heartbeat that ended a silence).
     placeable: bool,
     /// The newest numbered heartbeat heard from the executor: what the starts sent to it name
-    /// (see `executor::lease`).
+    /// (see `fencing`).
     stamp: Option<Stamp>,
 }
 
@@ -160,18 +160,15 @@ impl Liveness {
     }
 
     /// Has `id` been heard from within `ttl` of `now`? Unknown executors have not.
+    #[cfg(test)]
     pub fn is_fresh(&self, id: &str, ttl: Duration, now: Instant) -> bool {
         self.view().is_fresh(id, ttl, now)
     }
 
     /// The newest beat heard from `id` under `epoch` (see [`View::stamp`]).
+    #[cfg(test)]
     pub fn stamp(&self, id: &str, epoch: u64) -> Option<Stamp> {
         self.view().stamp(id, epoch)
-    }
-
-    /// When `id` was last heard from.
-    pub fn last_seen(&self, id: &str) -> Option<Instant> {
-        self.lock().last_seen.get(id).map(|s| s.at)
     }
 }
 

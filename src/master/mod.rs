@@ -4,16 +4,16 @@
 //! Lifecycle: open the store, start Raft, serve, bootstrap the cluster on first start when
 //! configured, then run until shutdown; on shutdown stop serving (bounded) and stop Raft.
 
-pub mod batcher;
-pub mod cluster;
+pub(crate) mod batcher;
+pub(crate) mod cluster;
 pub mod config;
-pub mod duties;
-pub mod errors;
-pub mod executors;
-pub mod http;
-pub mod jobs;
-pub mod liveness;
-pub mod node;
+pub(crate) mod duties;
+pub(crate) mod errors;
+pub(crate) mod executors;
+pub(crate) mod http;
+pub(crate) mod jobs;
+pub(crate) mod liveness;
+pub(crate) mod node;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

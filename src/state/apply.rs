@@ -225,6 +225,7 @@ fn clip(s: &str) -> String {
 }
 
 impl State {
+    #[cfg(test)]
     pub fn new() -> State {
         State::default()
     }

@@ -24,14 +24,15 @@
 //!   state recounts it, so snapshots keep their format.
 
 pub mod apply;
+#[cfg(test)]
+mod invariants;
 pub mod model;
 pub mod query;
 pub mod range;
 
 pub use apply::{State, Tally};
 pub use model::*;
-pub use query::LiveAttempt;
-pub use range::{range_uuid, task_range, task_range_uuids};
+pub use range::task_range_uuids;
 
 #[cfg(test)]
 mod tests;

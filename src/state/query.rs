@@ -1,12 +1,12 @@
 //! Read helpers over [`State`] for the API, scheduler and dispatcher. All pure; none changes
 //! state.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
-use super::apply::{LiveIndex, State, Tally};
+use super::apply::{State, Tally};
 use super::model::*;
 
 /// A live (assigned or running) current attempt, as the dispatcher needs it.
@@ -127,6 +127,7 @@ impl State {
             .collect()
     }
 
+    #[cfg(test)]
     /// Tasks placeable at `now` (pending, backoff elapsed) as `(job, index)`, highest priority
     /// first, then oldest job, then lowest index. Lazy, so a scheduler can take only what it can
     /// place.
@@ -134,6 +135,7 @@ impl State {
         self.pending_tasks_after(now, None)
     }
 
+    #[cfg(test)]
     /// Like [`State::pending_tasks`], restricted to jobs submitted after `after_seq` (new work).
     pub fn pending_tasks_after(
         &self,
@@ -197,6 +199,7 @@ impl State {
         self.finished.range((since, 0)..).filter_map(|(_, seq)| self.jobs.get(seq))
     }
 
+    #[cfg(test)]
     /// The token the next assignment will get.
     pub fn next_token(&self) -> Token {
         self.next_token
@@ -205,176 +208,5 @@ impl State {
     /// The seq the next submitted job will get.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
-    }
-
-    /// Checks every invariant of the state (a full scan; for tests and debugging, e.g. after a
-    /// snapshot install). The message names the first violation found. By entity: each job and
-    /// its tasks, then the derived indexes against what the jobs gave, then the executors.
-    pub fn check_invariants(&self) -> Result<(), String> {
-        let mut recount = Recount::default();
-        for (&seq, job) in &self.jobs {
-            self.check_job(seq, job, &mut recount)?;
-        }
-        self.check_indexes(&recount)?;
-        self.check_executors()
-    }
-
-    /// One job: its place in the id and key indexes, its task count, its state against its
-    /// tasks' states, and each task. Adds what the derived indexes should hold to `recount`.
-    fn check_job(&self, seq: u64, job: &Job, recount: &mut Recount) -> Result<(), String> {
-        let id = job.id;
-        let ctx = |m: &str| format!("job {id} (seq {seq}): {m}");
-        if job.seq != seq || self.job_seqs.get(&id) != Some(&seq) || seq >= self.next_seq {
-            return Err(ctx("seq index inconsistent"));
-        }
-        if !job.idempotency_key.is_empty()
-            && recount.keys.insert(job.idempotency_key.clone(), id).is_some()
-        {
-            return Err(ctx("idempotency key names two jobs"));
-        }
-        if job.tasks.len() != job.spec.task_count as usize {
-            return Err(ctx("task count differs from spec"));
-        }
-        let counts = job.counts();
-        if !job.state.is_terminal() {
-            recount.active.insert(seq, counts);
-        }
-        job_rollup_agrees(job.state, &counts).map_err(ctx)?;
-        match (job.state.is_terminal(), job.finished_at) {
-            (true, Some(at)) => {
-                recount.finished.insert((at, seq));
-            }
-            (false, None) => {}
-            _ => return Err(ctx("finished_at disagrees with state")),
-        }
-        for (i, task) in job.tasks.iter().enumerate() {
-            let ctx = |m: &str| format!("job {id} task {i}: {m}");
-            if task.index as usize != i || task.state == TaskState::Lost {
-                return Err(ctx("bad index or Lost at rest"));
-            }
-            self.check_task(job, task).map_err(|m| ctx(&m))?;
-            if let Some(a) = task.current().filter(|a| a.state.is_live()) {
-                recount.live.entry(a.executor.clone()).or_default().insert((seq, task.index));
-            }
-        }
-        Ok(())
-    }
-
-    /// One task of `job`: its attempts (numbered, fenced by increasing tokens, only the current
-    /// one live) and its state against its current attempt's.
-    fn check_task(&self, job: &Job, task: &Task) -> Result<(), String> {
-        if task.attempts.len() > job.spec.max_attempts as usize {
-            return Err("more attempts than allowed".into());
-        }
-        let mut last_token = 0; // tokens increase within a task; across tasks they interleave
-        for (n, a) in task.attempts.iter().enumerate() {
-            if a.number as usize != n + 1 || a.token <= last_token || a.token >= self.next_token {
-                return Err("attempt numbers or tokens out of order".into());
-            }
-            last_token = a.token;
-            if a.state.is_live() && n + 1 != task.attempts.len() {
-                return Err("a non-current attempt is live".into());
-            }
-        }
-        let cur = task.current().map(|a| a.state);
-        let consistent = match task.state {
-            TaskState::Pending => cur.is_none_or(AttemptState::is_terminal),
-            TaskState::Assigned => cur == Some(AttemptState::Assigned),
-            TaskState::Running => cur == Some(AttemptState::Running),
-            TaskState::Succeeded => cur == Some(AttemptState::Succeeded),
-            TaskState::Failed => matches!(cur, Some(AttemptState::Failed | AttemptState::Lost)),
-            TaskState::Cancelled | TaskState::Lost => cur.is_none_or(AttemptState::is_terminal),
-        };
-        if !consistent {
-            return Err(format!("task {:?} with current attempt {cur:?}", task.state));
-        }
-        if task
-            .current()
-            .is_some_and(|a| a.state.is_live() && !self.executors.contains_key(&a.executor))
-        {
-            return Err("live attempt on an unknown executor".into());
-        }
-        if job.state == JobState::Pending
-            && task
-                .attempts
-                .iter()
-                .any(|a| !matches!(a.state, AttemptState::Assigned | AttemptState::Lost))
-        {
-            return Err("job pending but an attempt started".into());
-        }
-        Ok(())
-    }
-
-    /// The derived indexes and the tally against what a walk of the jobs gave.
-    fn check_indexes(&self, recount: &Recount) -> Result<(), String> {
-        if self.job_seqs.len() != self.jobs.len() {
-            return Err("job id index has extra entries".into());
-        }
-        if recount.keys != self.idempotency {
-            return Err("idempotency index differs from jobs".into());
-        }
-        if recount.active != self.active {
-            return Err("active index differs from jobs".into());
-        }
-        if recount.live != self.live {
-            return Err("live index differs from jobs".into());
-        }
-        if recount.finished != self.finished {
-            return Err("finished index differs from jobs".into());
-        }
-        let counted = Tally::recount(self);
-        if counted != self.tally {
-            return Err(format!("tally {:?} differs from a recount {counted:?}", self.tally));
-        }
-        Ok(())
-    }
-
-    /// Each executor: its record, no live attempts unless it can run them, within capacity.
-    fn check_executors(&self) -> Result<(), String> {
-        for (id, ex) in &self.executors {
-            if &ex.id != id || ex.epoch == 0 {
-                return Err(format!("executor {id}: bad id or epoch"));
-            }
-            if ex.state != ExecutorState::Alive
-                && ex.state != ExecutorState::Draining
-                && self.live.contains_key(id)
-            {
-                return Err(format!("executor {id} is {:?} but holds live attempts", ex.state));
-            }
-            // Capacity changes only at registration, which first loses every live attempt.
-            if !self.used_resources(id).fits_in(ex.capacity) {
-                return Err(format!("executor {id} is over capacity"));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// What `check_invariants` rebuilds from the jobs, to compare with the derived indexes.
-#[derive(Default)]
-struct Recount {
-    live: LiveIndex,
-    active: BTreeMap<u64, TaskCounts>,
-    keys: BTreeMap<String, JobId>,
-    finished: BTreeSet<(Millis, u64)>,
-}
-
-/// A job's state against its tasks' counts: succeeded means every task did; terminal means no
-/// task is still going; non-terminal means none failed or was cancelled and not all succeeded.
-fn job_rollup_agrees(state: JobState, counts: &TaskCounts) -> Result<(), &'static str> {
-    let finished = counts.succeeded + counts.failed + counts.cancelled;
-    match state {
-        JobState::Succeeded if counts.succeeded != counts.total() => {
-            Err("succeeded with unfinished tasks")
-        }
-        s if s.is_terminal() && counts.total() != finished => {
-            Err("terminal with non-terminal tasks")
-        }
-        s if !s.is_terminal()
-            && (counts.failed + counts.cancelled > 0 || counts.succeeded == counts.total()) =>
-        {
-            Err("non-terminal but tasks say it finished")
-        }
-        _ => Ok(()),
     }
 }

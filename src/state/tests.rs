@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use uuid::Uuid;
 
+use super::query::LiveAttempt;
+use super::range::{range_uuid, task_range};
 use super::*;
 
 // --- command builders ---------------------------------------------------------------------------

@@ -382,7 +382,7 @@ pub async fn http_get(addr: &str, path: &str) -> Option<String> {
 /// The gRPC health status of a master or executor ("" service): Some(true) when SERVING.
 pub async fn grpc_serving(addr: &str) -> Option<bool> {
     use tonic_health::pb::health_client::HealthClient;
-    let chan = triad::raft::network::channel(addr).ok()?;
+    let chan = triad::api::channel(addr).ok()?;
     let mut req =
         tonic::Request::new(tonic_health::pb::HealthCheckRequest { service: String::new() });
     req.set_timeout(Duration::from_secs(2));

@@ -493,7 +493,7 @@ struct SimBeats {
     tx: Option<tokio::sync::mpsc::Sender<pb::HeartbeatRequest>>,
     /// When its unanswered beat was sent.
     sent: Option<Instant>,
-    /// The number of its last beat (numbered like a real executor's, see `executor::lease`).
+    /// The number of its last beat (numbered like a real executor's, see `fencing`).
     seq: u64,
     /// Which of its streams `tx` belongs to: answers from a stream it replaced are ignored.
     stream: u64,

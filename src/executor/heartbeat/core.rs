@@ -4,27 +4,27 @@
 //!
 //! Invariants (the executor's half of fencing; the leader's half is in `master::duties`):
 //! - **Self-fencing**: when no beat has been acknowledged for the fencing window
-//!   ([`crate::executor::fence_window`], 60 % of the TTL), every attempt is killed, with a grace
+//!   ([`crate::timings::fence_window`], 60 % of the TTL), every attempt is killed, with a grace
 //!   short enough to finish well inside the rest of the TTL; the leader will have declared this
 //!   executor dead (or is about to) and rescheduled the work. The loop wakes as the window
 //!   closes, not a beat interval late.
 //! - **An acknowledgement dates from the beat's sending**, not its answer: a slow answer must not
 //!   stretch the window. Acks only move forward.
 //! - **Start leases**: a start runs only within the fencing window of the beat (or registration)
-//!   it names, as this process sent it ([`crate::executor::lease`]).
+//!   it names, as this process sent it ([`crate::fencing`]).
 //! - An answer that does not know this executor (re-register) acknowledges nothing and kills
 //!   every attempt before registering again: its attempts were rescheduled.
 
 use std::time::{Duration, Instant};
 
 use crate::api::pb;
-use crate::executor::lease::{BeatLog, LeaseError};
-use crate::executor::{fence_window, STOP_GRACE};
+use crate::fencing::{BeatLog, LeaseError};
 use crate::state::Token;
+use crate::timings::{fence_window, EXECUTOR_KILL_GRACE as STOP_GRACE};
 
 /// Until the first registration answers: the TTL and beat interval assumed.
-const DEFAULT_TTL: Duration = Duration::from_secs(5);
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+const DEFAULT_TTL: Duration = crate::timings::DEFAULT_EXECUTOR_TTL;
+const DEFAULT_INTERVAL: Duration = crate::timings::DEFAULT_EXECUTOR_HEARTBEAT;
 /// Bounds on what a leader may ask for (a TTL below this, or a beat interval outside these, is
 /// a misconfiguration the executor survives).
 const MIN_TTL: Duration = Duration::from_millis(100);

@@ -275,6 +275,7 @@ impl Runner {
     }
 
     /// Every known attempt, live or finished, ordered by token.
+    #[cfg(test)]
     pub fn list(&self) -> Vec<AttemptInfo> {
         let mut infos: Vec<_> = self.lock().values().map(|e| e.info.clone()).collect();
         infos.sort_by_key(|i| i.token);

@@ -16,7 +16,7 @@
 //!   a fresh TTL when a leader takes over; the dead scan runs on ticks only, and is skipped when
 //!   nothing can have changed since a clean one ([`Core::plan`]).
 //! - **A start is given up only a fencing window after the heartbeat it named was received**
-//!   (`executor::lease::may_give_up`), and only after [`MAX_START_TRIES`] failed tries or a
+//!   (`fencing::may_give_up`), and only after [`MAX_START_TRIES`] failed tries or a
 //!   refusal, so a start request still in the network is refused by the executor by then.
 //! - **Each cancelled attempt is stopped once** per leader (heartbeat reconciliation kills what a
 //!   lost stop missed).
@@ -44,7 +44,7 @@ pub const MAX_START_TRIES: u32 = 6;
 const START_RETRY_BASE: Duration = Duration::from_millis(100);
 const START_RETRY_MAX_SHIFT: u32 = 6;
 /// The duties loop runs at least this often even when nothing is applied.
-pub const TICK: Duration = Duration::from_millis(100);
+pub use crate::timings::LEADER_TICK as TICK;
 /// A full planning pass (every pending task) costs time proportional to the backlog while
 /// holding the state's read lock, which apply needs, so it runs only when it can place something
 /// a partial pass cannot: when the executors or their loads changed (at once), or when a retry
@@ -55,7 +55,7 @@ const FULL_PASS_SPACING: u32 = 20;
 /// one pass per second or less, instead of one every 20 pass-lengths (which showed in the
 /// submission p99 with 10^5 pending jobs).
 const SAFETY_PASS_SPACING: u32 = 1000;
-const SAFETY_PASS_EVERY: Duration = Duration::from_secs(1);
+use crate::timings::SAFETY_PASS_EVERY;
 /// Cancelled attempts younger than this are stopped by a new leader too (older ones are
 /// reconciled by heartbeats anyway).
 pub const STOP_HORIZON_MS: u64 = 10 * 60 * 1000;
@@ -128,7 +128,7 @@ struct Pending {
     in_flight: bool,
     /// When this leader received the heartbeat its latest request for the start named (none:
     /// no request sent yet). The start is given up only a fencing window after it
-    /// (`executor::lease`), so a request still in the network is refused by then.
+    /// (`fencing`), so a request still in the network is refused by then.
     stamp: Option<Instant>,
 }
 
@@ -173,7 +173,7 @@ pub fn grant_grace(state: &State, liveness: &Liveness, now: Instant) {
 /// tick, so that no start sent after a tick's sweep reaches an executor refusing it for silence.
 /// (Shorter than the TTL, which [`Core::needs_dead_scan`] relies on.)
 pub fn placement_window(ttl: Duration) -> Duration {
-    crate::executor::fence_window(ttl).saturating_sub(TICK)
+    crate::timings::fence_window(ttl).saturating_sub(TICK)
 }
 
 impl Core {
@@ -400,14 +400,14 @@ impl Core {
     /// placed again only when no executor can accept the old request any more. By token, so the
     /// proposal does not depend on hash order.
     fn given_up(&self, now: Now) -> Vec<Command> {
-        let window = crate::executor::fence_window(self.ttl);
+        let window = crate::timings::fence_window(self.ttl);
         let mut lost: Vec<(Token, &Pending)> = self
             .starts
             .iter()
             .filter(|(_, p)| {
                 !p.in_flight
                     && p.tries >= MAX_START_TRIES
-                    && crate::executor::lease::may_give_up(p.stamp, now.at, window)
+                    && crate::fencing::may_give_up(p.stamp, now.at, window)
             })
             .map(|(t, p)| (*t, p))
             .collect();
@@ -463,7 +463,7 @@ fn start_request(
     let task = job.tasks.get(index as usize)?;
     let attempt = task.current()?;
     let exec = state.executor(&attempt.executor)?;
-    let (start, end) = crate::state::task_range(index, job.spec.task_count);
+    let (range_start, range_end) = crate::state::task_range_uuids(index, job.spec.task_count);
     Some((
         exec.addr.clone(),
         pb::StartAttemptRequest {
@@ -477,8 +477,8 @@ fn start_request(
             env: job.spec.env.clone().into_iter().collect(),
             shell: job.spec.shell,
             timeout_ms: job.spec.timeout_ms,
-            range_start: uuid::Uuid::from_u128(start).to_string(),
-            range_end: uuid::Uuid::from_u128(end).to_string(),
+            range_start,
+            range_end,
             epoch: exec.epoch,
             lease_seq: 0,
         },

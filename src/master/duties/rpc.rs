@@ -2,7 +2,7 @@
 //! channel) and StopAttempt (best effort). Each runs in its own task, bounded by
 //! [`DISPATCH_TIMEOUT`], so a slow executor never holds up a round.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -14,7 +14,7 @@ use crate::master::node::Node;
 use crate::state::Token;
 
 /// Deadline of one StartAttempt/StopAttempt call.
-const DISPATCH_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::timings::DISPATCH_TIMEOUT;
 
 /// Sends a start in the background and reports how it ended on `tx`.
 pub(super) fn start(
