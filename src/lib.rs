@@ -22,6 +22,8 @@ pub mod cli;
 pub mod client;
 pub(crate) mod executor;
 pub(crate) mod fencing;
+#[cfg(test)]
+mod golden;
 pub mod master;
 pub(crate) mod metrics;
 pub(crate) mod raft;

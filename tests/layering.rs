@@ -25,11 +25,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const LEAVES: &[&str] = &["shutdown", "chaos", "metrics", "timings"];
+const LEAVES: &[&str] = &["shutdown", "chaos", "metrics", "timings", "golden"];
 
 /// (module, rank, modules it may use besides the leaves). Leaves use nothing (fencing: timings).
 const LAYERS: &[(&str, u32, &[&str])] = &[
     ("shutdown", 0, &[]),
+    ("golden", 0, &[]),
     ("chaos", 0, &[]),
     ("metrics", 0, &[]),
     ("timings", 0, &[]),

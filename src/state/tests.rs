@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::query::LiveAttempt;
 use super::range::{range_uuid, task_range};
 use super::*;
+use crate::golden::{golden_files, Scenario};
 
 // --- command builders ---------------------------------------------------------------------------
 
@@ -781,8 +782,6 @@ proptest! {
 //
 // Job `jN` is the UUID with value N; outputs print such UUIDs back as `jN`.
 
-const GOLDEN_SEP: &str = "=== expected ===";
-
 fn parse_job(s: &str) -> Result<JobId, String> {
     s.strip_prefix('j').and_then(|n| n.parse().ok()).map(j).ok_or(format!("bad job {s:?}"))
 }
@@ -971,14 +970,14 @@ fn summary(s: &State, now: Millis) -> String {
     short_ids(&o)
 }
 
+const GOLDEN_DIR: &str = "src/state/testdata";
+
 fn run_golden(file: &str) {
-    let path = format!("{}/src/state/testdata/{file}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let script = text.split(GOLDEN_SEP).next().unwrap_or_default().trim_end();
+    let scenario = Scenario::read(GOLDEN_DIR, file);
     let mut s = State::new();
     let mut out = String::new();
     let mut now = 0;
-    for line in script.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in scenario.lines() {
         let cmd = parse_line(line).unwrap_or_else(|e| panic!("{file}: {line:?}: {e}"));
         let before = s.clone();
         let result = match s.apply(&cmd) {
@@ -993,32 +992,11 @@ fn run_golden(file: &str) {
         out.push_str(&format!("{line}\n  -> {}\n", short_ids(&result)));
     }
     out.push_str(&summary(&s, now));
-    let expected =
-        text.split_once(GOLDEN_SEP).map(|(_, e)| e.trim_start_matches('\n')).unwrap_or("");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, format!("{script}\n\n{GOLDEN_SEP}\n{out}")).unwrap();
-    } else if expected != out {
-        panic!("{file}: transcript differs (rerun with UPDATE_GOLDEN=1 to accept)\n--- expected\n{expected}\n--- got\n{out}");
-    }
+    scenario.check(&out);
 }
 
-macro_rules! golden {
-    ($($name:ident),* $(,)?) => {
-        $( #[test] fn $name() { run_golden(concat!(stringify!($name), ".txt")); } )*
-        /// Every scenario file has a test above.
-        #[test]
-        fn golden_files_all_listed() {
-            let listed = [$(concat!(stringify!($name), ".txt")),*];
-            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/state/testdata");
-            for entry in std::fs::read_dir(dir).unwrap() {
-                let name = entry.unwrap().file_name().into_string().unwrap();
-                assert!(listed.contains(&name.as_str()), "testdata/{name} has no golden! entry");
-            }
-        }
-    };
-}
-
-golden!(
+golden_files!(
+    "src/state/testdata", run_golden:
     happy_four_tasks,
     retry_then_fail,
     executor_dead_reschedules,
@@ -1376,11 +1354,9 @@ fn executor_changes_move_on_every_command_but_a_submission_and_are_not_state() {
 
 /// The state a golden scenario ends in, every command applied (rejections included).
 fn replay_golden(file: &str) -> State {
-    let path = format!("{}/src/state/testdata/{file}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let script = text.split(GOLDEN_SEP).next().unwrap_or_default();
+    let scenario = Scenario::read(GOLDEN_DIR, file);
     let mut s = State::new();
-    for line in script.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in scenario.lines() {
         let _ = s.apply(&parse_line(line).unwrap_or_else(|e| panic!("{file}: {line:?}: {e}")));
     }
     s

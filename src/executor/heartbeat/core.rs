@@ -19,8 +19,11 @@ use std::time::{Duration, Instant};
 
 use crate::api::pb;
 use crate::fencing::{BeatLog, LeaseError};
-use crate::state::Token;
 use crate::timings::{fence_window, EXECUTOR_KILL_GRACE as STOP_GRACE};
+
+/// An attempt's fencing token, as the wire carries it (the executor does not use the state
+/// machine's types).
+type Token = u64;
 
 /// Until the first registration answers: the TTL and beat interval assumed.
 const DEFAULT_TTL: Duration = crate::timings::DEFAULT_EXECUTOR_TTL;

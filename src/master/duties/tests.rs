@@ -27,10 +27,10 @@ use std::fmt::Write;
 use std::time::{Duration, Instant};
 
 use super::core::{self, Core, Dispatched, Effect, Now, Pass};
+use crate::golden::{golden_files, Scenario};
 use crate::master::liveness::Liveness;
 use crate::state::{Command, JobId, JobSpec, Outcome, Resources, State};
 
-const GOLDEN_SEP: &str = "=== expected ===";
 const DEFAULT_TTL_MS: u64 = 5000;
 
 fn job_name(id: &JobId) -> String {
@@ -283,9 +283,7 @@ fn summary(s: &State) -> String {
 }
 
 fn run_golden(file: &str) {
-    let path = format!("{}/src/master/duties/testdata/{file}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let script = text.split(GOLDEN_SEP).next().unwrap_or_default().trim_end();
+    let scenario = Scenario::read("src/master/duties/testdata", file);
     let t0 = Instant::now();
     let mut w = World {
         t0,
@@ -295,7 +293,7 @@ fn run_golden(file: &str) {
     };
     let mut out = String::new();
     let mut last = 0;
-    for raw in script.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for raw in scenario.lines() {
         let line = Line::parse(raw).unwrap_or_else(|e| panic!("{file}: {raw:?}: {e}"));
         assert!(line.ms >= last, "{file}: {raw:?}: time goes backwards");
         last = line.ms;
@@ -304,32 +302,11 @@ fn run_golden(file: &str) {
         w.step(&line, &mut out).unwrap_or_else(|e| panic!("{file}: {raw:?}: {e}"));
     }
     out.push_str(&summary(&w.state));
-    let expected =
-        text.split_once(GOLDEN_SEP).map(|(_, e)| e.trim_start_matches('\n')).unwrap_or("");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, format!("{script}\n\n{GOLDEN_SEP}\n{out}")).unwrap();
-    } else if expected != out {
-        panic!("{file}: transcript differs (rerun with UPDATE_GOLDEN=1 to accept)\n--- expected\n{expected}\n--- got\n{out}");
-    }
+    scenario.check(&out);
 }
 
-macro_rules! golden {
-    ($($name:ident),* $(,)?) => {
-        $( #[test] fn $name() { run_golden(concat!(stringify!($name), ".txt")); } )*
-        /// Every scenario file has a test above.
-        #[test]
-        fn golden_files_all_listed() {
-            let listed = [$(concat!(stringify!($name), ".txt")),*];
-            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/master/duties/testdata");
-            for entry in std::fs::read_dir(dir).unwrap() {
-                let name = entry.unwrap().file_name().into_string().unwrap();
-                assert!(listed.contains(&name.as_str()), "testdata/{name} has no golden! entry");
-            }
-        }
-    };
-}
-
-golden!(
+golden_files!(
+    "src/master/duties/testdata", run_golden:
     executor_dies_mid_start,
     start_lease_expires,
     new_leader_grace,
