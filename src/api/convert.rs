@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::pb;
 use crate::state::{
-    Attempt, AttemptState, Executor, ExecutorState, Job, JobSpec, JobState, Rejection, Resources,
-    Task, TaskCounts, TaskState,
+    Attempt, AttemptState, Command, Executor, ExecutorState, Job, JobSpec, JobState, Millis,
+    Rejection, Resources, Task, TaskCounts, TaskState,
 };
 
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -183,6 +183,44 @@ pub fn job_to_pb(j: &Job, with_tasks: bool) -> pb::Job {
         finished_at_ms: j.finished_at.unwrap_or(0),
         counts: Some(counts_to_pb(j.counts())),
         tasks: if with_tasks { j.tasks.iter().map(task_to_pb).collect() } else { Vec::new() },
+    }
+}
+
+/// The StartAttempt call for `attempt` of task `index` of `job`, on an executor of `epoch` (the
+/// lease is filled in by the dispatcher, which knows the executor's latest beat).
+pub fn start_attempt_to_pb(
+    job: &Job,
+    index: u32,
+    attempt: &Attempt,
+    epoch: u64,
+) -> pb::StartAttemptRequest {
+    let (range_start, range_end) = crate::state::task_range_uuids(index, job.spec.task_count);
+    pb::StartAttemptRequest {
+        job_id: job.id.to_string(),
+        task_index: index,
+        task_count: job.spec.task_count,
+        attempt: attempt.number,
+        token: attempt.token,
+        command: job.spec.command.clone(),
+        args: job.spec.args.clone(),
+        env: job.spec.env.clone().into_iter().collect(),
+        shell: job.spec.shell,
+        timeout_ms: job.spec.timeout_ms,
+        range_start,
+        range_end,
+        epoch,
+        lease_seq: 0,
+    }
+}
+
+/// An executor's registration as the state machine's command (`now` from the leader's clock).
+pub fn register_from_pb(r: &pb::RegisterRequest, now: Millis) -> Command {
+    Command::RegisterExecutor {
+        id: r.executor_id.clone(),
+        addr: r.addr.clone(),
+        capacity: resources_from_pb(r.capacity),
+        labels: r.labels.clone().into_iter().collect(),
+        now,
     }
 }
 

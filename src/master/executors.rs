@@ -30,7 +30,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::liveness::Liveness;
 use super::node::{is_forwarded, now_ms, LocalError, Node, Route};
-use crate::api::convert::{executor_to_pb, rejection_to_status, resources_from_pb};
+use crate::api::convert::{executor_to_pb, register_from_pb, rejection_to_status};
 use crate::api::pb::executor_service_client::ExecutorServiceClient;
 use crate::api::pb::executor_service_server::ExecutorService;
 use crate::api::pb::{self, report_task_request::Kind};
@@ -114,13 +114,7 @@ impl Executors {
         &self,
         r: &pb::RegisterRequest,
     ) -> Result<pb::RegisterResponse, LocalError> {
-        let cmd = Command::RegisterExecutor {
-            id: r.executor_id.clone(),
-            addr: r.addr.clone(),
-            capacity: resources_from_pb(r.capacity),
-            labels: r.labels.clone().into_iter().collect(),
-            now: now_ms(),
-        };
+        let cmd = register_from_pb(r, now_ms());
         // Seen *before* the command applies: the duties loop wakes on every apply and must never
         // find a freshly registered executor without a heartbeat time (it would declare it dead).
         self.liveness.seen(&r.executor_id, Instant::now());

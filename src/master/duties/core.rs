@@ -463,25 +463,9 @@ fn start_request(
     let task = job.tasks.get(index as usize)?;
     let attempt = task.current()?;
     let exec = state.executor(&attempt.executor)?;
-    let (range_start, range_end) = crate::state::task_range_uuids(index, job.spec.task_count);
     Some((
         exec.addr.clone(),
-        pb::StartAttemptRequest {
-            job_id: job.id.to_string(),
-            task_index: index,
-            task_count: job.spec.task_count,
-            attempt: attempt.number,
-            token: attempt.token,
-            command: job.spec.command.clone(),
-            args: job.spec.args.clone(),
-            env: job.spec.env.clone().into_iter().collect(),
-            shell: job.spec.shell,
-            timeout_ms: job.spec.timeout_ms,
-            range_start,
-            range_end,
-            epoch: exec.epoch,
-            lease_seq: 0,
-        },
+        crate::api::convert::start_attempt_to_pb(job, index, attempt, exec.epoch),
     ))
 }
 
