@@ -128,7 +128,8 @@ impl Peer {
             Ok(Ok(r)) => r.into_inner(),
         };
         let result: Result<Resp, RaftError<NodeId, E>> =
-            codec::decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            codec::decode_limited(&reply.data, codec::RPC_LIMIT)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

@@ -1345,7 +1345,7 @@ fn executor_changes_move_on_every_command_but_a_submission_and_are_not_state() {
     assert!(s.executor_changes() > c1, "an assignment changes a load");
     // Local bookkeeping: equal to a replica that counted differently, and never serialized.
     let restored: State =
-        crate::raft::codec::decode(&crate::raft::codec::encode(&s).unwrap()).unwrap();
+        crate::raft::codec::decode_stored(&crate::raft::codec::encode(&s).unwrap()).unwrap();
     assert_eq!(restored.executor_changes(), 0);
     assert_eq!(restored, s);
 }
@@ -1424,7 +1424,7 @@ fn the_tally_matches_a_recount_after_every_golden_scenario_and_is_rebuilt_on_dec
         let mut untallied = s.clone();
         untallied.tally = apply::Tally::default();
         assert_eq!(bytes, crate::raft::codec::encode(&untallied).unwrap(), "{file}: not encoded");
-        let back: State = crate::raft::codec::decode(&bytes).unwrap();
+        let back: State = crate::raft::codec::decode_stored(&bytes).unwrap();
         assert_eq!(back.tally(), s.tally(), "{file}: recounted on decode");
         let json: State = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(json, s, "{file}");

@@ -285,7 +285,7 @@ impl LogStore {
     ) -> Result<Option<T>, StorageError> {
         match self.meta.get(key).map_err(read_err)? {
             None => Ok(None),
-            Some(v) => Ok(Some(codec::decode(&v).map_err(read_err)?)),
+            Some(v) => Ok(Some(codec::decode_stored(&v).map_err(read_err)?)),
         }
     }
 
@@ -320,7 +320,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         for kv in self.log.range((Bound::Included(index_key(start)), end)) {
             let (_, v) = kv.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             out.push(
-                codec::decode(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?,
+                codec::decode_stored(&v)
+                    .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?,
             );
         }
         Ok(out)
@@ -333,7 +334,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.get_meta(KEY_PURGED)?;
         let last = match self.log.last().map_err(read_err)? {
-            Some((_, v)) => Some(codec::decode::<Entry>(&v).map_err(read_err)?.log_id),
+            Some((_, v)) => Some(codec::decode_stored::<Entry>(&v).map_err(read_err)?.log_id),
             None => last_purged,
         };
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
@@ -472,7 +473,8 @@ impl StateMachineStore {
             applied: Arc::default(),
         };
         if let Some(snap) = store.read_snapshot()? {
-            let applied: Applied = codec::decode(&snap.data).map_err(read_err)?;
+            let applied: Applied =
+                codec::decode_limited(&snap.data, codec::SNAPSHOT_LIMIT).map_err(read_err)?;
             *store.applied.write().expect("state lock poisoned") = applied;
         }
         Ok(store)
@@ -486,7 +488,7 @@ impl StateMachineStore {
     fn pointer(&self) -> Result<Option<SnapshotPointer>, StorageError> {
         match self.tree.get(KEY_SNAPSHOT_POINTER).map_err(read_err)? {
             None => Ok(None),
-            Some(v) => Ok(Some(codec::decode(&v).map_err(read_err)?)),
+            Some(v) => Ok(Some(codec::decode_stored(&v).map_err(read_err)?)),
         }
     }
 
@@ -508,7 +510,7 @@ impl StateMachineStore {
         }
         match self.tree.get(KEY_SNAPSHOT).map_err(read_err)? {
             None => Ok(None),
-            Some(v) => Ok(Some(codec::decode(&v).map_err(read_err)?)),
+            Some(v) => Ok(Some(codec::decode_stored(&v).map_err(read_err)?)),
         }
     }
 
@@ -632,7 +634,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-        let new: Applied = off_runtime(|| codec::decode(&data))
+        let new: Applied = off_runtime(|| codec::decode_limited(&data, codec::SNAPSHOT_LIMIT))
             .map_err(|e| io_err(subject, ErrorVerb::Read, e))?;
         // Durable first, then visible: a crash after the flush restarts from this snapshot.
         self.write_snapshot(&StoredSnapshot { meta: meta.clone(), data }).await?;
@@ -720,7 +722,8 @@ mod tests {
             built.snapshot.get_ref(),
             "the same bytes come back"
         );
-        let back: Applied = codec::decode(current.snapshot.get_ref()).unwrap();
+        let back: Applied =
+            codec::decode_limited(current.snapshot.get_ref(), codec::SNAPSHOT_LIMIT).unwrap();
         assert_eq!(back.state, sm.applied().read().unwrap().state);
     }
 }
