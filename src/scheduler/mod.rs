@@ -79,29 +79,8 @@ pub struct Plan {
 /// Plans placements for `input.pending` on `input.executors`; see the module doc for the rules.
 pub fn plan(input: &PlanInput, max_assignments: usize) -> Plan {
     let mut out = Plan::default();
-
-    // Only placeable executors matter; sorting by id makes the position (`rank`) the final
-    // tie-break and the result independent of input order.
-    let mut execs: Vec<Exec> = input
-        .executors
-        .iter()
-        .filter(|e| e.placeable)
-        .map(|view| Exec { view, load: view.used, planned: 0, classes: Vec::new() })
-        .collect();
-    execs.sort_by(|a, b| a.view.id.cmp(&b.view.id));
-
-    let mut tasks: Vec<&PendingTask> = input.pending.iter().collect();
-    tasks.sort_by(|a, b| {
-        (Reverse(a.priority), a.seq, a.index, a.job).cmp(&(
-            Reverse(b.priority),
-            b.seq,
-            b.index,
-            b.job,
-        ))
-    });
-    let mut seen = BTreeSet::new();
-    tasks.retain(|t| seen.insert((t.job, t.index)));
-
+    let mut execs = placeable_executors(input);
+    let tasks = tasks_in_order(input);
     let mut classes: Vec<Class> = Vec::new();
     let mut class_of: BTreeMap<&BTreeMap<String, String>, usize> = BTreeMap::new();
     let mut by_label = None;
@@ -140,22 +119,55 @@ pub fn plan(input: &PlanInput, max_assignments: usize) -> Plan {
             out.unplaced += 1;
             continue;
         };
-        let e = &mut execs[rank];
-        let old = e.key(rank);
-        e.load = e.load.plus(t.demand); // exact: it fit
-        e.planned += 1;
-        let new = e.key(rank);
-        for &c in &e.classes {
-            classes[c].members.remove(&old);
-            classes[c].members.insert(new);
-        }
-        out.assignments.push(Assignment {
-            job: t.job,
-            index: t.index,
-            executor: e.view.id.clone(),
-        });
+        let executor = place(&mut execs, &mut classes, rank, t);
+        out.assignments.push(Assignment { job: t.job, index: t.index, executor });
     }
     out
+}
+
+/// Only placeable executors matter; sorting by id makes the position (`rank`) the final
+/// tie-break and the result independent of input order.
+fn placeable_executors(input: &PlanInput) -> Vec<Exec<'_>> {
+    let mut execs: Vec<Exec> = input
+        .executors
+        .iter()
+        .filter(|e| e.placeable)
+        .map(|view| Exec { view, load: view.used, planned: 0, classes: Vec::new() })
+        .collect();
+    execs.sort_by(|a, b| a.view.id.cmp(&b.view.id));
+    execs
+}
+
+/// The pending tasks in placement order (priority, then oldest job, then lowest index), each
+/// task once.
+fn tasks_in_order(input: &PlanInput) -> Vec<&PendingTask> {
+    let mut tasks: Vec<&PendingTask> = input.pending.iter().collect();
+    tasks.sort_by(|a, b| {
+        (Reverse(a.priority), a.seq, a.index, a.job).cmp(&(
+            Reverse(b.priority),
+            b.seq,
+            b.index,
+            b.job,
+        ))
+    });
+    let mut seen = BTreeSet::new();
+    tasks.retain(|t| seen.insert((t.job, t.index)));
+    tasks
+}
+
+/// Places `t` on the executor at `rank` (it fits): its load grows, and it moves to its new place
+/// in every class it belongs to. Returns the executor's id.
+fn place(execs: &mut [Exec], classes: &mut [Class], rank: usize, t: &PendingTask) -> String {
+    let e = &mut execs[rank];
+    let old = e.key(rank);
+    e.load = e.load.plus(t.demand); // exact: it fit
+    e.planned += 1;
+    let new = e.key(rank);
+    for &c in &e.classes {
+        classes[c].members.remove(&old);
+        classes[c].members.insert(new);
+    }
+    e.view.id.clone()
 }
 
 /// The executors compatible with one set of constraints, ordered by load.
