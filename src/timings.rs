@@ -120,7 +120,6 @@ const _: () = {
     // `triad dev` outwaits the processes it stops.
     assert!(ms(DEV_STOP_GRACE) >= ms(MASTER_STOP_GRACE));
     assert!(ms(DEV_STOP_GRACE) >= ms(EXECUTOR_KILL_GRACE));
-    // "Never" is longer than anything it stands in for.
 };
 
 // ---- Start-up relations of configured values ----

@@ -127,6 +127,8 @@ mod tests {
         let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
     }
 
+    // SAFETY: every method forwards its arguments unchanged to `System`, which upholds
+    // `GlobalAlloc`'s contract; `note` only reads a size and never allocates or unwinds.
     unsafe impl GlobalAlloc for Tracking {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
             note(layout.size());
