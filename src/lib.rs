@@ -9,10 +9,12 @@
 //! - [`api`]: the wire protocol (`proto/`), its conversions, the gRPC channel builder, wire
 //!   limits and the contracts both ends of a call share;
 //! - [`executor`]: the executor process; [`fencing`] and [`timings`]: the fencing rule and every
-//!   related duration, shared by master and executor.
+//!   related duration, shared by master and executor;
+//! - [`security`]: TLS credentials, tokens, roles and the one authorisation layer every server
+//!   runs.
 //!
 //! Layers point one way (checked by `tests/layering.rs`), lowest first: the leaf utilities
-//! (`shutdown`, `chaos`, `metrics`, `timings`, `fencing`), then `state` <- `scheduler`,
+//! (`shutdown`, `chaos`, `metrics`, `timings`, `security`, `fencing`), then `state` <- `scheduler`,
 //! `state` <- `api` <- `raft` <- `store` <- `master`; `client` uses only `api`; `executor` uses
 //! `api` and `client`; `cli` uses everything.
 
@@ -28,6 +30,7 @@ pub mod master;
 pub(crate) mod metrics;
 pub(crate) mod raft;
 pub(crate) mod scheduler;
+pub mod security;
 pub(crate) mod shutdown;
 pub(crate) mod state;
 pub(crate) mod store;

@@ -23,19 +23,80 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// before answering, and the client's pipeline waits for a slot beyond it.
 pub const MAX_PIPELINED: usize = 1024;
 
-/// A lazily connected channel to `addr` (`host:port`), with connect and keep-alive bounds.
-pub fn channel(addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    use crate::timings::{CONNECT_TIMEOUT, KEEP_ALIVE};
-    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEP_ALIVE)
-        .keep_alive_timeout(KEEP_ALIVE)
-        .connect_lazy())
+/// The channel every triad gRPC client uses: a tonic channel (TLS when the credentials have it)
+/// that adds the bearer token, if any, to each request.
+pub type Channel = tonic::service::interceptor::InterceptedService<
+    tonic::transport::Channel,
+    crate::security::authz::Bearer,
+>;
+
+pub use crate::security::tls::{ClientCredentials, ServerName};
+
+/// Builds the channels of one process, all with the same credentials.
+#[derive(Clone, Debug, Default)]
+pub struct Dialer {
+    creds: ClientCredentials,
 }
 
-/// Metadata key set on a request a master forwarded to the leader (forwarding is one hop only).
-pub const FORWARDED_HEADER: &str = "x-triad-forwarded";
+impl Dialer {
+    pub fn new(creds: ClientCredentials) -> Dialer {
+        Dialer { creds }
+    }
+
+    /// Plaintext, no token (clusters configured `insecure = true`).
+    pub fn insecure() -> Dialer {
+        Dialer::default()
+    }
+
+    pub fn credentials(&self) -> &ClientCredentials {
+        &self.creds
+    }
+
+    /// A lazily connected channel to `addr` (`host:port`), expecting `server` at the other end
+    /// (checked against its certificate), with connect and keep-alive bounds.
+    pub fn channel(&self, addr: &str, server: &ServerName) -> anyhow::Result<Channel> {
+        use crate::timings::{CONNECT_TIMEOUT, KEEP_ALIVE};
+        use anyhow::Context;
+        let tls = self.creds.tls_for(server);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut ep = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .with_context(|| format!("bad address {addr:?}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEP_ALIVE)
+            .keep_alive_timeout(KEEP_ALIVE);
+        if let Some(tls) = tls {
+            ep = ep.tls_config(tls).with_context(|| format!("TLS settings for {addr}"))?;
+        }
+        let bearer =
+            crate::security::authz::Bearer::new(self.creds.token()).map_err(anyhow::Error::msg)?;
+        Ok(tonic::service::interceptor::InterceptedService::new(ep.connect_lazy(), bearer))
+    }
+
+    /// A channel to a master at `addr`.
+    pub fn master(&self, addr: &str) -> anyhow::Result<Channel> {
+        self.channel(addr, &ServerName::Master)
+    }
+}
+
+/// A gRPC server builder for a node secured as `secured` says: TLS when on, and the
+/// authorisation layer in front of every service.
+pub fn server(
+    secured: &crate::security::Secured,
+) -> anyhow::Result<
+    tonic::transport::Server<
+        tower::layer::util::Stack<crate::security::authz::AuthLayer, tower::layer::util::Identity>,
+    >,
+> {
+    use anyhow::Context;
+    let mut b = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = &secured.server_tls {
+        b = b.tls_config(tls.clone()).context("TLS settings of the server")?;
+    }
+    Ok(b.layer(crate::security::authz::AuthLayer(secured.authority.clone())))
+}
+
+pub use crate::security::authz::{FORWARDED_HEADER, ON_BEHALF_HEADER};
 /// Response metadata a follower adds to a request it forwarded: the leader's address, so a client
 /// can talk to the leader directly from then on (no forward hop in the steady state).
 pub const LEADER_HEADER: &str = "x-triad-leader";

@@ -13,9 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::process::{Child, Command};
 
+use super::creds::{executor_name, master_name, LocalCredentials};
 use crate::api::pb;
 use crate::client::Client;
+use crate::executor::config::ExecutorFile;
 use crate::master::config::{peers, MasterConfig};
+use crate::security::Role;
 
 /// How long `triad dev` waits for the first leader, and then for the executors.
 const READY_TIMEOUT: Duration = crate::timings::DEV_READY_TIMEOUT;
@@ -27,6 +30,19 @@ pub struct DevArgs {
     pub executors: u32,
     pub data_dir: PathBuf,
     pub base_port: u16,
+    /// No TLS and no tokens (`insecure = true` everywhere).
+    pub insecure: bool,
+}
+
+/// A local cluster's credentials: `None` when it runs insecure.
+pub(crate) type Creds<'a> = Option<&'a LocalCredentials>;
+
+/// What a client of a local cluster presents: the admin token over TLS, or nothing.
+pub(crate) fn admin_dialer(creds: Creds<'_>) -> anyhow::Result<crate::api::Dialer> {
+    Ok(match creds {
+        Some(c) => crate::api::Dialer::new(c.client(Role::Admin)?),
+        None => crate::api::Dialer::insecure(),
+    })
 }
 
 /// One child process of the local cluster, with what it takes to start it again.
@@ -127,19 +143,32 @@ pub(crate) fn executor_http_addr(base_port: u16, i: u32) -> String {
     format!("127.0.0.1:{}", executor_http_port(base_port, i))
 }
 
-/// Starts executor `i` (1-based) with its work dir under `data_dir`, labelled `name=executor<i>`
-/// (so an executor's id can be matched to its process). Restarting it keeps its id.
+/// Starts executor `i` (1-based) with its work dir and config under `data_dir`, labelled
+/// `name=executor<i>` (so an executor's id can be matched to its process; with TLS its id is
+/// `executor<i>` too, the name in its certificate). Restarting it keeps its id.
 pub(crate) fn spawn_executor(
     data_dir: &Path,
     i: u32,
     base_port: u16,
     masters: &str,
+    creds: Creds<'_>,
 ) -> anyhow::Result<Proc> {
-    let name = format!("executor{i}");
+    let name = executor_name(i);
     let dir = data_dir.join(&name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = ExecutorFile {
+        insecure: Some(creds.is_none()),
+        tls: creds.map(|c| c.files(Role::Executor, &name)),
+        auth: creds.map(|c| c.auth.clone()).unwrap_or_default(),
+        ..Default::default()
+    };
+    let config = dir.join("executor.toml");
+    std::fs::write(&config, toml::to_string(&file).context("writing the executor config")?)
+        .with_context(|| format!("writing {}", config.display()))?;
     let a: Vec<String> = vec![
         "executor".into(),
+        "--config".into(),
+        std::path::absolute(&config)?.display().to_string(),
         "--masters".into(),
         masters.to_string(),
         "--work-dir".into(),
@@ -196,6 +225,7 @@ pub fn write_master_configs(
     dir: &Path,
     n: u32,
     base_port: u16,
+    creds: Creds<'_>,
 ) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let peers = peers((1..=n).map(|i| format!("127.0.0.1:{}", master_port(base_port, i))));
     let mut out = Vec::new();
@@ -205,7 +235,10 @@ pub fn write_master_configs(
             .with_context(|| format!("creating {}", node_dir.display()))?;
         let http = format!("127.0.0.1:{}", master_http_port(base_port, p.id as u32));
         let data = std::path::absolute(node_dir.join("data"))?;
-        let cfg = MasterConfig::cluster_member(p.id, &peers, data, Some(http))?;
+        let cfg = MasterConfig::cluster_member(p.id, &peers, data, Some(http))?.secured(
+            creds.map(|c| c.files(Role::Master, &master_name(p.id as u32))),
+            creds.map(|c| c.auth.clone()).unwrap_or_default(),
+        );
         let path = node_dir.join("master.toml");
         std::fs::write(&path, cfg.to_toml()?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -220,15 +253,36 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     check_ports_free(args.base_port, args.masters, args.executors)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let (mut procs, addrs) = start_masters(&args)?;
+    let creds = match args.insecure {
+        true => None,
+        false => Some(LocalCredentials::ensure(&args.data_dir, args.masters, args.executors)?),
+    };
+    let (mut procs, addrs) = start_masters(&args, creds.as_ref())?;
     let masters = addrs.join(",");
-    let client = Client::new(addrs)?;
+    let client = Client::new(addrs, &admin_dialer(creds.as_ref())?)?;
     let started = Instant::now();
-    if let Err(e) = bring_up(&args, &client, &masters, &mut procs, started).await {
+    if let Err(e) = bring_up(&args, &client, &masters, &mut procs, started, creds.as_ref()).await {
         stop_all(&mut procs, |l| println!("{l}")).await;
         anyhow::bail!("{e}; see the logs under {}", args.data_dir.display());
     }
-    println!("\nexport TRIAD_MASTERS={masters}\n");
+    match &creds {
+        Some(c) => {
+            println!(
+                "\nTLS and tokens on: CA {}, tokens in {} (admin, client, executor)",
+                c.tls.ca_cert().display(),
+                c.tokens_dir.display()
+            );
+            println!(
+                "\nexport TRIAD_MASTERS={masters} TRIAD_CA={} TRIAD_TOKEN=$(cat {})\n",
+                c.tls.ca_cert().display(),
+                c.token_file(Role::Admin).display()
+            );
+        }
+        None => {
+            println!("\nWARNING: insecure: no TLS and no authentication; anyone who reaches these ports can run commands here");
+            println!("\nexport TRIAD_MASTERS={masters} TRIAD_INSECURE=true\n");
+        }
+    }
     println!("triad dev is running; press Ctrl-C to stop every process.");
     watch_until_ctrl_c(&mut procs).await;
     println!("\nstopping...");
@@ -238,8 +292,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
 /// Writes the master configs and starts every master, printing a line for each; returns the
 /// processes and the masters' addresses.
-fn start_masters(args: &DevArgs) -> anyhow::Result<(Vec<Proc>, Vec<String>)> {
-    let configs = write_master_configs(&args.data_dir, args.masters, args.base_port)?;
+fn start_masters(args: &DevArgs, creds: Creds<'_>) -> anyhow::Result<(Vec<Proc>, Vec<String>)> {
+    let configs = write_master_configs(&args.data_dir, args.masters, args.base_port, creds)?;
     let mut procs = Vec::new();
     let mut addrs = Vec::new();
     for (i, (cfg, addr)) in configs.iter().enumerate() {
@@ -265,6 +319,7 @@ async fn bring_up(
     masters: &str,
     procs: &mut Vec<Proc>,
     started: Instant,
+    creds: Creds<'_>,
 ) -> anyhow::Result<()> {
     let leader = wait_leader(client, READY_TIMEOUT).await?;
     println!(
@@ -274,7 +329,7 @@ async fn bring_up(
         started.elapsed().as_millis()
     );
     for i in 1..=args.executors {
-        let p = spawn_executor(&args.data_dir, i, args.base_port, masters)?;
+        let p = spawn_executor(&args.data_dir, i, args.base_port, masters, creds)?;
         println!(
             "{:<10} {:<18} pid {:<8} http://{}/metrics  log {}",
             p.name,

@@ -32,6 +32,18 @@ pub async fn run(a: ExecutorRunArgs) -> anyhow::Result<()> {
     f.listen = a.listen.or(f.listen);
     f.advertise = a.advertise.or(f.advertise);
     f.http_listen = a.http_listen.or(f.http_listen);
+    // The shared credential flags (TRIAD_CA, TRIAD_CERT, TRIAD_KEY, TRIAD_INSECURE) apply when
+    // all of a certificate's files are given.
+    if a.m.insecure {
+        f.insecure = Some(true);
+    }
+    if let (Some(ca), Some(cert), Some(key)) = (&a.m.ca, &a.m.cert, &a.m.key) {
+        f.tls = Some(crate::security::tls::TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
     let cfg: ExecutorConfig = f.into_config()?;
     let (trigger, shutdown) = crate::shutdown::channel();
     tokio::spawn(async move {
@@ -136,7 +148,7 @@ pub async fn logs(
         offset: 0,
         max_bytes: 0,
     };
-    stream_output(exec, req).await
+    stream_output(client.dialer(), exec, req).await
 }
 
 /// Attempt `n` of task `t`, or without `n` the latest that started (the last one if none did).
@@ -165,10 +177,11 @@ fn choose_attempt<'t>(
 /// Copies the output `req` names from `exec` to stdout, chunk by chunk from `req.offset`, until
 /// the executor says it has reached the end (or returns nothing more).
 async fn stream_output(
+    dialer: &crate::api::Dialer,
     exec: &pb::ExecutorInfo,
     mut req: pb::ReadOutputRequest,
 ) -> anyhow::Result<()> {
-    let chan = crate::raft::network::channel(&exec.addr)?;
+    let chan = dialer.channel(&exec.addr, &crate::api::ServerName::Executor(exec.id.clone()))?;
     let mut worker =
         WorkerServiceClient::new(chan).max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
     let mut out = std::io::stdout().lock();

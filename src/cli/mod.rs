@@ -2,6 +2,7 @@
 //! command. Errors reach the user as one line on stderr and a non-zero exit status.
 
 pub(crate) mod bench;
+pub mod creds;
 pub(crate) mod dev;
 pub(crate) mod executors;
 pub(crate) mod output;
@@ -41,6 +42,7 @@ impl Cli {
             Cmd::Job(_) | Cmd::Cluster(_) => true,
             Cmd::Executor { cmd, .. } => cmd.is_some(),
             Cmd::Dev { .. } | Cmd::Master { .. } | Cmd::Bench(_) => false,
+            Cmd::Tls(_) | Cmd::Token(_) => false,
         }
     }
 }
@@ -56,12 +58,49 @@ pub struct MastersArg {
     /// Masters to talk to (host:port,...); any one will do.
     #[arg(long, env = "TRIAD_MASTERS", global = true, hide_env_values = true)]
     pub masters: Option<String>,
+    /// The cluster's CA certificate (PEM), to verify the masters by.
+    #[arg(long, env = "TRIAD_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Bearer token (`triad_…`; `triad dev` writes one per role under its tokens/).
+    #[arg(long, env = "TRIAD_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Client certificate (PEM), instead of a token; with --key.
+    #[arg(long, env = "TRIAD_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "TRIAD_KEY", global = true)]
+    pub key: Option<PathBuf>,
+    /// Plaintext and no credentials: only for a cluster configured `insecure = true`.
+    #[arg(long, env = "TRIAD_INSECURE", global = true)]
+    pub insecure: bool,
 }
 
 impl MastersArg {
+    /// The credentials the flags and `TRIAD_*` variables give.
+    pub fn credentials(&self) -> anyhow::Result<crate::api::ClientCredentials> {
+        if self.insecure {
+            return Ok(crate::api::ClientCredentials::insecure());
+        }
+        let ca = self.ca.as_deref().context(
+            "no CA certificate: set TRIAD_CA (the export line of `triad dev` has it) or pass \
+             --ca; --insecure only for a cluster run with insecure = true",
+        )?;
+        let cert_key = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            (None, None) => None,
+            _ => anyhow::bail!("--cert and --key (TRIAD_CERT, TRIAD_KEY) go together"),
+        };
+        let token = self.token.clone().filter(|t| !t.trim().is_empty());
+        crate::api::ClientCredentials::tls(ca, cert_key, token)
+    }
+
+    pub fn dialer(&self) -> anyhow::Result<crate::api::Dialer> {
+        Ok(crate::api::Dialer::new(self.credentials()?))
+    }
+
     fn client(&self) -> anyhow::Result<Client> {
         let list = self.masters.as_deref().unwrap_or_default();
-        Client::new(parse_masters(list)?)
+        Client::new(parse_masters(list)?, &self.dialer()?)
     }
 }
 
@@ -85,6 +124,9 @@ pub enum Cmd {
         /// First master's port; masters take consecutive ports.
         #[arg(long, default_value_t = 7101)]
         base_port: u16,
+        /// No TLS and no tokens: anyone who reaches the ports owns the cluster.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Run one master from a TOML config.
     Master {
@@ -108,6 +150,12 @@ pub enum Cmd {
     /// Load generators for the performance figures (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Certificates: `triad tls ca create`, `triad tls cert create --role R --name N`.
+    #[command(subcommand)]
+    Tls(creds::TlsCmd),
+    /// Bearer tokens: `triad token create --role R --name N`.
+    #[command(subcommand)]
+    Token(creds::TokenCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,6 +178,14 @@ pub enum BenchCmd {
         /// etcd client endpoint host:port (its leader's, for a like-for-like figure).
         #[arg(long, default_value = "127.0.0.1:2379")]
         endpoint: String,
+        /// etcd over TLS: the CA of its certificate (with --etcd-cert and --etcd-key).
+        #[arg(long)]
+        etcd_ca: Option<PathBuf>,
+        /// The client certificate etcd's --client-cert-auth checks.
+        #[arg(long)]
+        etcd_cert: Option<PathBuf>,
+        #[arg(long)]
+        etcd_key: Option<PathBuf>,
         #[command(flatten)]
         load: bench::Load,
         /// Bytes per value (a triad submission is ~150 bytes on the wire).
@@ -407,10 +463,12 @@ pub fn init_logging(format: LogFormat) {
 /// Runs a parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Cmd::Dev { masters, executors, data_dir, base_port } => {
-            dev::run(dev::DevArgs { masters, executors, data_dir, base_port }).await?;
+        Cmd::Dev { masters, executors, data_dir, base_port, insecure } => {
+            dev::run(dev::DevArgs { masters, executors, data_dir, base_port, insecure }).await?;
             Ok(0)
         }
+        Cmd::Tls(cmd) => creds::tls(cmd).map(|()| 0),
+        Cmd::Token(cmd) => creds::token(cmd).map(|()| 0),
         Cmd::Master { config } => {
             init_logging(cli.log_format);
             master(&config).await?;
@@ -449,8 +507,13 @@ async fn bench_command(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Submit { load, api, out, m } => {
             bench::submit(m.client()?, load, api).await?.print(out.format)?
         }
-        BenchCmd::EtcdPut { endpoint, load, value_size, out } => {
-            bench::etcd::put(&endpoint, load, value_size).await?.print(out.format)?
+        BenchCmd::EtcdPut { endpoint, etcd_ca, etcd_cert, etcd_key, load, value_size, out } => {
+            let tls = match (etcd_ca, etcd_cert, etcd_key) {
+                (Some(ca), Some(cert), Some(key)) => Some(bench::etcd::EtcdTls { ca, cert, key }),
+                (None, None, None) => None,
+                _ => anyhow::bail!("--etcd-ca, --etcd-cert and --etcd-key go together"),
+            };
+            bench::etcd::put(&endpoint, tls.as_ref(), load, value_size).await?.print(out.format)?
         }
         BenchCmd::E2e { count, out, m } => {
             for r in bench::e2e(m.client()?, count).await? {

@@ -9,13 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::api::channel;
 use crate::api::pb::cluster_service_client::ClusterServiceClient;
 use crate::api::pb::job_service_client::JobServiceClient;
 use crate::api::{pb, MAX_MESSAGE_BYTES};
+use crate::api::{Channel, Dialer};
 
 pub mod pipeline;
 pub use pipeline::SubmitPipeline;
@@ -32,6 +31,7 @@ const MAX_BACKOFF: Duration = Duration::from_millis(100);
 
 pub struct Client {
     masters: Vec<String>,
+    dialer: Dialer,
     channels: Vec<Channel>,
     /// Index of the master that answered last.
     preferred: AtomicUsize,
@@ -57,16 +57,18 @@ pub fn parse_masters(list: &str) -> anyhow::Result<Vec<String>> {
 }
 
 impl Client {
-    pub fn new(masters: Vec<String>) -> anyhow::Result<Self> {
+    /// A client of `masters`, connecting with `dialer`'s credentials.
+    pub fn new(masters: Vec<String>, dialer: &Dialer) -> anyhow::Result<Self> {
         if masters.is_empty() {
             bail!("no masters given: pass --masters host:port,... or set TRIAD_MASTERS");
         }
         let channels = masters
             .iter()
-            .map(|m| channel(m).with_context(|| format!("bad master address {m:?}")))
+            .map(|m| dialer.master(m).with_context(|| format!("bad master address {m:?}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Client {
             masters,
+            dialer: dialer.clone(),
             channels,
             preferred: AtomicUsize::new(0),
             call_timeout: CALL_TIMEOUT,
@@ -76,6 +78,11 @@ impl Client {
 
     pub fn masters(&self) -> &[String] {
         &self.masters
+    }
+
+    /// The credentials this client connects with (for calls to other nodes, e.g. executors).
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     /// The master the next call goes to first.
@@ -272,12 +279,14 @@ impl Client {
 
 /// One master's own status, asked directly (no retry, no failover).
 pub async fn node_status(
+    dialer: &Dialer,
     addr: &str,
     timeout: Duration,
     with_digest: bool,
 ) -> Result<pb::MasterStatus, Status> {
-    let chan = channel(addr)
-        .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?;
+    let chan = dialer
+        .master(addr)
+        .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e:#}")))?;
     let mut req = tonic::Request::new(pb::NodeStatusRequest { with_digest });
     req.set_timeout(timeout);
     match tokio::time::timeout(timeout, ClusterServiceClient::new(chan).node_status(req)).await {
@@ -308,7 +317,11 @@ mod tests {
                 std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
             })
             .collect();
-        let mut c = Client::new(ports.iter().map(|p| format!("127.0.0.1:{p}")).collect()).unwrap();
+        let mut c = Client::new(
+            ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+            &Dialer::insecure(),
+        )
+        .unwrap();
         c.retry_for = Duration::from_millis(1500);
         let seen = std::sync::Mutex::new(Vec::new());
         let r: Result<(), Status> = c
@@ -327,8 +340,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_leader_hint_moves_the_client_to_that_master_only_if_it_was_given() {
-        let c = Client::new(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into(), "127.0.0.1:3".into()])
-            .unwrap();
+        let c = Client::new(
+            vec!["127.0.0.1:1".into(), "127.0.0.1:2".into(), "127.0.0.1:3".into()],
+            &Dialer::insecure(),
+        )
+        .unwrap();
         let answer = |hint: &'static str| {
             let mut r = tonic::Response::new(());
             r.metadata_mut().insert(crate::api::LEADER_HEADER, hint.parse().unwrap());
@@ -348,8 +364,11 @@ mod tests {
     #[tokio::test]
     async fn a_refusal_naming_the_leader_moves_the_client_there_and_any_other_failure_to_the_next_master(
     ) {
-        let c = Client::new(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into(), "127.0.0.1:3".into()])
-            .unwrap();
+        let c = Client::new(
+            vec!["127.0.0.1:1".into(), "127.0.0.1:2".into(), "127.0.0.1:3".into()],
+            &Dialer::insecure(),
+        )
+        .unwrap();
         let refusal = |hint: &'static str| {
             let mut s = Status::unavailable("not the leader");
             s.metadata_mut().insert(crate::api::LEADER_HEADER, hint.parse().unwrap());

@@ -47,7 +47,7 @@ fn from_answer(a: pb::SubmitJobsResponse) -> Answer {
 impl SubmitPipeline {
     /// Opens a stream on `channel`, waiting at most `call_timeout` for the master to accept it.
     pub async fn open(
-        channel: tonic::transport::Channel,
+        channel: crate::api::Channel,
         call_timeout: Duration,
     ) -> Result<SubmitPipeline, Status> {
         let (requests, rx) = mpsc::unbounded_channel();

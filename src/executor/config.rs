@@ -9,6 +9,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::ExecutorConfig;
+use crate::security::tls::TlsFiles;
+use crate::security::AuthConfig;
 
 /// The file's shape; every field optional.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +25,13 @@ pub struct ExecutorFile {
     pub listen: Option<String>,
     pub advertise: Option<String>,
     pub http_listen: Option<String>,
+    /// Plaintext and no authentication (only for a cluster whose masters say so too).
+    pub insecure: Option<bool>,
+    /// The cluster CA and this executor's certificate (`triad tls cert create --role executor
+    /// --name ID`): the executor's id is the name in it.
+    pub tls: Option<TlsFiles>,
+    /// Bearer tokens accepted by the worker API (only `ReadOutput`, for `triad job logs`).
+    pub auth: AuthConfig,
 }
 
 impl ExecutorFile {
@@ -68,6 +77,13 @@ impl ExecutorFile {
         if let Some(v) = get("TRIAD_EXECUTOR_HTTP_LISTEN") {
             self.http_listen = Some(v);
         }
+        if let Some(v) = get("TRIAD_EXECUTOR_INSECURE") {
+            self.insecure = Some(
+                v.parse()
+                    .with_context(|| format!("TRIAD_EXECUTOR_INSECURE={v:?} is not true/false"))?,
+            );
+        }
+        self.tls = crate::security::tls::from_env("TRIAD_EXECUTOR", self.tls.take(), &get)?;
         Ok(())
     }
 
@@ -87,6 +103,9 @@ impl ExecutorFile {
             listen: self.listen.unwrap_or_else(|| "127.0.0.1:0".to_string()),
             advertise: self.advertise,
             http_listen: self.http_listen,
+            insecure: self.insecure.unwrap_or(false),
+            tls: self.tls,
+            auth: self.auth,
         })
     }
 }

@@ -52,6 +52,22 @@ pub struct ExecutorConfig {
     pub advertise: Option<String>,
     /// Address of the HTTP endpoints (`/metrics`, `/status`); none when unset.
     pub http_listen: Option<String>,
+    /// No TLS, no authentication (`insecure = true`).
+    pub insecure: bool,
+    /// The CA, certificate and key (required unless insecure); the certificate names the id.
+    pub tls: Option<crate::security::tls::TlsFiles>,
+    /// Tokens the worker API accepts (for reading output).
+    pub auth: crate::security::AuthConfig,
+}
+
+impl ExecutorConfig {
+    pub fn security(&self) -> crate::security::NodeSecurity<'_> {
+        crate::security::NodeSecurity {
+            insecure: self.insecure,
+            tls: self.tls.as_ref(),
+            auth: &self.auth,
+        }
+    }
 }
 
 /// State shared by the executor's tasks.
@@ -73,13 +89,24 @@ pub struct Agent {
     pulse: Mutex<heartbeat::Pulse>,
 }
 
-/// Loads the executor's stable id from its work dir, creating it on first start.
-fn load_or_create_id(dir: &std::path::Path) -> anyhow::Result<String> {
+/// Loads the executor's stable id from its work dir, creating it on first start: the name its
+/// certificate gives it (`named`), or a random one in insecure mode. A work dir that belongs to
+/// another id is refused (its attempts are that executor's).
+fn load_or_create_id(dir: &std::path::Path, named: Option<&str>) -> anyhow::Result<String> {
     let path = dir.join("executor-id");
-    match std::fs::read_to_string(&path) {
-        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+    match (std::fs::read_to_string(&path), named) {
+        (Ok(s), Some(name)) if !s.trim().is_empty() && s.trim() != name => anyhow::bail!(
+            "{} belongs to executor {:?}, but this executor's certificate names {name:?}: use \
+             another --work-dir, or that executor's certificate",
+            dir.display(),
+            s.trim()
+        ),
+        (Ok(s), _) if !s.trim().is_empty() => Ok(s.trim().to_string()),
         _ => {
-            let id = format!("exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            let id = match named {
+                Some(name) => name.to_string(),
+                None => format!("exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            };
             std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
             Ok(id)
         }
@@ -91,7 +118,14 @@ fn load_or_create_id(dir: &std::path::Path) -> anyhow::Result<String> {
 pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.work_dir)
         .with_context(|| format!("creating work dir {}", cfg.work_dir.display()))?;
-    let id = load_or_create_id(&cfg.work_dir)?;
+    let secured = cfg.security().load(crate::security::Role::Executor)?;
+    let id = load_or_create_id(&cfg.work_dir, secured.own.name())?;
+    if cfg.insecure {
+        let mut stop = shutdown.clone();
+        tokio::spawn(crate::security::warn_insecure(format!("executor {id}"), async move {
+            stop.wait().await
+        }));
+    }
     let listener =
         TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let bound = listener.local_addr()?;
@@ -99,7 +133,7 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let runner = Runner::new(cfg.work_dir.clone(), events_tx);
     kill_leftovers(&runner).await?;
-    let agent = Arc::new(Agent::new(id, addr, cfg, runner)?);
+    let agent = Arc::new(Agent::new(id, addr, cfg, secured.client.clone(), runner)?);
     tracing::info!(id = %agent.id, addr = %agent.addr, work_dir = %agent.cfg.work_dir.display(), "executor starting");
 
     // The executor's own stop signal: external shutdown, or the end of a drain.
@@ -111,7 +145,7 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
             t.fire();
         });
     }
-    let server = serve(&agent, listener, &stop).await?;
+    let server = serve(&agent, &secured, listener, &stop).await?;
     let (flush_tx, flush_rx) = tokio::sync::oneshot::channel();
     let reports = tokio::spawn(report_loop(agent.clone(), events_rx, flush_rx));
 
@@ -149,6 +183,7 @@ async fn kill_leftovers(runner: &Runner) -> anyhow::Result<()> {
 /// until `stop`; returns the worker API server's task.
 async fn serve(
     agent: &Arc<Agent>,
+    secured: &crate::security::Secured,
     listener: TcpListener,
     stop: &Shutdown,
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
@@ -166,7 +201,7 @@ async fn serve(
         .build_v1()
         .context("building reflection service")?;
     let mut server_stop = stop.clone();
-    let server = tonic::transport::Server::builder()
+    let server = crate::api::server(secured)?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(WorkerServiceServer::new(worker::Worker { agent: agent.clone() }))
@@ -208,9 +243,16 @@ async fn farewell(
 
 impl Agent {
     /// The agent of executor `id`, reached at `addr`, before its first registration.
-    fn new(id: String, addr: String, cfg: ExecutorConfig, runner: Runner) -> anyhow::Result<Agent> {
-        let client = Client::new(cfg.masters.clone())?;
-        let mut hb_client = Client::new(cfg.masters.clone())?;
+    fn new(
+        id: String,
+        addr: String,
+        cfg: ExecutorConfig,
+        creds: crate::api::ClientCredentials,
+        runner: Runner,
+    ) -> anyhow::Result<Agent> {
+        let dialer = crate::api::Dialer::new(creds);
+        let client = Client::new(cfg.masters.clone(), &dialer)?;
+        let mut hb_client = Client::new(cfg.masters.clone(), &dialer)?;
         hb_client.call_timeout = HEARTBEAT_CALL_TIMEOUT;
         hb_client.retry_for = HEARTBEAT_CALL_TIMEOUT;
         Ok(Agent {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use openraft::{BasicNode, ServerState};
 use tonic::{Request, Response, Status};
 
-use super::node::{is_forwarded, LocalError, Node};
+use super::node::{Caller, LocalError, Node};
 use crate::api::pb;
 use crate::api::pb::cluster_service_client::ClusterServiceClient;
 use crate::api::pb::cluster_service_server::ClusterService;
@@ -200,14 +200,14 @@ impl ClusterService for Cluster {
         &self,
         req: Request<pb::AddMasterRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
         if msg.id == 0 || msg.addr.trim().is_empty() {
             return Err(Status::invalid_argument("add-master needs a non-zero id and an address"));
         }
         self.node
             .serve_on_leader(
-                fwd,
+                &fwd,
                 &msg,
                 || self.change_membership_local(Some((msg.id, msg.addr.clone())), None),
                 |c, m| async move { ClusterServiceClient::new(c).add_master(m).await },
@@ -219,14 +219,14 @@ impl ClusterService for Cluster {
         &self,
         req: Request<pb::RemoveMasterRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
         if msg.id == 0 {
             return Err(Status::invalid_argument("remove-master needs a non-zero id"));
         }
         self.node
             .serve_on_leader(
-                fwd,
+                &fwd,
                 &msg,
                 || self.change_membership_local(None, Some(msg.id)),
                 |c, m| async move { ClusterServiceClient::new(c).remove_master(m).await },

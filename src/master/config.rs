@@ -7,6 +7,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+use crate::security::tls::TlsFiles;
+use crate::security::{AuthConfig, NodeSecurity};
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MasterConfig {
@@ -26,6 +29,10 @@ pub struct MasterConfig {
     /// existing cluster through `triad cluster add-master`.
     #[serde(default = "default_true")]
     pub bootstrap: bool,
+    /// Plaintext and no authentication: anyone who reaches the port owns the cluster. Only for
+    /// experiments; logged loudly at start and every minute. Exclusive with `[tls]`.
+    #[serde(default)]
+    pub insecure: bool,
     /// The initial voters (including this master), used only by `bootstrap`.
     #[serde(default)]
     pub peers: Vec<Peer>,
@@ -33,6 +40,12 @@ pub struct MasterConfig {
     pub raft: RaftTimings,
     #[serde(default)]
     pub executors: ExecutorTimings,
+    /// The cluster CA and this master's certificate (`triad tls cert create --role master`).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// The bearer tokens clients and executors may present instead of a certificate.
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -124,9 +137,12 @@ impl MasterConfig {
             http_listen,
             data_dir,
             bootstrap: true,
+            insecure: false,
             peers: peers.to_vec(),
             raft: RaftTimings::default(),
             executors: ExecutorTimings::default(),
+            tls: None,
+            auth: AuthConfig::default(),
         })
     }
 
@@ -140,10 +156,27 @@ impl MasterConfig {
             http_listen: None,
             data_dir,
             bootstrap: false,
+            insecure: false,
             peers: Vec::new(),
             raft: RaftTimings::default(),
             executors: ExecutorTimings::default(),
+            tls: None,
+            auth: AuthConfig::default(),
         }
+    }
+
+    /// This config with TLS from `files` and the tokens of `auth` (or insecure when `files` is
+    /// None).
+    pub fn secured(mut self, files: Option<TlsFiles>, auth: AuthConfig) -> MasterConfig {
+        self.insecure = files.is_none();
+        self.tls = files;
+        self.auth = auth;
+        self
+    }
+
+    /// The security settings as [`NodeSecurity`].
+    pub fn security(&self) -> NodeSecurity<'_> {
+        NodeSecurity { insecure: self.insecure, tls: self.tls.as_ref(), auth: &self.auth }
     }
 
     /// The config as a TOML file's text ([`MasterConfig::load`] reads it back).
@@ -162,7 +195,8 @@ impl MasterConfig {
         Ok(cfg)
     }
 
-    /// Environment overrides: `TRIAD_MASTER_ID`, `_LISTEN`, `_ADVERTISE`, `_DATA_DIR`, `_BOOTSTRAP`.
+    /// Environment overrides: `TRIAD_MASTER_ID`, `_LISTEN`, `_ADVERTISE`, `_DATA_DIR`, `_BOOTSTRAP`,
+    /// `_INSECURE`, and `_TLS_CA`, `_TLS_CERT`, `_TLS_KEY` (all three, or over a `[tls]` block).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
         if let Some(v) = get("TRIAD_MASTER_ID") {
             self.id =
@@ -185,12 +219,26 @@ impl MasterConfig {
                 .parse()
                 .with_context(|| format!("TRIAD_MASTER_BOOTSTRAP={v:?} is not true/false"))?;
         }
+        if let Some(v) = get("TRIAD_MASTER_INSECURE") {
+            self.insecure = v
+                .parse()
+                .with_context(|| format!("TRIAD_MASTER_INSECURE={v:?} is not true/false"))?;
+        }
+        self.tls = crate::security::tls::from_env("TRIAD_MASTER", self.tls.take(), &get)?;
         Ok(())
     }
 
     pub fn check(&self) -> anyhow::Result<()> {
         if self.id == 0 {
             bail!("id must be > 0");
+        }
+        match (self.insecure, &self.tls) {
+            (true, Some(_)) => bail!("insecure = true and a [tls] block: choose one"),
+            (false, None) => bail!(
+                "no [tls] block (ca, cert, key): make them with `triad tls`, or set insecure = true \
+                 to run without TLS and authentication"
+            ),
+            _ => {}
         }
         if self.bootstrap && !self.peers.iter().any(|p| p.id == self.id) {
             bail!("bootstrap is on but peers does not list this master (id {})", self.id);
@@ -240,6 +288,7 @@ mod tests {
             r#"id = 1
                listen = "127.0.0.1:7101"
                data_dir = "d"
+               insecure = true
                peers = [{ id = 1, addr = "127.0.0.1:7101" }]"#,
         )
         .unwrap();
@@ -261,13 +310,36 @@ mod tests {
     }
 
     #[test]
+    fn security_is_tls_unless_insecure_is_asked_for() {
+        let peers = peers(["127.0.0.1:1".to_string()]);
+        let cfg = MasterConfig::cluster_member(1, &peers, "d".into(), None).unwrap();
+        let e = cfg.check().unwrap_err().to_string();
+        assert!(e.contains("no [tls] block"), "{e}");
+        let mut env = cfg.clone();
+        env.apply_env(|k| match k {
+            "TRIAD_MASTER_TLS_CA" | "TRIAD_MASTER_TLS_CERT" | "TRIAD_MASTER_TLS_KEY" => {
+                Some(k.to_lowercase())
+            }
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(env.tls.as_ref().map(|t| t.ca.clone()), Some("triad_master_tls_ca".into()));
+        env.check().unwrap();
+        let mut both = env.clone();
+        both.insecure = true;
+        assert!(both.check().is_err(), "insecure and [tls] together are refused");
+        let mut half = cfg.clone();
+        assert!(half.apply_env(|k| (k == "TRIAD_MASTER_TLS_CA").then(|| "x".into())).is_err());
+    }
+
+    #[test]
     fn rejects_unknown_keys_and_bad_timings() {
         assert!(toml::from_str::<MasterConfig>(
             "id = 1\nlisten = \"a\"\ndata_dir = \"d\"\nbogus = 1"
         )
         .is_err());
         let mut cfg: MasterConfig = toml::from_str(
-            "id = 1\nlisten = \"a\"\ndata_dir = \"d\"\npeers = [{ id = 1, addr = \"a\" }]",
+            "id = 1\nlisten = \"a\"\ndata_dir = \"d\"\ninsecure = true\npeers = [{ id = 1, addr = \"a\" }]",
         )
         .unwrap();
         cfg.raft.election_min_ms = 50;
@@ -281,7 +353,9 @@ mod tests {
     #[test]
     fn refuses_timings_that_break_a_relation_naming_both_values() {
         let peers = peers(["127.0.0.1:1".to_string()]);
-        let ok = MasterConfig::cluster_member(1, &peers, "d".into(), None).unwrap();
+        let ok = MasterConfig::cluster_member(1, &peers, "d".into(), None)
+            .unwrap()
+            .secured(None, AuthConfig::default());
         ok.check().unwrap();
 
         let mut cfg = ok.clone();
@@ -306,17 +380,21 @@ mod tests {
     #[test]
     fn a_cluster_members_config_round_trips_through_toml() {
         let peers = peers(["127.0.0.1:7101".to_string(), "127.0.0.1:7102".to_string()]);
+        let tls = TlsFiles { ca: "ca.pem".into(), cert: "m.pem".into(), key: "m.key".into() };
         let cfg = MasterConfig::cluster_member(2, &peers, "/d".into(), Some("127.0.0.1:8".into()))
-            .unwrap();
+            .unwrap()
+            .secured(Some(tls.clone()), AuthConfig::default());
         assert_eq!((cfg.listen.as_str(), cfg.bootstrap), ("127.0.0.1:7102", true));
         let back: MasterConfig = toml::from_str(&cfg.to_toml().unwrap()).unwrap();
         assert_eq!(
             (back.id, back.peers.clone(), back.http_listen.clone()),
             (2, peers.clone(), cfg.http_listen)
         );
+        assert_eq!(back.tls, Some(tls));
         back.check().unwrap();
         assert!(MasterConfig::cluster_member(3, &peers, "/d".into(), None).is_err());
-        let j = MasterConfig::joiner(3, "127.0.0.1:7103".into(), "/d".into());
+        let j = MasterConfig::joiner(3, "127.0.0.1:7103".into(), "/d".into())
+            .secured(None, AuthConfig::default());
         assert!(!j.bootstrap && j.peers.is_empty());
         j.check().unwrap();
     }

@@ -29,12 +29,13 @@ use openraft::ServerState;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::liveness::Liveness;
-use super::node::{is_forwarded, now_ms, LocalError, Node, Route};
+use super::node::{now_ms, Caller, LocalError, Node, Route};
 use crate::api::convert::{executor_to_pb, register_from_pb, rejection_to_status};
 use crate::api::pb::executor_service_client::ExecutorServiceClient;
 use crate::api::pb::executor_service_server::ExecutorService;
 use crate::api::pb::{self, report_task_request::Kind};
 use crate::master::config::ExecutorTimings;
+use crate::security::Identity;
 use crate::shutdown::Shutdown;
 use crate::state::{Command, ExecutorState, Outcome, Rejection, State};
 
@@ -74,6 +75,8 @@ impl Drop for OpenStream {
 /// What a heartbeat stream carries from one beat to the next.
 struct Beats {
     service: Executors,
+    /// The stream's caller: every beat on it must be for this executor.
+    who: Identity,
     inbound: Streaming<pb::HeartbeatRequest>,
     shutdown: Shutdown,
     _open: OpenStream,
@@ -85,7 +88,7 @@ fn with_leader_hint(mut s: Status, addr: &str) -> Status {
     s
 }
 
-fn client(c: tonic::transport::Channel) -> ExecutorServiceClient<tonic::transport::Channel> {
+fn client(c: crate::api::Channel) -> ExecutorServiceClient<crate::api::Channel> {
     ExecutorServiceClient::new(c)
 }
 
@@ -238,9 +241,9 @@ impl Executors {
     /// The response stream of an accepted heartbeat stream: each request is judged by
     /// `heartbeat_local` and answered in order; the first beat this master cannot judge ends
     /// the stream with that error, as does shutdown.
-    fn beats(self, inbound: Streaming<pb::HeartbeatRequest>) -> BeatStream {
+    fn beats(self, who: Identity, inbound: Streaming<pb::HeartbeatRequest>) -> BeatStream {
         let shutdown = self.shutdown.clone();
-        let start = Beats { service: self, inbound, shutdown, _open: OpenStream::new() };
+        let start = Beats { service: self, who, inbound, shutdown, _open: OpenStream::new() };
         Box::pin(futures::stream::unfold(Some(start), |state| async move {
             let mut b = state?;
             let next = tokio::select! {
@@ -251,6 +254,9 @@ impl Executors {
                 }
             };
             match next {
+                Ok(Some(h)) if !b.who.may_act_as_executor(&h.executor_id) => {
+                    Some((Err(b.who.require_executor(&h.executor_id).unwrap_err()), None))
+                }
                 Ok(Some(h)) => match b.service.heartbeat_local(&h) {
                     Ok(r) => Some((Ok(r), Some(b))),
                     Err(e) => Some((Err(b.service.stream_refusal(e)), None)),
@@ -332,14 +338,15 @@ impl ExecutorService for Executors {
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
+        fwd.who.require_executor(&msg.executor_id)?;
         if msg.executor_id.is_empty() || msg.addr.is_empty() {
             return Err(Status::invalid_argument("executor_id and addr are required"));
         }
         self.node
             .serve_on_leader(
-                fwd,
+                &fwd,
                 &msg,
                 || self.register_local(&msg),
                 |c, m| async move { client(c).register(m).await },
@@ -351,11 +358,12 @@ impl ExecutorService for Executors {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
+        fwd.who.require_executor(&msg.executor_id)?;
         self.node
             .serve_on_leader(
-                fwd,
+                &fwd,
                 &msg,
                 || async { self.heartbeat_local(&msg) },
                 |c, m| async move { client(c).heartbeat(m).await },
@@ -369,19 +377,21 @@ impl ExecutorService for Executors {
         &self,
         req: Request<Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<BeatStream>, Status> {
+        let who = crate::security::caller(&req)?;
         self.accept_stream().await?;
-        Ok(Response::new(self.clone().beats(req.into_inner())))
+        Ok(Response::new(self.clone().beats(who, req.into_inner())))
     }
 
     async fn report_task(
         &self,
         req: Request<pb::ReportTaskRequest>,
     ) -> Result<Response<pb::ReportTaskResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
+        fwd.who.require_executor(&msg.executor_id)?;
         self.node
             .serve_on_leader(
-                fwd,
+                &fwd,
                 &msg,
                 || self.report_local(&msg),
                 |c, m| async move { client(c).report_task(m).await },
@@ -393,7 +403,7 @@ impl ExecutorService for Executors {
         &self,
         req: Request<pb::ListExecutorsRequest>,
     ) -> Result<Response<pb::ListExecutorsResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
         if msg.consistency == pb::ReadConsistency::Stale as i32 {
             return Ok(Response::new(self.list_local()));
@@ -404,7 +414,7 @@ impl ExecutorService for Executors {
         };
         self.node
             .serve_on_leader(
-                fwd,
+                &fwd,
                 &msg,
                 local,
                 |c, m| async move { client(c).list_executors(m).await },
@@ -416,7 +426,7 @@ impl ExecutorService for Executors {
         &self,
         req: Request<pb::DrainExecutorRequest>,
     ) -> Result<Response<pb::DrainExecutorResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
         let local = || async {
             self.simple_write(Command::DrainExecutor {
@@ -428,7 +438,7 @@ impl ExecutorService for Executors {
         };
         self.node
             .serve_on_leader(
-                fwd,
+                &fwd,
                 &msg,
                 local,
                 |c, m| async move { client(c).drain_executor(m).await },
@@ -440,8 +450,9 @@ impl ExecutorService for Executors {
         &self,
         req: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
+        fwd.who.require_executor(&msg.executor_id)?;
         let local = || async {
             self.simple_write(Command::DeregisterExecutor {
                 id: msg.executor_id.clone(),
@@ -451,7 +462,7 @@ impl ExecutorService for Executors {
             Ok(pb::DeregisterResponse {})
         };
         self.node
-            .serve_on_leader(fwd, &msg, local, |c, m| async move { client(c).deregister(m).await })
+            .serve_on_leader(&fwd, &msg, local, |c, m| async move { client(c).deregister(m).await })
             .await
     }
 }

@@ -13,7 +13,7 @@ use futures::stream::{FuturesOrdered, Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use super::node::{is_forwarded, now_ms, LocalError, Node};
+use super::node::{now_ms, Caller, LocalError, Node};
 use crate::api::convert::{
     job_spec_from_pb, job_state_name, job_to_pb, parse_job_id, parse_job_state, rejection_to_status,
 };
@@ -46,7 +46,7 @@ pub type SubmitStream =
 /// What a `SubmitJobs` stream carries between answers.
 struct Pipeline {
     jobs: Jobs,
-    forwarded: bool,
+    caller: Caller,
     inbound: Streaming<pb::SubmitJobRequest>,
     /// False once the client closed its side: the stream ends after the last answer.
     reading: bool,
@@ -64,7 +64,7 @@ fn answer(r: Result<pb::SubmitJobResponse, Status>) -> pb::SubmitJobsResponse {
     }
 }
 
-fn client(chan: tonic::transport::Channel) -> JobServiceClient<tonic::transport::Channel> {
+fn client(chan: crate::api::Channel) -> JobServiceClient<crate::api::Channel> {
     JobServiceClient::new(chan).max_decoding_message_size(MAX_MESSAGE_BYTES)
 }
 
@@ -73,7 +73,7 @@ impl Jobs {
     /// (here, or forwarded there).
     async fn submit(
         &self,
-        forwarded_in: bool,
+        caller: &Caller,
         mut msg: pb::SubmitJobRequest,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         if msg.idempotency_key.is_empty() {
@@ -85,7 +85,7 @@ impl Jobs {
         let spec = job_spec_from_pb(msg.spec.clone())?;
         self.node
             .serve_on_leader(
-                forwarded_in,
+                caller,
                 &msg,
                 || self.submit_local(&msg, &spec),
                 |c, m| async move { client(c).submit_job(m).await },
@@ -96,10 +96,10 @@ impl Jobs {
     /// The answers of a `SubmitJobs` stream: up to [`MAX_PIPELINED`] submissions in flight,
     /// answered in request order. A broken request side or shutdown ends it with that error
     /// (the submissions still in flight are dropped: the client re-sends them under their keys).
-    fn pipeline(self, forwarded: bool, inbound: Streaming<pb::SubmitJobRequest>) -> SubmitStream {
+    fn pipeline(self, caller: Caller, inbound: Streaming<pb::SubmitJobRequest>) -> SubmitStream {
         let start = Pipeline {
             jobs: self,
-            forwarded,
+            caller,
             inbound,
             reading: true,
             in_flight: FuturesOrdered::new(),
@@ -120,8 +120,8 @@ impl Jobs {
                     Some(a) = p.in_flight.next(), if !p.in_flight.is_empty() => return Some((Ok(a), Some(p))),
                     m = p.inbound.message(), if read => match m {
                         Ok(Some(req)) => {
-                            let (jobs, fwd) = (p.jobs.clone(), p.forwarded);
-                            p.in_flight.push_back(Box::pin(async move { answer(jobs.submit(fwd, req).await.map(Response::into_inner)) }));
+                            let (jobs, fwd) = (p.jobs.clone(), p.caller.clone());
+                            p.in_flight.push_back(Box::pin(async move { answer(jobs.submit(&fwd, req).await.map(Response::into_inner)) }));
                         }
                         Ok(None) => p.reading = false,
                         Err(s) => return Some((Err(s), None)),
@@ -224,8 +224,8 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let fwd = is_forwarded(&req);
-        self.submit(fwd, req.into_inner()).await
+        let fwd = Caller::of(&req)?;
+        self.submit(&fwd, req.into_inner()).await
     }
 
     type SubmitJobsStream = SubmitStream;
@@ -234,7 +234,7 @@ impl JobService for Jobs {
         &self,
         req: Request<Streaming<pb::SubmitJobRequest>>,
     ) -> Result<Response<SubmitStream>, Status> {
-        let fwd = is_forwarded(&req);
+        let fwd = Caller::of(&req)?;
         Ok(Response::new(self.clone().pipeline(fwd, req.into_inner())))
     }
 
@@ -242,7 +242,7 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
         let id = parse_job_id(&msg.job_id)?;
         if is_stale(msg.consistency) {
@@ -253,7 +253,7 @@ impl JobService for Jobs {
             Ok(self.read_job(id)?)
         };
         self.node
-            .serve_on_leader(fwd, &msg, local, |c, m| async move { client(c).get_job(m).await })
+            .serve_on_leader(&fwd, &msg, local, |c, m| async move { client(c).get_job(m).await })
             .await
     }
 
@@ -261,7 +261,7 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
         let filter = if msg.state.is_empty() { None } else { Some(parse_job_state(&msg.state)?) };
         let after = if msg.page_token.is_empty() {
@@ -286,7 +286,7 @@ impl JobService for Jobs {
             Ok(self.read_page(filter, after, size))
         };
         self.node
-            .serve_on_leader(fwd, &msg, local, |c, m| async move { client(c).list_jobs(m).await })
+            .serve_on_leader(&fwd, &msg, local, |c, m| async move { client(c).list_jobs(m).await })
             .await
     }
 
@@ -294,7 +294,7 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
         let id = parse_job_id(&msg.job_id)?;
         let local = || async {
@@ -312,7 +312,7 @@ impl JobService for Jobs {
             }
         };
         self.node
-            .serve_on_leader(fwd, &msg, local, |c, m| async move { client(c).cancel_job(m).await })
+            .serve_on_leader(&fwd, &msg, local, |c, m| async move { client(c).cancel_job(m).await })
             .await
     }
 }

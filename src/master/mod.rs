@@ -78,14 +78,21 @@ fn raft_config(cfg: &MasterConfig) -> anyhow::Result<openraft::Config> {
 /// configured), run the background tasks, bootstrap on first start when configured; then stop
 /// each part within its grace and flush the log.
 pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()> {
-    let (storage, node, election) = start_raft(&cfg).await?;
+    let secured = cfg.security().load(crate::security::Role::Master)?;
+    if cfg.insecure {
+        let mut stop = shutdown.clone();
+        tokio::spawn(crate::security::warn_insecure(format!("master {}", cfg.id), async move {
+            stop.wait().await
+        }));
+    }
+    let (storage, node, election) = start_raft(&cfg, &secured).await?;
     let listener =
         TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let http = serve_http(&cfg, &node, &shutdown).await?;
     tracing::info!(id = cfg.id, listen = %cfg.listen, advertise = %node.addr, data_dir = %cfg.data_dir.display(), "master starting");
     let liveness = Arc::new(liveness::Liveness::default());
     let (serving, health_reporter) =
-        serve_grpc(&cfg, &node, election.clone(), liveness.clone(), listener, &shutdown)?;
+        serve_grpc(&cfg, &secured, &node, election.clone(), liveness.clone(), listener, &shutdown)?;
     let tasks =
         Background::start(&cfg, &node, election, liveness, health_reporter, http, &shutdown);
     bootstrap(&cfg, &node.raft).await?;
@@ -111,6 +118,7 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
 /// Raft service).
 async fn start_raft(
     cfg: &MasterConfig,
+    secured: &crate::security::Secured,
 ) -> anyhow::Result<(crate::store::Storage, Arc<Node>, Election)> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
@@ -119,7 +127,7 @@ async fn start_raft(
     let (log_store, sm_store) =
         crate::store::open_stores(&storage).context("opening raft stores")?;
     let applied = sm_store.applied();
-    let channels = Channels::default();
+    let channels = Channels::new(crate::api::Dialer::new(secured.client.clone()));
     let election = Election::new(
         Duration::from_millis(cfg.raft.election_min_ms),
         Duration::from_millis(cfg.raft.election_max_ms),
@@ -156,6 +164,7 @@ async fn serve_http(
 /// `listener` until shutdown; returns the serving task and the health reporter to drive.
 fn serve_grpc(
     cfg: &MasterConfig,
+    secured: &crate::security::Secured,
     node: &Arc<Node>,
     election: Election,
     liveness: Arc<liveness::Liveness>,
@@ -167,8 +176,7 @@ fn serve_grpc(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building reflection service")?;
-    let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let server = crate::api::server(secured)?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

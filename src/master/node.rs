@@ -9,12 +9,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::RaftError;
 use openraft::ServerState;
-use tonic::transport::Channel;
 use tonic::Status;
 
-use crate::api::FORWARDED_HEADER;
+use crate::api::{Channel, FORWARDED_HEADER, ON_BEHALF_HEADER};
 use crate::raft::network::Channels;
 use crate::raft::{NodeId, Raft, RaftMetrics, Request, Response};
+use crate::security::Identity;
 use crate::state::{Command, Outcome, Rejection};
 use crate::store::SharedApplied;
 
@@ -56,15 +56,30 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Was this request forwarded by another master?
-pub fn is_forwarded<T>(req: &tonic::Request<T>) -> bool {
-    req.metadata().contains_key(FORWARDED_HEADER)
+/// Who sent a request, as the authorisation layer established it, and whether another master
+/// forwarded it (then it is not forwarded again).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub forwarded: bool,
+    pub who: Identity,
 }
 
-/// Wraps a message for forwarding to the leader: marked, with a deadline.
-pub fn forwarded<T>(msg: T) -> tonic::Request<T> {
+impl Caller {
+    pub fn of<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
+        Ok(Caller {
+            forwarded: req.metadata().contains_key(FORWARDED_HEADER),
+            who: crate::security::caller(req)?,
+        })
+    }
+}
+
+/// Wraps a message for forwarding to the leader: marked, on behalf of `who`, with a deadline.
+pub fn forwarded<T>(msg: T, who: &Identity) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+    if let Ok(v) = who.to_header().parse() {
+        r.metadata_mut().insert(ON_BEHALF_HEADER, v);
+    }
     r.set_timeout(FORWARD_TIMEOUT);
     r
 }
@@ -217,7 +232,7 @@ impl Node {
     /// leader-only RPC goes through here, so forwarding is written once.
     pub async fn serve_on_leader<M, T, L, LF, C, CF>(
         &self,
-        req_forwarded: bool,
+        caller: &Caller,
         msg: &M,
         local: L,
         call: C,
@@ -229,7 +244,8 @@ impl Node {
         C: Fn(Channel, tonic::Request<M>) -> CF,
         CF: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.on_leader(req_forwarded, local, |c| call(c, forwarded(msg.clone()))).await
+        let who = &caller.who;
+        self.on_leader(caller.forwarded, local, |c| call(c, forwarded(msg.clone(), who))).await
     }
 
     /// Resolves once this node knows a leader other than `leader` (never, while it does not).

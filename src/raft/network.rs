@@ -16,7 +16,6 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use super::codec;
 use super::{NodeId, TypeConfig};
@@ -24,24 +23,40 @@ use crate::api::pb::raft_service_client::RaftServiceClient;
 use crate::api::pb::RaftPayload;
 use crate::api::MAX_MESSAGE_BYTES;
 
-/// The channel builder lives in `api` (clients use it too); kept here for the tests' and the
-/// chaos suite's imports.
-pub use crate::api::channel;
+use crate::api::{Channel, Dialer, ServerName};
 
-/// Caches one channel per address; shared by Raft, forwarding and status gathering.
+/// Caches one channel per address and expected server; shared by Raft, forwarding, status
+/// gathering and the leader's calls to executors. Every channel carries the master's own
+/// credentials.
 #[derive(Clone, Default)]
 pub struct Channels {
-    inner: Arc<Mutex<HashMap<String, Channel>>>,
+    dialer: Dialer,
+    inner: Arc<Mutex<HashMap<(String, ServerName), Channel>>>,
 }
 
 impl Channels {
-    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    pub fn new(dialer: Dialer) -> Channels {
+        Channels { dialer, inner: Default::default() }
+    }
+
+    /// The channel to the master at `addr`.
+    pub fn get(&self, addr: &str) -> anyhow::Result<Channel> {
+        self.to(addr, ServerName::Master)
+    }
+
+    /// The channel to executor `id`'s worker API at `addr`.
+    pub fn executor(&self, addr: &str, id: &str) -> anyhow::Result<Channel> {
+        self.to(addr, ServerName::Executor(id.to_string()))
+    }
+
+    fn to(&self, addr: &str, server: ServerName) -> anyhow::Result<Channel> {
         let mut map = self.inner.lock().expect("channel cache poisoned");
-        if let Some(c) = map.get(addr) {
+        let key = (addr.to_string(), server);
+        if let Some(c) = map.get(&key) {
             return Ok(c.clone());
         }
-        let c = channel(addr)?;
-        map.insert(addr.to_string(), c.clone());
+        let c = self.dialer.channel(addr, &key.1)?;
+        map.insert(key, c.clone());
         Ok(c)
     }
 }
@@ -100,10 +115,9 @@ impl Peer {
         E: std::error::Error + DeserializeOwned,
     {
         let data = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let chan = self
-            .channels
-            .get(&self.addr)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let chan = self.channels.get(&self.addr).map_err(|e| {
+            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!("{e:#}"))))
+        })?;
         let mut client = RaftServiceClient::new(chan)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use triad::api::pb;
+use triad::api::{pb, Dialer};
+use triad::cli::creds::{master_name, LocalCredentials};
 use triad::client::{node_status, Client};
 use triad::master::config::{peers, MasterConfig};
+use triad::security::Role;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_triad");
 
@@ -50,12 +52,32 @@ pub struct Master {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub masters: Vec<Master>,
+    /// The cluster's CA, certificates and tokens (under `dir`; see [`creds`]).
+    pub creds: LocalCredentials,
+    /// What an admin presents (the admin token over TLS).
+    pub dialer: Dialer,
+}
+
+/// The credentials of the test cluster rooted at `root`: made on first use, then shared by its
+/// masters, executors and clients (`root/tls`, `root/tokens`).
+pub fn creds(root: &Path) -> LocalCredentials {
+    LocalCredentials::ensure(root, 0, 0).expect("test credentials")
+}
+
+/// What a CLI run needs besides `TRIAD_MASTERS`: the CA and the admin token.
+pub fn cli_env(root: &Path) -> Vec<(&'static str, String)> {
+    let c = creds(root);
+    vec![
+        ("TRIAD_CA", c.tls.ca_cert().display().to_string()),
+        ("TRIAD_TOKEN", c.token(Role::Admin).expect("admin token")),
+    ]
 }
 
 impl Cluster {
     /// Starts `n` masters; `tweak` adjusts each config before it is written.
     pub fn start(n: usize, tweak: impl Fn(&mut MasterConfig)) -> Cluster {
         let dir = tempfile::Builder::new().prefix("triad-test-").tempdir().expect("tempdir");
+        let creds = creds(dir.path());
         let all = free_ports(2 * n);
         let (ports, http_ports) = all.split_at(n);
         let peers = peers(ports.iter().map(|p| format!("127.0.0.1:{p}")));
@@ -64,9 +86,11 @@ impl Cluster {
             let node_dir = dir.path().join(format!("master{}", p.id));
             std::fs::create_dir_all(&node_dir).unwrap();
             let http = format!("127.0.0.1:{}", http_ports[p.id as usize - 1]);
+            let tls = creds.node(Role::Master, &master_name(p.id as u32)).unwrap();
             let mut cfg =
                 MasterConfig::cluster_member(p.id, &peers, node_dir.join("data"), Some(http))
-                    .unwrap();
+                    .unwrap()
+                    .secured(Some(tls), creds.auth.clone());
             tweak(&mut cfg);
             let config = node_dir.join("master.toml");
             std::fs::write(&config, cfg.to_toml().unwrap()).unwrap();
@@ -80,7 +104,8 @@ impl Cluster {
                 http,
             });
         }
-        let mut c = Cluster { dir, masters };
+        let dialer = Dialer::new(creds.client(Role::Admin).unwrap());
+        let mut c = Cluster { dir, masters, creds, dialer };
         for id in 1..=n as u64 {
             c.restart(id);
         }
@@ -93,7 +118,9 @@ impl Cluster {
         let addr = format!("127.0.0.1:{port}");
         let node_dir = self.dir.path().join(format!("master{id}"));
         std::fs::create_dir_all(&node_dir).unwrap();
-        let cfg = MasterConfig::joiner(id, addr.clone(), node_dir.join("data"));
+        let tls = self.creds.node(Role::Master, &master_name(id as u32)).unwrap();
+        let cfg = MasterConfig::joiner(id, addr.clone(), node_dir.join("data"))
+            .secured(Some(tls), self.creds.auth.clone());
         let config = node_dir.join("master.toml");
         std::fs::write(&config, cfg.to_toml().unwrap()).unwrap();
         self.masters.push(Master {
@@ -158,20 +185,27 @@ impl Cluster {
 
     /// A client that knows every master.
     pub fn client(&self) -> Client {
-        Client::new(self.addrs()).unwrap()
+        Client::new(self.addrs(), &self.dialer).unwrap()
     }
 
     /// A client that talks to one master only.
     pub fn client_for(&self, id: u64) -> Client {
-        Client::new(vec![self.master(id).addr.clone()]).unwrap()
+        Client::new(vec![self.master(id).addr.clone()], &self.dialer).unwrap()
+    }
+
+    /// A client of `masters` presenting `role`'s token.
+    pub fn client_as(&self, role: Role, masters: Vec<String>) -> Client {
+        Client::new(masters, &Dialer::new(self.creds.client(role).unwrap())).unwrap()
     }
 
     pub async fn status(&self, id: u64) -> Option<pb::MasterStatus> {
-        node_status(&self.master(id).addr, Duration::from_millis(500), false).await.ok()
+        node_status(&self.dialer, &self.master(id).addr, Duration::from_millis(500), false)
+            .await
+            .ok()
     }
 
     pub async fn digest(&self, id: u64) -> u64 {
-        node_status(&self.master(id).addr, Duration::from_secs(5), true)
+        node_status(&self.dialer, &self.master(id).addr, Duration::from_secs(5), true)
             .await
             .expect("status with digest")
             .state_digest
@@ -207,15 +241,27 @@ impl Cluster {
         self.masters.iter().filter(|m| m.id != leader && m.child.is_some()).map(|m| m.id).collect()
     }
 
-    /// Runs the CLI with `args`; returns (exit code, stdout, stderr).
+    /// Runs the CLI with `args` as an admin; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        run_cli(args, &self.masters_arg())
+        run_cli_env(args, &self.masters_arg(), &cli_env(self.dir.path()))
     }
 }
 
+/// Runs the CLI with `args` and no credentials; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], masters: &str) -> (i32, String, String) {
-    let out =
-        Command::new(BIN).args(args).env("TRIAD_MASTERS", masters).output().expect("running triad");
+    run_cli_env(args, masters, &[])
+}
+
+/// Runs the CLI with `args` and `env`; returns (exit code, stdout, stderr).
+pub fn run_cli_env(args: &[&str], masters: &str, env: &[(&str, String)]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("TRIAD_MASTERS", masters)
+        .env_remove("TRIAD_CA")
+        .env_remove("TRIAD_TOKEN")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("running triad");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -282,13 +328,25 @@ impl Executor {
     ) -> Executor {
         let work_dir = root.join(name);
         std::fs::create_dir_all(&work_dir).unwrap();
+        // Its certificate names it `name`: that is its executor id.
+        let creds = creds(root);
+        let tls = creds.node(Role::Executor, name).expect("executor certificate");
+        #[derive(serde::Serialize)]
+        struct File<'a> {
+            tls: &'a triad::security::tls::TlsFiles,
+            auth: &'a triad::security::AuthConfig,
+        }
+        let config = work_dir.join("executor.toml");
+        std::fs::write(&config, toml::to_string(&File { tls: &tls, auth: &creds.auth }).unwrap())
+            .unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(work_dir.join("executor.log"))
             .unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.args(["executor", "--masters", masters, "--slots", &slots.to_string(), "--work-dir"])
+        cmd.args(["executor", "--config"]).arg(&config);
+        cmd.args(["--masters", masters, "--slots", &slots.to_string(), "--work-dir"])
             .arg(&work_dir);
         for l in labels {
             cmd.args(["--label", l]);
@@ -379,10 +437,15 @@ pub async fn http_get(addr: &str, path: &str) -> Option<String> {
     tokio::time::timeout(Duration::from_secs(5), fut).await.ok().flatten()
 }
 
-/// The gRPC health status of a master or executor ("" service): Some(true) when SERVING.
-pub async fn grpc_serving(addr: &str) -> Option<bool> {
+/// The gRPC health status of a master or executor ("" service) at `addr`, expected to be
+/// `server`: Some(true) when SERVING. Health needs no credential, but it is served over TLS.
+pub async fn grpc_serving(
+    dialer: &Dialer,
+    addr: &str,
+    server: &triad::api::ServerName,
+) -> Option<bool> {
     use tonic_health::pb::health_client::HealthClient;
-    let chan = triad::api::channel(addr).ok()?;
+    let chan = dialer.channel(addr, server).ok()?;
     let mut req =
         tonic::Request::new(tonic_health::pb::HealthCheckRequest { service: String::new() });
     req.set_timeout(Duration::from_secs(2));

@@ -33,13 +33,47 @@ const PUT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Closed-loop puts of `value_size`-byte values under unique keys to `endpoint` (give the etcd
 /// leader's client URL host:port, as `bench submit` talks to triad's leader).
-pub async fn put(endpoint: &str, load: Load, value_size: usize) -> anyhow::Result<Report> {
+/// etcd's TLS, when its client URL is https: the CA to verify it by and the client certificate
+/// to present (etcd's `--client-cert-auth`).
+pub struct EtcdTls {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// A channel to etcd at `endpoint`, over TLS when given (the endpoint's host is verified).
+fn etcd_channel(
+    endpoint: &str,
+    tls: Option<&EtcdTls>,
+) -> anyhow::Result<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{endpoint}"))
+        .with_context(|| format!("bad etcd endpoint {endpoint:?}"))?
+        .connect_timeout(crate::timings::CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    if let Some(t) = tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+        };
+        ep = ep.tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read(&t.ca)?))
+                .identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?)),
+        )?;
+    }
+    Ok(ep.connect_lazy())
+}
+
+pub async fn put(
+    endpoint: &str,
+    tls: Option<&EtcdTls>,
+    load: Load,
+    value_size: usize,
+) -> anyhow::Result<Report> {
     // One channel (one HTTP/2 connection) per `--connections`, as `bench submit` does.
     let channels = (0..load.connections.max(1))
-        .map(|_| {
-            crate::raft::network::channel(endpoint)
-                .with_context(|| format!("bad etcd endpoint {endpoint:?}"))
-        })
+        .map(|_| etcd_channel(endpoint, tls))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let channels = Arc::new(channels);
     let value = Arc::new(vec![b'x'; value_size]);

@@ -31,6 +31,7 @@ use anyhow::{bail, Context};
 
 use super::{new_hist, trivial_job, Report};
 use crate::api::pb;
+use crate::cli::creds::LocalCredentials;
 use crate::cli::dev::{self, Proc};
 use crate::cli::executors::list_executors;
 use crate::cli::status_line;
@@ -128,6 +129,7 @@ struct Cluster {
     /// Status and job reads: bounded retries, so polling loops keep to their own deadlines.
     client: Client,
     ttl_ms: u64,
+    creds: LocalCredentials,
 }
 
 /// One leader round: kill → new leader observed, kill → first write acknowledged.
@@ -143,11 +145,14 @@ impl Cluster {
         round_timeout: Duration,
         run_id: String,
     ) -> anyhow::Result<Self> {
-        let configs = dev::write_master_configs(dir, MASTERS, base_port)?;
+        // Secure, as `triad dev` is: the credentials live beside the data.
+        let creds = LocalCredentials::ensure(dir, MASTERS, EXECUTORS)?;
+        let configs = dev::write_master_configs(dir, MASTERS, base_port, Some(&creds))?;
         // The TTL the masters will use: the same file and environment they read.
         let ttl_ms = MasterConfig::load(&configs[0].0)?.executors.ttl_ms;
         let (configs, addrs): (Vec<PathBuf>, Vec<String>) = configs.into_iter().unzip();
-        let mut client = Client::new(addrs.clone())?;
+        let dialer = dev::admin_dialer(Some(&creds))?;
+        let mut client = Client::new(addrs.clone(), &dialer)?;
         client.call_timeout = Duration::from_secs(1);
         client.retry_for = Duration::from_secs(2);
         Ok(Cluster {
@@ -160,6 +165,7 @@ impl Cluster {
             addrs,
             client,
             ttl_ms,
+            creds,
         })
     }
 
@@ -182,7 +188,8 @@ impl Cluster {
         );
         let masters = self.addrs.join(",");
         for i in 1..=EXECUTORS {
-            self.procs.push(dev::spawn_executor(&self.dir, i, self.base_port, &masters)?);
+            let creds = Some(&self.creds);
+            self.procs.push(dev::spawn_executor(&self.dir, i, self.base_port, &masters, creds)?);
         }
         self.wait_executors_alive(Instant::now() + self.round_timeout, None).await?;
         eprintln!("cluster: {EXECUTORS} executors alive, executor TTL {} ms", self.ttl_ms);
@@ -220,7 +227,7 @@ impl Cluster {
     // ---- leader kills ----------------------------------------------------------------------
 
     async fn leader_rounds(&mut self, kills: usize) -> anyhow::Result<Report> {
-        let mut wc = Client::new(self.addrs.clone())?;
+        let mut wc = Client::new(self.addrs.clone(), self.client.dialer())?;
         wc.call_timeout = WRITE_DEADLINE;
         wc.retry_for = Duration::ZERO;
         let writer = Arc::new(Writer::default());
@@ -303,8 +310,9 @@ impl Cluster {
         writer.arm(t0);
         let deadline = t0 + self.round_timeout;
         let survivors = &survivors;
+        let dialer = self.client.dialer();
         let new_leader = wait_for_every(LEADER_POLL, "a new leader", deadline, || async move {
-            let probes = survivors.iter().map(|a| node_status(a, PROBE_DEADLINE, false));
+            let probes = survivors.iter().map(|a| node_status(dialer, a, PROBE_DEADLINE, false));
             let seen = futures::future::join_all(probes).await;
             let at = Instant::now();
             seen.into_iter().flatten().find(|m| m.role == "leader").map(|m| (m.id, at))

@@ -106,13 +106,15 @@ impl Report {
     }
 }
 
+use crate::api::ServerName;
+
 /// The leader's address, so the bench talks to it directly.
 pub async fn leader_client(masters: &Client) -> anyhow::Result<Client> {
     let s = masters.cluster_status().await.map_err(|e| anyhow::anyhow!(super::status_line(&e)))?;
     anyhow::ensure!(s.leader_id != 0, "the cluster has no leader");
     let mut list = vec![s.leader_addr.clone()];
     list.extend(masters.masters().iter().filter(|m| **m != s.leader_addr).cloned());
-    Client::new(list)
+    Client::new(list, masters.dialer())
 }
 
 /// A trivial job. `placeable: false` adds a constraint no executor has, so submit-bench jobs
@@ -149,7 +151,7 @@ pub async fn submit(client: Client, load: Load, api: Api) -> anyhow::Result<Repo
     // One client (one HTTP/2 connection) per `--connections`, the workers spread over them.
     let first = leader_client(&client).await?;
     let mut clients = (1..load.connections.max(1))
-        .map(|_| Client::new(first.masters().to_vec()))
+        .map(|_| Client::new(first.masters().to_vec(), client.dialer()))
         .collect::<anyhow::Result<Vec<_>>>()?;
     clients.insert(0, first);
     let run = uuid::Uuid::new_v4().simple().to_string();
@@ -362,7 +364,7 @@ async fn watch_e2e_job(
 struct Workers(
     HashMap<
         String,
-        crate::api::pb::worker_service_client::WorkerServiceClient<tonic::transport::Channel>,
+        crate::api::pb::worker_service_client::WorkerServiceClient<crate::api::Channel>,
     >,
 );
 
@@ -387,7 +389,9 @@ impl Workers {
             for e in list {
                 self.0.insert(
                     e.id.clone(),
-                    WorkerServiceClient::new(crate::raft::network::channel(&e.addr)?),
+                    WorkerServiceClient::new(
+                        client.dialer().channel(&e.addr, &ServerName::Executor(e.id.clone()))?,
+                    ),
                 );
             }
         }
@@ -510,7 +514,7 @@ type SimAnswers = std::pin::Pin<
 
 /// Opens simulated executor `i`'s heartbeat stream number `n` on `chan` (no beat sent yet).
 async fn open_sim_stream(
-    chan: tonic::transport::Channel,
+    chan: crate::api::Channel,
     i: usize,
     n: u64,
 ) -> Result<(tokio::sync::mpsc::Sender<pb::HeartbeatRequest>, SimAnswers), tonic::Status> {
@@ -552,7 +556,7 @@ pub async fn heartbeats(
     let leader_pid =
         status.masters.iter().find(|m| m.id == status.leader_id).map(|m| m.pid).unwrap_or(0);
     let chans: Vec<_> = (0..connections.max(1))
-        .map(|_| crate::raft::network::channel(&status.leader_addr))
+        .map(|_| client.dialer().master(&status.leader_addr))
         .collect::<Result<_, _>>()?;
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let ids: Vec<String> = (0..executors).map(|i| format!("sim-{run}-{i:05}")).collect();
@@ -590,10 +594,7 @@ pub async fn heartbeats(
 
 /// Registers the simulated executors `ids` (capacity 0) from 64 tasks at once, so group commit
 /// batches them; returns their epochs, in the order of `ids`.
-async fn register_sims(
-    chans: &[tonic::transport::Channel],
-    ids: &[String],
-) -> anyhow::Result<Vec<u64>> {
+async fn register_sims(chans: &[crate::api::Channel], ids: &[String]) -> anyhow::Result<Vec<u64>> {
     use crate::api::pb::executor_service_client::ExecutorServiceClient;
     let executors = ids.len();
     let epochs = Arc::new(Mutex::new(vec![0u64; executors]));
@@ -635,7 +636,7 @@ type SimStream = (tokio::sync::mpsc::Sender<pb::HeartbeatRequest>, SimAnswers);
 /// a loaded machine long enough for its followers to elect another (real executors open theirs
 /// spread over a beat).
 async fn open_sim_streams(
-    chans: &[tonic::transport::Channel],
+    chans: &[crate::api::Channel],
     ids: &[String],
     per: usize,
 ) -> anyhow::Result<Vec<Vec<SimStream>>> {
@@ -660,7 +661,7 @@ async fn open_sim_streams(
 }
 
 /// Leaves cleanly: deregisters the simulated executors (failures ignored; they expire anyway).
-async fn deregister_sims(chans: &[tonic::transport::Channel], ids: &[String], epochs: &[u64]) {
+async fn deregister_sims(chans: &[crate::api::Channel], ids: &[String], epochs: &[u64]) {
     use crate::api::pb::executor_service_client::ExecutorServiceClient;
     for (i, id) in ids.iter().enumerate() {
         let _ = ExecutorServiceClient::new(chans[i % chans.len()].clone())
@@ -697,7 +698,7 @@ fn heartbeats_report(
 /// `i/n` within each period, on its own stream; answers arrive on any of them.
 struct SimConnection {
     /// The connection every stream of this share is opened on.
-    chan: tonic::transport::Channel,
+    chan: crate::api::Channel,
     /// The executors' ids; index `i` here is `sims[i]`.
     ids: Vec<String>,
     /// Their epochs from registration.
@@ -714,7 +715,7 @@ struct SimConnection {
 
 impl SimConnection {
     fn new(
-        chan: tonic::transport::Channel,
+        chan: crate::api::Channel,
         ids: Vec<String>,
         epochs: Vec<u64>,
         opened: Vec<SimStream>,

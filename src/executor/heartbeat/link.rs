@@ -20,9 +20,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::api::Channel;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use crate::api::pb;

@@ -79,10 +79,10 @@ pub enum Effect {
     /// Commit these through Raft as one entry (dead executors, given-up starts, placements).
     /// Nothing after it may run unless it committed.
     Propose(Vec<Command>),
-    /// Send this StartAttempt to the executor at `addr`; answer with [`Core::on_dispatch`].
-    Start { addr: String, req: Box<pb::StartAttemptRequest> },
-    /// Stop this attempt on the executor at `addr` (best effort, no answer needed).
-    Stop { addr: String, token: Token },
+    /// Send this StartAttempt to executor `to`; answer with [`Core::on_dispatch`].
+    Start { to: Worker, req: Box<pb::StartAttemptRequest> },
+    /// Stop this attempt on executor `to` (best effort, no answer needed).
+    Stop { to: Worker, token: Token },
 }
 
 /// How a start request ended, as the dispatch task reports it.
@@ -347,10 +347,9 @@ impl Core {
         if !commands.is_empty() {
             effects.push(Effect::Propose(commands));
         }
-        effects.extend(
-            starts.into_iter().map(|(addr, req)| Effect::Start { addr, req: Box::new(req) }),
-        );
-        effects.extend(stops.into_iter().map(|(addr, token)| Effect::Stop { addr, token }));
+        effects
+            .extend(starts.into_iter().map(|(to, req)| Effect::Start { to, req: Box::new(req) }));
+        effects.extend(stops.into_iter().map(|(to, token)| Effect::Stop { to, token }));
         effects
     }
 
@@ -361,7 +360,7 @@ impl Core {
         state: &State,
         live: &View<'_>,
         now: Instant,
-    ) -> Vec<(String, pb::StartAttemptRequest)> {
+    ) -> Vec<(Worker, pb::StartAttemptRequest)> {
         let mut to_start = Vec::new();
         let mut assigned = HashSet::new();
         for a in state.live_attempts() {
@@ -381,14 +380,14 @@ impl Core {
             if p.in_flight || p.tries >= MAX_START_TRIES || !due {
                 continue;
             }
-            let Some((addr, mut req)) = start_request(state, &a.job, a.index) else { continue };
+            let Some((to, mut req)) = start_request(state, &a.job, a.index) else { continue };
             // Not before this leader has heard a beat of the executor's current registration:
             // the start must name one (its lease). The next beat brings it.
             let Some(stamp) = live.stamp(&a.executor, req.epoch) else { continue };
             req.lease_seq = stamp.seq;
             p.stamp = Some(stamp.received);
             p.in_flight = true;
-            to_start.push((addr, req));
+            to_start.push((to, req));
         }
         // Forget attempts that started, finished or were lost.
         self.starts.retain(|t, _| assigned.contains(t));
@@ -426,7 +425,7 @@ impl Core {
     /// Cancelled attempts to stop (each once). The scan covers jobs cancelled since the last
     /// scan (with an overlap for commands applied late), so its cost follows the cancel rate,
     /// not the number of jobs finished lately; heartbeat reconciliation stops whatever it misses.
-    fn stops_due(&mut self, state: &State, wall: Millis) -> Vec<(String, Token)> {
+    fn stops_due(&mut self, state: &State, wall: Millis) -> Vec<(Worker, Token)> {
         let since = match self.stop_scan_from {
             None => wall.saturating_sub(STOP_HORIZON_MS),
             Some(from) => from.min(wall).saturating_sub(STOP_SCAN_OVERLAP_MS),
@@ -439,7 +438,7 @@ impl Core {
                     seen.insert(a.token);
                     if self.stopped.insert(a.token) {
                         if let Some(e) = state.executor(&a.executor) {
-                            to_stop.push((e.addr.clone(), a.token));
+                            to_stop.push((Worker::of(e), a.token));
                         }
                     }
                 }
@@ -452,19 +451,32 @@ impl Core {
     }
 }
 
-/// The StartAttempt call for the current attempt of a task, with the executor's address (the
+/// An executor's worker API: its id (which its certificate must name) and address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Worker {
+    pub id: String,
+    pub addr: String,
+}
+
+impl Worker {
+    fn of(e: &crate::state::Executor) -> Worker {
+        Worker { id: e.id.clone(), addr: e.addr.clone() }
+    }
+}
+
+/// The StartAttempt call for the current attempt of a task, with the executor to send it to (the
 /// lease is filled in by the caller).
 fn start_request(
     state: &State,
     job_id: &JobId,
     index: u32,
-) -> Option<(String, pb::StartAttemptRequest)> {
+) -> Option<(Worker, pb::StartAttemptRequest)> {
     let job = state.job(job_id)?;
     let task = job.tasks.get(index as usize)?;
     let attempt = task.current()?;
     let exec = state.executor(&attempt.executor)?;
     Some((
-        exec.addr.clone(),
+        Worker::of(exec),
         crate::api::convert::start_attempt_to_pb(job, index, attempt, exec.epoch),
     ))
 }

@@ -184,8 +184,8 @@ impl Duties {
         for effect in effects {
             match effect {
                 Effect::Propose(commands) => self.propose(commands, now.at).await?,
-                Effect::Start { addr, req } => rpc::start(&self.node, self.tx.clone(), addr, *req),
-                Effect::Stop { addr, token } => rpc::stop(&self.node, addr, token),
+                Effect::Start { to, req } => rpc::start(&self.node, self.tx.clone(), to, *req),
+                Effect::Stop { to, token } => rpc::stop(&self.node, to, token),
             }
         }
         Ok(())

@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tonic::Code;
 
-use super::core::Dispatched;
+use super::core::{Dispatched, Worker};
 use crate::api::pb;
 use crate::api::pb::worker_service_client::WorkerServiceClient;
 use crate::master::node::Node;
@@ -20,7 +20,7 @@ use crate::timings::DISPATCH_TIMEOUT;
 pub(super) fn start(
     node: &Node,
     tx: mpsc::UnboundedSender<Dispatched>,
-    addr: String,
+    to: Worker,
     req: pb::StartAttemptRequest,
 ) {
     let channels = node.channels.clone();
@@ -28,8 +28,9 @@ pub(super) fn start(
         let token = req.token;
         let started = Instant::now();
         let res = async {
-            let chan =
-                channels.get(&addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let chan = channels
+                .executor(&to.addr, &to.id)
+                .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
             let mut r = tonic::Request::new(req);
             r.set_timeout(DISPATCH_TIMEOUT);
             tokio::time::timeout(DISPATCH_TIMEOUT, WorkerServiceClient::new(chan).start_attempt(r))
@@ -54,10 +55,10 @@ pub(super) fn start(
 
 /// Stops an attempt in the background. Best effort: heartbeat reconciliation kills it later if
 /// this is lost.
-pub(super) fn stop(node: &Node, addr: String, token: Token) {
+pub(super) fn stop(node: &Node, to: Worker, token: Token) {
     let channels = node.channels.clone();
     tokio::spawn(async move {
-        let Ok(chan) = channels.get(&addr) else { return };
+        let Ok(chan) = channels.executor(&to.addr, &to.id) else { return };
         let mut r = tonic::Request::new(pb::StopAttemptRequest { token });
         r.set_timeout(DISPATCH_TIMEOUT);
         let _ =

@@ -177,7 +177,8 @@ impl World {
                         let _ = writeln!(out, "  -> propose {what}{result}");
                     }
                 }
-                Effect::Start { addr, req } => {
+                Effect::Start { to, req } => {
+                    let addr = &to.addr;
                     let job =
                         JobId::parse_str(&req.job_id).map(|j| job_name(&j)).unwrap_or(req.job_id);
                     let _ = writeln!(
@@ -186,8 +187,8 @@ impl World {
                         req.task_index, req.attempt, req.token, req.epoch, req.lease_seq
                     );
                 }
-                Effect::Stop { addr, token } => {
-                    let _ = writeln!(out, "  -> stop tok={token} on {addr}");
+                Effect::Stop { to, token } => {
+                    let _ = writeln!(out, "  -> stop tok={token} on {}", to.addr);
                 }
             }
         }
