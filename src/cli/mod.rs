@@ -438,7 +438,16 @@ pub use crate::executor::config::parse_kv;
 
 /// A gRPC status as one line for a human.
 pub fn status_line(s: &Status) -> String {
-    format!("{} ({:?})", s.message(), s.code())
+    let m = s.message();
+    // A plaintext client talking to a TLS server (or the reverse) sees only a protocol error.
+    let mismatch = ["h2 protocol error", "InvalidContentType", "CorruptMessage"];
+    let hint = if mismatch.iter().any(|p| m.contains(p)) {
+        "; is one side TLS and the other not? (TRIAD_CA for TLS clusters, --insecure only for \
+         clusters run with insecure = true)"
+    } else {
+        ""
+    };
+    format!("{m}{hint} ({:?})", s.code())
 }
 
 fn st(s: Status) -> anyhow::Error {

@@ -134,7 +134,7 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
     let runner = Runner::new(cfg.work_dir.clone(), events_tx);
     kill_leftovers(&runner).await?;
     let agent = Arc::new(Agent::new(id, addr, cfg, secured.client.clone(), runner)?);
-    tracing::info!(id = %agent.id, addr = %agent.addr, work_dir = %agent.cfg.work_dir.display(), "executor starting");
+    tracing::info!(id = %agent.id, addr = %agent.addr, work_dir = %agent.cfg.work_dir.display(), tls = !agent.cfg.insecure, "executor starting");
 
     // The executor's own stop signal: external shutdown, or the end of a drain.
     let (stop_trigger, stop) = shutdown::channel();

@@ -89,7 +89,7 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
     let listener =
         TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let http = serve_http(&cfg, &node, &shutdown).await?;
-    tracing::info!(id = cfg.id, listen = %cfg.listen, advertise = %node.addr, data_dir = %cfg.data_dir.display(), "master starting");
+    tracing::info!(id = cfg.id, listen = %cfg.listen, advertise = %node.addr, data_dir = %cfg.data_dir.display(), tls = !cfg.insecure, tokens = cfg.auth.tokens.len(), "master starting");
     let liveness = Arc::new(liveness::Liveness::default());
     let (serving, health_reporter) =
         serve_grpc(&cfg, &secured, &node, election.clone(), liveness.clone(), listener, &shutdown)?;

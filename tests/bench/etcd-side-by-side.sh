@@ -9,7 +9,13 @@
 # and `--api stream` (the workers pipeline their submissions on one SubmitJobs stream).
 # Prints one JSON line per run and a table of medians. Not part of CI (it takes minutes).
 #
-# Env: CONCURRENCY (default "16 64 256"), RUNS (3), DURATION (10s), TRIAD (target/release/triad).
+# Both run with TLS by default (TLS=1): etcd with client and peer certificates
+# (--client-cert-auth, --peer-client-cert-auth) made by `triad tls`, triad as `triad dev` makes
+# it (mutual TLS between masters, the admin token over TLS from the bench). TLS=0 runs both in
+# plaintext (`triad dev --insecure`).
+#
+# Env: CONCURRENCY (default "16 64 256"), RUNS (3), DURATION (10s), TRIAD (target/release/triad),
+# TLS (1).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -25,26 +31,44 @@ BENCH_NAME=etcd-bench
 . tests/bench/common.sh
 
 # ---- etcd -------------------------------------------------------------------------------------
-CLUSTER="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
-ENDPOINTS="127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793"
+TLS=${TLS:-1}
+ETCD_TLS=() ETCDCTL_TLS=() BENCH_TLS=() S=http
+if [ "$TLS" = 1 ]; then
+  S=https
+  "$TRIAD" tls ca create --dir "$WORK/tls" >/dev/null
+  for i in 1 2 3; do
+    "$TRIAD" tls cert create --dir "$WORK/tls" --role master --name "etcd$i" --host 127.0.0.1 >/dev/null
+  done
+  "$TRIAD" tls cert create --dir "$WORK/tls" --role admin --name bench >/dev/null
+  "$TRIAD" tls cert create --dir "$WORK/tls" --role master --name etcdctl --host 127.0.0.1 >/dev/null
+  ETCDCTL_TLS=(--cacert "$WORK/tls/ca.pem" --cert "$WORK/tls/master-etcdctl.pem" --key "$WORK/tls/master-etcdctl.key")
+  BENCH_TLS=(--etcd-ca "$WORK/tls/ca.pem" --etcd-cert "$WORK/tls/master-etcdctl.pem" --etcd-key "$WORK/tls/master-etcdctl.key")
+fi
+CLUSTER="e1=$S://127.0.0.1:23801,e2=$S://127.0.0.1:23802,e3=$S://127.0.0.1:23803"
+ENDPOINTS="$S://127.0.0.1:23791,$S://127.0.0.1:23792,$S://127.0.0.1:23793"
 for i in 1 2 3; do
-  etcd --name "e$i" --data-dir "$WORK/etcd$i" \
-    --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
-    --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
+  if [ "$TLS" = 1 ]; then
+    c="$WORK/tls/master-etcd$i.pem" k="$WORK/tls/master-etcd$i.key" ca="$WORK/tls/ca.pem"
+    ETCD_TLS=(--cert-file "$c" --key-file "$k" --trusted-ca-file "$ca" --client-cert-auth
+      --peer-cert-file "$c" --peer-key-file "$k" --peer-trusted-ca-file "$ca" --peer-client-cert-auth)
+  fi
+  etcd --name "e$i" --data-dir "$WORK/etcd$i" "${ETCD_TLS[@]}" \
+    --listen-client-urls "$S://127.0.0.1:2379$i" --advertise-client-urls "$S://127.0.0.1:2379$i" \
+    --listen-peer-urls "$S://127.0.0.1:2380$i" --initial-advertise-peer-urls "$S://127.0.0.1:2380$i" \
     --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token triad-bench \
     --log-level error >"$WORK/etcd$i.log" 2>&1 &
   PIDS+=($!)
 done
 export ETCDCTL_API=3
-wait_until "etcd health" 60 etcdctl --endpoints="$ENDPOINTS" endpoint health
-ETCD_LEADER=$(etcdctl --endpoints="$ENDPOINTS" endpoint status -w json \
-  | jq -r '.[] | select(.Status.header.member_id == .Status.leader) | .Endpoint')
+wait_until "etcd health" 60 etcdctl "${ETCDCTL_TLS[@]}" --endpoints="$ENDPOINTS" endpoint health
+ETCD_LEADER=$(etcdctl "${ETCDCTL_TLS[@]}" --endpoints="$ENDPOINTS" endpoint status -w json \
+  | jq -r '.[] | select(.Status.header.member_id == .Status.leader) | .Endpoint' | sed 's|^https*://||')
 echo "etcd $(etcd --version | head -1 | awk '{print $3}'): leader at $ETCD_LEADER" >&2
 
 RESULTS=$WORK/results.jsonl
 for c in $CONCURRENCY; do
   for r in $(seq "$RUNS"); do
-    "$TRIAD" bench etcd-put --endpoint "$ETCD_LEADER" --concurrency "$c" --duration "$DURATION" -o json \
+    "$TRIAD" bench etcd-put --endpoint "$ETCD_LEADER" "${BENCH_TLS[@]}" --concurrency "$c" --duration "$DURATION" -o json \
       | jq -c --arg sys etcd '{sys: $sys, c: (.extra.CONCURRENCY|tonumber), rate: .rate_per_sec, p50: .p50_ms, p99: .p99_ms, errors}' \
       | tee -a "$RESULTS"
   done
@@ -54,10 +78,12 @@ wait 2>/dev/null || true
 PIDS=()
 
 # ---- triad ------------------------------------------------------------------------------------
-"$TRIAD" dev --executors 0 --base-port 7801 --data-dir "$WORK/triad" >"$WORK/triad-dev.log" 2>&1 &
+DEV_ARGS=()
+[ "$TLS" = 1 ] || DEV_ARGS=(--insecure)
+"$TRIAD" dev --executors 0 --base-port 7801 --data-dir "$WORK/triad" "${DEV_ARGS[@]}" >"$WORK/triad-dev.log" 2>&1 &
 PIDS+=($!)
-export TRIAD_MASTERS=127.0.0.1:7801,127.0.0.1:7802,127.0.0.1:7803
-wait_until "a triad leader" 60 grep -q "export TRIAD_MASTERS" "$WORK/triad-dev.log"
+wait_until "a triad leader" 60 grep -q "^export TRIAD_MASTERS" "$WORK/triad-dev.log"
+eval "$(grep '^export TRIAD_MASTERS' "$WORK/triad-dev.log")"
 for c in $CONCURRENCY; do
   for r in $(seq "$RUNS"); do
     for api in unary stream; do
@@ -70,7 +96,7 @@ done
 
 # ---- medians ----------------------------------------------------------------------------------
 echo
-echo "medians of $RUNS runs of $DURATION ($(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "medians of $RUNS runs of $DURATION, TLS=$TLS ($(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg))"
 printf '%-12s %-26s %-26s %-26s %s\n' CONCURRENCY "etcd puts/s (p50/p99 ms)" "triad unary (p50/p99)" "triad stream (p50/p99)" "unary/etcd stream/etcd"
 jq -s -r '
   def median: sort | .[(length/2|floor)];

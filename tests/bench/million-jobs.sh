@@ -13,7 +13,6 @@ JOBS=${JOBS:-1000000}
 BENCH_NAME=million
 . tests/bench/common.sh
 
-export TRIAD_MASTERS=127.0.0.1:7901,127.0.0.1:7902,127.0.0.1:7903
 # `cluster status` exits non-zero while a master is down, but still prints every master.
 status() { "$TRIAD" cluster status -o json 2>/dev/null || true; }
 now() { date +%s.%N; }
@@ -23,6 +22,8 @@ wait_status() { wait_until "$1" "$2" status_holds "$1"; }
 
 "$TRIAD" dev --executors 0 --base-port 7901 --data-dir "$WORK/triad" >"$WORK/dev.log" 2>&1 &
 PIDS+=($!)
+wait_until "triad dev's export line" 60 grep -q '^export TRIAD_MASTERS' "$WORK/dev.log"
+eval "$(grep '^export TRIAD_MASTERS' "$WORK/dev.log")"
 wait_status '.leader_id != 0' 60
 
 t0=$(now)
