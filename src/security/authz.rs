@@ -176,10 +176,12 @@ fn on_behalf_of(headers: &http::HeaderMap, peer: Identity) -> Result<Identity, S
         Some(_) if !is_master => {
             Err(Status::permission_denied(format!("{peer} may not act on behalf of others")))
         }
+        // A secure master never forwards for an insecure caller: such a header is forged.
         Some(v) => v
             .to_str()
             .ok()
             .and_then(Identity::from_header)
+            .filter(|who| *who != Identity::Insecure)
             .ok_or_else(|| Status::invalid_argument(format!("malformed {ON_BEHALF_HEADER}"))),
     }
 }
@@ -334,7 +336,9 @@ mod tests {
         let master = Identity::principal(Master, "m1");
         let mut hm = http::HeaderMap::new();
         hm.insert(ON_BEHALF_HEADER, "client/ci".parse().unwrap());
-        assert_eq!(on_behalf_of(&hm, master).unwrap(), Identity::principal(Client, "ci"));
+        assert_eq!(on_behalf_of(&hm, master.clone()).unwrap(), Identity::principal(Client, "ci"));
+        hm.insert(ON_BEHALF_HEADER, "insecure/".parse().unwrap());
+        assert!(on_behalf_of(&hm, master).is_err(), "no insecure caller on a secure cluster");
     }
 
     #[test]
