@@ -530,6 +530,32 @@ async fn start_attempt_straight_to_an_executor_is_refused_and_runs_nothing() {
         assert!(!m.exists(), "{} exists: an attacker's start ran", m.display());
     }
 
+    // ReadOutput is for clients (and masters), and names an attempt, never a path.
+    let exec_b = ServerName::Executor("exec-b".into());
+    let read = |job_id: &str| pb::ReadOutputRequest {
+        job_id: job_id.to_string(),
+        task_index: 0,
+        attempt: 1,
+        max_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let mut reader =
+        WorkerServiceClient::new(chan(&token(&c, Role::Client), &info.addr, exec_b.clone()));
+    for job_id in ["..", "../..", "../../../../etc/passwd", "/etc", "exec-b/../..", ""] {
+        let r = outcome(reader.read_output(read(job_id))).await;
+        expect_code(&format!("ReadOutput of {job_id:?} with the client token"), r, Code::NotFound);
+    }
+    let mut reader = WorkerServiceClient::new(chan(
+        &cert(&c, Role::Executor, "exec-a"),
+        &info.addr,
+        exec_b.clone(),
+    ));
+    let r = outcome(reader.read_output(read(&uuid::Uuid::new_v4().to_string()))).await;
+    expect_code("ReadOutput with an executor certificate", r, Code::PermissionDenied);
+    let mut reader = WorkerServiceClient::new(chan(&anonymous(&c), &info.addr, exec_b));
+    let r = outcome(reader.read_output(read(&uuid::Uuid::new_v4().to_string()))).await;
+    expect_code("ReadOutput with no credential", r, Code::Unauthenticated);
+
     // Server-name verification: a worker API is only ever taken for the executor it names.
     let master = cert(&c, Role::Master, "master1");
     let query = |ch: Channel| async move {
