@@ -5,8 +5,15 @@ Submits a job through one master (any master: writes are forwarded to the leader
 to finish, reads it back with its tasks, and lists the cluster's jobs.
 
     pip install -r requirements.txt
+    export TRIAD_CA=triad-dev/tls/ca.pem TRIAD_TOKEN=$(cat triad-dev/tokens/client.token)
     python triad_example.py --master 127.0.0.1:7101                  # echo hello from python
     python triad_example.py --master 127.0.0.1:7102 -- sh -c 'echo $TRIAD_JOB_ID'
+
+The connection is TLS, verifying the master's certificate against the cluster CA (--ca, default
+$TRIAD_CA) under the name every master's certificate carries, master.triad (whatever address it is
+dialled at); every call carries the bearer token (--token, default $TRIAD_TOKEN) as
+`authorization: Bearer triad_...`. --insecure (or TRIAD_INSECURE=true) is plaintext with no token,
+only for a cluster run with insecure = true.
 
 The stubs are generated at start (generate.py) into a temporary folder, or into --gen-dir.
 Exit status 0 when the job succeeded, 1 otherwise (with a one-line error on stderr).
@@ -23,6 +30,9 @@ import grpc
 import generate
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+# The DNS name in every master's certificate (`triad tls cert create --role master`), which clients
+# verify a master by, whichever address they dial.
+MASTER_NAME = "master.triad"
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
@@ -48,10 +58,31 @@ def call(fn, request, deadline, per_call=5.0):
             delay = min(delay * 2, 1.0)
 
 
+def channel_to(master, ca_file, token, insecure):
+    """A channel to one master: TLS against the cluster CA with the token on every call, or
+    plaintext for an insecure cluster."""
+    if insecure:
+        return grpc.insecure_channel(master)
+    if not ca_file:
+        raise ValueError("no CA certificate: pass --ca or set TRIAD_CA (or --insecure for an insecure cluster)")
+    with open(ca_file, "rb") as f:
+        tls = grpc.ssl_channel_credentials(root_certificates=f.read())
+    creds = tls
+    if token:
+        # Adds `authorization: Bearer <token>` to every call (only ever sent over TLS).
+        creds = grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(token))
+    return grpc.secure_channel(master, creds, options=[("grpc.ssl_target_name_override", MASTER_NAME)])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_master = (os.environ.get("TRIAD_MASTERS") or "127.0.0.1:7101").split(",")[0]
     p.add_argument("--master", default=default_master, help="one master, host:port (default: first of $TRIAD_MASTERS)")
+    p.add_argument("--ca", default=os.environ.get("TRIAD_CA"), help="the cluster CA certificate, PEM (default $TRIAD_CA)")
+    p.add_argument("--token", default=os.environ.get("TRIAD_TOKEN"), help="bearer token, triad_... (default $TRIAD_TOKEN)")
+    p.add_argument("--insecure", action="store_true",
+                   default=os.environ.get("TRIAD_INSECURE", "").lower() in ("1", "true"),
+                   help="plaintext, no token: only for a cluster run with insecure = true")
     p.add_argument("--gen-dir", help="where to generate the stubs (default: a temporary folder)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the job (default 60)")
     p.add_argument("--tasks", type=int, default=1, help="task count (at least 1)")
@@ -61,7 +92,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="triad-stubs-") as tmp:
         pb, pb_grpc = load_stubs(a.gen_dir or tmp)
         deadline = time.monotonic() + a.timeout
-        with grpc.insecure_channel(a.master) as channel:
+        token = (a.token or "").strip()
+        with channel_to(a.master, a.ca, token, a.insecure) as channel:
             jobs = pb_grpc.JobServiceStub(channel)
 
             spec = pb.JobSpec(command=a.command[0], args=a.command[1:], task_count=a.tasks)

@@ -128,6 +128,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster-config/executor.toml");
         let mut f = ExecutorFile::load(&path).unwrap();
         assert_eq!(f.masters.len(), 3);
+        assert!(f.tls.is_some() && f.insecure.is_none(), "the example runs with TLS");
         f.apply_env(|k| match k {
             "TRIAD_EXECUTOR_SLOTS" => Some("9".into()),
             "TRIAD_EXECUTOR_LABELS" => Some("zone=b,disk=ssd".into()),

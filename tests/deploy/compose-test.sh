@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Deployment test (issue 5, "done" 1): builds the image, brings up cluster-config/docker-compose.yml
-# (3 masters + 2 executors), submits a job through each master in turn, kills the leader's
-# container, sees a new leader and a job that spans the kill finish `succeeded`, restarts the
-# killed master and sees it rejoin, then tears everything down (also on failure).
+# Deployment test (issue 5, "done" 1): builds the image, makes the cluster's credentials
+# (cluster-config/docker/credentials.sh: a CA, a certificate per master and executor, an admin and a
+# client token) in a temporary directory, brings up cluster-config/docker-compose.yml (3 masters +
+# 2 executors, mutual TLS on every hop), sees a call without a token refused, submits a job through
+# each master in turn, kills the leader's container, sees a new leader and a job that spans the kill
+# finish `succeeded`, restarts the killed master and sees it rejoin, then tears everything down
+# (also on failure). The host CLI verifies the masters against the test's CA and presents the
+# client token; `triad job logs` inside the network presents it too.
 #
 #   tests/deploy/compose-test.sh
 #
@@ -31,6 +35,7 @@ docker info >/dev/null 2>&1 || fail "cannot reach the docker daemon (is it runni
 dc() { timeout 180 docker-compose -p "$project" -f "$compose_file" "$@"; }
 
 compose_up=0
+creds=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM HUP
@@ -42,6 +47,7 @@ cleanup() {
     log "tearing down"
     dc down -v --remove-orphans >/dev/null 2>&1 || echo "compose-test: warning: docker-compose down failed" >&2
   fi
+  [[ -n "$creds" ]] && rm -rf "$creds"
   if [[ $rc -eq 0 ]]; then
     log "all checks passed in $((SECONDS - t0)) s"
     echo "compose-test: $passed passed, 0 failed"
@@ -74,6 +80,18 @@ all_masters="$(addr 1),$(addr 2),$(addr 3)"
 log "building the image $TRIAD_IMAGE"
 "$repo/cluster-config/docker/build.sh" || fail "cluster-config/docker/build.sh failed"
 [[ -x "$triad" ]] || fail "no host binary at $triad"
+
+# --- credentials, made for this run only --------------------------------------------------------
+creds="$(mktemp -d "${TMPDIR:-/tmp}/triad-compose-creds.XXXXXX")"
+chmod 755 "$creds"   # the containers' user (uid 10001) must reach $creds/etc
+log "making a CA, certificates and tokens in $creds"
+TRIAD_BIN="$triad" "$repo/cluster-config/docker/credentials.sh" "$creds/cluster" >/dev/null \
+  || fail "cluster-config/docker/credentials.sh failed"
+export TRIAD_CREDENTIALS="$creds/cluster"                          # read by docker-compose.yml
+export TRIAD_CA="$TRIAD_CREDENTIALS/etc/tls/ca.pem"                # the host CLI verifies the masters
+TRIAD_TOKEN="$(cat "$TRIAD_CREDENTIALS/tokens/client.token")"      # and presents the client token
+export TRIAD_TOKEN
+unset TRIAD_INSECURE TRIAD_CERT TRIAD_KEY
 
 # A leftover of an interrupted run would hold the fixed subnet.
 dc down -v --remove-orphans >/dev/null 2>&1 || true
@@ -123,6 +141,13 @@ all_reachable() {
 # --- 1. a leader, and both executors --------------------------------------------------------------
 wait_for "a leader" 60 have_leader "$(addr 1)"
 ok "leader elected: master$leader_id (term $leader_term)"
+
+# TLS with no token (and no client certificate) is refused before any handler runs.
+if out="$(TRIAD_TOKEN= timeout 10 "$triad" job list --masters "$(addr 1)" 2>&1)"; then
+  fail "job list without a token succeeded: $out"
+fi
+grep -q "(Unauthenticated)" <<<"$out" || fail "job list without a token failed, but not UNAUTHENTICATED: $out"
+ok "a call without a token is refused: $(tail -n1 <<<"$out")"
 wait_for "two alive executors" 60 alive_executors
 ok "two executors registered"
 
@@ -145,7 +170,7 @@ for i in 1 2 3; do
   state="$(job_field "$(addr "$i")" "$id" state)"
   [[ "$state" == succeeded ]] || fail "job $id through master$i is $state, want succeeded"
   # Its output, read from the executor inside the compose network.
-  logs="$(dc exec -T "master$i" triad job logs "$id")" || fail "triad job logs $id inside master$i failed"
+  logs="$(dc exec -T -e TRIAD_TOKEN "master$i" triad job logs "$id")" || fail "triad job logs $id inside master$i failed"
   [[ "$logs" == "hello via master$i" ]] || fail "job $id printed '$logs', want 'hello via master$i'"
   ok "job $id through master$i succeeded and printed its line"
 done
@@ -157,12 +182,14 @@ survivor=$(( old_leader % 3 + 1 ))                    # any master but the leade
 survivors="$(for i in 1 2 3; do [[ $i == "$old_leader" ]] || printf '%s,' "$(addr "$i")"; done)"
 survivors="${survivors%,}"
 
+# The container first: docker-compose itself can take seconds to start on a loaded machine, and
+# the long job must still be running when the kill lands.
+container="$(dc ps -q "master$old_leader")"
+[[ -n "$container" ]] || fail "no container for master$old_leader"
+
 long_id="$(timeout 30 "$triad" job submit --masters "$(addr "$survivor")" --shell -- 'sleep 6; echo spanned the failover')" \
   || fail "submitting the long job failed"
 wait_for "the long job to start running" 30 job_running "$(addr "$survivor")" "$long_id"
-
-container="$(dc ps -q "master$old_leader")"
-[[ -n "$container" ]] || fail "no container for master$old_leader"
 kill_ms=$(( $(date +%s%N) / 1000000 ))
 docker kill "$container" >/dev/null || fail "docker kill of master$old_leader failed"
 log "killed the leader's container (master$old_leader, term $old_term)"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Deployment test (issue 5, "done" 4): the Python example in examples/python/, with stubs generated
-# from proto/ alone, submits a job to a local 3-master cluster (`triad dev --executors 1`), reads
-# it back and lists jobs.
+# from proto/ alone, submits a job to a local 3-master cluster (`triad dev --executors 1`, TLS and
+# tokens on), reads it back and lists jobs. It dials the master over TLS, verifying its certificate
+# against the dev cluster's CA as master.triad, and presents the dev client token; without the
+# token it is refused (UNAUTHENTICATED).
 #
 #   tests/deploy/python-client-test.sh
 #
@@ -75,13 +77,29 @@ until grep -q '^export TRIAD_MASTERS=' "$tmp/dev.out"; do
   [[ $SECONDS -lt $deadline ]] || fail "triad dev printed no 'export TRIAD_MASTERS=' line within 60 s"
   sleep 0.2
 done
-masters="$(sed -n 's/^export TRIAD_MASTERS=//p' "$tmp/dev.out")"
+# export TRIAD_MASTERS=a,b,c TRIAD_CA=DIR/tls/ca.pem TRIAD_TOKEN=$(cat DIR/tokens/admin.token)
+export_line="$(grep '^export TRIAD_MASTERS=' "$tmp/dev.out")"
+masters="$(sed -n 's/^export TRIAD_MASTERS=\([^ ]*\).*/\1/p' <<<"$export_line")"
+ca="$(sed -n 's/.* TRIAD_CA=\([^ ]*\).*/\1/p' <<<"$export_line")"
+admin_token_file="$(sed -n 's/.*TRIAD_TOKEN=$(cat \([^)]*\)).*/\1/p' <<<"$export_line")"
+[[ -n "$masters" && -f "$ca" && -f "$admin_token_file" ]] \
+  || fail "triad dev's export line names no masters, CA or token file (is TLS on?): $export_line"
+# The client role is all the example needs (jobs); the dev cluster writes one token per role.
+client_token_file="$(dirname "$admin_token_file")/client.token"
+[[ -f "$client_token_file" ]] || fail "no client token at $client_token_file"
 master2="$(cut -d, -f2 <<<"$masters")"
-log "cluster ready: $masters"
+log "cluster ready: $masters (CA $ca)"
+
+# The CLI below verifies the masters against the same CA and presents the same token.
+export TRIAD_CA="$ca"
+TRIAD_TOKEN="$(cat "$client_token_file")"
+export TRIAD_TOKEN
+unset TRIAD_INSECURE TRIAD_CERT TRIAD_KEY
 
 # --- the example, against one master ----------------------------------------------------------------
+# The token reaches the example through TRIAD_TOKEN (its --token default), not the command line.
 out="$(cd "$tmp" && PYTHONDONTWRITEBYTECODE=1 timeout 120 "$tmp/venv/bin/python" "$repo/examples/python/triad_example.py" \
-  --master "$master2" --gen-dir "$tmp/gen" --timeout 60 2>&1)" || fail "the example failed: $out"
+  --master "$master2" --ca "$ca" --gen-dir "$tmp/gen" --timeout 60 2>&1)" || fail "the example failed: $out"
 printf '%s\n' "$out" | sed 's/^/  | /'
 uuid='[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
 id="$(grep -oE "^submitted job $uuid" <<<"$out" | awk '{print $3}')" || true
@@ -96,4 +114,12 @@ state="$(timeout 30 "$triad" job get "$id" -o json --masters "$masters" | python
 [[ "$state" == succeeded ]] || fail "triad job get $id says $state, want succeeded"
 logs="$(timeout 30 "$triad" job logs "$id" --masters "$masters")" || fail "triad job logs $id failed"
 [[ "$logs" == "hello from python" ]] || fail "job $id printed '$logs', want 'hello from python'"
-log "job $id: submitted, read back and listed by the Python client; the CLI agrees"
+log "job $id: submitted, read back and listed by the Python client over TLS with a token; the CLI agrees"
+
+# Without the token the same TLS connection is refused before any handler runs.
+if out="$(cd "$tmp" && PYTHONDONTWRITEBYTECODE=1 TRIAD_TOKEN= timeout 60 "$tmp/venv/bin/python" "$repo/examples/python/triad_example.py" \
+  --master "$master2" --ca "$ca" --gen-dir "$tmp/gen" --timeout 10 2>&1)"; then
+  fail "the example without a token succeeded: $out"
+fi
+grep -q "^error: UNAUTHENTICATED: " <<<"$out" || fail "the example without a token failed, but not UNAUTHENTICATED: $out"
+log "without a token: $out"
