@@ -7,11 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tonic::transport::Channel;
-use triad::api::pb;
+use triad::api::{pb, Channel, Dialer};
 use triad::master::config::{peers, MasterConfig};
+use triad::security::tls::TlsFiles;
+use triad::security::{AuthConfig, Role};
 use triad_jepsen::history::Call;
 
+use crate::creds::Creds;
 use crate::net::Host;
 use crate::procs::{Proc, Spec};
 use crate::recorder::Recorder;
@@ -53,8 +55,15 @@ pub fn host_plan(masters: usize, executors: usize) -> Vec<(String, u8)> {
 }
 
 impl Cluster {
-    /// Writes configs and directories (starts nothing).
-    pub fn new(opts: &Options, hosts: &[Host], t0: Instant) -> anyhow::Result<Cluster> {
+    /// Writes configs, certificates and directories (starts nothing). Every node runs with TLS
+    /// and tokens: its own certificate (named after its host; an executor's id is that name),
+    /// and every token of `creds` accepted.
+    pub fn new(
+        opts: &Options,
+        creds: &Creds,
+        hosts: &[Host],
+        t0: Instant,
+    ) -> anyhow::Result<Cluster> {
         let master_hosts: Vec<&Host> = hosts.iter().filter(|h| h.name.starts_with('m')).collect();
         let exec_hosts: Vec<&Host> = hosts.iter().filter(|h| h.name.starts_with('e')).collect();
         let peers = peers(master_hosts.iter().map(|h| format!("{}:{MASTER_PORT}", h.ip)));
@@ -70,7 +79,9 @@ impl Cluster {
             std::fs::create_dir_all(dir.join("data"))?;
             let addr = format!("{}:{MASTER_PORT}", h.ip);
             let config = dir.join("master.toml");
-            let cfg = MasterConfig::cluster_member(id, &peers, dir.join("data"), None)?;
+            let tls = creds.node(Role::Master, &h.name, &h.ip)?;
+            let cfg = MasterConfig::cluster_member(id, &peers, dir.join("data"), None)?
+                .secured(Some(tls), creds.auth());
             std::fs::write(&config, format!("# written by triad-jepsen\n{}", cfg.to_toml()?))
                 .with_context(|| format!("writing {}", config.display()))?;
             let mut env = base_env.clone();
@@ -97,6 +108,15 @@ impl Cluster {
             let dir = opts.run_dir.join(&h.name);
             std::fs::create_dir_all(dir.join("work"))?;
             let addr = format!("{}:{EXECUTOR_PORT}", h.ip);
+            let config = dir.join("executor.toml");
+            let file = ExecutorFile {
+                insecure: false,
+                tls: creds.node(Role::Executor, &h.name, &h.ip)?,
+                auth: creds.auth(),
+            };
+            let text = toml::to_string(&file).context("writing an executor config")?;
+            std::fs::write(&config, format!("# written by triad-jepsen\n{text}"))
+                .with_context(|| format!("writing {}", config.display()))?;
             let mut env = base_env.clone();
             if opts.bug.as_deref() == Some("skip-fencing") {
                 env.push(("TRIAD_CHAOS_BUG".into(), "skip-fencing".into()));
@@ -106,6 +126,8 @@ impl Cluster {
                 program: opts.triad_bin.clone(),
                 args: vec![
                     "executor".into(),
+                    "--config".into(),
+                    config.display().to_string(),
                     "--masters".into(),
                     masters_arg.clone(),
                     "--work-dir".into(),
@@ -205,8 +227,15 @@ impl Cluster {
     }
 }
 
-/// A master's TOML config, written out by hand so that options added to `MasterConfig` later
-/// (all defaulted) never break the suite.
+/// The part of an executor's config file (`triad executor --config`) the suite sets; the rest
+/// comes from flags.
+#[derive(serde::Serialize)]
+struct ExecutorFile {
+    insecure: bool,
+    tls: TlsFiles,
+    auth: AuthConfig,
+}
+
 /// One master's view at one poll.
 #[derive(Clone, Debug)]
 pub struct Seen {
@@ -239,13 +268,14 @@ impl LeaderView {
     }
 }
 
-pub fn cluster_channel(addr: &str) -> anyhow::Result<Channel> {
-    triad::api::channel(addr).with_context(|| format!("bad address {addr}"))
+pub fn cluster_channel(dialer: &Dialer, addr: &str) -> anyhow::Result<Channel> {
+    dialer.master(addr).with_context(|| format!("bad address {addr}"))
 }
 
 /// Polls one master's own status every `every` and records each poll as a `leader-poll` op.
 /// Errors: a refused connection is a `fail` (nothing was read), anything else (a timeout) `info`.
 pub async fn poll_leader(
+    dialer: Dialer,
     rec: Arc<Recorder>,
     view: LeaderView,
     node: u64,
@@ -253,7 +283,7 @@ pub async fn poll_leader(
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let Ok(chan) = cluster_channel(&addr) else { return };
+    let Ok(chan) = cluster_channel(&dialer, &addr) else { return };
     let mut process = rec.new_process();
     let timeout = Duration::from_millis(500);
     loop {
@@ -309,10 +339,14 @@ pub async fn poll_leader(
 }
 
 /// Asks every master for its own status right now; the leader of the highest term, if any.
-pub async fn find_leader(addrs: &[(u64, String)], timeout: Duration) -> Option<u64> {
+pub async fn find_leader(
+    dialer: &Dialer,
+    addrs: &[(u64, String)],
+    timeout: Duration,
+) -> Option<u64> {
     let mut best: Option<(u64, u64)> = None;
     for (id, addr) in addrs {
-        if let Ok(st) = triad::client::node_status(addr, timeout, false).await {
+        if let Ok(st) = triad::client::node_status(dialer, addr, timeout, false).await {
             if st.role == "leader" && best.is_none_or(|(t, _)| st.term > t) {
                 best = Some((st.term, *id));
             }
@@ -323,6 +357,7 @@ pub async fn find_leader(addrs: &[(u64, String)], timeout: Duration) -> Option<u
 
 /// Waits (bounded) until a leader is elected and `executors` executors are alive.
 pub async fn wait_ready(
+    dialer: &Dialer,
     addrs: &[(u64, String)],
     masters: Vec<String>,
     executors: usize,
@@ -330,7 +365,7 @@ pub async fn wait_ready(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + bound;
     loop {
-        if find_leader(addrs, Duration::from_millis(500)).await.is_some() {
+        if find_leader(dialer, addrs, Duration::from_millis(500)).await.is_some() {
             break;
         }
         if Instant::now() > deadline {
@@ -338,7 +373,7 @@ pub async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut client = triad::client::Client::new(masters)?;
+    let mut client = triad::client::Client::new(masters, dialer)?;
     client.call_timeout = Duration::from_secs(2);
     client.retry_for = Duration::from_secs(2);
     loop {

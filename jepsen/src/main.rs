@@ -8,6 +8,7 @@
 
 mod cleanup;
 mod cluster;
+mod creds;
 mod nemesis;
 mod net;
 mod procs;

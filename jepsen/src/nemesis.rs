@@ -157,6 +157,8 @@ pub struct Nemesis {
     /// Workload start (for `start_s`).
     pub t0: Instant,
     pub master_ids: Vec<(u64, String)>,
+    /// The probes' credentials (admin).
+    pub dialer: triad::api::Dialer,
 }
 
 impl Nemesis {
@@ -173,7 +175,7 @@ impl Nemesis {
     async fn leader(&self) -> Option<String> {
         let id = match self.view.leader(Duration::from_millis(1000)) {
             Some(id) => Some(id),
-            None => find_leader(&self.master_ids, Duration::from_millis(300)).await,
+            None => find_leader(&self.dialer, &self.master_ids, Duration::from_millis(300)).await,
         };
         let c = self.cluster.lock().await;
         id.and_then(|id| c.master_by_id(id)).map(|m| m.name.clone())

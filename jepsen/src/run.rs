@@ -19,6 +19,7 @@ use triad_jepsen::history::monotonic_ns;
 
 use crate::cleanup;
 use crate::cluster::{self, Cluster, LeaderView};
+use crate::creds::Creds;
 use crate::nemesis::{self, Nemesis};
 use crate::net::{self, Net};
 use crate::recorder::Recorder;
@@ -138,14 +139,22 @@ pub async fn test(
         bug: args.bug.clone(),
         log_filter: args.triad_log.clone(),
     };
-    let mut c = Cluster::new(&opts, &net.hosts, t0)?;
+    let creds = Creds::create(&dir.join("creds"))?;
+    let admin = creds.admin.clone();
+    let mut c = Cluster::new(&opts, &creds, &net.hosts, t0)?;
     let master_ids: Vec<(u64, String)> = c.masters.iter().map(|m| (m.id, m.addr.clone())).collect();
     let addrs = c.master_addrs();
     c.start_masters()?;
     c.start_executors()?;
-    cluster::wait_ready(&master_ids, addrs.clone(), args.executors, Duration::from_secs(60))
-        .await
-        .context("cluster did not come up")?;
+    cluster::wait_ready(
+        &admin,
+        &master_ids,
+        addrs.clone(),
+        args.executors,
+        Duration::from_secs(60),
+    )
+    .await
+    .context("cluster did not come up")?;
     println!(
         "cluster up in {:.1} s: masters {}; executors {}",
         t0.elapsed().as_secs_f64(),
@@ -163,6 +172,7 @@ pub async fn test(
     let mut pollers = Vec::new();
     for (id, addr) in &master_ids {
         pollers.push(tokio::spawn(cluster::poll_leader(
+            admin.clone(),
             rec.clone(),
             view.clone(),
             *id,
@@ -190,6 +200,7 @@ pub async fn test(
         params,
         rec: rec.clone(),
         masters: addrs.clone(),
+        dialer: creds.client.clone(),
         shared: Mutex::new(Default::default()),
     });
     meta.start_ns = monotonic_ns();
@@ -218,6 +229,7 @@ pub async fn test(
         log: std::fs::File::create(dir.join("nemesis.jsonl"))?,
         t0: start,
         master_ids: master_ids.clone(),
+        dialer: admin.clone(),
     };
     let nem = tokio::spawn(nem.run(until));
     let progress = {
@@ -261,15 +273,23 @@ pub async fn test(
     let healed = monotonic_ns();
     meta.heal_time_ns = Some(healed);
     let healed_at = Instant::now();
-    if let Err(e) =
-        cluster::wait_ready(&master_ids, addrs.clone(), args.executors, Duration::from_secs(60))
-            .await
+    if let Err(e) = cluster::wait_ready(
+        &admin,
+        &master_ids,
+        addrs.clone(),
+        args.executors,
+        Duration::from_secs(60),
+    )
+    .await
     {
         meta.runner_errors.push(format!("after healing: {e:#}"));
     }
-    let (jobs, live) =
-        workload::wait_terminal(addrs.clone(), healed_at + Duration::from_secs(args.final_wait))
-            .await;
+    let (jobs, live) = workload::wait_terminal(
+        &admin,
+        addrs.clone(),
+        healed_at + Duration::from_secs(args.final_wait),
+    )
+    .await;
     meta.terminal_wait_s = Some(healed_at.elapsed().as_secs_f64());
     println!(
         "[+{:6.1}s] {} jobs, {} still live after {:.1} s; final read",
@@ -278,7 +298,7 @@ pub async fn test(
         if live == usize::MAX { "?".to_string() } else { live.to_string() },
         healed_at.elapsed().as_secs_f64()
     );
-    if workload::final_read(&rec, addrs.clone(), Duration::from_secs(60)).await.is_none() {
+    if workload::final_read(&rec, &admin, addrs.clone(), Duration::from_secs(60)).await.is_none() {
         meta.runner_errors
             .push("the final read failed (the cluster did not answer within 60 s)".into());
     }

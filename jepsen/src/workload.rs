@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::Code;
-use triad::api::pb;
+use triad::api::{pb, Dialer};
 use triad::client::Client;
 use triad_jepsen::history::{AttemptView, Call, JobView, OpType, TaskView};
 
@@ -69,6 +69,8 @@ pub struct Workload {
     pub params: Params,
     pub rec: Arc<Recorder>,
     pub masters: Vec<String>,
+    /// What the clients present: the client token over TLS.
+    pub dialer: Dialer,
     pub shared: Mutex<Shared>,
 }
 
@@ -101,7 +103,7 @@ impl Workload {
         let mut m = self.masters.clone();
         let n = m.len().max(1);
         m.rotate_left(worker % n);
-        let mut c = Client::new(m)?;
+        let mut c = Client::new(m, &self.dialer)?;
         c.call_timeout = self.params.call_timeout;
         c.retry_for = self.params.retry_for;
         Ok(c)
@@ -280,8 +282,12 @@ fn is_terminal(state: &str) -> bool {
 
 /// Polls (linearizable `ListJobs`) until every job is terminal or `deadline` passes; returns
 /// (jobs, non-terminal jobs) from the last successful poll.
-pub async fn wait_terminal(masters: Vec<String>, deadline: Instant) -> (usize, usize) {
-    let mut client = match Client::new(masters) {
+pub async fn wait_terminal(
+    dialer: &Dialer,
+    masters: Vec<String>,
+    deadline: Instant,
+) -> (usize, usize) {
+    let mut client = match Client::new(masters, dialer) {
         Ok(c) => c,
         Err(_) => return (0, 0),
     };
@@ -311,11 +317,16 @@ pub async fn wait_terminal(masters: Vec<String>, deadline: Instant) -> (usize, u
 /// The final read: every job (linearizable `ListJobs`), each with its tasks and attempts
 /// (linearizable `GetJob`), recorded as one `final-read` op. Retried within `bound`; `fail` if
 /// the cluster never answered.
-pub async fn final_read(rec: &Recorder, masters: Vec<String>, bound: Duration) -> Option<usize> {
+pub async fn final_read(
+    rec: &Recorder,
+    dialer: &Dialer,
+    masters: Vec<String>,
+    bound: Duration,
+) -> Option<usize> {
     let process = rec.new_process();
     rec.invoke(process, Call::FinalRead { jobs: vec![] });
     let deadline = Instant::now() + bound;
-    let mut client = Client::new(masters).ok()?;
+    let mut client = Client::new(masters, dialer).ok()?;
     client.call_timeout = Duration::from_secs(5);
     client.retry_for = Duration::from_secs(10);
     let client = Arc::new(client);
