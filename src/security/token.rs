@@ -94,7 +94,7 @@ mod tests {
     fn a_created_token_identifies_its_holder_and_nothing_else_does() {
         let (secret, entry) = create(Role::Executor, "exec-1").unwrap();
         assert!(secret.starts_with(PREFIX) && secret.len() == PREFIX.len() + 64);
-        let tokens = Tokens::new(&[entry.clone()]).unwrap();
+        let tokens = Tokens::new(std::slice::from_ref(&entry)).unwrap();
         assert_eq!(tokens.identify(&secret), Some(&Identity::principal(Role::Executor, "exec-1")));
         assert_eq!(tokens.identify(&entry.sha256), None, "the hash is not the token");
         assert_eq!(tokens.identify(&secret[..secret.len() - 1]), None);
