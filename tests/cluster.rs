@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tonic::Code;
-use triad::api::pb;
+use triad::api::{pb, ClientCredentials, Dialer, ServerName};
+use triad::security::Role;
 
 const ELECTION: Duration = Duration::from_secs(20);
 
@@ -52,7 +53,7 @@ async fn job_submitted_through_a_follower_is_readable_through_every_master() {
     let first = c.masters[follower as usize - 1].addr.clone();
     let mut order = vec![first.clone()];
     order.extend(c.masters.iter().map(|m| m.addr.clone()).filter(|a| *a != first));
-    let client = triad::client::Client::new(order.clone()).unwrap();
+    let client = triad::client::Client::new(order.clone(), &c.dialer).unwrap();
     assert_eq!(client.current_master(), order[0]);
     client.submit_job(submit_req("hinted", "true", &[])).await.unwrap();
     assert_eq!(
@@ -379,7 +380,7 @@ async fn masters_are_added_removed_and_a_wiped_master_replaced_while_writes_cont
     let addr4 = c.spawn_joiner(4);
     // Not a member yet: it does not pass its empty view off as the cluster's status; a client
     // that asks it first moves on to a member.
-    let mut alone = triad::client::Client::new(vec![addr4.clone()]).unwrap();
+    let mut alone = triad::client::Client::new(vec![addr4.clone()], &c.dialer).unwrap();
     alone.retry_for = Duration::ZERO;
     let e = wait_for("the joiner to answer", Duration::from_secs(10), || async {
         alone.cluster_status().await.err().filter(|e| e.message().contains("not a member"))
@@ -388,7 +389,7 @@ async fn masters_are_added_removed_and_a_wiped_master_replaced_while_writes_cont
     assert_eq!(e.code(), Code::Unavailable, "{e}");
     let mut order = vec![addr4.clone()];
     order.extend(c.addrs().into_iter().filter(|a| *a != addr4));
-    let s = triad::client::Client::new(order)
+    let s = triad::client::Client::new(order, &c.dialer)
         .unwrap()
         .cluster_status()
         .await
@@ -491,7 +492,7 @@ async fn metrics_and_status_follow_the_cluster_and_health_flips_on_a_node_cut_of
     for m in 1..=3 {
         let addr = c.master(m).addr.clone();
         wait_for(&format!("master {m} SERVING"), Duration::from_secs(10), || async {
-            grpc_serving(&addr).await.filter(|s| *s)
+            grpc_serving(&c.dialer, &addr, &ServerName::Master).await.filter(|s| *s)
         })
         .await;
     }
@@ -501,14 +502,22 @@ async fn metrics_and_status_follow_the_cluster_and_health_flips_on_a_node_cut_of
     }
     let addr = c.master(survivor).addr.clone();
     wait_for("the cut-off master NOT_SERVING", Duration::from_secs(10), || async {
-        grpc_serving(&addr).await.filter(|s| !*s)
+        grpc_serving(&c.dialer, &addr, &ServerName::Master).await.filter(|s| !*s)
     })
     .await;
 }
 
-/// Opens a heartbeat stream on `addr` with `first` queued as its first beat; returns the request
-/// side and the answers (the open itself is bounded).
+/// What executor `name` presents: a certificate the cluster's CA made for it (its executor id is
+/// `name`), and no token.
+fn executor_dialer(c: &Cluster, name: &str) -> Dialer {
+    let f = c.creds.node(Role::Executor, name).expect("executor certificate");
+    Dialer::new(ClientCredentials::tls(&f.ca, Some((&f.cert, &f.key)), None).unwrap())
+}
+
+/// Opens a heartbeat stream on `addr` with `first` queued as its first beat, as the executor
+/// `dialer` presents; returns the request side and the answers (the open itself is bounded).
 async fn open_heartbeat_stream(
+    dialer: &Dialer,
     addr: &str,
     first: pb::HeartbeatRequest,
 ) -> Result<
@@ -518,7 +527,7 @@ async fn open_heartbeat_stream(
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.try_send(first).unwrap();
     let mut client =
-        pb::executor_service_client::ExecutorServiceClient::new(triad::api::channel(addr).unwrap());
+        pb::executor_service_client::ExecutorServiceClient::new(dialer.master(addr).unwrap());
     let open = client.heartbeat_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     let r = tokio::time::timeout(Duration::from_secs(10), open)
         .await
@@ -549,6 +558,8 @@ async fn heartbeat_streams_live_on_the_leader_only_and_end_when_it_stops_leading
     let leader = c.wait_leader(ELECTION).await;
     let leader_addr = c.master(leader).addr.clone();
     let follower = c.followers(leader)[0];
+    // An executor the cluster has never seen, with a valid certificate of its own.
+    let ghost = executor_dialer(&c, "ghost");
     let beat = || pb::HeartbeatRequest {
         executor_id: "ghost".into(),
         epoch: 7,
@@ -557,7 +568,7 @@ async fn heartbeat_streams_live_on_the_leader_only_and_end_when_it_stops_leading
     };
 
     // A follower refuses the stream and names the leader; a client pointed at the follower moves.
-    let refused = match open_heartbeat_stream(&c.master(follower).addr, beat()).await {
+    let refused = match open_heartbeat_stream(&ghost, &c.master(follower).addr, beat()).await {
         // tonic may hand back the (empty) stream first and the refusal with its first message.
         Ok((_tx, mut rx)) => {
             next_answer(&mut rx).await.expect_err("a follower answered a heartbeat stream")
@@ -568,15 +579,17 @@ async fn heartbeat_streams_live_on_the_leader_only_and_end_when_it_stops_leading
     assert_eq!(leader_hint(&refused).as_deref(), Some(leader_addr.as_str()), "{refused:?}");
     let mut others = c.addrs();
     others.retain(|a| *a != c.master(follower).addr);
-    let client =
-        triad::client::Client::new([vec![c.master(follower).addr.clone()], others].concat())
-            .unwrap();
+    let client = triad::client::Client::new(
+        [vec![c.master(follower).addr.clone()], others].concat(),
+        &ghost,
+    )
+    .unwrap();
     assert!(client.failed(0, &refused), "the refusal's hint was not followed");
     assert_eq!(client.current_master(), leader_addr);
 
     // The leader answers each beat, in order, by the heartbeat rule: an unknown executor must
     // register again and kill everything it runs.
-    let (tx, mut rx) = open_heartbeat_stream(&leader_addr, beat())
+    let (tx, mut rx) = open_heartbeat_stream(&ghost, &leader_addr, beat())
         .await
         .expect("the leader refused a heartbeat stream");
     for i in 0..3 {
@@ -635,10 +648,9 @@ async fn a_leader_without_a_quorum_stops_acknowledging_heartbeats() {
         attempts: Vec::new(),
         seq,
     };
-    let mut hb =
-        pb::executor_service_client::ExecutorServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+    let mut hb = pb::executor_service_client::ExecutorServiceClient::new(
+        executor_dialer(&c, "ghost").master(&addr).unwrap(),
+    );
     // With its quorum, the leader judges the beat (an unknown executor: register again).
     let r = wait_for("the leader to judge a heartbeat", Duration::from_secs(10), || {
         let mut hb = hb.clone();
@@ -760,4 +772,112 @@ async fn pipelined_submissions_are_answered_in_order_and_survive_the_leader() {
             "acknowledged job {id} ({key}) lost after the leader was killed"
         );
     }
+}
+
+/// Runs the CLI as [`run_cli_env`] does, but gives up on it (kills it and fails the test) after
+/// `limit`; returns (exit code, stdout, stderr, how long it ran).
+fn run_cli_bounded(
+    args: &[&str],
+    masters: &str,
+    env: &[(&str, String)],
+    limit: Duration,
+) -> (i32, String, String, Duration) {
+    let started = Instant::now();
+    let child = std::process::Command::new(BIN)
+        .args(args)
+        .env("TRIAD_MASTERS", masters)
+        .env_remove("TRIAD_CA")
+        .env_remove("TRIAD_TOKEN")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running triad");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("waiting for triad"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("`triad {}` hung: no exit within {limit:?}", args.join(" "));
+        }
+    };
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// Secure by default: a cluster as the tests (and `triad dev`) configure it refuses a CLI with no
+/// token, a client token asking for an admin operation, a CA that did not sign the masters'
+/// certificates, and plaintext; each time with a non-zero exit, one line on stderr that says why,
+/// and no hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_by_default_refuses_wrong_credentials() {
+    let c = Cluster::start(3, |_| {});
+    c.wait_leader(ELECTION).await;
+    let masters = c.masters_arg();
+    let ca = c.creds.tls.ca_cert().display().to_string();
+    let limit = Duration::from_secs(40);
+    let refused = |what: &str, args: &[&str], env: &[(&str, String)], expect: &str| {
+        let (code, out, err, took) = run_cli_bounded(args, &masters, env, limit);
+        eprintln!("{what}: exit {code} after {} ms: {}", took.as_millis(), err.trim());
+        assert_ne!(code, 0, "{what}: the CLI succeeded: {out}");
+        assert_eq!(err.trim().lines().count(), 1, "{what}: not one line: {err}");
+        assert!(err.contains(expect), "{what}: {err:?} does not say {expect:?}");
+        took
+    };
+
+    // The admin's credentials work (else the refusals below prove nothing).
+    let (code, _, err) = c.cli(&["job", "list"]);
+    assert_eq!(code, 0, "{err}");
+
+    // TLS to the right CA, but no token: UNAUTHENTICATED, at once (not retried).
+    let took =
+        refused("no token", &["job", "list"], &[("TRIAD_CA", ca.clone())], "Unauthenticated");
+    assert!(took < Duration::from_secs(10), "an unauthenticated call was retried for {took:?}");
+    // A token the cluster does not know is no better.
+    refused(
+        "unknown token",
+        &["job", "list"],
+        &[("TRIAD_CA", ca.clone()), ("TRIAD_TOKEN", "triad_not-a-token".into())],
+        "Unauthenticated",
+    );
+
+    // The client token may submit and read, but not change the membership.
+    let client = [
+        ("TRIAD_CA", ca.clone()),
+        ("TRIAD_TOKEN", c.creds.token(Role::Client).expect("client token")),
+    ];
+    let (code, _, err) = run_cli_env(&["job", "list"], &masters, &client);
+    assert_eq!(code, 0, "the client token may list jobs: {err}");
+    refused(
+        "client token",
+        &["cluster", "add-master", "9", "127.0.0.1:1"],
+        &client,
+        "PermissionDenied",
+    );
+
+    // A CA from another `triad tls ca create`: the masters' certificates do not verify.
+    let other = c.dir.path().join("other-ca");
+    let (code, out, err) = run_cli(&["tls", "ca", "create", "--dir", other.to_str().unwrap()], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ca.pem"), "{out}");
+    refused(
+        "another CA",
+        &["job", "list"],
+        &[
+            ("TRIAD_CA", other.join("ca.pem").display().to_string()),
+            ("TRIAD_TOKEN", c.creds.token(Role::Admin).unwrap()),
+        ],
+        "certificate",
+    );
+
+    // Plaintext against TLS: a clean failure, no hang.
+    refused("--insecure", &["job", "list", "--insecure"], &[], "error:");
 }

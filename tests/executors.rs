@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::Signal;
-use triad::api::pb;
+use triad::api::{pb, ClientCredentials, Dialer, ServerName};
+use triad::security::Role;
 
 const ELECTION: Duration = Duration::from_secs(20);
 const TTL_MS: u64 = 2000;
@@ -146,6 +147,7 @@ async fn killed_executors_tasks_run_elsewhere_within_the_ttl() {
     c.wait_leader(ELECTION).await;
     let mut a = Executor::start(&c.masters_arg(), c.dir.path(), "exec-a", 4, &[]);
     let a_id = a.id().await;
+    assert_eq!(a_id, "exec-a", "an executor's id is the name in its certificate");
     wait_executors(&c, 1).await;
     let r = c.client().submit_job(shell_job(2, "sleep 4", 3)).await.unwrap();
     let job = wait_for("both tasks running on A", Duration::from_secs(20), || async {
@@ -264,7 +266,7 @@ async fn executor_metrics_status_and_health_follow_its_state() {
     assert!(status["epoch"].as_u64().unwrap() > 0);
     let worker = status["addr"].as_str().unwrap().to_string();
     wait_for("gRPC health SERVING", Duration::from_secs(10), || async {
-        grpc_serving(&worker).await.filter(|s| *s)
+        grpc_serving(&c.dialer, &worker, &ServerName::Executor(id.clone())).await.filter(|s| *s)
     })
     .await;
 
@@ -299,7 +301,7 @@ async fn executor_metrics_status_and_health_follow_its_state() {
         c.kill(id);
     }
     wait_for("gRPC health NOT_SERVING once fenced", Duration::from_secs(20), || async {
-        grpc_serving(&worker).await.filter(|s| !*s)
+        grpc_serving(&c.dialer, &worker, &ServerName::Executor(id.clone())).await.filter(|s| !*s)
     })
     .await;
     let s: serde_json::Value =
@@ -481,7 +483,7 @@ async fn triad_dev_runs_a_job_and_prints_its_output_then_stops_cleanly() {
     // below the kernel's ephemeral range (32768..), so no outgoing connection holds one of them.
     // If another process listens there anyway, dev says so and exits; then try the next base.
     let mut base = 20000 + (std::process::id() % 12000) as u16;
-    let (mut dev, rx, masters) = loop {
+    let (mut dev, rx, export) = loop {
         let mut dev = std::process::Command::new(BIN)
             .args(["dev", "--data-dir"])
             .arg(dir.path())
@@ -501,8 +503,8 @@ async fn triad_dev_runs_a_job_and_prints_its_output_then_stops_cleanly() {
         let deadline = Instant::now() + Duration::from_secs(60);
         let masters = loop {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => match line.strip_prefix("export TRIAD_MASTERS=") {
-                    Some(m) => break Some(m.to_string()),
+                Ok(line) => match line.strip_prefix("export ") {
+                    Some(vars) => break Some(vars.to_string()),
                     None => continue,
                 },
                 Err(_) => break None,
@@ -520,8 +522,22 @@ async fn triad_dev_runs_a_job_and_prints_its_output_then_stops_cleanly() {
     };
     drop(rx);
     assert!(dev.try_wait().unwrap().is_none(), "triad dev exited after printing the export line");
-    let c = Client::new(triad::client::parse_masters(&masters).unwrap()).unwrap();
-    wait_for("two executors", Duration::from_secs(20), || async {
+    // `export TRIAD_MASTERS=… TRIAD_CA=… TRIAD_TOKEN=$(cat …/admin.token)`: secure by default.
+    let vars: BTreeMap<&str, &str> =
+        export.split_whitespace().filter_map(|kv| kv.split_once('=')).collect();
+    let masters = vars["TRIAD_MASTERS"].to_string();
+    let ca = std::path::PathBuf::from(vars["TRIAD_CA"]);
+    let token_file = export
+        .split_once("TRIAD_TOKEN=$(cat ")
+        .and_then(|(_, t)| t.trim_end().strip_suffix(')'))
+        .unwrap_or_else(|| panic!("the token is not read from a file: {export}"));
+    assert!(ca.is_file() && ca.starts_with(dir.path()), "{export}");
+    assert!(!vars.contains_key("TRIAD_INSECURE"), "triad dev runs insecure by default: {export}");
+    let token = std::fs::read_to_string(token_file).unwrap().trim().to_string();
+    let env = [("TRIAD_CA", ca.display().to_string()), ("TRIAD_TOKEN", token.clone())];
+    let dialer = Dialer::new(ClientCredentials::tls(&ca, None, Some(token)).unwrap());
+    let c = Client::new(triad::client::parse_masters(&masters).unwrap(), &dialer).unwrap();
+    let ids = wait_for("two executors", Duration::from_secs(20), || async {
         let r = c
             .call(|ch| async move {
                 pb::executor_service_client::ExecutorServiceClient::new(ch)
@@ -530,13 +546,18 @@ async fn triad_dev_runs_a_job_and_prints_its_output_then_stops_cleanly() {
             })
             .await
             .ok()?;
-        (r.executors.len() == 2).then_some(())
+        let mut ids: Vec<String> = r.executors.into_iter().map(|e| e.id).collect();
+        ids.sort();
+        (ids.len() == 2).then_some(ids)
     })
     .await;
-    let (code, out, err) = run_cli(&["job", "submit", "--wait", "--", "echo", "hello"], &masters);
+    // Executor ids are the names in their certificates.
+    assert_eq!(ids, ["executor1", "executor2"]);
+    let (code, out, err) =
+        run_cli_env(&["job", "submit", "--wait", "--", "echo", "hello"], &masters, &env);
     assert_eq!(code, 0, "{err}");
     let id = out.trim();
-    let (code, out, err) = run_cli(&["job", "logs", id], &masters);
+    let (code, out, err) = run_cli_env(&["job", "logs", id], &masters, &env);
     assert_eq!((code, out.as_str()), (0, "hello\n"), "{err}");
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(dev.id() as i32), Signal::SIGINT).unwrap();
@@ -707,7 +728,7 @@ async fn a_start_that_names_a_stale_heartbeat_is_refused_and_runs_nothing() {
         &[],
         &["--http-listen", &http],
     );
-    a.id().await;
+    let id = a.id().await;
     let metric = |page: &str, series: &str| sample(page, series).unwrap_or(0.0);
     // Beat 1 was sent just after the executor registered; wait until it is older than the fencing
     // window (60 % of the 2 s TTL) by counting later acknowledged beats (250 ms apart).
@@ -722,9 +743,12 @@ async fn a_start_that_names_a_stale_heartbeat_is_refused_and_runs_nothing() {
         serde_json::from_str(&http_get(&http, "/status").await.unwrap()).unwrap();
     let (worker, epoch) = (s["addr"].as_str().unwrap().to_string(), s["epoch"].as_u64().unwrap());
     let marker = c.dir.path().join("stale-start-ran");
-    let mut w = pb::worker_service_client::WorkerServiceClient::connect(format!("http://{worker}"))
-        .await
-        .unwrap();
+    // The starts come as from a master (only masters may start attempts): master 1's certificate.
+    let master1 = c.creds.files(Role::Master, "master1");
+    let as_master = Dialer::new(ClientCredentials::from_files(&master1).unwrap());
+    let mut w = pb::worker_service_client::WorkerServiceClient::new(
+        as_master.channel(&worker, &ServerName::Executor(id)).unwrap(),
+    );
     for (token, lease_seq, why) in [
         (900_001u64, 0u64, "names no heartbeat"),
         (900_002, 1, "names heartbeat 1,"),

@@ -35,8 +35,8 @@ pub struct Cli {
 impl Cli {
     /// Short-lived commands that print results (job, cluster, executor list): a closed stdout
     /// (`triad job list | head`) ends them quietly, the way it ends any Unix filter, instead of
-    /// a panic in `println!`. Long-running commands that own children or serve keep Rust's
-    /// default of ignoring SIGPIPE.
+    /// a panic message from `println!` (the binary's `main` sees to it; SIGPIPE stays ignored
+    /// everywhere, since its default would also kill the CLI on a socket the peer closed).
     pub fn is_printing_command(&self) -> bool {
         match &self.command {
             Cmd::Job(_) | Cmd::Cluster(_) => true,
