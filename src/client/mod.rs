@@ -41,9 +41,24 @@ pub struct Client {
 
 /// Failures worth retrying against another (or the same) master.
 pub fn retryable(s: &Status) -> bool {
+    if tls_refused(s) {
+        return false;
+    }
     matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted)
         || (s.code() == Code::Unknown && s.message().contains("transport"))
         || crate::api::is_connection_failure(s)
+}
+
+/// Did a TLS handshake refuse a certificate (the server's, by our CA; or ours, by the server)?
+/// Another try, or another master of the same cluster, would be refused the same way.
+fn tls_refused(s: &Status) -> bool {
+    let mut text = s.message().to_string();
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text.contains("invalid peer certificate") || text.contains("received fatal alert")
 }
 
 /// Parses `a:p,b:p,c:p`.
