@@ -62,7 +62,18 @@ impl std::fmt::Display for LeaseError {
     }
 }
 
+/// Beat numbers of a process start past a random base below this (see [`BeatLog::starting_after`]).
+pub const MAX_BEAT_BASE: u64 = 1 << 40;
+
 impl BeatLog {
+    /// A log whose first beat is `base + 1`. An executor starts at a random base below
+    /// [`MAX_BEAT_BASE`], so that beat numbers cannot be told from how many beats it has sent (its
+    /// `/metrics` counts them) or from its uptime: a start must name a recent beat, and only the
+    /// leader, which received it, knows one.
+    pub fn starting_after(base: u64) -> BeatLog {
+        BeatLog { last: base, sent: VecDeque::new() }
+    }
+
     /// Numbers a beat about to be sent at `now`, forgetting beats older than `window`.
     pub fn record(&mut self, now: Instant, window: Duration) -> u64 {
         self.last += 1;
@@ -105,6 +116,17 @@ mod tests {
     use super::*;
 
     const W: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn beats_are_numbered_after_the_base() {
+        let t0 = Instant::now();
+        let mut log = BeatLog::starting_after(1 << 33);
+        let s1 = log.record(t0, W);
+        assert_eq!(s1, (1 << 33) + 1);
+        assert_eq!(log.record(t0, W), s1 + 1);
+        assert_eq!(log.check(1, t0, W), Err(LeaseError::Unknown(1)), "beat 1 of a count");
+        assert_eq!(log.check(s1, t0, W), Ok(()));
+    }
 
     #[test]
     fn a_start_runs_only_within_the_window_of_the_beat_it_names() {

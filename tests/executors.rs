@@ -730,8 +730,10 @@ async fn a_start_that_names_a_stale_heartbeat_is_refused_and_runs_nothing() {
     );
     let id = a.id().await;
     let metric = |page: &str, series: &str| sample(page, series).unwrap_or(0.0);
-    // Beat 1 was sent just after the executor registered; wait until it is older than the fencing
-    // window (60 % of the 2 s TTL) by counting later acknowledged beats (250 ms apart).
+    // Beat numbers start at a random base (a count of beats must not tell them), so "heartbeat 1"
+    // is one this process never sent, or (base 0) its first, sent just after it registered: wait
+    // until that is older than the fencing window (60 % of the 2 s TTL) by counting later
+    // acknowledged beats (250 ms apart).
     let hb_ok = r#"triad_executor_heartbeats_total{result="ok"}"#;
     wait_for(
         "8 acknowledged heartbeats (beat 1 is then > 1.2 s old)",

@@ -831,18 +831,15 @@ async fn arbitrary_raft_payloads_from_a_master_certificate_never_hurt_a_master()
     still_serving(&c, &[], &acked).await;
 }
 
-// ----- 7. Cases for the API-layer validation (not in this tree yet) -------------------------------
+// ----- 7. Cases for the API-layer validation ------------------------------------------------------
 
-/// These need the API-layer validation being built in parallel (oversized fields refused with
-/// INVALID_ARGUMENT, a bound on concurrent `SubmitJobs` streams, `ReportTask` refused unless the
-/// reporter is the attempt's executor, `Deregister` refused unless its epoch is current). They
-/// are ignored until it merges; then drop the `#[ignore]`s (run them now with
-/// `cargo test --release --test hostile -- --ignored`).
+/// The API-layer validation: oversized fields refused with INVALID_ARGUMENT before anything is
+/// proposed, a bound on concurrent `SubmitJobs` streams, `ReportTask` refused unless the reporter
+/// is the attempt's executor, `Deregister` refused unless its epoch is current.
 mod validation {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs the API-layer validation of issue 13 (verified after merge)"]
     async fn a_10_mib_job_name_is_invalid_argument() {
         let c = cluster();
         c.wait_leader(ELECTION).await;
@@ -866,7 +863,6 @@ mod validation {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs the API-layer validation of issue 13 (verified after merge)"]
     async fn three_hundred_submit_streams_some_resource_exhausted_and_the_master_serves() {
         let c = cluster();
         let leader = c.wait_leader(ELECTION).await;
@@ -904,7 +900,6 @@ mod validation {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs the API-layer validation of issue 13 (verified after merge)"]
     async fn report_task_from_another_executor_is_refused() {
         let c = cluster();
         c.wait_leader(ELECTION).await;
@@ -939,7 +934,6 @@ mod validation {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs the API-layer validation of issue 13 (verified after merge)"]
     async fn deregister_with_a_stale_epoch_is_refused() {
         let c = cluster();
         c.wait_leader(ELECTION).await;

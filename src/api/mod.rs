@@ -14,6 +14,7 @@ pub mod pb {
 }
 
 pub mod convert;
+pub mod validate;
 
 /// Largest gRPC message any triad endpoint accepts or sends (fits openraft batches and snapshot
 /// chunks with room to spare).

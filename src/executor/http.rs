@@ -53,12 +53,13 @@ pub struct Status {
     pub attempts: Vec<RunningAttempt>,
 }
 
+/// An attempt as `/status` shows it: without its fencing token, which is what stopping it
+/// (`StopAttempt`) or reporting on it takes.
 #[derive(Serialize)]
 pub struct RunningAttempt {
     pub job_id: String,
     pub task_index: u32,
     pub attempt: u32,
-    pub token: u64,
     pub pid: Option<u32>,
 }
 
@@ -81,7 +82,6 @@ impl Agent {
                 job_id: a.job_id,
                 task_index: a.task_index,
                 attempt: a.attempt,
-                token: a.token,
                 pid: a.pid,
             })
             .collect();

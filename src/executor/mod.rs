@@ -264,7 +264,9 @@ impl Agent {
             runner,
             epoch: AtomicU64::new(0),
             draining: AtomicBool::new(false),
-            pulse: Mutex::new(heartbeat::Pulse::new(Instant::now())),
+            pulse: Mutex::new(heartbeat::Pulse::new(Instant::now()).with_beats_after(
+                rand::Rng::gen_range(&mut rand::thread_rng(), 0..crate::fencing::MAX_BEAT_BASE),
+            )),
         })
     }
 

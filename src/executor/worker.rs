@@ -19,6 +19,7 @@ use super::runner::{AttemptSpec, RunnerError};
 use super::{Agent, STOP_GRACE};
 use crate::api::pb;
 use crate::api::pb::worker_service_server::WorkerService;
+use crate::api::validate::Validate;
 
 /// Largest output chunk one ReadOutput returns.
 const MAX_READ: usize = 4 << 20;
@@ -34,6 +35,7 @@ impl WorkerService for Worker {
         req: Request<pb::StartAttemptRequest>,
     ) -> Result<Response<pb::StartAttemptResponse>, Status> {
         let r = req.into_inner();
+        r.validate()?;
         self.admit_start(&r)?;
         let spec = attempt_spec(r);
         // Run the start as its own task: a cancelled RPC must not leave a token registered but
@@ -49,6 +51,7 @@ impl WorkerService for Worker {
         &self,
         req: Request<pb::StopAttemptRequest>,
     ) -> Result<Response<pb::StopAttemptResponse>, Status> {
+        req.get_ref().validate()?;
         let was_running = self.agent.runner.stop(req.into_inner().token, STOP_GRACE).await;
         Ok(Response::new(pb::StopAttemptResponse { was_running }))
     }
@@ -57,6 +60,7 @@ impl WorkerService for Worker {
         &self,
         req: Request<pb::QueryAttemptRequest>,
     ) -> Result<Response<pb::QueryAttemptResponse>, Status> {
+        req.get_ref().validate()?;
         let token = req.into_inner().token;
         Ok(Response::new(match self.agent.runner.get(token) {
             None => pb::QueryAttemptResponse::default(),
@@ -74,6 +78,7 @@ impl WorkerService for Worker {
         req: Request<pb::ReadOutputRequest>,
     ) -> Result<Response<pb::ReadOutputResponse>, Status> {
         let r = req.into_inner();
+        r.validate()?;
         let max = if r.max_bytes == 0 { MAX_READ } else { (r.max_bytes as usize).min(MAX_READ) };
         match self
             .agent

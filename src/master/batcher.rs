@@ -5,6 +5,10 @@
 //! At most [`MAX_IN_FLIGHT`] batches are in flight; while they are, new commands queue and form
 //! the next batch, so batches grow with load and stay at one command when idle (no added latency).
 //! Callers' commands keep their order within a batch; concurrent callers are unordered anyway.
+//!
+//! Bytes are bounded too: a command encoding to more than [`MAX_COMMAND_BYTES`] is refused
+//! before it is proposed, and a batch closes before the next command would take it past
+//! [`MAX_BATCH_BYTES`], so no entry outgrows what one Raft RPC can carry.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::errors::{commit_timeout, map_write_error, LocalError};
-use crate::raft::{Raft, Request};
+use crate::raft::{Raft, Request, MAX_BATCH_BYTES, MAX_COMMAND_BYTES};
 use crate::state::{Command, Outcome, Rejection};
 
 /// Most commands in one Raft entry.
@@ -24,9 +28,25 @@ const QUEUE: usize = 65_536;
 
 type Reply = oneshot::Sender<Result<Result<Outcome, Rejection>, LocalError>>;
 
+/// A command waiting for a batch: the command, its encoded size, where its answer goes.
+type Proposal = (Command, usize, Reply);
+
 #[derive(Clone)]
 pub struct Batcher {
-    tx: mpsc::Sender<(Command, Reply)>,
+    tx: mpsc::Sender<Proposal>,
+}
+
+/// The encoded size of `command`, or `INVALID_ARGUMENT` when it exceeds [`MAX_COMMAND_BYTES`].
+fn command_bytes(command: &Command) -> Result<usize, LocalError> {
+    let n = crate::raft::codec::encoded_len(command)
+        .map_err(|e| tonic::Status::internal(format!("encode command: {e}")))?;
+    match usize::try_from(n) {
+        Ok(n) if n <= MAX_COMMAND_BYTES => Ok(n),
+        _ => Err(tonic::Status::invalid_argument(format!(
+            "command is {n} bytes encoded, at most {MAX_COMMAND_BYTES}"
+        ))
+        .into()),
+    }
 }
 
 impl Batcher {
@@ -42,34 +62,55 @@ impl Batcher {
         &self,
         command: Command,
     ) -> Result<Result<Outcome, Rejection>, LocalError> {
+        let bytes = command_bytes(&command)?;
         let (reply, rx) = oneshot::channel();
         let stopped = || LocalError::Status(tonic::Status::unavailable("master is stopping"));
-        self.tx.send((command, reply)).await.map_err(|_| stopped())?;
+        self.tx.send((command, bytes, reply)).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 }
 
-async fn run(
-    raft: Raft,
-    node_id: u64,
-    timeout: Duration,
-    mut rx: mpsc::Receiver<(Command, Reply)>,
-) {
+/// A batch starting with `first`, filled with the commands already queued while it has fewer
+/// than [`MAX_BATCH`] commands and the next one fits in [`MAX_BATCH_BYTES`]; a command that does
+/// not fit is left in `carried` to start the next batch.
+fn fill_batch(
+    first: Proposal,
+    rx: &mut mpsc::Receiver<Proposal>,
+    carried: &mut Option<Proposal>,
+) -> Vec<Proposal> {
+    let mut bytes = first.1;
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        let Ok(p) = rx.try_recv() else { break };
+        if bytes + p.1 > MAX_BATCH_BYTES {
+            *carried = Some(p);
+            break;
+        }
+        bytes += p.1;
+        batch.push(p);
+    }
+    batch
+}
+
+async fn run(raft: Raft, node_id: u64, timeout: Duration, mut rx: mpsc::Receiver<Proposal>) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // The command that closed the last batch (it would have taken it past the byte budget).
+    let mut carried: Option<Proposal> = None;
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let Some(first) = rx.recv().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let batch = fill_batch(first, &mut rx, &mut carried);
         let raft = raft.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let (commands, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().unzip();
+            let (commands, replies): (Vec<Command>, Vec<Reply>) =
+                batch.into_iter().map(|(c, _, r)| (c, r)).unzip();
             let n = commands.len();
             let (m, started) = (crate::metrics::get(), std::time::Instant::now());
             m.batch_commands.observe(n as f64);

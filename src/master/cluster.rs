@@ -11,6 +11,7 @@ use super::node::{Caller, LocalError, Node};
 use crate::api::pb;
 use crate::api::pb::cluster_service_client::ClusterServiceClient;
 use crate::api::pb::cluster_service_server::ClusterService;
+use crate::api::validate::Validate;
 
 /// Deadline for asking a peer for its status.
 use crate::timings::PEER_STATUS_TIMEOUT;
@@ -175,8 +176,9 @@ impl Cluster {
 impl ClusterService for Cluster {
     async fn cluster_status(
         &self,
-        _req: Request<pb::ClusterStatusRequest>,
+        req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        req.get_ref().validate()?;
         // A master that belongs to no cluster yet (started without bootstrap, not added yet: a
         // replacement being set up) knows of no other master: its view would read as a cluster
         // without masters. UNAVAILABLE sends the client to the next master instead.
@@ -193,6 +195,7 @@ impl ClusterService for Cluster {
         &self,
         req: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::MasterStatus>, Status> {
+        req.get_ref().validate()?;
         Ok(Response::new(Self::local_status(&self.node, req.get_ref().with_digest)))
     }
 
@@ -202,9 +205,7 @@ impl ClusterService for Cluster {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
-        if msg.id == 0 || msg.addr.trim().is_empty() {
-            return Err(Status::invalid_argument("add-master needs a non-zero id and an address"));
-        }
+        msg.validate()?;
         self.node
             .serve_on_leader(
                 &fwd,
@@ -221,9 +222,7 @@ impl ClusterService for Cluster {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
-        if msg.id == 0 {
-            return Err(Status::invalid_argument("remove-master needs a non-zero id"));
-        }
+        msg.validate()?;
         self.node
             .serve_on_leader(
                 &fwd,

@@ -34,10 +34,11 @@ use crate::api::convert::{executor_to_pb, register_from_pb, rejection_to_status}
 use crate::api::pb::executor_service_client::ExecutorServiceClient;
 use crate::api::pb::executor_service_server::ExecutorService;
 use crate::api::pb::{self, report_task_request::Kind};
+use crate::api::validate::Validate;
 use crate::master::config::ExecutorTimings;
 use crate::security::Identity;
 use crate::shutdown::Shutdown;
-use crate::state::{Command, ExecutorState, Outcome, Rejection, State};
+use crate::state::{Command, ExecutorState, Outcome, Rejection, Report, State};
 
 #[derive(Clone)]
 pub struct Executors {
@@ -140,6 +141,7 @@ impl Executors {
         &self,
         h: &pb::HeartbeatRequest,
     ) -> Result<pb::HeartbeatResponse, LocalError> {
+        h.validate()?; // also every beat of a stream
         if !self.node.is_ready_leader() {
             // Leading but not caught up yet (or no longer leading): judge nothing from stale state.
             return Err(LocalError::Status(Status::unavailable("leader is catching up; retry")));
@@ -275,23 +277,21 @@ impl Executors {
     ) -> Result<pb::ReportTaskResponse, LocalError> {
         let job = crate::api::convert::parse_job_id(&r.job_id)?;
         let (index, token, now) = (r.task_index, r.token, now_ms());
-        let cmd = match Kind::try_from(r.kind)
+        let report = match Kind::try_from(r.kind)
             .map_err(|_| Status::invalid_argument(format!("unknown report kind {}", r.kind)))?
         {
-            Kind::Started => Command::TaskStarted { job, index, token, now },
-            Kind::Finished => Command::TaskFinished {
-                job,
-                index,
-                token,
+            Kind::Started => Report::Started,
+            Kind::Finished => Report::Finished {
                 exit_code: r.exit_code,
                 error: (!r.error.is_empty()).then(|| r.error.clone()),
-                now,
             },
             Kind::Lost => {
                 crate::metrics::get().reschedules.with_label_values(&["reported_lost"]).inc();
-                Command::TaskLost { job, index, token, reason: r.error.clone(), now }
+                Report::Lost { reason: r.error.clone() }
             }
         };
+        let executor = r.executor_id.clone();
+        let cmd = Command::TaskReported { job, index, token, executor, report, now };
         Ok(match self.node.write_one(cmd).await? {
             Ok(_) => pb::ReportTaskResponse { accepted: true, kill: false, message: String::new() },
             Err(rej @ Rejection::StaleToken { .. }) => {
@@ -340,10 +340,8 @@ impl ExecutorService for Executors {
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
+        msg.validate()?;
         fwd.who.require_executor(&msg.executor_id)?;
-        if msg.executor_id.is_empty() || msg.addr.is_empty() {
-            return Err(Status::invalid_argument("executor_id and addr are required"));
-        }
         self.node
             .serve_on_leader(
                 &fwd,
@@ -360,6 +358,7 @@ impl ExecutorService for Executors {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
+        msg.validate()?;
         fwd.who.require_executor(&msg.executor_id)?;
         self.node
             .serve_on_leader(
@@ -388,6 +387,7 @@ impl ExecutorService for Executors {
     ) -> Result<Response<pb::ReportTaskResponse>, Status> {
         let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
+        msg.validate()?;
         fwd.who.require_executor(&msg.executor_id)?;
         self.node
             .serve_on_leader(
@@ -405,6 +405,7 @@ impl ExecutorService for Executors {
     ) -> Result<Response<pb::ListExecutorsResponse>, Status> {
         let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
+        msg.validate()?;
         if msg.consistency == pb::ReadConsistency::Stale as i32 {
             return Ok(Response::new(self.list_local()));
         }
@@ -428,6 +429,7 @@ impl ExecutorService for Executors {
     ) -> Result<Response<pb::DrainExecutorResponse>, Status> {
         let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
+        msg.validate()?;
         let local = || async {
             self.simple_write(Command::DrainExecutor {
                 id: msg.executor_id.clone(),
@@ -452,10 +454,12 @@ impl ExecutorService for Executors {
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
+        msg.validate()?;
         fwd.who.require_executor(&msg.executor_id)?;
         let local = || async {
-            self.simple_write(Command::DeregisterExecutor {
+            self.simple_write(Command::DeregisterExecutorAt {
                 id: msg.executor_id.clone(),
+                epoch: msg.epoch,
                 now: now_ms(),
             })
             .await?;

@@ -20,23 +20,32 @@ use crate::api::convert::{
 use crate::api::pb::job_service_client::JobServiceClient;
 use crate::api::pb::job_service_server::JobService;
 use crate::api::pb::{self, ReadConsistency};
+use crate::api::validate::Validate;
 use crate::api::MAX_MESSAGE_BYTES;
 use crate::shutdown::Shutdown;
 use crate::state::{Command, JobState, Outcome};
 use crate::store::with_read;
 
-pub const DEFAULT_PAGE_SIZE: u32 = 100;
-pub const MAX_PAGE_SIZE: u32 = 1000;
 /// Submissions one `SubmitJobs` stream may have in flight (a wire limit both ends share, so it
 /// lives in `api`). Beyond it the stream's requests stay unread, and HTTP/2 flow control holds
 /// the client back.
 pub use crate::api::MAX_PIPELINED;
+use crate::state::limits::DEFAULT_PAGE_SIZE;
+
+/// `SubmitJobs` streams open at once on one master: beyond it a new one is refused with
+/// `RESOURCE_EXHAUSTED` (each holds up to [`MAX_STREAM_BYTES`] of submissions).
+pub const MAX_SUBMIT_STREAMS: usize = 256;
+/// Bytes of submissions one `SubmitJobs` stream may have in flight: at or past it the stream's
+/// requests stay unread (like [`MAX_PIPELINED`] for their number).
+pub const MAX_STREAM_BYTES: usize = 16 << 20;
 
 #[derive(Clone)]
 pub struct Jobs {
     pub node: Arc<Node>,
     /// The master's shutdown: ends every open `SubmitJobs` stream.
     pub shutdown: Shutdown,
+    /// One permit per `SubmitJobs` stream that may open ([`MAX_SUBMIT_STREAMS`]).
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// The answers of one `SubmitJobs` stream.
@@ -50,7 +59,12 @@ struct Pipeline {
     inbound: Streaming<pb::SubmitJobRequest>,
     /// False once the client closed its side: the stream ends after the last answer.
     reading: bool,
-    in_flight: FuturesOrdered<BoxFuture<'static, pb::SubmitJobsResponse>>,
+    /// Each answer with the encoded size of its request.
+    in_flight: FuturesOrdered<BoxFuture<'static, (pb::SubmitJobsResponse, usize)>>,
+    /// Bytes of the requests in flight.
+    queued: usize,
+    /// This stream's place among [`MAX_SUBMIT_STREAMS`].
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 fn answer(r: Result<pb::SubmitJobResponse, Status>) -> pb::SubmitJobsResponse {
@@ -69,6 +83,21 @@ fn client(chan: crate::api::Channel) -> JobServiceClient<crate::api::Channel> {
 }
 
 impl Jobs {
+    pub fn new(node: Arc<Node>, shutdown: Shutdown) -> Jobs {
+        let streams = Arc::new(tokio::sync::Semaphore::new(MAX_SUBMIT_STREAMS));
+        Jobs { node, shutdown, streams }
+    }
+
+    /// A place for one more `SubmitJobs` stream, or `RESOURCE_EXHAUSTED`.
+    fn open_stream(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "master {} has {MAX_SUBMIT_STREAMS} SubmitJobs streams open; retry later",
+                self.node.id
+            ))
+        })
+    }
+
     /// Judges one submission wherever it lands: validates it, then submits it on the leader
     /// (here, or forwarded there).
     async fn submit(
@@ -76,6 +105,7 @@ impl Jobs {
         caller: &Caller,
         mut msg: pb::SubmitJobRequest,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        msg.validate()?;
         if msg.idempotency_key.is_empty() {
             // Keyed from here on, so that re-sending it (forwarding retries after a leader
             // change) can never create a second job.
@@ -93,16 +123,24 @@ impl Jobs {
             .await
     }
 
-    /// The answers of a `SubmitJobs` stream: up to [`MAX_PIPELINED`] submissions in flight,
-    /// answered in request order. A broken request side or shutdown ends it with that error
-    /// (the submissions still in flight are dropped: the client re-sends them under their keys).
-    fn pipeline(self, caller: Caller, inbound: Streaming<pb::SubmitJobRequest>) -> SubmitStream {
+    /// The answers of a `SubmitJobs` stream: up to [`MAX_PIPELINED`] submissions and
+    /// [`MAX_STREAM_BYTES`] in flight, answered in request order. A broken request side or
+    /// shutdown ends it with that error (the submissions still in flight are dropped: the client
+    /// re-sends them under their keys).
+    fn pipeline(
+        self,
+        caller: Caller,
+        inbound: Streaming<pb::SubmitJobRequest>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> SubmitStream {
         let start = Pipeline {
             jobs: self,
             caller,
             inbound,
             reading: true,
             in_flight: FuturesOrdered::new(),
+            queued: 0,
+            _permit: permit,
         };
         Box::pin(futures::stream::unfold(Some(start), |state| async move {
             let mut p = state?;
@@ -110,18 +148,23 @@ impl Jobs {
                 if !p.reading && p.in_flight.is_empty() {
                     return None;
                 }
-                let read = p.reading && p.in_flight.len() < MAX_PIPELINED;
+                let read =
+                    p.reading && p.in_flight.len() < MAX_PIPELINED && p.queued < MAX_STREAM_BYTES;
                 tokio::select! {
                     biased;
                     _ = p.jobs.shutdown.wait() => {
                         let s = Status::unavailable(format!("master {} is shutting down", p.jobs.node.id));
                         return Some((Err(s), None));
                     }
-                    Some(a) = p.in_flight.next(), if !p.in_flight.is_empty() => return Some((Ok(a), Some(p))),
+                    Some((a, n)) = p.in_flight.next(), if !p.in_flight.is_empty() => {
+                        p.queued -= n;
+                        return Some((Ok(a), Some(p)));
+                    }
                     m = p.inbound.message(), if read => match m {
                         Ok(Some(req)) => {
-                            let (jobs, fwd) = (p.jobs.clone(), p.caller.clone());
-                            p.in_flight.push_back(Box::pin(async move { answer(jobs.submit(&fwd, req).await.map(Response::into_inner)) }));
+                            let (jobs, fwd, n) = (p.jobs.clone(), p.caller.clone(), prost::Message::encoded_len(&req));
+                            p.queued += n;
+                            p.in_flight.push_back(Box::pin(async move { (answer(jobs.submit(&fwd, req).await.map(Response::into_inner)), n) }));
                         }
                         Ok(None) => p.reading = false,
                         Err(s) => return Some((Err(s), None)),
@@ -235,7 +278,8 @@ impl JobService for Jobs {
         req: Request<Streaming<pb::SubmitJobRequest>>,
     ) -> Result<Response<SubmitStream>, Status> {
         let fwd = Caller::of(&req)?;
-        Ok(Response::new(self.clone().pipeline(fwd, req.into_inner())))
+        let permit = self.open_stream()?;
+        Ok(Response::new(self.clone().pipeline(fwd, req.into_inner(), permit)))
     }
 
     async fn get_job(
@@ -244,6 +288,7 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::GetJobResponse>, Status> {
         let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
+        msg.validate()?;
         let id = parse_job_id(&msg.job_id)?;
         if is_stale(msg.consistency) {
             return self.read_job(id).map(Response::new);
@@ -263,6 +308,7 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
+        msg.validate()?;
         let filter = if msg.state.is_empty() { None } else { Some(parse_job_state(&msg.state)?) };
         let after = if msg.page_token.is_empty() {
             None
@@ -271,12 +317,6 @@ impl JobService for Jobs {
                 Status::invalid_argument(format!("invalid page_token {:?}", msg.page_token))
             })?)
         };
-        if msg.page_size > MAX_PAGE_SIZE {
-            return Err(Status::invalid_argument(format!(
-                "page_size {} exceeds the maximum {MAX_PAGE_SIZE}",
-                msg.page_size
-            )));
-        }
         let size = if msg.page_size == 0 { DEFAULT_PAGE_SIZE } else { msg.page_size } as usize;
         if is_stale(msg.consistency) {
             return Ok(Response::new(self.read_page(filter, after, size)));
@@ -296,6 +336,7 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
+        msg.validate()?;
         let id = parse_job_id(&msg.job_id)?;
         let local = || async {
             match self.node.write_one(Command::CancelJob { id, now: now_ms() }).await? {

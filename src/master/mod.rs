@@ -180,12 +180,12 @@ fn serve_grpc(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            RaftServiceServer::new(RaftServer { raft: node.raft.clone(), election })
+            RaftServiceServer::new(RaftServer::new(node.raft.clone(), election))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            JobServiceServer::new(jobs::Jobs { node: node.clone(), shutdown: shutdown.clone() })
+            JobServiceServer::new(jobs::Jobs::new(node.clone(), shutdown.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(ClusterServiceServer::new(cluster::Cluster { node: node.clone() }))

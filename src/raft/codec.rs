@@ -61,6 +61,11 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
+/// The length [`encode`] would give `value`, without encoding it.
+pub fn encoded_len<T: Serialize>(value: &T) -> Result<u64, CodecError> {
+    Ok(1 + options(u64::MAX).serialized_size(value).map_err(CodecError::Encode)?)
+}
+
 /// Like [`encode`], compressed as it is written: no uncompressed copy is ever held.
 pub fn encode_compressed<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut frame = lz4_flex::frame::FrameEncoder::new(vec![VERSION_LZ4]);

@@ -22,6 +22,20 @@ pub struct Request {
     pub commands: Vec<Command>,
 }
 
+/// Most bytes one command may take encoded: a command beyond it is refused before it is
+/// proposed. The API's bounds keep every valid command far below (a job spec's text is at most
+/// 1 MiB, `state::limits::MAX_SPEC_BYTES`).
+pub const MAX_COMMAND_BYTES: usize = 4 << 20;
+
+/// Most bytes of commands one entry (one group-commit batch) carries: the batcher closes a
+/// batch when the next command would take it past this. Well under the RPC limit
+/// ([`crate::api::MAX_MESSAGE_BYTES`], 64 MiB), so an append always carries at least one entry.
+pub const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// The largest encoded AppendEntries sent to a peer: the RPC limit less room for the gRPC
+/// message's own framing. Beyond it openraft is told to send fewer entries.
+pub const MAX_APPEND_BYTES: usize = crate::api::MAX_MESSAGE_BYTES - (64 << 10);
+
 /// What applying an entry produced: one result per command, in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -98,8 +99,21 @@ type RpcErr<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
 #[derive(Clone, Copy)]
 enum Rpc {
     Vote,
-    Append,
+    /// An AppendEntries with this many entries.
+    Append(u64),
     Snapshot,
+}
+
+/// How many of `entries` entries to send instead, when they encoded to `len` bytes, past
+/// [`super::MAX_APPEND_BYTES`]: proportionally fewer, at least one. None when the request fits,
+/// or is a single entry (which the batcher's byte budget keeps far below the limit).
+fn entries_hint(entries: u64, len: usize) -> Option<u64> {
+    let max = super::MAX_APPEND_BYTES as u128;
+    if len as u128 <= max || entries <= 1 {
+        return None;
+    }
+    let fit = u128::from(entries) * max / len as u128;
+    Some((fit as u64).clamp(1, entries - 1))
 }
 
 impl Peer {
@@ -115,6 +129,13 @@ impl Peer {
         E: std::error::Error + DeserializeOwned,
     {
         let data = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if let Some(n) = match rpc {
+            Rpc::Append(entries) => entries_hint(entries, data.len()),
+            _ => None,
+        } {
+            // openraft retries at once with at most `n` entries per append.
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(n)));
+        }
         let chan = self.channels.get(&self.addr).map_err(|e| {
             RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!("{e:#}"))))
         })?;
@@ -126,7 +147,7 @@ impl Peer {
         let fut = async {
             match rpc {
                 Rpc::Vote => client.vote(request).await,
-                Rpc::Append => client.append_entries(request).await,
+                Rpc::Append(_) => client.append_entries(request).await,
                 Rpc::Snapshot => client.install_snapshot(request).await,
             }
         };
@@ -156,7 +177,8 @@ impl RaftNetwork<TypeConfig> for Peer {
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
         // openraft 0.9 bounds an append by its `heartbeat_interval`, which the master sets just
         // under the leader lease (see `master::raft_config`), not by triad's heartbeat period.
-        self.call(Rpc::Append, &rpc, option.hard_ttl()).await
+        let entries = rpc.entries.len() as u64;
+        self.call(Rpc::Append(entries), &rpc, option.hard_ttl()).await
     }
 
     async fn install_snapshot(
@@ -183,5 +205,24 @@ impl RaftNetwork<TypeConfig> for Peer {
     /// retried it. Retry within about a heartbeat instead.
     fn backoff(&self) -> openraft::network::Backoff {
         openraft::network::Backoff::new(std::iter::repeat(self.retry))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entries_hint;
+    use crate::raft::MAX_APPEND_BYTES;
+
+    #[test]
+    fn an_append_past_the_limit_is_split_proportionally() {
+        assert_eq!(entries_hint(300, MAX_APPEND_BYTES), None, "at the limit it is sent");
+        assert_eq!(entries_hint(1, 10 * MAX_APPEND_BYTES), None, "one entry cannot be split");
+        assert_eq!(entries_hint(300, 2 * MAX_APPEND_BYTES), Some(150));
+        assert_eq!(entries_hint(300, MAX_APPEND_BYTES + 1), Some(299));
+        assert_eq!(entries_hint(2, usize::MAX), Some(1));
+        for (n, len) in [(7u64, MAX_APPEND_BYTES * 3 + 5), (u64::MAX, MAX_APPEND_BYTES * 2)] {
+            let h = entries_hint(n, len).unwrap();
+            assert!((1..n).contains(&h), "{n} entries of {len} bytes: hint {h}");
+        }
     }
 }

@@ -13,6 +13,51 @@ use crate::api::pb::RaftPayload;
 pub struct RaftServer {
     pub raft: Raft,
     pub election: Election,
+    /// The snapshot being received: see [`check_chunk`].
+    receiving: std::sync::Mutex<Option<Receiving>>,
+}
+
+impl RaftServer {
+    pub fn new(raft: Raft, election: Election) -> RaftServer {
+        RaftServer { raft, election, receiving: std::sync::Mutex::new(None) }
+    }
+}
+
+/// A snapshot some of whose chunks this master has taken: its id and how many bytes it has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Receiving {
+    id: String,
+    next: u64,
+}
+
+/// Judges a snapshot chunk of `len` bytes at `offset` of snapshot `id`, given what has been
+/// received: openraft writes a chunk at its offset in an in-memory buffer, so an offset past the
+/// bytes received would make it allocate up to that offset, zeros included. Refused
+/// (`INVALID_ARGUMENT`): a chunk ending past [`codec::SNAPSHOT_LIMIT`], and one of the snapshot
+/// being received that starts past its end (a gap). A chunk of another snapshot not at offset 0
+/// is openraft's to refuse (it asks the leader to start over). Returns what has been received
+/// once the chunk is taken.
+fn check_chunk(
+    receiving: Option<&Receiving>,
+    id: &str,
+    offset: u64,
+    len: usize,
+) -> Result<Receiving, Status> {
+    let end = offset.checked_add(len as u64).filter(|e| *e <= codec::SNAPSHOT_LIMIT);
+    let Some(end) = end else {
+        return Err(Status::invalid_argument(format!(
+            "snapshot chunk at offset {offset} of {len} bytes ends past the snapshot limit {}",
+            codec::SNAPSHOT_LIMIT
+        )));
+    };
+    match receiving.filter(|r| r.id == id && offset != 0) {
+        Some(r) if offset > r.next => Err(Status::invalid_argument(format!(
+            "snapshot {id} chunk at offset {offset} leaves a gap: {} bytes received",
+            r.next
+        ))),
+        Some(r) => Ok(Receiving { id: id.to_string(), next: r.next.max(end) }),
+        None => Ok(Receiving { id: id.to_string(), next: end }),
+    }
 }
 
 fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
@@ -94,8 +139,16 @@ impl RaftService for RaftServer {
     ) -> Result<Response<RaftPayload>, Status> {
         let req: openraft::raft::InstallSnapshotRequest<super::TypeConfig> = decode(req)?;
         self.check_vote(&req.vote)?;
+        let taken = {
+            let receiving = self.receiving.lock().expect("poisoned");
+            check_chunk(receiving.as_ref(), &req.meta.snapshot_id, req.offset, req.data.len())?
+        };
         self.heard_from(&req.vote);
+        let done = req.done;
         let r = self.raft.install_snapshot(req).await;
+        if r.is_ok() {
+            *self.receiving.lock().expect("poisoned") = (!done).then_some(taken);
+        }
         encode(&r)
     }
 }
@@ -103,6 +156,26 @@ impl RaftService for RaftServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_chunks_past_the_limit_or_leaving_a_gap_are_refused() {
+        let at = |id: &str, next| Receiving { id: id.into(), next };
+        let invalid = |r: Result<Receiving, Status>| r.unwrap_err().code();
+        assert_eq!(check_chunk(None, "s1", 0, 10).unwrap(), at("s1", 10));
+        let s1 = at("s1", 10);
+        assert_eq!(check_chunk(Some(&s1), "s1", 10, 5).unwrap(), at("s1", 15));
+        assert_eq!(check_chunk(Some(&s1), "s1", 4, 3).unwrap(), at("s1", 10), "a resent chunk");
+        assert_eq!(check_chunk(Some(&s1), "s2", 0, 7).unwrap(), at("s2", 7), "a new snapshot");
+        assert_eq!(invalid(check_chunk(Some(&s1), "s1", 11, 5)), tonic::Code::InvalidArgument);
+        let limit = codec::SNAPSHOT_LIMIT;
+        for (offset, len) in [(limit, 1), (u64::MAX, 1), (limit - 3, 4), (1 << 62, 0)] {
+            assert_eq!(invalid(check_chunk(None, "s1", offset, len)), tonic::Code::InvalidArgument);
+            assert!(check_chunk(Some(&at("s1", u64::MAX)), "s1", offset, len).is_err());
+        }
+        assert_eq!(check_chunk(None, "s1", limit - 4, 4).unwrap(), at("s1", limit));
+        // Not the snapshot being received and not at 0: openraft refuses it (start over).
+        assert!(check_chunk(Some(&s1), "s2", 50, 5).is_ok());
+    }
 
     #[test]
     fn terms_openraft_cannot_take_are_refused() {

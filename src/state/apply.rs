@@ -259,6 +259,12 @@ impl State {
             Command::TaskLost { job, index, token, reason, now } => {
                 self.task_lost(*job, *index, *token, reason, *now)
             }
+            Command::TaskReported { job, index, token, executor, report, now } => {
+                self.task_reported(*job, *index, *token, executor, report, *now)
+            }
+            Command::DeregisterExecutorAt { id, epoch, now } => {
+                self.deregister_at(id, *epoch, *now)
+            }
         }
     }
 
@@ -300,6 +306,16 @@ impl State {
             self.lose_attempts_on(id, &format!("executor {id} left"), now);
         }
         Ok(Outcome::Done)
+    }
+
+    /// `deregister_executor`, only for the executor's current registration.
+    fn deregister_at(&mut self, id: &str, epoch: u64, now: Millis) -> Result<Outcome, Rejection> {
+        let ex =
+            self.executors.get(id).ok_or_else(|| Rejection::ExecutorNotFound(id.to_string()))?;
+        if epoch != ex.epoch {
+            return Err(Rejection::StaleEpoch { got: epoch, current: ex.epoch });
+        }
+        self.deregister_executor(id, now)
     }
 
     fn executor_dead(&mut self, id: &str, epoch: u64, now: Millis) -> Result<Outcome, Rejection> {
@@ -540,6 +556,34 @@ impl State {
         let mut cx = self.cx(seq, now).ok_or(Rejection::JobNotFound(job))?;
         cx.lose(i, reason);
         Ok(Outcome::Done)
+    }
+
+    /// An executor's report: fenced by `token` like any report, and by who reports it.
+    fn task_reported(
+        &mut self,
+        job: JobId,
+        index: u32,
+        token: Token,
+        executor: &str,
+        report: &Report,
+        now: Millis,
+    ) -> Result<Outcome, Rejection> {
+        let (seq, i, _) = self.fenced(job, index, token)?;
+        let owner = self.jobs.get(&seq).and_then(|j| j.tasks[i].current()).map(|a| &a.executor);
+        if let Some(owner) = owner.filter(|o| o.as_str() != executor) {
+            return Err(Rejection::WrongExecutor {
+                token,
+                got: executor.to_string(),
+                owner: owner.clone(),
+            });
+        }
+        match report {
+            Report::Started => self.task_started(job, index, token, now),
+            Report::Finished { exit_code, error } => {
+                self.task_finished(job, index, token, *exit_code, error.as_deref(), now)
+            }
+            Report::Lost { reason } => self.task_lost(job, index, token, reason, now),
+        }
     }
 
     // --- lookups used by apply ---------------------------------------------------------------

@@ -266,6 +266,29 @@ pub enum Command {
     /// The attempt fenced by `token` is gone without an exit status (e.g. the dispatcher could not
     /// start it, or the executor no longer knows it).
     TaskLost { job: JobId, index: u32, token: Token, reason: String, now: Millis },
+    // Variants are numbered by position in the log's encoding: new ones go after the others, so
+    // that every log and snapshot written before them still decodes.
+    /// Executor `executor` reports on the attempt fenced by `token`: applied as the `TaskStarted`,
+    /// `TaskFinished` or `TaskLost` it names, and refused unless the attempt is on `executor`.
+    TaskReported {
+        job: JobId,
+        index: u32,
+        token: Token,
+        executor: ExecutorId,
+        report: Report,
+        now: Millis,
+    },
+    /// An executor left cleanly, as registered at `epoch`: refused unless that is its current
+    /// epoch (an earlier incarnation's farewell must not retire the one registered since).
+    DeregisterExecutorAt { id: ExecutorId, epoch: u64, now: Millis },
+}
+
+/// What an executor reports about one of its attempts ([`Command::TaskReported`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Report {
+    Started,
+    Finished { exit_code: i32, error: Option<String> },
+    Lost { reason: String },
 }
 
 /// What applying a command produced, for the caller who proposed it.
@@ -307,6 +330,8 @@ pub enum Rejection {
     InvalidSpec(String),
     #[error("job id {0} already exists")]
     DuplicateJobId(JobId),
+    #[error("attempt fenced by token {token} is not on executor {got} (it is on {owner})")]
+    WrongExecutor { token: Token, got: ExecutorId, owner: ExecutorId },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -336,6 +361,39 @@ pub mod limits {
     pub const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
     /// Error/reason strings stored on an attempt are cut to this many bytes (at a char boundary).
     pub const MAX_ERROR_BYTES: usize = 4096;
+
+    // The bounds below are checked at the API (`api::validate`) before a request becomes a
+    // command; the state machine does not check them (a log written before they existed must
+    // still apply the same way), but nothing they accept is refused by it.
+
+    /// Bytes in an executor id.
+    pub const MAX_EXECUTOR_ID_BYTES: usize = 128;
+    /// Bytes in a `host:port` address (an executor's worker API, a master).
+    pub const MAX_ADDR_BYTES: usize = 256;
+    /// Labels per executor (its label selectors, a job's constraints, are [`MAX_CONSTRAINTS`]).
+    pub const MAX_LABELS: usize = 64;
+    /// Bytes in a label's (or a constraint's) name, and in its value.
+    pub const MAX_LABEL_KEY_BYTES: usize = 128;
+    pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+    /// Bytes of an error text an executor reports (the state keeps [`MAX_ERROR_BYTES`] of it).
+    pub const MAX_REPORT_TEXT_BYTES: usize = 64 * 1024;
+    /// Running attempts one heartbeat may list.
+    pub const MAX_HEARTBEAT_ATTEMPTS: usize = 65_536;
+    /// Per-task demand and per-executor capacity: sums over 10^5 tasks or 10^4 executors stay
+    /// far from overflowing any counter they are added in.
+    pub const MAX_SLOTS: u32 = 1 << 20;
+    pub const MAX_CPU_MILLIS: u32 = 1 << 30;
+    pub const MAX_MEMORY_MIB: u64 = 1 << 40;
+    /// Linux's `ARG_MAX` for the default 8 MiB stack: argv plus envp of one `execve`, each
+    /// string with its NUL and its pointer.
+    pub const ARG_MAX: usize = 2 << 20;
+    /// What the executor adds to a task's environment (`TRIAD_*`, its own), kept free of it.
+    pub const ARG_HEADROOM: usize = 256 * 1024;
+    /// Linux's `MAX_ARG_STRLEN`: the longest single argv or envp string (`k=v`), NUL included.
+    pub const MAX_ARG_STRLEN: usize = 131_072;
+    /// Page sizes of listings (0 means the default).
+    pub const DEFAULT_PAGE_SIZE: u32 = 100;
+    pub const MAX_PAGE_SIZE: u32 = 1000;
 }
 
 impl JobSpec {

@@ -779,6 +779,8 @@ proptest! {
 //   <now> cancel jN
 //   <now> assign jN/I@E...
 //   <now> start jN/I tok=T | finish jN/I tok=T exit=C [error=S] | lost jN/I tok=T reason=S
+//         (each with by=E: the executor's report, fenced by who sends it too)
+//   <now> deregister E [epoch=N] (with epoch: only the current registration leaves)
 //
 // Job `jN` is the UUID with value N; outputs print such UUIDs back as `jN`.
 
@@ -834,7 +836,12 @@ fn parse_line(line: &str) -> Result<Command, String> {
             now,
         },
         "drain" => Command::DrainExecutor { id: first.into(), now },
-        "deregister" => Command::DeregisterExecutor { id: first.into(), now },
+        "deregister" => match opt.get("epoch") {
+            Some(_) => {
+                Command::DeregisterExecutorAt { id: first.into(), epoch: num("epoch", 0)?, now }
+            }
+            None => Command::DeregisterExecutor { id: first.into(), now },
+        },
         "dead" => Command::ExecutorDead { id: first.into(), epoch: num("epoch", 0)?, now },
         "submit" => {
             let mut argv = argv.into_iter();
@@ -871,6 +878,21 @@ fn parse_line(line: &str) -> Result<Command, String> {
                 })
                 .collect::<Result<_, String>>()?;
             Command::AssignTasks { assignments, now }
+        }
+        "start" | "finish" | "lost" if opt.contains_key("by") => {
+            let (job, index) = task()?;
+            let report = match verb {
+                "start" => Report::Started,
+                "finish" => Report::Finished {
+                    exit_code: opt
+                        .get("exit")
+                        .map_or(Ok(0), |v| v.parse().map_err(|_| "bad exit"))?,
+                    error: opt.get("error").cloned(),
+                },
+                _ => Report::Lost { reason: text("reason") },
+            };
+            let (token, executor) = (num("tok", 0)?, text("by"));
+            Command::TaskReported { job, index, token, executor, report, now }
         }
         "start" => {
             let (job, index) = task()?;
@@ -1003,6 +1025,7 @@ golden_files!(
     cancel_mid_run,
     idempotent_resubmit,
     stale_token_report,
+    reporter_and_deregister_fencing,
     executor_restart_and_drain,
     priority_and_constraints,
 );
@@ -1438,4 +1461,60 @@ fn check_invariants_catches_a_tally_out_of_step() {
     s.tally = apply::Tally::default(); // as if the upkeep had forgotten everything
     let err = s.check_invariants().unwrap_err();
     assert!(err.contains("tally"), "{err}");
+}
+
+// --- issue 13: who may report, who may leave --------------------------------------------------
+
+fn reported(n: u128, token: Token, executor: &str, report: Report, now: Millis) -> Command {
+    Command::TaskReported { job: j(n), index: 0, token, executor: executor.into(), report, now }
+}
+
+/// A report naming the current token is still refused from an executor the attempt is not on,
+/// with the state untouched; the same report from the owner is applied.
+#[test]
+fn a_report_from_another_executor_is_refused() {
+    let mut s = run(&[
+        reg("e1", 1, "a", 0),
+        reg("e2", 1, "a", 0),
+        submit(1, "", spec(1, 3), 1),
+        assign(&[(1, 0, "e1")], 2),
+    ]);
+    let before = s.clone();
+    let reports = [
+        Report::Started,
+        Report::Finished { exit_code: 0, error: None },
+        Report::Lost { reason: "forged".into() },
+    ];
+    for r in reports.clone() {
+        let got = s.apply(&reported(1, 1, "e2", r, 3));
+        let want = Rejection::WrongExecutor { token: 1, got: "e2".into(), owner: "e1".into() };
+        assert_eq!(got, Err(want));
+        assert_eq!(s, before, "a refused report changed the state");
+    }
+    assert_eq!(
+        s.apply(&reported(1, 7, "e2", Report::Started, 3)),
+        Err(Rejection::StaleToken { got: 7, current: 1 }),
+        "the token is checked first"
+    );
+    assert_eq!(s.apply(&reported(1, 1, "e1", reports[0].clone(), 4)), Ok(Outcome::Done));
+    assert_eq!(s.apply(&reported(1, 1, "e1", reports[1].clone(), 5)), Ok(Outcome::Done));
+    assert_eq!(s.job(&j(1)).unwrap().state, JobState::Succeeded);
+    s.check_invariants().unwrap();
+}
+
+/// A farewell names the registration it ends: an earlier one's is refused and changes nothing.
+#[test]
+fn deregister_needs_the_current_epoch() {
+    let at = |epoch, now| Command::DeregisterExecutorAt { id: "e1".into(), epoch, now };
+    let mut s = run(&[reg("e1", 1, "a", 0), reg("e1", 1, "a", 1)]);
+    let before = s.clone();
+    for stale in [0, 1, 3, u64::MAX] {
+        assert_eq!(s.apply(&at(stale, 2)), Err(Rejection::StaleEpoch { got: stale, current: 2 }));
+        assert_eq!(s, before);
+    }
+    let ghost = Command::DeregisterExecutorAt { id: "ghost".into(), epoch: 1, now: 2 };
+    assert_eq!(s.apply(&ghost), Err(Rejection::ExecutorNotFound("ghost".into())));
+    assert_eq!(s.apply(&at(2, 3)), Ok(Outcome::Done));
+    assert_eq!(s.executor("e1").unwrap().state, ExecutorState::Left);
+    s.check_invariants().unwrap();
 }

@@ -81,6 +81,12 @@ impl Pulse {
         }
     }
 
+    /// The same, numbering its beats (and registrations) after `base` (see
+    /// [`BeatLog::starting_after`]).
+    pub fn with_beats_after(self, base: u64) -> Pulse {
+        Pulse { beats: BeatLog::starting_after(base), ..self }
+    }
+
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
