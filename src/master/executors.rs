@@ -301,6 +301,11 @@ impl Executors {
                 pb::ReportTaskResponse { accepted: true, kill, message: rej.to_string() }
             }
             // Final either way (job gone, task terminal): the executor stops retrying.
+            // Only a forged report names another executor's attempt (the executor's id was bound
+            // to its credential already): refused outright, not acknowledged.
+            Err(rej @ Rejection::WrongExecutor { .. }) => {
+                return Err(LocalError::Status(Status::permission_denied(rej.to_string())))
+            }
             Err(rej) => {
                 pb::ReportTaskResponse { accepted: true, kill: false, message: rej.to_string() }
             }
