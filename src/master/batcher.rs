@@ -147,3 +147,52 @@ async fn run(raft: Raft, node_id: u64, timeout: Duration, mut rx: mpsc::Receiver
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proposal(bytes: usize) -> Proposal {
+        let cmd = Command::DrainExecutor { id: "e".into(), now: bytes as u64 };
+        (cmd, bytes, oneshot::channel().0)
+    }
+
+    /// A batch takes queued commands until the next would pass the byte budget; that one
+    /// starts the next batch.
+    #[test]
+    fn a_batch_closes_at_the_byte_budget() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mib = 1 << 20;
+        for n in [6 * mib, 6 * mib, 1] {
+            tx.try_send(proposal(n)).unwrap();
+        }
+        let mut carried = None;
+        let batch = fill_batch(proposal(5 * mib), &mut rx, &mut carried);
+        let sizes: Vec<usize> = batch.iter().map(|p| p.1).collect();
+        assert_eq!(sizes, [5 * mib, 6 * mib]);
+        assert_eq!(carried.as_ref().map(|p| p.1), Some(6 * mib));
+        let next = fill_batch(carried.take().unwrap(), &mut rx, &mut carried);
+        assert_eq!(next.iter().map(|p| p.1).collect::<Vec<_>>(), [6 * mib, 1]);
+        assert!(carried.is_none());
+        assert!(sizes.iter().sum::<usize>() <= MAX_BATCH_BYTES);
+    }
+
+    #[test]
+    fn a_command_past_the_command_budget_is_refused() {
+        let mut spec = crate::state::JobSpec::new("/bin/true");
+        spec.args = vec!["a".repeat(MAX_COMMAND_BYTES)];
+        let cmd = Command::SubmitJob {
+            id: uuid::Uuid::nil(),
+            name: String::new(),
+            idempotency_key: String::new(),
+            spec,
+            now: 0,
+        };
+        match command_bytes(&cmd) {
+            Err(LocalError::Status(s)) => assert_eq!(s.code(), tonic::Code::InvalidArgument),
+            other => panic!("{:?}", other.map_err(|_| "another error")),
+        }
+        let small = command_bytes(&Command::CancelJob { id: uuid::Uuid::nil(), now: 0 });
+        assert!(small.is_ok_and(|n| n < 64));
+    }
+}
