@@ -95,8 +95,15 @@ fn spawn(name: &str, args: &[String], log: &Path) -> anyhow::Result<Proc> {
         .open(log)
         .with_context(|| format!("opening {}", log.display()))?;
     let err = out.try_clone()?;
+    // The children take their credentials from the configs written here, never from the
+    // caller's shell (which may hold another cluster's TRIAD_CA, or TRIAD_INSECURE).
     let child = Command::new(exe)
         .args(args)
+        .env_remove("TRIAD_INSECURE")
+        .env_remove("TRIAD_CA")
+        .env_remove("TRIAD_CERT")
+        .env_remove("TRIAD_KEY")
+        .env_remove("TRIAD_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))

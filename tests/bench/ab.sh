@@ -26,15 +26,15 @@ for r in $(seq 1 "$ROUNDS"); do
     IFS=, read -r -a parts <<<"$rest"
     bin=${parts[0]} extra=("${parts[@]:1}")
     dir=$(mktemp -d /tmp/triad-ab.XXXXXX)
+    unset TRIAD_CA TRIAD_TOKEN TRIAD_INSECURE
     "$bin" dev --data-dir "$dir/dev" --base-port "$BASE_PORT" "${extra[@]}" >"$dir/dev.out" 2>&1 &
     dev=$!
     deadline=$(($(date +%s) + 60))
     until grep -q '^export TRIAD_MASTERS' "$dir/dev.out"; do
       [ "$(date +%s)" -lt "$deadline" ] || { echo "$label: cluster not up in 60 s" >&2; cat "$dir/dev.out" >&2; exit 1; }
-      kill -0 "$dev" 2>/dev/null || { echo "$label: triad dev exited" >&2; cat "$dir/dev.out" >&2; exit 1; }
+      kill -0 "$dev" 2>/dev/null || { echo "$label: triad dev exited" >&2; cat "$dir/dev.out" >&2; tail -n 5 "$dir"/dev/*/*.log >&2; exit 1; }
       sleep 0.1
     done
-    unset TRIAD_CA TRIAD_TOKEN TRIAD_INSECURE
     eval "$(grep '^export TRIAD_MASTERS' "$dir/dev.out")"
     echo "== round $r $label"
     "$bin" bench e2e --count 300 | grep -E '^e2e'
