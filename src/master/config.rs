@@ -232,14 +232,7 @@ impl MasterConfig {
         if self.id == 0 {
             bail!("id must be > 0");
         }
-        match (self.insecure, &self.tls) {
-            (true, Some(_)) => bail!("insecure = true and a [tls] block: choose one"),
-            (false, None) => bail!(
-                "no [tls] block (ca, cert, key): make them with `triad tls`, or set insecure = true \
-                 to run without TLS and authentication"
-            ),
-            _ => {}
-        }
+        self.security().check()?;
         if self.bootstrap && !self.peers.iter().any(|p| p.id == self.id) {
             bail!("bootstrap is on but peers does not list this master (id {})", self.id);
         }

@@ -57,24 +57,30 @@ pub struct Secured {
 }
 
 impl NodeSecurity<'_> {
-    /// Checks the settings (TLS unless `insecure = true`, and the certificate names `role`) and
+    /// Checks the settings without reading a file: TLS unless `insecure = true`, never both.
+    pub fn check(&self) -> anyhow::Result<()> {
+        match (self.insecure, self.tls) {
+            (true, Some(_)) => anyhow::bail!("insecure = true and a [tls] block: choose one"),
+            (false, None) => anyhow::bail!(
+                "no [tls] block (ca, cert, key): make them with `triad tls`, or set \
+                 insecure = true to run without TLS and authentication"
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks the settings ([`NodeSecurity::check`], and that the certificate names `role`) and
     /// loads the files.
     pub fn load(&self, role: Role) -> anyhow::Result<Secured> {
-        match (self.insecure, self.tls) {
-            (true, Some(_)) => {
-                anyhow::bail!("insecure = true and a [tls] block: choose one")
-            }
-            (true, None) => Ok(Secured {
+        self.check()?;
+        match self.tls {
+            None => Ok(Secured {
                 server_tls: None,
                 authority: authz::Authority::insecure(),
                 client: tls::ClientCredentials::insecure(),
                 own: Identity::Insecure,
             }),
-            (false, None) => anyhow::bail!(
-                "no [tls] block (ca, cert, key): make them with `triad tls`, or set \
-                 insecure = true to run without TLS and authentication"
-            ),
-            (false, Some(files)) => {
+            Some(files) => {
                 let own = files.own_identity()?;
                 if !matches!(&own, Identity::Principal { role: r, .. } if *r == role) {
                     anyhow::bail!(

@@ -46,7 +46,7 @@ impl TlsFiles {
     /// The role and name this node's own certificate gives it.
     pub fn own_identity(&self) -> anyhow::Result<Identity> {
         let pem = read(&self.cert, "certificate")?;
-        let der = rustls_pemfile_first(&pem)
+        let der = first_pem_certificate(&pem)
             .with_context(|| format!("{} holds no PEM certificate", self.cert.display()))?;
         identity_from_cert(&der).map_err(|e| anyhow::anyhow!("{}: {e}", self.cert.display()))
     }
@@ -76,7 +76,7 @@ pub fn from_env(
 }
 
 /// The DER of the first certificate in a PEM file.
-fn rustls_pemfile_first(pem: &[u8]) -> Option<Vec<u8>> {
+fn first_pem_certificate(pem: &[u8]) -> Option<Vec<u8>> {
     x509_parser::pem::Pem::iter_from_buffer(pem)
         .filter_map(Result::ok)
         .find(|p| p.label == "CERTIFICATE")
@@ -189,7 +189,7 @@ mod tests {
     use super::*;
 
     fn der(pem: &str) -> Vec<u8> {
-        rustls_pemfile_first(pem.as_bytes()).unwrap()
+        first_pem_certificate(pem.as_bytes()).unwrap()
     }
 
     #[test]
