@@ -72,6 +72,10 @@ pub const HEALTH_TICK: Duration = Duration::from_millis(250);
 pub const CLIENT_CALL_TIMEOUT: Duration = Duration::from_secs(6);
 /// How long a client keeps trying masters in turn before giving up.
 pub const CLIENT_RETRY_FOR: Duration = Duration::from_secs(20);
+/// A `WatchEvents` stream carries at least one message this often (a progress mark when idle).
+pub const EVENTS_IDLE_MARK: Duration = Duration::from_secs(2);
+/// A client gives up on a `WatchEvents` stream silent this long and resumes on another master.
+pub const EVENTS_IDLE_TIMEOUT: Duration = Duration::from_secs(6);
 /// Connect timeout of every gRPC channel (`api::channel`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// HTTP/2 keep-alive ping interval and its timeout on every gRPC channel.
@@ -113,6 +117,8 @@ const _: () = {
     assert!(ms(DEFAULT_LEADER_WAIT) < ms(FORWARD_TIMEOUT));
     assert!(ms(FORWARD_TIMEOUT) < ms(CLIENT_CALL_TIMEOUT));
     assert!(ms(CLIENT_CALL_TIMEOUT) < ms(CLIENT_RETRY_FOR));
+    // An idle event stream is marked well before its client would give up on it.
+    assert!(2 * ms(EVENTS_IDLE_MARK) < ms(EVENTS_IDLE_TIMEOUT));
     // A peer's status arrives (or is given up) before a client's status call does.
     assert!(ms(PEER_STATUS_TIMEOUT) < ms(CLIENT_CALL_TIMEOUT));
     // The leader's round is finer than its safety pass.

@@ -14,6 +14,7 @@ pub mod pb {
 }
 
 pub mod convert;
+pub mod events;
 pub mod validate;
 
 /// Largest gRPC message any triad endpoint accepts or sends (fits openraft batches and snapshot

@@ -229,6 +229,16 @@ impl Validate for pb::CancelJobRequest {
     }
 }
 
+// --- Events (issue 17) ---
+impl Validate for pb::WatchEventsRequest {
+    fn validate(&self) -> Result<(), Status> {
+        if !self.job_id.is_empty() {
+            job_id("job_id", &self.job_id)?;
+        }
+        Ok(())
+    }
+}
+
 impl Validate for pb::RegisterRequest {
     fn validate(&self) -> Result<(), Status> {
         executor_id("executor_id", &self.executor_id)?;

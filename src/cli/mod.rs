@@ -4,6 +4,7 @@
 pub(crate) mod bench;
 pub mod creds;
 pub(crate) mod dev;
+pub(crate) mod events;
 pub(crate) mod executors;
 pub(crate) mod output;
 
@@ -39,7 +40,7 @@ impl Cli {
     /// everywhere, since its default would also kill the CLI on a socket the peer closed).
     pub fn is_printing_command(&self) -> bool {
         match &self.command {
-            Cmd::Job(_) | Cmd::Cluster(_) => true,
+            Cmd::Job(_) | Cmd::Cluster(_) | Cmd::Events { .. } => true,
             Cmd::Executor { cmd, .. } => cmd.is_some(),
             Cmd::Dev { .. } | Cmd::Master { .. } | Cmd::Bench(_) => false,
             Cmd::Tls(_) | Cmd::Token(_) => false,
@@ -156,6 +157,26 @@ pub enum Cmd {
     /// Bearer tokens: `triad token create --role R --name N`.
     #[command(subcommand)]
     Token(creds::TokenCmd),
+    /// The event stream: every job, task, executor and cron transition with its Raft index,
+    /// followed through failover until interrupted.
+    Events {
+        /// Start after this index (the last one you saw); default: from now on.
+        #[arg(long = "from")]
+        from: Option<u64>,
+        /// Only this job's events.
+        #[arg(long)]
+        job: Option<String>,
+        /// Catch up with the leader before streaming (on a follower, too).
+        #[arg(long)]
+        linearizable: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+        #[command(flatten)]
+        out: OutputArg,
+        #[command(flatten)]
+        m: MastersArg,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -495,6 +516,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Cluster(cmd) => cluster(cmd).await,
+        Cmd::Events { from, job, linearizable, limit, out, m } => {
+            let job = job.unwrap_or_default();
+            events::follow(&m.client()?, from, &job, linearizable, limit, out.format).await
+        }
     }
 }
 
@@ -685,52 +710,10 @@ fn print_job(j: &pb::Job) {
     );
 }
 
-/// Polls the job until it is terminal; exit status 0 only when it succeeded. On a terminal, a
-/// progress bar shows finished tasks.
+/// Waits for the job to be terminal, following its events (see [`events::wait_job`]); exit
+/// status 0 only when it succeeded.
 pub async fn wait_job(client: &Client, id: &str) -> anyhow::Result<i32> {
-    use std::io::IsTerminal;
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {msg} [{bar:30}] {pos}/{len} tasks ({elapsed})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        b
-    });
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let j = client.get_job(id, false).await.map_err(st)?;
-        if let Some(b) = &bar {
-            let c = j.counts.unwrap_or_default();
-            b.set_length(j.spec.as_ref().map_or(0, |s| s.task_count as u64));
-            b.set_position((c.succeeded + c.failed + c.cancelled) as u64);
-            b.set_message(format!(
-                "{} {} (running {})",
-                &j.id[..8.min(j.id.len())],
-                j.state,
-                c.running
-            ));
-            b.tick();
-        }
-        if matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled") {
-            if let Some(b) = &bar {
-                b.finish();
-            }
-        }
-        match j.state.as_str() {
-            "succeeded" => return Ok(0),
-            "failed" | "cancelled" => {
-                eprintln!("job {id} {}", j.state);
-                return Ok(1);
-            }
-            _ => {}
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_millis(500));
-    }
+    events::wait_job(client, id).await
 }
 
 async fn cluster(cmd: ClusterCmd) -> anyhow::Result<i32> {

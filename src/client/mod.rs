@@ -16,7 +16,9 @@ use crate::api::pb::job_service_client::JobServiceClient;
 use crate::api::{pb, MAX_MESSAGE_BYTES};
 use crate::api::{Channel, Dialer};
 
+pub mod events;
 pub mod pipeline;
+pub use events::EventFollower;
 pub use pipeline::SubmitPipeline;
 
 /// Per-attempt deadline of a client call (above the masters' forward deadline: see
@@ -217,12 +219,19 @@ impl Client {
     }
 
     pub async fn get_job(&self, id: &str, stale: bool) -> Result<pb::Job, Status> {
+        Ok(self.get_job_at(id, stale).await?.0)
+    }
+
+    /// The job and the index of the last entry applied where it was read (to watch from).
+    pub async fn get_job_at(&self, id: &str, stale: bool) -> Result<(pb::Job, u64), Status> {
         let req = pb::GetJobRequest { job_id: id.to_string(), consistency: consistency(stale) };
         let r = self.call(|c| {
             let req = req.clone();
             async move { Self::jobs(c).get_job(req).await }
         });
-        r.await?.job.ok_or_else(|| Status::internal("empty GetJob response"))
+        let r = r.await?;
+        let job = r.job.ok_or_else(|| Status::internal("empty GetJob response"))?;
+        Ok((job, r.applied_index))
     }
 
     pub async fn list_jobs(

@@ -46,6 +46,8 @@ pub struct Jobs {
     pub shutdown: Shutdown,
     /// One permit per `SubmitJobs` stream that may open ([`MAX_SUBMIT_STREAMS`]).
     streams: Arc<tokio::sync::Semaphore>,
+    /// One permit per `WatchEvents` stream ([`super::events::MAX_WATCHERS`]).
+    watchers: Arc<tokio::sync::Semaphore>,
 }
 
 /// The answers of one `SubmitJobs` stream.
@@ -78,14 +80,15 @@ fn answer(r: Result<pb::SubmitJobResponse, Status>) -> pb::SubmitJobsResponse {
     }
 }
 
-fn client(chan: crate::api::Channel) -> JobServiceClient<crate::api::Channel> {
+pub(super) fn client(chan: crate::api::Channel) -> JobServiceClient<crate::api::Channel> {
     JobServiceClient::new(chan).max_decoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 impl Jobs {
     pub fn new(node: Arc<Node>, shutdown: Shutdown) -> Jobs {
         let streams = Arc::new(tokio::sync::Semaphore::new(MAX_SUBMIT_STREAMS));
-        Jobs { node, shutdown, streams }
+        let watchers = Arc::new(tokio::sync::Semaphore::new(super::events::MAX_WATCHERS));
+        Jobs { node, shutdown, streams, watchers }
     }
 
     /// A place for one more `SubmitJobs` stream, or `RESOURCE_EXHAUSTED`.
@@ -230,7 +233,10 @@ impl Jobs {
             a.state.job(&id).is_none_or(|j| j.tasks.len() <= INLINE_JOB_TASKS)
         });
         with_read(applied, small, |a| match a.state.job(&id) {
-            Some(j) => Ok(pb::GetJobResponse { job: Some(job_to_pb(j, true)) }),
+            Some(j) => Ok(pb::GetJobResponse {
+                job: Some(job_to_pb(j, true)),
+                applied_index: a.last_applied.map_or(0, |l| l.index),
+            }),
             None => Err(Status::not_found(format!("job {id} not found"))),
         })
     }
@@ -355,5 +361,36 @@ impl JobService for Jobs {
         self.node
             .serve_on_leader(&fwd, &msg, local, |c, m| async move { client(c).cancel_job(m).await })
             .await
+    }
+
+    // --- Events (issue 17): see `master::events` ---
+
+    type WatchEventsStream = super::events::WatchStream;
+
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let fwd = Caller::of(&req)?;
+        let msg = req.into_inner();
+        msg.validate()?;
+        let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "master {} has {} WatchEvents streams open; retry later or on another master",
+                self.node.id,
+                super::events::MAX_WATCHERS
+            ))
+        })?;
+        let (node, stop) = (self.node.clone(), self.shutdown.clone());
+        super::events::watch(node, &fwd, msg, permit, stop).await.map(Response::new)
+    }
+
+    async fn read_index(
+        &self,
+        req: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        let fwd = Caller::of(&req)?;
+        let index = super::events::read_point(&self.node, &fwd).await?;
+        Ok(Response::new(pb::ReadIndexResponse { index }))
     }
 }

@@ -9,6 +9,7 @@ pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod duties;
 pub(crate) mod errors;
+pub mod events;
 pub(crate) mod executors;
 pub(crate) mod http;
 pub(crate) mod jobs;
@@ -127,6 +128,7 @@ async fn start_raft(
     let (log_store, sm_store) =
         crate::store::open_stores(&storage).context("opening raft stores")?;
     let applied = sm_store.applied();
+    let events = sm_store.events();
     let channels = Channels::new(crate::api::Dialer::new(secured.client.clone()));
     let election = Election::new(
         Duration::from_millis(cfg.raft.election_min_ms),
@@ -141,7 +143,8 @@ async fn start_raft(
         .await
         .context("starting raft")?;
     let addr = cfg.advertise_addr().to_string();
-    let node = Arc::new(Node::new(cfg.id, addr, raft, applied, channels, cfg.leader_wait()));
+    let node =
+        Arc::new(Node::new(cfg.id, addr, raft, applied, events, channels, cfg.leader_wait()));
     Ok((storage, node, election))
 }
 

@@ -27,6 +27,8 @@ pub struct Node {
     pub raft: Raft,
     /// The local replica's applied state (stale unless read-indexed).
     pub applied: SharedApplied,
+    /// The changes of every entry applied here, by index (`master::events`).
+    pub events: std::sync::Arc<crate::store::events::EventLog>,
     pub channels: Channels,
     /// How long a request waits for a leader to exist.
     pub leader_wait: Duration,
@@ -90,6 +92,7 @@ impl Node {
         addr: String,
         raft: Raft,
         applied: SharedApplied,
+        events: std::sync::Arc<crate::store::events::EventLog>,
         channels: Channels,
         leader_wait: Duration,
     ) -> Self {
@@ -99,6 +102,7 @@ impl Node {
             addr,
             raft,
             applied,
+            events,
             channels,
             leader_wait,
             last_leader: Mutex::new(None),

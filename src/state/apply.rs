@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::events::{Change, Journal};
 use super::model::*;
 
 /// Live attempts by executor, as `(job seq, task index)`. Derived from the jobs and kept so that
@@ -50,6 +51,10 @@ pub struct State {
     /// Local bookkeeping, not replicated state: see [`ChangeCounter`].
     #[serde(skip)]
     pub(super) executor_changes: ChangeCounter,
+    /// Local bookkeeping, not replicated state: the changes of the commands applied since the
+    /// store last drained them (see `state::events`).
+    #[serde(skip)]
+    pub(super) journal: Journal,
 }
 
 /// [`State`] as it is encoded: every serialized field, in the same order (a field added to
@@ -86,6 +91,7 @@ impl From<Decoded> for State {
             finished: d.finished,
             tally: Tally::default(),
             executor_changes: ChangeCounter::default(),
+            journal: Journal::default(),
         };
         state.tally = Tally::recount(&state);
         state
@@ -205,6 +211,7 @@ impl Default for State {
             finished: BTreeSet::new(),
             tally: Tally::default(),
             executor_changes: ChangeCounter::default(),
+            journal: Journal::default(),
         }
     }
 }
@@ -268,6 +275,12 @@ impl State {
         }
     }
 
+    /// The changes recorded since the last call, in the order apply made them (the store calls
+    /// it after every entry; see `state::events`).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.journal.0)
+    }
+
     // --- executors ------------------------------------------------------------------------
 
     fn register_executor(
@@ -281,7 +294,10 @@ impl State {
         let epoch = self.executors.get(id).map_or(1, |e| e.epoch.saturating_add(1));
         // A registration means the executor process (re)started: what it ran before is gone.
         self.lose_attempts_on(id, &format!("executor {id} re-registered (epoch {epoch})"), now);
-        self.tally.executor_moved(self.executors.get(id).map(|e| e.state), ExecutorState::Alive);
+        let from = self.executors.get(id).map(|e| e.state);
+        self.tally.executor_moved(from, ExecutorState::Alive);
+        let to = ExecutorState::Alive;
+        self.journal.push(Change::Executor { id: id.to_string(), from, to, epoch });
         let ex = Executor {
             id: id.to_string(),
             addr: addr.to_string(),
@@ -354,8 +370,10 @@ impl State {
             return Err(illegal("executor", ex.state, to));
         }
         self.tally.executor_moved(Some(ex.state), to);
+        let (from, epoch) = (Some(ex.state), ex.epoch);
         ex.state = to;
         ex.updated_at = now;
+        self.journal.push(Change::Executor { id: id.to_string(), from, to, epoch });
         Ok(true)
     }
 
@@ -423,6 +441,7 @@ impl State {
         self.tally.tasks_added(TaskState::Pending, spec.task_count);
         self.jobs.insert(seq, job);
         self.job_seqs.insert(id, seq);
+        self.journal.push(Change::Job { job: id, from: None, to: JobState::Pending });
         if !key.is_empty() {
             self.idempotency.insert(key.to_string(), id);
         }
@@ -623,6 +642,7 @@ impl State {
             live: &mut self.live,
             finished: &mut self.finished,
             tally: &mut self.tally,
+            journal: &mut self.journal,
             now,
         })
     }
@@ -637,6 +657,7 @@ struct Cx<'a> {
     live: &'a mut LiveIndex,
     finished: &'a mut BTreeSet<(Millis, u64)>,
     tally: &'a mut Tally,
+    journal: &'a mut Journal,
     now: Millis,
 }
 
@@ -671,6 +692,17 @@ impl Cx<'_> {
         }
         task.state = to;
         self.job.updated_at = self.now;
+        let a = task.current();
+        self.journal.push(Change::Task {
+            job: self.job.id,
+            index: task.index,
+            from,
+            to,
+            attempt: a.map_or(0, |a| a.number),
+            token: a.map_or(0, |a| a.token),
+            executor: a.map(|a| a.executor.clone()).unwrap_or_default(),
+            exit_code: a.and_then(|a| a.exit_code),
+        });
     }
 
     /// The one place an attempt's state changes (always the task's current attempt).
@@ -708,6 +740,7 @@ impl Cx<'_> {
         self.tally.job_moved(Some(from), to);
         self.job.state = to;
         self.job.updated_at = self.now;
+        self.journal.push(Change::Job { job: self.job.id, from: Some(from), to });
         if to.is_terminal() {
             self.job.finished_at = Some(self.now);
             self.active.remove(&self.job.seq);

@@ -24,6 +24,7 @@
 //!   state recounts it, so snapshots keep their format.
 
 pub mod apply;
+pub mod events;
 #[cfg(test)]
 mod invariants;
 pub mod model;

@@ -25,6 +25,8 @@
 // here would only add a conversion at every call.
 #![allow(clippy::result_large_err)]
 
+pub mod events;
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
@@ -461,6 +463,8 @@ pub struct StateMachineStore {
     tree: sled::Tree,
     snapshot_dir: Arc<std::path::PathBuf>,
     applied: SharedApplied,
+    /// The changes of every entry applied here, by index (see [`events`]).
+    events: Arc<events::EventLog>,
 }
 
 impl StateMachineStore {
@@ -471,10 +475,12 @@ impl StateMachineStore {
             tree,
             snapshot_dir: Arc::new(dbs.snapshot_dir.clone()),
             applied: Arc::default(),
+            events: Arc::default(),
         };
         if let Some(snap) = store.read_snapshot()? {
             let applied: Applied =
                 codec::decode_limited(&snap.data, codec::SNAPSHOT_LIMIT).map_err(read_err)?;
+            store.events.reset(applied.last_applied.map_or(0, |l| l.index));
             *store.applied.write().expect("state lock poisoned") = applied;
         }
         Ok(store)
@@ -483,6 +489,11 @@ impl StateMachineStore {
     /// The applied state, for readers (hold the lock briefly).
     pub fn applied(&self) -> SharedApplied {
         self.applied.clone()
+    }
+
+    /// The event buffer the apply loop publishes to.
+    pub fn events(&self) -> Arc<events::EventLog> {
+        self.events.clone()
     }
 
     fn pointer(&self) -> Result<Option<SnapshotPointer>, StorageError> {
@@ -599,6 +610,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .iter()
             .map(|e| if let EntryPayload::Normal(r) = &e.payload { r.commands.len() } else { 1 })
             .sum();
+        let events = self.events.clone();
         with_write(&self.applied, commands <= INLINE_APPLY_COMMANDS, move |applied| {
             let mut out = Vec::with_capacity(entries.len());
             for entry in entries {
@@ -613,6 +625,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         Response::default()
                     }
                 };
+                // Under the write lock: the buffer is never ahead of or behind the state.
+                events.publish(entry.log_id.index, applied.state.take_changes());
                 out.push(response);
             }
             Ok(out)
@@ -643,8 +657,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             membership: meta.last_membership.clone(),
             state: new.state,
         };
+        let index = meta.last_log_id.map_or(0, |l| l.index);
         off_runtime(|| {
-            let old = std::mem::replace(&mut *write_politely(&self.applied), new);
+            let mut guard = write_politely(&self.applied);
+            let old = std::mem::replace(&mut *guard, new);
+            // The changes up to the snapshot were never seen here: subscribers below it re-read.
+            self.events.reset(index);
+            drop(guard);
             drop(old); // a large state takes a while to free: outside the lock
         });
         Ok(())
