@@ -217,7 +217,11 @@ impl Client {
     }
 
     pub async fn get_job(&self, id: &str, stale: bool) -> Result<pb::Job, Status> {
-        let req = pb::GetJobRequest { job_id: id.to_string(), consistency: consistency(stale) };
+        let req = pb::GetJobRequest {
+            job_id: id.to_string(),
+            consistency: consistency(stale),
+            ..Default::default()
+        };
         let r = self.call(|c| {
             let req = req.clone();
             async move { Self::jobs(c).get_job(req).await }

@@ -29,6 +29,28 @@ pub type Set<T> = imbl::OrdSet<T>;
 /// placement (used resources) and executor loss touch only that executor's attempts.
 pub(super) type LiveIndex = Map<ExecutorId, Set<(u64, u32)>>;
 
+/// Job seqs by job state ([`State::by_state`]).
+pub(super) type ByState = [Set<u64>; JobState::ALL.len()];
+
+/// Moves job `seq` from `from` (none: a new job) to `to` in a [`ByState`] index.
+pub(super) fn index_job_state(by: &mut ByState, seq: u64, from: Option<JobState>, to: JobState) {
+    if let Some(f) = from.and_then(|f| by.get_mut(f as usize)) {
+        f.remove(&seq);
+    }
+    if let Some(t) = by.get_mut(to as usize) {
+        t.insert(seq);
+    }
+}
+
+/// The [`ByState`] index of `jobs`, by a walk of them.
+pub(super) fn by_state_of(jobs: &Map<u64, Arc<Job>>) -> ByState {
+    let mut by = ByState::default();
+    for (&seq, job) in jobs {
+        index_job_state(&mut by, seq, None, job.state);
+    }
+    by
+}
+
 /// The whole replicated state of a triad cluster. Only ordered maps, so that two replicas that
 /// applied the same commands serialize to the same bytes.
 ///
@@ -57,6 +79,11 @@ pub struct State {
     /// Derived: terminal jobs as `(finished_at, seq)`, so the dispatcher finds recently
     /// cancelled attempts to kill without scanning every job.
     pub(super) finished: Set<(Millis, u64)>,
+    /// Derived and never serialized (rebuilt on decode, like the tally): job seqs by job state,
+    /// indexed by `JobState as usize`, so a listing filtered by a state walks only the jobs in
+    /// it (a filter by a terminal state used to pass over every job to fill a page).
+    #[serde(skip)]
+    pub(super) by_state: ByState,
     /// Derived and never serialized: see [`Tally`].
     #[serde(skip)]
     pub(super) tally: Tally,
@@ -97,10 +124,12 @@ impl From<Decoded> for State {
             active: d.active,
             live: d.live,
             finished: d.finished,
+            by_state: ByState::default(),
             tally: Tally::default(),
             executor_changes: ChangeCounter::default(),
         };
         state.tally = Tally::recount(&state);
+        state.by_state = by_state_of(&state.jobs);
         state
     }
 }
@@ -216,6 +245,7 @@ impl Default for State {
             active: Map::new(),
             live: Map::new(),
             finished: Set::new(),
+            by_state: ByState::default(),
             tally: Tally::default(),
             executor_changes: ChangeCounter::default(),
         }
@@ -433,6 +463,7 @@ impl State {
         };
         self.active.insert(seq, TaskCounts { pending: spec.task_count, ..TaskCounts::default() });
         self.tally.job_moved(None, JobState::Pending);
+        index_job_state(&mut self.by_state, seq, None, JobState::Pending);
         self.tally.tasks_added(TaskState::Pending, spec.task_count);
         self.jobs.insert(seq, Arc::new(job));
         self.job_seqs.insert(id, seq);
@@ -490,6 +521,9 @@ impl State {
         self.next_token = self.next_token.saturating_add(1);
         let mut cx = self.cx(seq, now).ok_or(Rejection::JobNotFound(a.job))?;
         let task = &mut cx.job.tasks[i];
+        // Exactly one more: a first push would reserve room for four attempts (~340 bytes more
+        // than one takes, per one-task job, for ever), and most tasks need one.
+        task.attempts.reserve_exact(1);
         task.attempts.push(Attempt {
             number: task.attempts.len() as u32 + 1,
             token,
@@ -636,6 +670,7 @@ impl State {
             active: &mut self.active,
             live: &mut self.live,
             finished: &mut self.finished,
+            by_state: &mut self.by_state,
             tally: &mut self.tally,
             now,
         })
@@ -650,6 +685,7 @@ struct Cx<'a> {
     active: &'a mut Map<u64, TaskCounts>,
     live: &'a mut LiveIndex,
     finished: &'a mut Set<(Millis, u64)>,
+    by_state: &'a mut ByState,
     tally: &'a mut Tally,
     now: Millis,
 }
@@ -720,6 +756,7 @@ impl Cx<'_> {
             return;
         }
         self.tally.job_moved(Some(from), to);
+        index_job_state(self.by_state, self.job.seq, Some(from), to);
         self.job.state = to;
         self.job.updated_at = self.now;
         if to.is_terminal() {

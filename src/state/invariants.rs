@@ -2,7 +2,7 @@
 //! only): every job's rollup agrees with its tasks, the indexes and the tally agree with a full
 //! recount, and every live attempt is where the indexes say.
 
-use super::apply::{LiveIndex, Map, Set, State, Tally};
+use super::apply::{by_state_of, LiveIndex, Map, Set, State, Tally};
 use super::model::*;
 
 impl State {
@@ -120,6 +120,9 @@ impl State {
         }
         if recount.finished != self.finished {
             return Err("finished index differs from jobs".into());
+        }
+        if by_state_of(&self.jobs) != self.by_state {
+            return Err("job state index differs from jobs".into());
         }
         let counted = Tally::recount(self);
         if counted != self.tally {

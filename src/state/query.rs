@@ -51,12 +51,13 @@ impl State {
         limit: usize,
     ) -> (Vec<&Job>, Option<u64>) {
         let range = (after_seq.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded);
-        // Non-terminal states are found through the active index, not a scan of every job.
+        // A state's jobs are found through the job state index, not a scan of every job.
         let candidates: Box<dyn Iterator<Item = &Job>> = match filter {
-            Some(s) if !s.is_terminal() => {
-                Box::new(self.active.range(range).filter_map(|(seq, _)| self.job_at(seq)))
-            }
-            _ => Box::new(self.jobs.range(range).map(|(_, j)| &**j)),
+            Some(s) => match self.by_state.get(s as usize) {
+                Some(seqs) => Box::new(seqs.range(range).filter_map(|seq| self.job_at(seq))),
+                None => Box::new(std::iter::empty()),
+            },
+            None => Box::new(self.jobs.range(range).map(|(_, j)| &**j)),
         };
         let mut page: Vec<&Job> = candidates
             .filter(|j| filter.is_none_or(|s| j.state == s))
@@ -84,6 +85,21 @@ impl State {
     /// All executors, by id.
     pub fn executors(&self) -> impl Iterator<Item = &Executor> {
         self.executors.values()
+    }
+
+    /// Up to `limit` executors by id after `after` (from the first when `None`), and whether
+    /// more follow.
+    pub fn executors_page(&self, after: Option<&str>, limit: usize) -> (Vec<&Executor>, bool) {
+        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_string()));
+        let mut page: Vec<&Executor> = self
+            .executors
+            .range((start, Bound::Unbounded))
+            .map(|(_, e)| e)
+            .take(limit.saturating_add(1))
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        (page, more)
     }
 
     /// How many jobs, tasks and executors are in each state (kept as the state changes: O(1)).
