@@ -43,7 +43,10 @@ async fn wait_executors(c: &Cluster, n: usize) {
         let r = client
             .call(|ch| async move {
                 pb::executor_service_client::ExecutorServiceClient::new(ch)
-                    .list_executors(pb::ListExecutorsRequest { consistency: 0 })
+                    .list_executors(pb::ListExecutorsRequest {
+                        consistency: 0,
+                        ..Default::default()
+                    })
                     .await
             })
             .await
@@ -541,7 +544,10 @@ async fn triad_dev_runs_a_job_and_prints_its_output_then_stops_cleanly() {
         let r = c
             .call(|ch| async move {
                 pb::executor_service_client::ExecutorServiceClient::new(ch)
-                    .list_executors(pb::ListExecutorsRequest { consistency: 0 })
+                    .list_executors(pb::ListExecutorsRequest {
+                        consistency: 0,
+                        ..Default::default()
+                    })
                     .await
             })
             .await
@@ -657,7 +663,10 @@ async fn heartbeat_stream_moves_to_the_new_leader_when_the_leader_is_killed() {
             let r = client
                 .call(|ch| async move {
                     pb::executor_service_client::ExecutorServiceClient::new(ch)
-                        .list_executors(pb::ListExecutorsRequest { consistency: 0 })
+                        .list_executors(pb::ListExecutorsRequest {
+                            consistency: 0,
+                            ..Default::default()
+                        })
                         .await
                 })
                 .await

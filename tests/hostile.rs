@@ -255,7 +255,12 @@ async fn alive_executor(c: &Cluster, id: &str) -> pb::ExecutorInfo {
     wait_for(&format!("executor {id} alive"), ELECTION, || async {
         let r = client
             .call(|ch| async move {
-                executors(ch).list_executors(pb::ListExecutorsRequest { consistency: 0 }).await
+                executors(ch)
+                    .list_executors(pb::ListExecutorsRequest {
+                        consistency: 0,
+                        ..Default::default()
+                    })
+                    .await
             })
             .await
             .ok()?;

@@ -382,6 +382,7 @@ pub async fn wait_ready(
                 pb::executor_service_client::ExecutorServiceClient::new(c)
                     .list_executors(pb::ListExecutorsRequest {
                         consistency: pb::ReadConsistency::Linearizable as i32,
+                        ..Default::default()
                     })
                     .await
             })

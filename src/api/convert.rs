@@ -170,6 +170,13 @@ fn task_to_pb(t: &Task) -> pb::Task {
     }
 }
 
+/// A job on the wire with the tasks (and their attempts) of `tasks` only: a page of a big job.
+pub fn job_to_pb_with_tasks(j: &Job, tasks: std::ops::Range<usize>) -> pb::Job {
+    let mut job = job_to_pb(j, false);
+    job.tasks = j.tasks.get(tasks).unwrap_or_default().iter().map(task_to_pb).collect();
+    job
+}
+
 /// A job on the wire; `with_tasks` includes every task and attempt (GetJob), else counts only.
 pub fn job_to_pb(j: &Job, with_tasks: bool) -> pb::Job {
     pb::Job {

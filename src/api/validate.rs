@@ -208,7 +208,15 @@ impl Validate for pb::SubmitJobRequest {
 
 impl Validate for pb::GetJobRequest {
     fn validate(&self) -> Result<(), Status> {
-        job_id("job_id", &self.job_id)
+        job_id("job_id", &self.job_id)?;
+        within("task_page_size", self.task_page_size, 0, crate::state::limits::MAX_TASKS)?;
+        if !self.task_page_token.is_empty() && self.task_page_token.parse::<u32>().is_err() {
+            return Err(bad(format!(
+                "task_page_token {:?} is not a task index",
+                self.task_page_token
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -277,6 +285,10 @@ impl Validate for pb::ReportTaskRequest {
 
 impl Validate for pb::ListExecutorsRequest {
     fn validate(&self) -> Result<(), Status> {
+        within("page_size", self.page_size, 0, MAX_PAGE_SIZE)?;
+        if !self.page_token.is_empty() {
+            executor_id("page_token", &self.page_token)?;
+        }
         Ok(())
     }
 }

@@ -57,7 +57,7 @@ pub async fn list_executors(client: &Client) -> Result<Vec<pb::ExecutorInfo>, to
     let r = client
         .call(|c| async move {
             ExecutorServiceClient::new(c)
-                .list_executors(pb::ListExecutorsRequest { consistency: 0 })
+                .list_executors(pb::ListExecutorsRequest { consistency: 0, ..Default::default() })
                 .await
         })
         .await?;

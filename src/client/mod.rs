@@ -224,7 +224,11 @@ impl Client {
 
     /// The job and the index of the last entry applied where it was read (to watch from).
     pub async fn get_job_at(&self, id: &str, stale: bool) -> Result<(pb::Job, u64), Status> {
-        let req = pb::GetJobRequest { job_id: id.to_string(), consistency: consistency(stale) };
+        let req = pb::GetJobRequest {
+            job_id: id.to_string(),
+            consistency: consistency(stale),
+            ..Default::default()
+        };
         let r = self.call(|c| {
             let req = req.clone();
             async move { Self::jobs(c).get_job(req).await }

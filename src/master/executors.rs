@@ -315,17 +315,25 @@ impl Executors {
     /// Every executor with its load: O(executors + their live attempts), each executor's found
     /// through the live index. Off the async workers all the same (the store's rule for reads
     /// that walk the state): at 10^4 executors the answer itself is the work.
-    fn list_local(&self) -> pb::ListExecutorsResponse {
+    /// Every executor (`page_size` 0), or one page of them by id after `after`.
+    fn list_local(&self, page_size: u32, after: &str) -> pb::ListExecutorsResponse {
         crate::store::with_read(&self.node.applied, false, |applied| {
             let state = &applied.state;
-            let executors = state
-                .executors()
+            let size = if page_size == 0 { usize::MAX } else { page_size as usize };
+            let after = (!after.is_empty()).then_some(after);
+            let (page, more) = state.executors_page(after, size);
+            let executors: Vec<pb::ExecutorInfo> = page
+                .into_iter()
                 .map(|e| {
                     let running = state.live_attempt_count_on(&e.id) as u32;
                     executor_to_pb(e, state.used_resources(&e.id), running)
                 })
                 .collect();
-            pb::ListExecutorsResponse { executors }
+            let next_page_token = match executors.last() {
+                Some(last) if more => last.id.clone(),
+                _ => String::new(),
+            };
+            pb::ListExecutorsResponse { executors, next_page_token }
         })
     }
 
@@ -412,11 +420,11 @@ impl ExecutorService for Executors {
         let msg = req.into_inner();
         msg.validate()?;
         if msg.consistency == pb::ReadConsistency::Stale as i32 {
-            return Ok(Response::new(self.list_local()));
+            return Ok(Response::new(self.list_local(msg.page_size, &msg.page_token)));
         }
         let local = || async {
             self.node.linearize().await?;
-            Ok(self.list_local())
+            Ok(self.list_local(msg.page_size, &msg.page_token))
         };
         self.node
             .serve_on_leader(

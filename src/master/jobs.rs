@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use super::node::{now_ms, Caller, LocalError, Node};
 use crate::api::convert::{
-    job_spec_from_pb, job_state_name, job_to_pb, parse_job_id, parse_job_state, rejection_to_status,
+    job_spec_from_pb, job_state_name, job_to_pb, job_to_pb_with_tasks, parse_job_id,
+    parse_job_state, rejection_to_status,
 };
 use crate::api::pb::job_service_client::JobServiceClient;
 use crate::api::pb::job_service_server::JobService;
@@ -223,20 +224,27 @@ impl Jobs {
         }
     }
 
-    /// One job with every task. A small job is answered on this async worker (when the state's
-    /// lock is free); a big one (up to 10^5 tasks, each with its attempts) off the async
-    /// workers, as the store requires of reads that walk the state. The size is looked up
-    /// first, under a short read of its own: a job's task count never changes.
-    fn read_job(&self, id: Uuid) -> Result<pb::GetJobResponse, Status> {
+    /// One job with the tasks of `tasks` (every task, or one page of them). A small answer is
+    /// made on this async worker (when the state's lock is free); a big one (up to 10^5 tasks,
+    /// each with its attempts) off the async workers, as the store requires of reads that walk
+    /// the state. The size is looked up first, under a short read of its own: a job's task
+    /// count never changes.
+    fn read_job(&self, id: Uuid, tasks: TaskPage) -> Result<pb::GetJobResponse, Status> {
         let applied = &self.node.applied;
         let small = with_read(applied, true, |a| {
-            a.state.job(&id).is_none_or(|j| j.tasks.len() <= INLINE_JOB_TASKS)
+            a.state.job(&id).is_none_or(|j| tasks.range(j).len() <= INLINE_JOB_TASKS)
         });
         with_read(applied, small, |a| match a.state.job(&id) {
-            Some(j) => Ok(pb::GetJobResponse {
-                job: Some(job_to_pb(j, true)),
-                applied_index: a.last_applied.map_or(0, |l| l.index),
-            }),
+            Some(j) => {
+                let range = tasks.range(j);
+                let more = tasks.size != 0 && range.end < j.tasks.len();
+                let next = if more { range.end.to_string() } else { String::new() };
+                Ok(pb::GetJobResponse {
+                    job: Some(job_to_pb_with_tasks(j, range)),
+                    applied_index: a.last_applied.map_or(0, |l| l.index),
+                    next_task_page_token: next,
+                })
+            }
             None => Err(Status::not_found(format!("job {id} not found"))),
         })
     }
@@ -256,6 +264,23 @@ impl Jobs {
                 next_page_token: next.map(|s| s.to_string()).unwrap_or_default(),
             }
         })
+    }
+}
+
+/// Which of a job's tasks `GetJob` returns: `size` 0 is every task (from `start`), else at most
+/// `size` from task index `start`.
+#[derive(Clone, Copy)]
+struct TaskPage {
+    start: usize,
+    size: usize,
+}
+
+impl TaskPage {
+    fn range(self, job: &crate::state::Job) -> std::ops::Range<usize> {
+        let n = job.tasks.len();
+        let start = self.start.min(n);
+        let end = if self.size == 0 { n } else { start.saturating_add(self.size).min(n) };
+        start..end
     }
 }
 
@@ -296,12 +321,15 @@ impl JobService for Jobs {
         let msg = req.into_inner();
         msg.validate()?;
         let id = parse_job_id(&msg.job_id)?;
+        // Validated: empty or a task index.
+        let start = msg.task_page_token.parse::<usize>().unwrap_or(0);
+        let tasks = TaskPage { start, size: msg.task_page_size as usize };
         if is_stale(msg.consistency) {
-            return self.read_job(id).map(Response::new);
+            return self.read_job(id, tasks).map(Response::new);
         }
         let local = || async {
             self.node.linearize().await?;
-            Ok(self.read_job(id)?)
+            Ok(self.read_job(id, tasks)?)
         };
         self.node
             .serve_on_leader(&fwd, &msg, local, |c, m| async move { client(c).get_job(m).await })

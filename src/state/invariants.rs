@@ -2,9 +2,7 @@
 //! only): every job's rollup agrees with its tasks, the indexes and the tally agree with a full
 //! recount, and every live attempt is where the indexes say.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use super::apply::{LiveIndex, State, Tally};
+use super::apply::{by_state_of, LiveIndex, Map, Set, State, Tally};
 use super::model::*;
 
 impl State {
@@ -123,6 +121,9 @@ impl State {
         if recount.finished != self.finished {
             return Err("finished index differs from jobs".into());
         }
+        if by_state_of(&self.jobs) != self.by_state {
+            return Err("job state index differs from jobs".into());
+        }
         let counted = Tally::recount(self);
         if counted != self.tally {
             return Err(format!("tally {:?} differs from a recount {counted:?}", self.tally));
@@ -155,9 +156,9 @@ impl State {
 #[derive(Default)]
 struct Recount {
     live: LiveIndex,
-    active: BTreeMap<u64, TaskCounts>,
-    keys: BTreeMap<String, JobId>,
-    finished: BTreeSet<(Millis, u64)>,
+    active: Map<u64, TaskCounts>,
+    keys: Map<String, JobId>,
+    finished: Set<(Millis, u64)>,
 }
 
 /// A job's state against its tasks' counts: succeeded means every task did; terminal means no

@@ -19,9 +19,11 @@
 //! - Executors that are `Left` or `Dead` hold no live attempts; no executor holds more than its
 //!   capacity.
 //! - The derived indexes (job id, idempotency key, active jobs with task counts, live attempts
-//!   by executor, finished jobs by time) always agree with the jobs, and the [`Tally`] (jobs,
-//!   tasks and executors by state) with a recount. The tally is never serialized: decoding a
-//!   state recounts it, so snapshots keep their format.
+//!   by executor, finished jobs by time, jobs by state) always agree with the jobs, and the
+//!   [`Tally`] (jobs, tasks and executors by state) with a recount. The tally and the jobs by
+//!   state are never serialized: decoding a state rebuilds them, so snapshots keep their format.
+//! - Every map is persistent (`apply::Map`): a clone is O(1), so a snapshot encodes a clone
+//!   while apply goes on.
 
 pub mod apply;
 pub mod events;
@@ -35,5 +37,7 @@ pub use apply::{State, Tally};
 pub use model::*;
 pub use range::task_range_uuids;
 
+#[cfg(test)]
+mod bounded_tests;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,6 @@
 //! Read helpers over [`State`] for the API, scheduler and dispatcher. All pure; none changes
 //! state.
 
-use std::collections::BTreeSet;
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
@@ -24,8 +23,13 @@ pub struct LiveAttempt {
 }
 
 impl State {
+    /// The job with sequence number `seq`.
+    pub fn job_at(&self, seq: &u64) -> Option<&Job> {
+        self.jobs.get(seq).map(|j| &**j)
+    }
+
     pub fn job(&self, id: &JobId) -> Option<&Job> {
-        self.jobs.get(self.job_seqs.get(id)?)
+        self.job_at(self.job_seqs.get(id)?)
     }
 
     /// The job a non-empty idempotency key created.
@@ -47,12 +51,13 @@ impl State {
         limit: usize,
     ) -> (Vec<&Job>, Option<u64>) {
         let range = (after_seq.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded);
-        // Non-terminal states are found through the active index, not a scan of every job.
+        // A state's jobs are found through the job state index, not a scan of every job.
         let candidates: Box<dyn Iterator<Item = &Job>> = match filter {
-            Some(s) if !s.is_terminal() => {
-                Box::new(self.active.range(range).filter_map(|(seq, _)| self.jobs.get(seq)))
-            }
-            _ => Box::new(self.jobs.range(range).map(|(_, j)| j)),
+            Some(s) => match self.by_state.get(s as usize) {
+                Some(seqs) => Box::new(seqs.range(range).filter_map(|seq| self.job_at(seq))),
+                None => Box::new(std::iter::empty()),
+            },
+            None => Box::new(self.jobs.range(range).map(|(_, j)| &**j)),
         };
         let mut page: Vec<&Job> = candidates
             .filter(|j| filter.is_none_or(|s| j.state == s))
@@ -82,6 +87,21 @@ impl State {
         self.executors.values()
     }
 
+    /// Up to `limit` executors by id after `after` (from the first when `None`), and whether
+    /// more follow.
+    pub fn executors_page(&self, after: Option<&str>, limit: usize) -> (Vec<&Executor>, bool) {
+        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_string()));
+        let mut page: Vec<&Executor> = self
+            .executors
+            .range((start, Bound::Unbounded))
+            .map(|(_, e)| e)
+            .take(limit.saturating_add(1))
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        (page, more)
+    }
+
     /// How many jobs, tasks and executors are in each state (kept as the state changes: O(1)).
     pub fn tally(&self) -> &Tally {
         &self.tally
@@ -89,7 +109,7 @@ impl State {
 
     /// The number of live attempts `executor` holds (through the live index: O(log n)).
     pub fn live_attempt_count_on(&self, executor: &str) -> usize {
-        self.live.get(executor).map_or(0, BTreeSet::len)
+        self.live.get(executor).map_or(0, |s| s.len())
     }
 
     /// Sum of the demands of the executor's live attempts.
@@ -98,7 +118,7 @@ impl State {
             .get(executor)
             .into_iter()
             .flatten()
-            .filter_map(|(seq, _)| self.jobs.get(seq))
+            .filter_map(|(seq, _)| self.job_at(seq))
             .fold(Resources::default(), |sum, j| sum.plus(j.spec.resources))
     }
 
@@ -112,7 +132,7 @@ impl State {
         let Some(held) = self.live.get(executor) else { return Vec::new() };
         held.iter()
             .filter_map(|&(seq, index)| {
-                let job = self.jobs.get(&seq)?;
+                let job = self.job_at(&seq)?;
                 let task = job.task(index)?;
                 let a = task.current()?;
                 Some(LiveAttempt {
@@ -159,7 +179,7 @@ impl State {
             .active
             .range(range)
             .filter(|(seq, c)| c.pending > 0 && keep(**seq))
-            .filter_map(|(seq, _)| self.jobs.get(seq))
+            .filter_map(|(seq, _)| self.job_at(seq))
             .collect();
         jobs.sort_by_key(|j| (std::cmp::Reverse(j.spec.priority), j.seq));
         jobs.into_iter().flat_map(move |j| {
@@ -183,7 +203,7 @@ impl State {
         self.active
             .range(range)
             .filter(|(seq, c)| c.pending > 0 && keep(**seq))
-            .filter_map(|(seq, _)| self.jobs.get(seq))
+            .filter_map(|(seq, _)| self.job_at(seq))
             .flat_map(|j| {
                 j.tasks
                     .iter()
@@ -196,7 +216,7 @@ impl State {
     /// Jobs that reached a terminal state at or after `since`, oldest first: where the
     /// dispatcher finds cancelled attempts that may still run and must be killed.
     pub fn jobs_recently_finished(&self, since: Millis) -> impl Iterator<Item = &Job> + '_ {
-        self.finished.range((since, 0)..).filter_map(|(_, seq)| self.jobs.get(seq))
+        self.finished.range((since, 0)..).filter_map(|(_, seq)| self.job_at(seq))
     }
 
     #[cfg(test)]
