@@ -218,6 +218,28 @@ impl Client {
         SubmitPipeline::open(self.preferred_channel().1, self.call_timeout).await
     }
 
+    /// One page of a job's tasks (`page_size` 0: every task) from task index `token` (empty:
+    /// the first); the answer's `next_task_page_token` names the next page.
+    pub async fn get_job_page(
+        &self,
+        id: &str,
+        stale: bool,
+        page_size: u32,
+        token: &str,
+    ) -> Result<pb::GetJobResponse, Status> {
+        let req = pb::GetJobRequest {
+            job_id: id.to_string(),
+            consistency: consistency(stale),
+            task_page_size: page_size,
+            task_page_token: token.to_string(),
+        };
+        let r = self.call(|c| {
+            let req = req.clone();
+            async move { Self::jobs(c).get_job(req).await }
+        });
+        r.await
+    }
+
     pub async fn get_job(&self, id: &str, stale: bool) -> Result<pb::Job, Status> {
         Ok(self.get_job_at(id, stale).await?.0)
     }
