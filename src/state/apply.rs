@@ -45,6 +45,8 @@ pub struct State {
     /// Derived: terminal jobs as `(finished_at, seq)`, so the dispatcher finds recently
     /// cancelled attempts to kill without scanning every job.
     pub(super) finished: BTreeSet<(Millis, u64)>,
+    /// Cron jobs by name (`state::cron`).
+    pub(super) crons: BTreeMap<String, super::cron::Cron>,
     /// Derived and never serialized: see [`Tally`].
     #[serde(skip)]
     pub(super) tally: Tally,
@@ -75,6 +77,7 @@ struct Decoded {
     active: BTreeMap<u64, TaskCounts>,
     live: LiveIndex,
     finished: BTreeSet<(Millis, u64)>,
+    crons: BTreeMap<String, super::cron::Cron>,
 }
 
 impl From<Decoded> for State {
@@ -89,6 +92,7 @@ impl From<Decoded> for State {
             active: d.active,
             live: d.live,
             finished: d.finished,
+            crons: d.crons,
             tally: Tally::default(),
             executor_changes: ChangeCounter::default(),
             journal: Journal::default(),
@@ -209,6 +213,7 @@ impl Default for State {
             active: BTreeMap::new(),
             live: BTreeMap::new(),
             finished: BTreeSet::new(),
+            crons: BTreeMap::new(),
             tally: Tally::default(),
             executor_changes: ChangeCounter::default(),
             journal: Journal::default(),
@@ -272,6 +277,16 @@ impl State {
             Command::DeregisterExecutorAt { id, epoch, now } => {
                 self.deregister_at(id, *epoch, *now)
             }
+            // Cron (issue 17): `state::cron`.
+            Command::CreateCron { spec, now } => self.create_cron(spec, *now),
+            Command::DeleteCron { name, .. } => self.delete_cron(name),
+            Command::SuspendCron { name, suspended, now } => {
+                self.suspend_cron(name, *suspended, *now)
+            }
+            Command::FireCron { name, scheduled_at, job, now } => {
+                self.fire_cron(name, *scheduled_at, *job, *now)
+            }
+            Command::TriggerCron { name, job, now } => self.trigger_cron(name, *job, *now),
         }
     }
 
@@ -397,7 +412,7 @@ impl State {
 
     // --- jobs -----------------------------------------------------------------------------
 
-    fn submit_job(
+    pub(super) fn submit_job(
         &mut self,
         id: JobId,
         name: &str,
@@ -448,7 +463,7 @@ impl State {
         Ok(Outcome::Submitted { id, created: true })
     }
 
-    fn cancel_job(&mut self, id: JobId, now: Millis) -> Result<Outcome, Rejection> {
+    pub(super) fn cancel_job(&mut self, id: JobId, now: Millis) -> Result<Outcome, Rejection> {
         let seq = *self.job_seqs.get(&id).ok_or(Rejection::JobNotFound(id))?;
         let mut cx = self.cx(seq, now).ok_or(Rejection::JobNotFound(id))?;
         match cx.job.state {

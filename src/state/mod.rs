@@ -24,12 +24,14 @@
 //!   state recounts it, so snapshots keep their format.
 
 pub mod apply;
+pub mod cron;
 pub mod events;
 #[cfg(test)]
 mod invariants;
 pub mod model;
 pub mod query;
 pub mod range;
+pub mod schedule;
 
 pub use apply::{State, Tally};
 pub use model::*;
