@@ -4,6 +4,8 @@
 //! - `ack-before-commit`: a master acknowledges a submission before it is committed;
 //! - `skip-fencing`: executors never fence themselves and the leader never tells an executor to
 //!   kill a stale attempt.
+//! - `cron-no-dedup`: a cron firing is applied without its dedup key (cron, scheduled time), so a
+//!   time the leader proposes twice (a retry, a new leader) creates two jobs.
 //!
 //! Never set this in production: each one breaks a SPEC guarantee on purpose.
 
@@ -13,6 +15,7 @@ use std::sync::OnceLock;
 pub enum Bug {
     AckBeforeCommit,
     SkipFencing,
+    CronNoDedup,
 }
 
 /// Is this planted bug switched on in this process?
@@ -22,6 +25,7 @@ pub fn on(bug: Bug) -> bool {
         let b = match std::env::var("TRIAD_CHAOS_BUG").as_deref() {
             Ok("ack-before-commit") => Some(Bug::AckBeforeCommit),
             Ok("skip-fencing") => Some(Bug::SkipFencing),
+            Ok("cron-no-dedup") => Some(Bug::CronNoDedup),
             _ => None,
         };
         if let Some(b) = b {

@@ -31,8 +31,9 @@ async fn a_follower_connected_events_client_resumed_after_its_master_is_killed_s
     // 20 jobs now, 20 after the kill, 5 of them cancelled: 40 created, 5 job and 5 task
     // cancellations (no executor runs anything, so nothing else happens to them).
     let expected = 50u64;
-    let mut order = vec![c.master(follower).addr.clone()];
-    order.extend(c.addrs().into_iter().filter(|a| *a != order[0]));
+    let first = c.master(follower).addr.clone();
+    let mut order = vec![first.clone()];
+    order.extend(c.addrs().into_iter().filter(|a| *a != first));
     let limit = expected.to_string();
     let mut env = cli_env(c.dir.path());
     env.push(("TRIAD_MASTERS", order.join(",")));
@@ -147,12 +148,11 @@ async fn watching_from_the_index_a_job_was_read_at_misses_nothing_and_an_index_t
     c.kill(victim);
     c.restart(victim);
     c.wait_applied(victim, last, ELECTION).await;
-    let err = loop {
-        let mut f = c.client_for(victim).follow_events(Some(0), "", false);
-        match tokio::time::timeout(Duration::from_secs(10), f.next()).await.unwrap() {
-            Err(s) => break s,
-            Ok(m) => panic!("events from index 0 after a snapshot: {m:?}"),
-        }
+    let reader = c.client_for(victim);
+    let mut f = reader.follow_events(Some(0), "", false);
+    let err = match tokio::time::timeout(Duration::from_secs(10), f.next()).await.unwrap() {
+        Err(s) => s,
+        Ok(m) => panic!("events from index 0 after a snapshot: {m:?}"),
     };
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
     assert!(err.message().contains("re-read the state"), "{err}");

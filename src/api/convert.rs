@@ -252,6 +252,8 @@ pub fn rejection_to_status(r: &Rejection) -> Status {
         | Rejection::ExecutorNotFound(_) => Status::not_found(r.to_string()),
         Rejection::InvalidSpec(_) => Status::invalid_argument(r.to_string()),
         Rejection::DuplicateJobId(_) => Status::already_exists(r.to_string()),
+        Rejection::CronNotFound(_) => Status::not_found(r.to_string()),
+        Rejection::CronExists(_) => Status::already_exists(r.to_string()),
         _ => Status::failed_precondition(r.to_string()),
     }
 }

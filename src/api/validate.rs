@@ -247,6 +247,38 @@ impl Validate for pb::WatchEventsRequest {
     }
 }
 
+// --- Cron (issue 17) ---
+impl Validate for pb::CreateCronRequest {
+    fn validate(&self) -> Result<(), Status> {
+        use crate::state::cron::*;
+        validate_name(&self.name).map_err(bad)?;
+        bytes("schedule", &self.schedule, MAX_SCHEDULE_BYTES)?;
+        bytes("tz", &self.tz, MAX_TZ_BYTES)?;
+        // The schedule is parsed here, never in apply: a bad one never reaches the log.
+        crate::state::schedule::Schedule::parse(&self.schedule, &self.tz, 0).map_err(bad)?;
+        if Overlap::parse(&self.overlap).is_none() {
+            return Err(bad(format!("overlap {:?} is not allow, forbid or replace", self.overlap)));
+        }
+        within("starting_deadline_ms", self.starting_deadline_ms, 0, MAX_TIMEOUT_MS)?;
+        within("keep_succeeded", self.keep_succeeded, 0, MAX_KEEP)?;
+        within("keep_failed", self.keep_failed, 0, MAX_KEEP)?;
+        chars("job_name", &self.job_name, MAX_NAME_CHARS)?;
+        job_spec(self.spec.as_ref().ok_or_else(|| bad("spec is required".into()))?)
+    }
+}
+
+impl Validate for pb::GetCronRequest {
+    fn validate(&self) -> Result<(), Status> {
+        crate::state::cron::validate_name(&self.name).map_err(bad)
+    }
+}
+
+impl Validate for pb::CronNameRequest {
+    fn validate(&self) -> Result<(), Status> {
+        crate::state::cron::validate_name(&self.name).map_err(bad)
+    }
+}
+
 impl Validate for pb::RegisterRequest {
     fn validate(&self) -> Result<(), Status> {
         executor_id("executor_id", &self.executor_id)?;

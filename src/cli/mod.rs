@@ -3,6 +3,7 @@
 
 pub(crate) mod bench;
 pub mod creds;
+pub(crate) mod cron;
 pub(crate) mod dev;
 pub(crate) mod events;
 pub(crate) mod executors;
@@ -40,7 +41,7 @@ impl Cli {
     /// everywhere, since its default would also kill the CLI on a socket the peer closed).
     pub fn is_printing_command(&self) -> bool {
         match &self.command {
-            Cmd::Job(_) | Cmd::Cluster(_) | Cmd::Events { .. } => true,
+            Cmd::Job(_) | Cmd::Cluster(_) | Cmd::Events { .. } | Cmd::Cron(_) => true,
             Cmd::Executor { cmd, .. } => cmd.is_some(),
             Cmd::Dev { .. } | Cmd::Master { .. } | Cmd::Bench(_) => false,
             Cmd::Tls(_) | Cmd::Token(_) => false,
@@ -157,6 +158,9 @@ pub enum Cmd {
     /// Bearer tokens: `triad token create --role R --name N`.
     #[command(subcommand)]
     Token(creds::TokenCmd),
+    /// Cron jobs: create, list, get, delete, suspend, resume, trigger.
+    #[command(subcommand)]
+    Cron(cron::CronCmd),
     /// The event stream: every job, task, executor and cron transition with its Raft index,
     /// followed through failover until interrupted.
     Events {
@@ -516,6 +520,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Cluster(cmd) => cluster(cmd).await,
+        Cmd::Cron(cmd) => cron::run(cmd).await,
         Cmd::Events { from, job, linearizable, limit, out, m } => {
             let job = job.unwrap_or_default();
             events::follow(&m.client()?, from, &job, linearizable, limit, out.format).await

@@ -16,6 +16,7 @@ use crate::api::pb::job_service_client::JobServiceClient;
 use crate::api::{pb, MAX_MESSAGE_BYTES};
 use crate::api::{Channel, Dialer};
 
+pub mod cron;
 pub mod events;
 pub mod pipeline;
 pub use events::EventFollower;

@@ -7,6 +7,7 @@
 pub(crate) mod batcher;
 pub(crate) mod cluster;
 pub mod config;
+pub(crate) mod cron;
 pub(crate) mod duties;
 pub(crate) mod errors;
 pub mod events;
@@ -192,6 +193,9 @@ fn serve_grpc(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(ClusterServiceServer::new(cluster::Cluster { node: node.clone() }))
+        .add_service(crate::api::pb::cron_service_server::CronServiceServer::new(cron::Crons {
+            node: node.clone(),
+        }))
         .add_service(ExecutorServiceServer::new(executors::Executors {
             node: node.clone(),
             liveness,
@@ -226,6 +230,8 @@ async fn bootstrap(cfg: &MasterConfig, raft: &Raft) -> anyhow::Result<()> {
 /// The master's background tasks besides the gRPC server, stopped in this order.
 struct Background {
     duties: JoinHandle<()>,
+    /// The leader's cron firing loop (idle unless this master is a ready leader).
+    cron: JoinHandle<()>,
     campaigns: JoinHandle<()>,
     http: Option<JoinHandle<()>>,
 }
@@ -249,6 +255,7 @@ impl Background {
             crate::raft::election::run(raft, cfg.id, election, heartbeat, shutdown.clone());
         let duties = duties::watch(node.clone(), liveness, cfg.executors.clone(), shutdown.clone());
         Background {
+            cron: tokio::spawn(cron::fire_loop(node.clone(), shutdown.clone())),
             campaigns: tokio::spawn(async move {
                 campaigns.await;
             }),
@@ -262,6 +269,7 @@ impl Background {
     /// Waits for each task to end, at most [`STOP_GRACE`] each.
     async fn stop(self) {
         let _ = tokio::time::timeout(STOP_GRACE, self.duties).await;
+        let _ = tokio::time::timeout(STOP_GRACE, self.cron).await;
         let _ = tokio::time::timeout(STOP_GRACE, self.campaigns).await;
         if let Some(h) = self.http {
             let _ = tokio::time::timeout(STOP_GRACE, h).await;

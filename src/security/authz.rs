@@ -51,7 +51,12 @@ pub fn rule(path: &str) -> Rule {
         ("grpc.health.v1.Health", _) => Rule::Anyone,
         ("grpc.reflection.v1.ServerReflection", _) => Rule::Authenticated,
         ("triad.v1.RaftService", _) => Rule::Roles(&[Master]),
+        // Events (issue 17): WatchEvents and ReadIndex are reads, like the rest of JobService.
+        ("triad.v1.JobService", "WatchEvents" | "ReadIndex") => Rule::Roles(CLIENTS),
         ("triad.v1.JobService", _) => Rule::Roles(CLIENTS),
+        // Cron (issue 17): reads for clients, changes for admins (SPEC "admin (..., cron, ...)").
+        ("triad.v1.CronService", "ListCrons" | "GetCron") => Rule::Roles(CLIENTS),
+        ("triad.v1.CronService", _) => Rule::Roles(&[Admin]),
         ("triad.v1.ClusterService", "ClusterStatus" | "NodeStatus") => Rule::Roles(ANY_ROLE),
         ("triad.v1.ClusterService", _) => Rule::Roles(&[Admin]),
         (
@@ -299,6 +304,11 @@ mod tests {
         let cases = [
             ("/triad.v1.JobService/SubmitJob", &client, Ok),
             ("/triad.v1.JobService/SubmitJob", &exec, PermissionDenied),
+            ("/triad.v1.JobService/WatchEvents", &client, Ok),
+            ("/triad.v1.JobService/WatchEvents", &exec, PermissionDenied),
+            ("/triad.v1.CronService/GetCron", &client, Ok),
+            ("/triad.v1.CronService/CreateCron", &client, PermissionDenied),
+            ("/triad.v1.CronService/TriggerCron", &exec, PermissionDenied),
             ("/triad.v1.RaftService/AppendEntries", &admin, PermissionDenied),
             ("/triad.v1.RaftService/Vote", &client, PermissionDenied),
             ("/triad.v1.WorkerService/StartAttempt", &admin, PermissionDenied),

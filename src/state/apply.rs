@@ -85,6 +85,8 @@ pub struct State {
     /// it (a filter by a terminal state used to pass over every job to fill a page).
     #[serde(skip)]
     pub(super) by_state: ByState,
+    /// Cron jobs by name (`state::cron`).
+    pub(super) crons: Map<String, super::cron::Cron>,
     /// Derived and never serialized: see [`Tally`].
     #[serde(skip)]
     pub(super) tally: Tally,
@@ -115,6 +117,7 @@ struct Decoded {
     active: Map<u64, TaskCounts>,
     live: LiveIndex,
     finished: Set<(Millis, u64)>,
+    crons: Map<String, super::cron::Cron>,
 }
 
 impl From<Decoded> for State {
@@ -130,6 +133,7 @@ impl From<Decoded> for State {
             live: d.live,
             finished: d.finished,
             by_state: ByState::default(),
+            crons: d.crons,
             tally: Tally::default(),
             executor_changes: ChangeCounter::default(),
             journal: Journal::default(),
@@ -252,6 +256,7 @@ impl Default for State {
             live: Map::new(),
             finished: Set::new(),
             by_state: ByState::default(),
+            crons: Map::new(),
             tally: Tally::default(),
             executor_changes: ChangeCounter::default(),
             journal: Journal::default(),
@@ -315,6 +320,16 @@ impl State {
             Command::DeregisterExecutorAt { id, epoch, now } => {
                 self.deregister_at(id, *epoch, *now)
             }
+            // Cron (issue 17): `state::cron`.
+            Command::CreateCron { spec, now } => self.create_cron(spec, *now),
+            Command::DeleteCron { name, .. } => self.delete_cron(name),
+            Command::SuspendCron { name, suspended, now } => {
+                self.suspend_cron(name, *suspended, *now)
+            }
+            Command::FireCron { name, scheduled_at, job, now } => {
+                self.fire_cron(name, *scheduled_at, *job, *now)
+            }
+            Command::TriggerCron { name, job, now } => self.trigger_cron(name, *job, *now),
         }
     }
 
@@ -440,7 +455,7 @@ impl State {
 
     // --- jobs -----------------------------------------------------------------------------
 
-    fn submit_job(
+    pub(super) fn submit_job(
         &mut self,
         id: JobId,
         name: &str,
@@ -492,7 +507,7 @@ impl State {
         Ok(Outcome::Submitted { id, created: true })
     }
 
-    fn cancel_job(&mut self, id: JobId, now: Millis) -> Result<Outcome, Rejection> {
+    pub(super) fn cancel_job(&mut self, id: JobId, now: Millis) -> Result<Outcome, Rejection> {
         let seq = *self.job_seqs.get(&id).ok_or(Rejection::JobNotFound(id))?;
         let mut cx = self.cx(seq, now).ok_or(Rejection::JobNotFound(id))?;
         match cx.job.state {

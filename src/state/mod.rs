@@ -26,12 +26,14 @@
 //!   while apply goes on.
 
 pub mod apply;
+pub mod cron;
 pub mod events;
 #[cfg(test)]
 mod invariants;
 pub mod model;
 pub mod query;
 pub mod range;
+pub mod schedule;
 
 pub use apply::{State, Tally};
 pub use model::*;

@@ -241,19 +241,46 @@ pub enum Command {
         now: Millis,
     },
     /// Stop placing work on an executor; it finishes what it runs.
-    DrainExecutor { id: ExecutorId, now: Millis },
+    DrainExecutor {
+        id: ExecutorId,
+        now: Millis,
+    },
     /// An executor left cleanly; its live attempts are lost.
-    DeregisterExecutor { id: ExecutorId, now: Millis },
+    DeregisterExecutor {
+        id: ExecutorId,
+        now: Millis,
+    },
     /// The liveness monitor declares an executor (at `epoch`) dead; its live attempts are lost.
-    ExecutorDead { id: ExecutorId, epoch: u64, now: Millis },
+    ExecutorDead {
+        id: ExecutorId,
+        epoch: u64,
+        now: Millis,
+    },
     /// Create a job, unless `idempotency_key` (when non-empty) already names one.
-    SubmitJob { id: JobId, name: String, idempotency_key: String, spec: JobSpec, now: Millis },
+    SubmitJob {
+        id: JobId,
+        name: String,
+        idempotency_key: String,
+        spec: JobSpec,
+        now: Millis,
+    },
     /// Cancel a non-terminal job; its live attempts become `Cancelled`.
-    CancelJob { id: JobId, now: Millis },
+    CancelJob {
+        id: JobId,
+        now: Millis,
+    },
     /// Place pending tasks; each gets a fresh fencing token from the state machine.
-    AssignTasks { assignments: Vec<Assignment>, now: Millis },
+    AssignTasks {
+        assignments: Vec<Assignment>,
+        now: Millis,
+    },
     /// The executor reports the attempt fenced by `token` started.
-    TaskStarted { job: JobId, index: u32, token: Token, now: Millis },
+    TaskStarted {
+        job: JobId,
+        index: u32,
+        token: Token,
+        now: Millis,
+    },
     /// The attempt fenced by `token` exited (`exit_code` 0 is success).
     TaskFinished {
         job: JobId,
@@ -265,7 +292,13 @@ pub enum Command {
     },
     /// The attempt fenced by `token` is gone without an exit status (e.g. the dispatcher could not
     /// start it, or the executor no longer knows it).
-    TaskLost { job: JobId, index: u32, token: Token, reason: String, now: Millis },
+    TaskLost {
+        job: JobId,
+        index: u32,
+        token: Token,
+        reason: String,
+        now: Millis,
+    },
     // Variants are numbered by position in the log's encoding: new ones go after the others, so
     // that every log and snapshot written before them still decodes.
     /// Executor `executor` reports on the attempt fenced by `token`: applied as the `TaskStarted`,
@@ -280,7 +313,42 @@ pub enum Command {
     },
     /// An executor left cleanly, as registered at `epoch`: refused unless that is its current
     /// epoch (an earlier incarnation's farewell must not retire the one registered since).
-    DeregisterExecutorAt { id: ExecutorId, epoch: u64, now: Millis },
+    DeregisterExecutorAt {
+        id: ExecutorId,
+        epoch: u64,
+        now: Millis,
+    },
+    // --- Cron (issue 17): see `state::cron` ---
+    /// Create a cron job (a retry with the same spec is done; another spec under the name is
+    /// refused).
+    CreateCron {
+        spec: super::cron::CronSpec,
+        now: Millis,
+    },
+    DeleteCron {
+        name: String,
+        now: Millis,
+    },
+    /// Suspend (`true`) or resume a cron; resuming skips the times that passed meanwhile.
+    SuspendCron {
+        name: String,
+        suspended: bool,
+        now: Millis,
+    },
+    /// The leader fires cron `name` for its scheduled time `scheduled_at` (job id `job` if it
+    /// creates one): a time at or below the cron's watermark changes nothing.
+    FireCron {
+        name: String,
+        scheduled_at: Millis,
+        job: JobId,
+        now: Millis,
+    },
+    /// `cron trigger`: create job `job` from the cron now, outside the schedule.
+    TriggerCron {
+        name: String,
+        job: JobId,
+        now: Millis,
+    },
 }
 
 /// What an executor reports about one of its attempts ([`Command::TaskReported`]).
@@ -303,6 +371,8 @@ pub enum Outcome {
     Assigned { tokens: Vec<Result<Token, Rejection>> },
     /// The command took effect (or was already in effect).
     Done,
+    /// A cron firing: the job it created (none: a duplicate, missed or skipped time).
+    CronFired { job: Option<JobId> },
 }
 
 /// Why a command was refused. Deterministic: every replica refuses the same way.
@@ -332,6 +402,10 @@ pub enum Rejection {
     DuplicateJobId(JobId),
     #[error("attempt fenced by token {token} is not on executor {got} (it is on {owner})")]
     WrongExecutor { token: Token, got: ExecutorId, owner: ExecutorId },
+    #[error("cron {0} not found")]
+    CronNotFound(String),
+    #[error("cron {0} already exists with another spec (delete it first)")]
+    CronExists(String),
 }
 
 // ---------------------------------------------------------------------------------------------
