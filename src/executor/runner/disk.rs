@@ -82,7 +82,7 @@ impl DiskHealth {
     pub fn check(&self) -> Option<String> {
         let dir = &self.inner.work_dir;
         let free = match nix::sys::statvfs::statvfs(dir) {
-            Ok(st) => (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64),
+            Ok(st) => st.blocks_available().saturating_mul(st.fragment_size()),
             Err(e) => {
                 let reason = format!("work dir {}: cannot measure free space: {e}", dir.display());
                 let mut s = self.lock();
