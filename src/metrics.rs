@@ -220,6 +220,9 @@ pub struct ExecutorMetrics {
     pub draining: IntGauge,
     pub slots: IntGauge,
     pub since_ack_seconds: prometheus::Gauge,
+    pub disk_unhealthy: IntGauge,
+    pub output_expired: IntCounter,
+    pub output_deleted: IntCounter,
 }
 
 impl ExecutorMetrics {
@@ -246,6 +249,9 @@ impl ExecutorMetrics {
             draining: b.gauge("draining", "1 while draining (taking no new work)"),
             slots: b.gauge("slots", "Task slots offered"),
             since_ack_seconds: b.register(prometheus::Gauge::new("since_ack_seconds", "Seconds since the last acknowledged heartbeat").expect("metric")),
+            disk_unhealthy: b.gauge("disk_unhealthy", "1 while the work dir has no room (below min_free_bytes, or a write found it full): starts are refused"),
+            output_expired: b.counter("output_expired_total", "Attempt output directories deleted because output_ttl passed since the attempt ended"),
+            output_deleted: b.counter("output_deleted_total", "Jobs whose output was deleted on the leader's DeleteOutput"),
             registry: b.registry,
         }
     }

@@ -565,6 +565,7 @@ async fn heartbeat_streams_live_on_the_leader_only_and_end_when_it_stops_leading
         epoch: 7,
         attempts: vec![pb::RunningAttempt { job_id: "j".into(), task_index: 0, token: 42 }],
         seq: 1,
+        unhealthy: String::new(),
     };
 
     // A follower refuses the stream and names the leader; a client pointed at the follower moves.
@@ -647,6 +648,7 @@ async fn a_leader_without_a_quorum_stops_acknowledging_heartbeats() {
         epoch: 1,
         attempts: Vec::new(),
         seq,
+        unhealthy: String::new(),
     };
     let mut hb = pb::executor_service_client::ExecutorServiceClient::new(
         executor_dialer(&c, "ghost").master(&addr).unwrap(),

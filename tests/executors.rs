@@ -793,3 +793,306 @@ async fn a_start_that_names_a_stale_heartbeat_is_refused_and_runs_nothing() {
     let r = c.client().submit_job(shell_job(1, "true", 1)).await.unwrap();
     wait_job_state(&c, &r.job_id, "succeeded", Duration::from_secs(30)).await;
 }
+
+// ----- Executor output that is kept, capped and followable (issue 14) ------------------------
+
+/// A `triad job logs … --follow` process whose stdout lines arrive on a channel.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(c: &Cluster, args: &[&str]) -> Follower {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(BIN)
+            .args(args)
+            .env("TRIAD_MASTERS", c.masters_arg())
+            .envs(cli_env(c.dir.path()).iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawning triad job logs --follow");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+
+    fn next_line(&self, what: &str) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("no line from job logs --follow ({what}): {e}"))
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    async fn exit_code(&mut self) -> i32 {
+        let child = &mut self.child;
+        let status = wait_for("job logs --follow to exit", Duration::from_secs(30), || {
+            let s = child.try_wait().expect("try_wait");
+            async move { s }
+        })
+        .await;
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_logs_follow_prints_a_running_tasks_lines_as_they_appear_ends_when_it_ends_and_follows_a_retry(
+) {
+    let c = cluster();
+    c.wait_leader(ELECTION).await;
+    let _a = Executor::start(&c.masters_arg(), c.dir.path(), "exec-a", 2, &[]);
+    wait_executors(&c, 1).await;
+    let gate = c.dir.path().join("gate");
+    // Attempt 1 prints a line, waits (bounded) for the gate, prints another and fails; attempt
+    // 2 prints its own line and succeeds.
+    let script = format!(
+        r#"echo "attempt $TRIAD_ATTEMPT starts"
+if [ "$TRIAD_ATTEMPT" = 1 ]; then
+  i=0; while [ ! -e {gate} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+  echo "attempt 1 saw the gate"; exit 3
+fi
+echo "attempt $TRIAD_ATTEMPT done""#,
+        gate = gate.display()
+    );
+    let id = c.client().submit_job(shell_job(1, &script, 2)).await.unwrap().job_id;
+    let mut f = Follower::start(&c, &["job", "logs", &id, "--follow"]);
+    assert_eq!(f.next_line("the first line of a running task"), "attempt 1 starts");
+    let job = c.client().get_job(&id, false).await.unwrap();
+    assert_eq!(job.tasks[0].state, "running", "the line came while the task ran");
+    assert!(f.running(), "a follow of a running task goes on");
+    std::fs::write(&gate, b"open").unwrap();
+    assert_eq!(f.next_line("the line after the gate"), "attempt 1 saw the gate");
+    // The retry is a new attempt: the follow moves to it.
+    assert_eq!(f.next_line("the retry's first line"), "attempt 2 starts");
+    assert_eq!(f.next_line("the retry's last line"), "attempt 2 done");
+    assert_eq!(f.exit_code().await, 0, "the follow ends when the task ends");
+    let job = wait_job_state(&c, &id, "succeeded", Duration::from_secs(20)).await;
+    assert_eq!(job.tasks[0].attempts.len(), 2);
+
+    // --tail N: the last N lines, with and without --follow.
+    let (code, out, err) = c.cli(&["job", "logs", &id, "--tail", "1"]);
+    assert_eq!((code, out.as_str()), (0, "attempt 2 done\n"), "{err}");
+    let (code, out, err) = c.cli(&["job", "logs", &id, "--attempt", "1", "--tail", "2"]);
+    assert_eq!((code, out.as_str()), (0, "attempt 1 starts\nattempt 1 saw the gate\n"), "{err}");
+    let mut f = Follower::start(&c, &["job", "logs", &id, "--follow", "--tail", "1"]);
+    assert_eq!(f.next_line("a tail of a finished task"), "attempt 2 done");
+    assert_eq!(f.exit_code().await, 0);
+}
+
+/// The files of one stream of one attempt in an executor's work dir, by name.
+fn output_files(work_dir: &std::path::Path, job: &str, attempt: u32, stream: &str) -> Vec<String> {
+    let dir = work_dir.join("attempts").join(job).join("0").join(attempt.to_string());
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    names.retain(|n| n.starts_with(&format!("{stream}.")));
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_is_capped_and_still_readable_after_sigterm_and_restart_of_its_executor() {
+    let c = cluster();
+    c.wait_leader(ELECTION).await;
+    let env = [
+        ("TRIAD_EXECUTOR_OUTPUT_MAX_FILE_BYTES", "1000"),
+        ("TRIAD_EXECUTOR_OUTPUT_MAX_FILES", "2"),
+    ];
+    let start =
+        || Executor::start_opts(&c.masters_arg(), c.dir.path(), "exec-a", 2, &[], &[], None, &env);
+    let mut a = start();
+    wait_executors(&c, 1).await;
+    // 5,000 bytes: lines "0000\n" … "0999\n"; only the newest 2 × 1,000 are kept.
+    let script = r#"i=0; while [ $i -lt 1000 ]; do printf '%04d\n' $i; i=$((i+1)); done"#;
+    let id = c.client().submit_job(shell_job(1, script, 1)).await.unwrap().job_id;
+    wait_job_state(&c, &id, "succeeded", Duration::from_secs(30)).await;
+    let files = output_files(&a.work_dir, &id, 1, "stdout");
+    assert_eq!(files, vec!["stdout.3000", "stdout.4000"], "rotation keeps at most the cap");
+    let kept: String = (600..1000).map(|i| format!("{i:04}\n")).collect();
+    let (code, out, err) = c.cli(&["job", "logs", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, kept, "the newest bytes are kept");
+    assert!(err.contains("3000 bytes of older output were rotated away"), "{err}");
+
+    // SIGTERM: a graceful stop, which used to delete every attempt's output.
+    a.signal(Signal::SIGTERM);
+    let child = a.child.as_mut().unwrap();
+    wait_for("the executor to exit on SIGTERM", Duration::from_secs(20), || {
+        let s = child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    a.child = None;
+    assert_eq!(output_files(&a.work_dir, &id, 1, "stdout").len(), 2, "a stop keeps output");
+    let _a = start();
+    wait_executors(&c, 1).await;
+    let (code, out, err) = c.cli(&["job", "logs", &id]);
+    assert_eq!((code, out == kept), (0, true), "after the restart: {out:?} {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_output_removes_a_jobs_files_and_only_masters_may_call_it() {
+    use pb::worker_service_client::WorkerServiceClient;
+    let c = cluster();
+    c.wait_leader(ELECTION).await;
+    let a = Executor::start(&c.masters_arg(), c.dir.path(), "exec-a", 2, &[]);
+    let exec_id = a.id().await;
+    wait_executors(&c, 1).await;
+    let gone = c.client().submit_job(shell_job(1, "echo gone", 1)).await.unwrap().job_id;
+    let kept = c.client().submit_job(shell_job(1, "echo kept", 1)).await.unwrap().job_id;
+    for id in [&gone, &kept] {
+        wait_job_state(&c, id, "succeeded", Duration::from_secs(30)).await;
+    }
+    let job_dir = |id: &str| a.work_dir.join("attempts").join(id);
+    assert!(job_dir(&gone).is_dir() && job_dir(&kept).is_dir());
+    let info = wait_for("the executor's address", Duration::from_secs(10), || async {
+        let r = c
+            .client()
+            .call(|ch| async move {
+                pb::executor_service_client::ExecutorServiceClient::new(ch)
+                    .list_executors(pb::ListExecutorsRequest { consistency: 0 })
+                    .await
+            })
+            .await
+            .ok()?;
+        r.executors.into_iter().find(|e| e.id == exec_id)
+    })
+    .await;
+    let server = ServerName::Executor(exec_id.clone());
+    let worker = |creds: ClientCredentials| {
+        WorkerServiceClient::new(Dialer::new(creds).channel(&info.addr, &server).unwrap())
+    };
+    let req = || {
+        let mut r = tonic::Request::new(pb::DeleteOutputRequest { job_ids: vec![gone.clone()] });
+        r.set_timeout(Duration::from_secs(10));
+        r
+    };
+    for role in [Role::Client, Role::Admin] {
+        let err = worker(c.creds.client(role).unwrap()).delete_output(req()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{role:?}: {err:?}");
+    }
+    assert!(job_dir(&gone).is_dir(), "a refused call deletes nothing");
+    let master =
+        ClientCredentials::from_files(&c.creds.node(Role::Master, "master1").unwrap()).unwrap();
+    let mut as_master = worker(master);
+    let bad = tonic::Request::new(pb::DeleteOutputRequest { job_ids: vec!["../..".into()] });
+    let err = as_master.delete_output(bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "job ids are UUIDs: {err:?}");
+    let r = as_master.delete_output(req()).await.unwrap().into_inner();
+    assert_eq!(r.deleted, 1);
+    assert!(!job_dir(&gone).exists(), "the deleted job's output is gone");
+    assert!(job_dir(&kept).is_dir(), "other jobs keep theirs");
+    let (code, out, err) = c.cli(&["job", "logs", &kept]);
+    assert_eq!((code, out.as_str()), (0, "kept\n"), "{err}");
+    let (code, _, err) = c.cli(&["job", "logs", &gone]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no output"), "{err}");
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_work_dir_makes_the_executor_unhealthy_and_refuse_starts_instead_of_failing_them() {
+    let c = cluster();
+    let work = c.dir.path().join("small-disk");
+    let _disk = match Tmpfs::mount(&work, "2m") {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot mount a 2 MiB tmpfs at {} ({e})", work.display());
+            return;
+        }
+    };
+    c.wait_leader(ELECTION).await;
+    let http = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let env = [("TRIAD_EXECUTOR_OUTPUT_MIN_FREE_BYTES", "262144")];
+    let a = Executor::start_opts(
+        &c.masters_arg(),
+        c.dir.path(),
+        "exec-a",
+        2,
+        &[],
+        &["--http-listen", &http],
+        Some(&work),
+        &env,
+    );
+    wait_executors(&c, 1).await;
+    // 4 MiB of output into a 2 MiB work dir: the copy hits ENOSPC, the task itself goes on.
+    let hog = c.client().submit_job(shell_job(1, "head -c 4194304 /dev/zero; echo", 1)).await;
+    let hog = hog.unwrap().job_id;
+    wait_job_state(&c, &hog, "succeeded", Duration::from_secs(30)).await;
+    let status =
+        wait_for("/status to say the work dir is full", Duration::from_secs(20), || async {
+            let s: serde_json::Value =
+                serde_json::from_str(&http_get(&http, "/status").await?).ok()?;
+            (s["healthy"] == false && s["unhealthy"].is_string()).then_some(s)
+        })
+        .await;
+    let reason = status["unhealthy"].as_str().unwrap();
+    assert!(reason.contains(&format!("work dir {}", work.display())), "{reason}");
+    assert!(
+        reason.contains("no space left") || reason.contains("below min_free_bytes"),
+        "{reason}"
+    );
+    assert!(a.log_tail().contains("refusing new attempts"), "{}", a.log_tail());
+
+    // A job submitted now is not run (and failed with 127) here: it waits for room. A start
+    // sent before the leader heard the executor's unhealthy beat is refused (the attempt is
+    // lost, as for a draining executor), so the job may use a second attempt.
+    let job = c.client().submit_job(shell_job(1, "echo fine", 3)).await.unwrap().job_id;
+    let j = c.client().get_job(&job, false).await.unwrap();
+    assert_ne!(j.state, "failed", "{j:?}");
+    // Room again: the hog's output goes, the executor is healthy again and runs the job.
+    std::fs::remove_dir_all(work.join("attempts").join(&hog)).unwrap();
+    let j = wait_job_state(&c, &job, "succeeded", Duration::from_secs(30)).await;
+    for at in &j.tasks[0].attempts {
+        assert_ne!(at.exit_code, 127, "no attempt failed for lack of space: {j:?}");
+        assert!(at.state == "succeeded" || at.state == "lost", "{j:?}");
+    }
+    let (code, out, err) = c.cli(&["job", "logs", &job]);
+    assert_eq!((code, out.as_str()), (0, "fine\n"), "{err}");
+    let s: serde_json::Value =
+        serde_json::from_str(&http_get(&http, "/status").await.unwrap()).unwrap();
+    assert_eq!(s["healthy"], true, "{s}");
+}

@@ -615,6 +615,7 @@ async fn an_executor_credential_cannot_act_as_another_executor() {
                 epoch: before.epoch,
                 attempts: vec![],
                 seq: 1 << 40,
+                unhealthy: String::new(),
             };
             let r = outcome(ex.heartbeat(beat.clone())).await;
             expect_code(&format!("Heartbeat as exec-b, {at}"), r, Code::PermissionDenied);
@@ -640,6 +641,7 @@ async fn an_executor_credential_cannot_act_as_another_executor() {
             epoch: before.epoch,
             attempts: vec![],
             seq: 1 << 40,
+            unhealthy: String::new(),
         };
         let r = first_beat(master_chan(creds, &leader_addr(&c, leader)), beat).await;
         expect_code(&format!("HeartbeatStream as exec-b with {what}"), r, Code::PermissionDenied);

@@ -294,6 +294,7 @@ impl Validate for pb::HeartbeatRequest {
     fn validate(&self) -> Result<(), Status> {
         executor_id("executor_id", &self.executor_id)?;
         count("attempts", self.attempts.len(), MAX_HEARTBEAT_ATTEMPTS)?;
+        bytes("unhealthy", &self.unhealthy, MAX_UNHEALTHY_BYTES)?;
         match self.attempts.iter().find(|a| a.job_id.len() > 64) {
             Some(a) => {
                 Err(bad(format!("attempts: job_id is {} bytes, at most 64", a.job_id.len())))
@@ -397,7 +398,33 @@ impl Validate for pb::ReadOutputRequest {
     fn validate(&self) -> Result<(), Status> {
         job_id("job_id", &self.job_id)?;
         within("task_index", self.task_index, 0, MAX_TASKS - 1)?;
-        within("attempt", self.attempt, 0, MAX_ATTEMPTS)
+        within("attempt", self.attempt, 0, MAX_ATTEMPTS)?;
+        within("tail_lines", self.tail_lines, 0, MAX_TAIL_LINES)
+    }
+}
+
+// Executor output (issue 14).
+
+/// Most lines `--tail` may ask for (the scan is bounded by the kept output anyway).
+pub const MAX_TAIL_LINES: u32 = 1_000_000;
+/// Most job ids one DeleteOutput carries.
+pub const MAX_DELETE_OUTPUT_JOBS: usize = 10_000;
+/// Longest reason a heartbeat gives for being unhealthy.
+pub const MAX_UNHEALTHY_BYTES: usize = 1024;
+
+impl Validate for pb::FollowOutputRequest {
+    fn validate(&self) -> Result<(), Status> {
+        job_id("job_id", &self.job_id)?;
+        within("task_index", self.task_index, 0, MAX_TASKS - 1)?;
+        within("attempt", self.attempt, 0, MAX_ATTEMPTS)?;
+        within("tail_lines", self.tail_lines, 0, MAX_TAIL_LINES)
+    }
+}
+
+impl Validate for pb::DeleteOutputRequest {
+    fn validate(&self) -> Result<(), Status> {
+        count("job_ids", self.job_ids.len(), MAX_DELETE_OUTPUT_JOBS)?;
+        self.job_ids.iter().try_for_each(|id| job_id("job_ids", id))
     }
 }
 

@@ -1,15 +1,10 @@
-//! CLI commands around executors: running one, listing and draining them, reading task output.
-
-use std::io::Write;
-use std::time::Duration;
-
-use anyhow::Context;
+//! CLI commands around executors: running one, listing and draining them (reading task output
+//! is `logs.rs`).
 
 use super::output::{json, table, Format};
 use super::{st, ExecutorCmd, ExecutorRunArgs};
 use crate::api::pb;
 use crate::api::pb::executor_service_client::ExecutorServiceClient;
-use crate::api::pb::worker_service_client::WorkerServiceClient;
 use crate::client::{parse_masters, Client};
 use crate::executor::config::ExecutorFile;
 use crate::executor::ExecutorConfig;
@@ -118,94 +113,4 @@ pub async fn command(cmd: ExecutorCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
-}
-
-/// Streams a task's stdout (or stderr) from the executor that ran the chosen attempt.
-pub async fn logs(
-    client: &Client,
-    job_id: &str,
-    task: u32,
-    attempt: Option<u32>,
-    stderr: bool,
-) -> anyhow::Result<()> {
-    let job = client.get_job(job_id, false).await.map_err(st)?;
-    let t = job
-        .tasks
-        .iter()
-        .find(|t| t.index == task)
-        .with_context(|| format!("job {job_id} has no task {task}"))?;
-    let a = choose_attempt(t, job_id, attempt)?;
-    let execs = list_executors(client).await.map_err(st)?;
-    let exec = execs
-        .iter()
-        .find(|e| e.id == a.executor)
-        .with_context(|| format!("executor {} is unknown", a.executor))?;
-    let req = pb::ReadOutputRequest {
-        job_id: job_id.to_string(),
-        task_index: task,
-        attempt: a.number,
-        stderr,
-        offset: 0,
-        max_bytes: 0,
-    };
-    stream_output(client.dialer(), exec, req).await
-}
-
-/// Attempt `n` of task `t`, or without `n` the latest that started (the last one if none did).
-fn choose_attempt<'t>(
-    t: &'t pb::Task,
-    job_id: &str,
-    attempt: Option<u32>,
-) -> anyhow::Result<&'t pb::Attempt> {
-    let task = t.index;
-    match attempt {
-        Some(n) => t
-            .attempts
-            .iter()
-            .find(|a| a.number == n)
-            .with_context(|| format!("task {task} has no attempt {n}")),
-        None => t
-            .attempts
-            .iter()
-            .rev()
-            .find(|a| a.started_at_ms != 0)
-            .or(t.attempts.last())
-            .with_context(|| format!("task {task} of job {job_id} has not run yet")),
-    }
-}
-
-/// Copies the output `req` names from `exec` to stdout, chunk by chunk from `req.offset`, until
-/// the executor says it has reached the end (or returns nothing more).
-async fn stream_output(
-    dialer: &crate::api::Dialer,
-    exec: &pb::ExecutorInfo,
-    mut req: pb::ReadOutputRequest,
-) -> anyhow::Result<()> {
-    let chan = dialer.channel(&exec.addr, &crate::api::ServerName::Executor(exec.id.clone()))?;
-    let mut worker =
-        WorkerServiceClient::new(chan).max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
-    let mut out = std::io::stdout().lock();
-    loop {
-        let mut call = tonic::Request::new(req.clone());
-        call.set_timeout(Duration::from_secs(10));
-        let r = worker
-            .read_output(call)
-            .await
-            .map_err(|s| {
-                anyhow::anyhow!(
-                    "reading output from executor {} at {}: {}",
-                    exec.id,
-                    exec.addr,
-                    super::status_line(&s)
-                )
-            })?
-            .into_inner();
-        out.write_all(&r.data)?;
-        req.offset += r.data.len() as u64;
-        if r.eof || r.data.is_empty() {
-            break;
-        }
-    }
-    out.flush()?;
-    Ok(())
 }

@@ -7,6 +7,7 @@ pub(crate) mod cron;
 pub(crate) mod dev;
 pub(crate) mod events;
 pub(crate) mod executors;
+pub(crate) mod logs;
 pub(crate) mod output;
 
 use std::path::PathBuf;
@@ -193,10 +194,21 @@ pub enum BenchCmd {
         /// their submissions on; `unary`: one SubmitJob call per submission.
         #[arg(long, value_enum, default_value_t = bench::Api::Stream)]
         api: bench::Api,
+        /// Submit jobs that executors run (a task printing one line) instead of jobs no
+        /// executor may take (the soak benchmark's load, tests/bench/soak.sh).
+        #[arg(long)]
+        run_tasks: bool,
         #[command(flatten)]
         out: OutputArg,
         #[command(flatten)]
         m: MastersArg,
+    },
+    /// Draws the samples of a soak run (tests/bench/soak.sh) as an SVG: one panel per measure.
+    Plot {
+        /// The CSV the soak wrote (first column t_s, then <process>_<measure> columns).
+        csv: PathBuf,
+        /// The SVG file to write.
+        out: PathBuf,
     },
     /// The reference: closed-loop durable puts to etcd (v3 gRPC), same harness as `submit`.
     EtcdPut {
@@ -326,6 +338,13 @@ pub enum JobCmd {
         /// Print stderr instead of stdout.
         #[arg(long)]
         stderr: bool,
+        /// Keep printing the output as it is written until the task ends, following it to its
+        /// next attempt when it is rescheduled.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Start at the last N lines (of what the executor still keeps).
+        #[arg(long, value_name = "N")]
+        tail: Option<u32>,
         #[command(flatten)]
         m: MastersArg,
     },
@@ -543,8 +562,12 @@ async fn master(config: &std::path::Path) -> anyhow::Result<()> {
 /// Runs one benchmark and prints its results.
 async fn bench_command(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
-        BenchCmd::Submit { load, api, out, m } => {
-            bench::submit(m.client()?, load, api).await?.print(out.format)?
+        BenchCmd::Submit { load, api, run_tasks, out, m } => {
+            bench::submit(m.client()?, load, api, run_tasks).await?.print(out.format)?
+        }
+        BenchCmd::Plot { csv, out } => {
+            bench::plot::plot(&csv, &out)?;
+            println!("{}", out.display());
         }
         BenchCmd::EtcdPut { endpoint, etcd_ca, etcd_cert, etcd_key, load, value_size, out } => {
             let tls = match (etcd_ca, etcd_cert, etcd_key) {
@@ -612,8 +635,13 @@ async fn job(cmd: JobCmd) -> anyhow::Result<i32> {
             println!("{id} {}", r.state);
             Ok(0)
         }
-        JobCmd::Logs { id, task, attempt, stderr, m } => {
-            executors::logs(&m.client()?, &id, task, attempt, stderr).await?;
+        JobCmd::Logs { id, task, attempt, stderr, follow, tail, m } => {
+            let want = logs::Want { task, attempt, stderr, tail: tail.unwrap_or(0) };
+            if follow {
+                logs::follow(&m.client()?, &id, want).await?;
+            } else {
+                logs::print(&m.client()?, &id, want).await?;
+            }
             Ok(0)
         }
         JobCmd::Wait { id, m } => wait_job(&m.client()?, &id).await,

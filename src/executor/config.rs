@@ -32,6 +32,72 @@ pub struct ExecutorFile {
     pub tls: Option<TlsFiles>,
     /// Bearer tokens accepted by the worker API (only `ReadOutput`, for `triad job logs`).
     pub auth: AuthConfig,
+    /// How attempt output is capped, kept and expired, and how much free space the work dir
+    /// must keep (`[output]`).
+    pub output: OutputFile,
+}
+
+/// The `[output]` section: every field optional (defaults in [`OutputConfig::default`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputFile {
+    /// Largest size of one output file of a stream before the next is started.
+    pub max_file_bytes: Option<u64>,
+    /// How many files of one stream of an attempt are kept (the newest).
+    pub max_files: Option<u32>,
+    /// How long after an attempt ended its output is kept at most ("7d", "12h"), unless its
+    /// job is deleted before.
+    pub output_ttl: Option<String>,
+    /// Free space in the work dir below which the executor refuses new attempts.
+    pub min_free_bytes: Option<u64>,
+}
+
+/// How the executor keeps attempt output (`[output]`, resolved).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputConfig {
+    /// Per stream of an attempt: files and their size (default 10 × 10 MiB, as Nomad).
+    pub limits: crate::executor::runner::OutputLimits,
+    /// Output older than this (since its attempt ended) is deleted (default 7 days: longer
+    /// than the default finished-job retention, so under defaults output goes with its job).
+    pub ttl: std::time::Duration,
+    /// Free space in the work dir below which starts are refused (default 64 MiB).
+    pub min_free_bytes: u64,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            limits: crate::executor::runner::OutputLimits::default(),
+            ttl: std::time::Duration::from_secs(7 * 24 * 3600),
+            min_free_bytes: 64 << 20,
+        }
+    }
+}
+
+impl OutputFile {
+    fn into_config(self) -> anyhow::Result<OutputConfig> {
+        let d = OutputConfig::default();
+        let limits = crate::executor::runner::OutputLimits {
+            max_file_bytes: self.max_file_bytes.unwrap_or(d.limits.max_file_bytes),
+            max_files: self.max_files.unwrap_or(d.limits.max_files),
+        };
+        anyhow::ensure!(limits.max_file_bytes >= 1, "[output] max_file_bytes must be at least 1");
+        anyhow::ensure!(limits.max_files >= 1, "[output] max_files must be at least 1");
+        let ttl = match self.output_ttl {
+            None => d.ttl,
+            Some(t) => humantime::parse_duration(&t)
+                .with_context(|| format!("[output] output_ttl {t:?} is not a duration"))?,
+        };
+        anyhow::ensure!(
+            ttl >= std::time::Duration::from_secs(1),
+            "[output] output_ttl must be at least 1s"
+        );
+        Ok(OutputConfig {
+            limits,
+            ttl,
+            min_free_bytes: self.min_free_bytes.unwrap_or(d.min_free_bytes),
+        })
+    }
 }
 
 impl ExecutorFile {
@@ -83,6 +149,18 @@ impl ExecutorFile {
                     .with_context(|| format!("TRIAD_EXECUTOR_INSECURE={v:?} is not true/false"))?,
             );
         }
+        if let Some(v) = get("TRIAD_EXECUTOR_OUTPUT_MAX_FILE_BYTES") {
+            self.output.max_file_bytes = Some(num("TRIAD_EXECUTOR_OUTPUT_MAX_FILE_BYTES", v)?);
+        }
+        if let Some(v) = get("TRIAD_EXECUTOR_OUTPUT_MAX_FILES") {
+            self.output.max_files = Some(num("TRIAD_EXECUTOR_OUTPUT_MAX_FILES", v)?);
+        }
+        if let Some(v) = get("TRIAD_EXECUTOR_OUTPUT_TTL") {
+            self.output.output_ttl = Some(v);
+        }
+        if let Some(v) = get("TRIAD_EXECUTOR_OUTPUT_MIN_FREE_BYTES") {
+            self.output.min_free_bytes = Some(num("TRIAD_EXECUTOR_OUTPUT_MIN_FREE_BYTES", v)?);
+        }
         self.tls = crate::security::tls::from_env("TRIAD_EXECUTOR", self.tls.take(), &get)?;
         Ok(())
     }
@@ -106,6 +184,7 @@ impl ExecutorFile {
             insecure: self.insecure.unwrap_or(false),
             tls: self.tls,
             auth: self.auth,
+            output: self.output.into_config()?,
         })
     }
 }
@@ -135,8 +214,22 @@ mod tests {
             _ => None,
         })
         .unwrap();
-        let c = f.into_config().unwrap();
+        let c = f.clone().into_config().unwrap();
         assert_eq!(c.slots, 9);
+        assert_eq!(c.output.limits.max_files, 10, "the example's [output] section");
+        f.apply_env(|k| match k {
+            "TRIAD_EXECUTOR_OUTPUT_MAX_FILE_BYTES" => Some("4096".into()),
+            "TRIAD_EXECUTOR_OUTPUT_MAX_FILES" => Some("3".into()),
+            "TRIAD_EXECUTOR_OUTPUT_TTL" => Some("90m".into()),
+            "TRIAD_EXECUTOR_OUTPUT_MIN_FREE_BYTES" => Some("0".into()),
+            _ => None,
+        })
+        .unwrap();
+        let o = f.clone().into_config().unwrap().output;
+        assert_eq!((o.limits.max_file_bytes, o.limits.max_files), (4096, 3));
+        assert_eq!((o.ttl, o.min_free_bytes), (std::time::Duration::from_secs(5400), 0));
+        f.output.output_ttl = Some("soon".into());
+        assert!(f.into_config().is_err(), "a bad duration is refused");
         assert_eq!(c.labels.get("disk").map(String::as_str), Some("ssd"));
         assert!(ExecutorFile::default().into_config().is_err(), "masters are required");
         assert!(toml::from_str::<ExecutorFile>("bogus = 1").is_err());

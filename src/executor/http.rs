@@ -1,7 +1,7 @@
 //! The executor's observability endpoints: `GET /metrics` (Prometheus text, prefix
 //! `triad_executor_`) and `GET /status` (JSON), plus the gRPC health tracker for the worker API
-//! (SERVING only while registered, not self-fenced and not draining: the state in which the
-//! leader may place work here).
+//! (SERVING only while registered, not self-fenced, not draining and with room in the work dir:
+//! the state in which the leader may place work here).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -45,6 +45,10 @@ pub struct Status {
     pub fenced: bool,
     pub draining: bool,
     pub healthy: bool,
+    /// Why the executor takes no new work although registered and not fenced (e.g. "work dir
+    /// /x: no space left on device"); absent when there is no such problem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unhealthy: Option<String>,
     pub since_ack_ms: u64,
     pub ttl_ms: u64,
     pub heartbeat_ms: u64,
@@ -64,11 +68,13 @@ pub struct RunningAttempt {
 }
 
 impl Agent {
-    /// The state the leader may place work in: registered, not fenced, not draining.
+    /// The state the leader may place work in: registered, not fenced, not draining, and a
+    /// work dir with room.
     pub fn is_healthy(&self) -> bool {
         self.epoch.load(Ordering::SeqCst) > 0
             && !self.is_fenced()
             && !self.draining.load(Ordering::SeqCst)
+            && self.runner.disk().problem().is_none()
     }
 
     pub fn status(&self) -> Status {
@@ -93,6 +99,7 @@ impl Agent {
             fenced: self.is_fenced(),
             draining: self.draining.load(Ordering::SeqCst),
             healthy: self.is_healthy(),
+            unhealthy: self.runner.disk().problem(),
             since_ack_ms: self.since_ack().as_millis() as u64,
             ttl_ms: self.ttl().as_millis() as u64,
             heartbeat_ms: self.heartbeat_interval().as_millis() as u64,

@@ -10,10 +10,15 @@
 //! - A report is retried until the leader gives a final answer; a stale-token answer kills the
 //!   attempt.
 //! - An attempt assigned under an older registration epoch is refused (the executor restarted).
-//! - On SIGTERM or drain: take no new work, hand back or finish what runs, deregister, clean up.
+//! - On SIGTERM or drain: take no new work, hand back or finish what runs, deregister. Attempt
+//!   output stays (a restart must not erase logs): it goes when its job is deleted or expires
+//!   (`housekeeping`).
+//! - A work dir without room makes the executor unhealthy: starts are refused with the reason,
+//!   and heartbeats carry it so the leader places nothing here (`runner::disk`).
 
 pub mod config;
 mod heartbeat;
+mod housekeeping;
 mod http;
 pub mod runner;
 mod worker;
@@ -58,6 +63,8 @@ pub struct ExecutorConfig {
     pub tls: Option<crate::security::tls::TlsFiles>,
     /// Tokens the worker API accepts (for reading output).
     pub auth: crate::security::AuthConfig,
+    /// How attempt output is capped, kept and expired (`[output]`).
+    pub output: config::OutputConfig,
 }
 
 impl ExecutorConfig {
@@ -131,7 +138,8 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
     let bound = listener.local_addr()?;
     let addr = cfg.advertise.clone().unwrap_or_else(|| bound.to_string());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let runner = Runner::new(cfg.work_dir.clone(), events_tx);
+    let disk = runner::disk::DiskHealth::new(&cfg.work_dir, cfg.output.min_free_bytes);
+    let runner = Runner::with_limits(cfg.work_dir.clone(), events_tx, cfg.output.limits, disk);
     kill_leftovers(&runner).await?;
     let agent = Arc::new(Agent::new(id, addr, cfg, secured.client.clone(), runner)?);
     tracing::info!(id = %agent.id, addr = %agent.addr, work_dir = %agent.cfg.work_dir.display(), tls = !agent.cfg.insecure, "executor starting");
@@ -146,6 +154,7 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
         });
     }
     let server = serve(&agent, &secured, listener, &stop).await?;
+    let housekeeping = tokio::spawn(housekeeping::run(agent.clone(), stop.clone()));
     let (flush_tx, flush_rx) = tokio::sync::oneshot::channel();
     let reports = tokio::spawn(report_loop(agent.clone(), events_rx, flush_rx));
 
@@ -158,6 +167,7 @@ pub async fn run(cfg: ExecutorConfig, shutdown: Shutdown) -> anyhow::Result<()> 
         heartbeat::heartbeat_loop(agent.clone(), stop.clone(), stop_trigger.clone()).await;
     }
     farewell(&agent, flush_tx, reports).await;
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, housekeeping).await;
     let _ = tokio::time::timeout(FAREWELL_TIMEOUT, server).await;
     Ok(())
 }
@@ -204,7 +214,10 @@ async fn serve(
     let server = crate::api::server(secured)?
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(WorkerServiceServer::new(worker::Worker { agent: agent.clone() }))
+        .add_service(WorkerServiceServer::new(worker::Worker {
+            agent: agent.clone(),
+            stop: stop.clone(),
+        }))
         .serve_with_incoming_shutdown(crate::api::incoming(listener), async move {
             server_stop.wait().await
         });
@@ -212,7 +225,8 @@ async fn serve(
 }
 
 /// Leaving: hand back what still runs (killed; the reports, LOST, let the leader reschedule at
-/// once), deliver the last reports, deregister, clean up the job dirs. Each step is bounded.
+/// once), deliver the last reports, deregister. Each step is bounded. Output stays on disk: a
+/// restart (`systemctl restart`) must not erase the logs of finished jobs.
 async fn farewell(
     agent: &Agent,
     flush: tokio::sync::oneshot::Sender<()>,
@@ -237,8 +251,6 @@ async fn farewell(
             Err(_) => tracing::warn!("deregistration timed out"),
         }
     }
-    let r = agent.runner.clone();
-    let _ = tokio::task::spawn_blocking(move || r.cleanup_job_dirs()).await;
 }
 
 impl Agent {

@@ -1,9 +1,13 @@
-//! The worker API an executor serves: the leader starts and stops attempts; clients read output.
+//! The worker API an executor serves: the leader starts and stops attempts and deletes the
+//! output of deleted jobs; clients read and follow output.
 //!
 //! Invariants:
 //! - **A start is admitted only by a live, current executor:** not draining, not self-fenced,
-//!   the request's epoch equal to ours, and its lease stamp fresh (`fencing`). Anything
-//!   else is refused before the runner sees the request.
+//!   a work dir with room, the request's epoch equal to ours, and its lease stamp fresh
+//!   (`fencing`). Anything else is refused before the runner sees the request.
+//! - **A follow is bounded:** each read of the files is one bounded blocking call, each chunk
+//!   sent waits at most [`FOLLOW_SEND_TIMEOUT`] for the client, and the stream ends when the
+//!   attempt has ended and everything was sent, when the client goes, or when the executor stops.
 //! - **A start survives its RPC:** it runs as its own task, so a cancelled call never leaves a
 //!   token registered but not spawned.
 //! - **Starts are idempotent:** a retried start of a known token answers with the existing pid;
@@ -13,6 +17,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::runner::{AttemptSpec, RunnerError};
@@ -23,9 +29,20 @@ use crate::api::validate::Validate;
 
 /// Largest output chunk one ReadOutput returns.
 const MAX_READ: usize = 4 << 20;
+/// Largest chunk one message of a FollowOutput stream carries.
+const FOLLOW_CHUNK: usize = 1 << 20;
+/// How often a follow looks for new output once it has caught up with a live attempt.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// How long a follow waits for a client that does not read its stream before ending it.
+const FOLLOW_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// An idle follow sends an empty chunk this often, so the client can tell a quiet attempt from
+/// a broken stream (it gives up after 30 s of silence).
+const FOLLOW_KEEPALIVE: Duration = Duration::from_secs(10);
 
 pub struct Worker {
     pub agent: Arc<Agent>,
+    /// Fires when the executor stops: open follows end.
+    pub stop: crate::shutdown::Shutdown,
 }
 
 #[tonic::async_trait]
@@ -80,16 +97,150 @@ impl WorkerService for Worker {
         let r = req.into_inner();
         r.validate()?;
         let max = if r.max_bytes == 0 { MAX_READ } else { (r.max_bytes as usize).min(MAX_READ) };
-        match self
+        let chunk = self
             .agent
             .runner
-            .read_output(&r.job_id, r.task_index, r.attempt, r.stderr, r.offset, max)
+            .read_output(&r.job_id, r.task_index, r.attempt, r.stderr, r.offset, max, r.tail_lines)
             .await
-        {
-            Ok((data, eof)) => Ok(Response::new(pb::ReadOutputResponse { data, eof })),
-            Err(e @ RunnerError::OutputNotFound { .. }) => Err(Status::not_found(e.to_string())),
-            Err(e) => Err(Status::internal(e.to_string())),
+            .map_err(read_status)?;
+        Ok(Response::new(response(chunk)))
+    }
+
+    type FollowOutputStream = ReceiverStream<Result<pb::ReadOutputResponse, Status>>;
+
+    async fn follow_output(
+        &self,
+        req: Request<pb::FollowOutputRequest>,
+    ) -> Result<Response<Self::FollowOutputStream>, Status> {
+        let r = req.into_inner();
+        r.validate()?;
+        let runner = self.agent.runner.clone();
+        // One attempt is followed: "latest" is resolved once, now.
+        let attempt = runner
+            .resolve_attempt(&r.job_id, r.task_index, r.attempt)
+            .await
+            .map_err(read_status)?;
+        // The first read answers the call itself, so a missing attempt is NOT_FOUND at once.
+        let first = runner
+            .read_output(
+                &r.job_id,
+                r.task_index,
+                attempt,
+                r.stderr,
+                r.offset,
+                FOLLOW_CHUNK,
+                r.tail_lines,
+            )
+            .await
+            .map_err(read_status)?;
+        let (tx, rx) = mpsc::channel(4);
+        let follow = Follow {
+            runner,
+            job_id: r.job_id,
+            task_index: r.task_index,
+            attempt,
+            stderr: r.stderr,
+        };
+        tokio::spawn(follow.run(first, tx, self.stop.clone()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delete_output(
+        &self,
+        req: Request<pb::DeleteOutputRequest>,
+    ) -> Result<Response<pb::DeleteOutputResponse>, Status> {
+        let r = req.into_inner();
+        r.validate()?;
+        let runner = self.agent.runner.clone();
+        let ids: Vec<String> = r.job_ids.iter().map(|id| id.trim().to_string()).collect();
+        let deleted = tokio::task::spawn_blocking(move || runner.delete_job_output(&ids))
+            .await
+            .map_err(|e| Status::internal(format!("deleting output: {e}")))?
+            .map_err(|e| Status::internal(format!("deleting output: {e}")))?;
+        if deleted > 0 {
+            crate::metrics::executor().output_deleted.inc_by(u64::from(deleted));
+            tracing::info!(jobs = deleted, "deleted the output of deleted jobs");
         }
+        Ok(Response::new(pb::DeleteOutputResponse { deleted }))
+    }
+}
+
+/// One FollowOutput stream: an attempt's output, chunk by chunk, until it ends.
+struct Follow {
+    runner: super::runner::Runner,
+    job_id: String,
+    task_index: u32,
+    attempt: u32,
+    stderr: bool,
+}
+
+impl Follow {
+    /// Sends `first`, then every new chunk, until the attempt has ended and all was sent, the
+    /// client goes (or stops reading for [`FOLLOW_SEND_TIMEOUT`]), or `stop` fires.
+    async fn run(
+        self,
+        first: super::runner::Chunk,
+        tx: mpsc::Sender<Result<pb::ReadOutputResponse, Status>>,
+        mut stop: crate::shutdown::Shutdown,
+    ) {
+        let mut chunk = first;
+        // The first message goes out at once: it answers the call.
+        let mut last_sent: Option<std::time::Instant> = None;
+        loop {
+            let next = chunk.start + chunk.data.len() as u64;
+            let (eof, empty) = (chunk.eof, chunk.data.is_empty());
+            if !empty || eof || last_sent.is_none_or(|t| t.elapsed() >= FOLLOW_KEEPALIVE) {
+                let sent = tokio::time::timeout(FOLLOW_SEND_TIMEOUT, tx.send(Ok(response(chunk))));
+                match sent.await {
+                    Ok(Ok(())) => last_sent = Some(std::time::Instant::now()),
+                    // The client went away, or does not read.
+                    _ => return,
+                }
+            }
+            if eof {
+                return;
+            }
+            if empty {
+                tokio::select! {
+                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                    _ = tx.closed() => return,
+                    _ = stop.wait() => return,
+                }
+            }
+            chunk = match self
+                .runner
+                .read_output(
+                    &self.job_id,
+                    self.task_index,
+                    self.attempt,
+                    self.stderr,
+                    next,
+                    FOLLOW_CHUNK,
+                    0,
+                )
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    // Deleted meanwhile (DeleteOutput, expiry): say so and end.
+                    let _ = tx.try_send(Err(read_status(e)));
+                    return;
+                }
+            };
+        }
+    }
+}
+
+/// The answer carrying a chunk of output.
+fn response(c: super::runner::Chunk) -> pb::ReadOutputResponse {
+    pb::ReadOutputResponse { data: c.data, eof: c.eof, start: c.start }
+}
+
+/// A runner's read error as the caller sees it.
+fn read_status(e: RunnerError) -> Status {
+    match e {
+        e @ RunnerError::OutputNotFound { .. } => Status::not_found(e.to_string()),
+        e => Status::internal(e.to_string()),
     }
 }
 
@@ -104,6 +255,9 @@ impl Worker {
             return Err(Status::failed_precondition(
                 "executor is self-fenced (no heartbeat acknowledged recently)",
             ));
+        }
+        if let Some(problem) = self.agent.runner.disk().problem() {
+            return Err(Status::failed_precondition(format!("executor is unhealthy: {problem}")));
         }
         let epoch = self.agent.epoch.load(Ordering::SeqCst);
         if r.epoch < epoch {
@@ -163,6 +317,10 @@ fn start_response(
         }
         Err(e @ (RunnerError::InvalidSpec { .. } | RunnerError::DirInUse { .. })) => {
             Err(Status::invalid_argument(e.to_string()))
+        }
+        // No room to make the attempt's directory: the executor's trouble, not the attempt's.
+        Err(RunnerError::NoSpace { reason, .. }) => {
+            Err(Status::failed_precondition(format!("executor is unhealthy: {reason}")))
         }
         // A spawn failure is reported as the attempt's exit (127), not as a dispatch failure.
         Err(RunnerError::Spawn { .. } | RunnerError::Prepare { .. }) => {

@@ -159,6 +159,8 @@ impl Executors {
         match current.map(|e| e.state) {
             Some(s @ (ExecutorState::Alive | ExecutorState::Draining)) => {
                 self.liveness.beat(&h.executor_id, h.epoch, h.seq, Instant::now());
+                // An executor whose work dir has no room takes no new work (issue 14).
+                self.liveness.set_unhealthy(&h.executor_id, !h.unhealthy.is_empty());
                 crate::metrics::get().heartbeats.inc();
                 let skip = crate::chaos::on(crate::chaos::Bug::SkipFencing);
                 Ok(pb::HeartbeatResponse {

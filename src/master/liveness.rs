@@ -8,6 +8,9 @@
 //!   the placement window) may have flipped: on a heartbeat after a silence and when a
 //!   [`Liveness::sweep`] finds one newly silent. Between changes a heartbeat costs one map
 //!   update, and the scheduler can tell "nothing changed" without looking at any executor.
+//! - An executor that says it is unhealthy (its work dir has no room: `HeartbeatRequest.
+//!   unhealthy`) is not placeable while it says so, however fresh; the flag flipping moves the
+//!   generation like a silence does.
 //! - Every placeable entry is fresh: [`Liveness::sweep`] is given a placement window no longer
 //!   than the TTL, and `seen`/`reset` mark an entry placeable only with a current time. So when
 //!   a sweep reports no unplaceable entry, no executor in the table can be past its TTL, and the
@@ -26,6 +29,8 @@ struct Seen {
     /// The newest numbered heartbeat heard from the executor: what the starts sent to it name
     /// (see `fencing`).
     stamp: Option<Stamp>,
+    /// Its last heartbeat said it cannot take new work (no room in its work dir).
+    unhealthy: bool,
 }
 
 /// A numbered heartbeat as the leader received it.
@@ -59,7 +64,7 @@ impl Inner {
                 update(s);
             }
             None => {
-                let mut s = Seen { at, placeable: true, stamp: None };
+                let mut s = Seen { at, placeable: true, stamp: None, unhealthy: false };
                 update(&mut s);
                 self.last_seen.insert(id.to_string(), s);
                 self.generation += 1;
@@ -84,7 +89,7 @@ impl View<'_> {
 
     /// May `id` be given work: heard from within the placement window as of the last sweep?
     pub fn is_placeable(&self, id: &str) -> bool {
-        self.0.last_seen.get(id).is_some_and(|s| s.placeable)
+        self.0.last_seen.get(id).is_some_and(|s| s.placeable && !s.unhealthy)
     }
 
     /// The newest beat heard from `id` under registration `epoch`: none before this leader has
@@ -114,6 +119,22 @@ impl Liveness {
         });
     }
 
+    /// Records whether `id`'s last heartbeat said it is unhealthy (takes no new work); a flip
+    /// moves the generation, so the planner looks again.
+    pub fn set_unhealthy(&self, id: &str, unhealthy: bool) {
+        let mut inner = self.lock();
+        let flipped = match inner.last_seen.get_mut(id) {
+            Some(s) if s.unhealthy != unhealthy => {
+                s.unhealthy = unhealthy;
+                true
+            }
+            _ => false,
+        };
+        if flipped {
+            inner.generation += 1;
+        }
+    }
+
     /// Starts every listed executor's grace period at `at` (a sighting newer than `at`, e.g. a
     /// registration racing with the start of leadership, is kept).
     pub fn reset<'a>(&self, ids: impl IntoIterator<Item = &'a ExecutorId>, at: Instant) {
@@ -123,6 +144,7 @@ impl Liveness {
                 at,
                 placeable: true,
                 stamp: None,
+                unhealthy: false,
             });
             s.at = s.at.max(at);
             s.placeable = true;
@@ -189,6 +211,25 @@ mod tests {
         l.reset(&ids, t0 + Duration::from_secs(10));
         assert!(l.is_fresh("b", ttl, t0 + Duration::from_secs(14)));
         assert!(!l.is_fresh("b", ttl, t0 + Duration::from_secs(15)));
+    }
+
+    #[test]
+    fn an_unhealthy_executor_is_not_placeable_until_it_says_it_is_well_again() {
+        let l = Liveness::default();
+        let t0 = Instant::now();
+        l.beat("a", 1, 1, t0);
+        assert!(l.view().is_placeable("a"));
+        let g = l.generation();
+        l.set_unhealthy("a", true);
+        assert!(!l.view().is_placeable("a"), "no room in its work dir: no new work");
+        assert_ne!(l.generation(), g, "the planner must look again");
+        let g = l.generation();
+        l.set_unhealthy("a", true);
+        assert_eq!(l.generation(), g, "no flip, no new generation");
+        l.set_unhealthy("a", false);
+        assert!(l.view().is_placeable("a"));
+        l.set_unhealthy("unknown", true);
+        assert!(!l.view().is_placeable("unknown"));
     }
 
     #[test]

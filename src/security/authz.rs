@@ -65,7 +65,11 @@ pub fn rule(path: &str) -> Rule {
         ) => Rule::Roles(&[Executor]),
         ("triad.v1.ExecutorService", "ListExecutors") => Rule::Roles(ANY_ROLE),
         ("triad.v1.ExecutorService", _) => Rule::Roles(&[Admin]),
-        ("triad.v1.WorkerService", "ReadOutput") => Rule::Roles(&[Client, Admin, Master]),
+        ("triad.v1.WorkerService", "ReadOutput" | "FollowOutput") => {
+            Rule::Roles(&[Client, Admin, Master])
+        }
+        // The leader deletes the output of jobs it deleted (retention, issue 14).
+        ("triad.v1.WorkerService", "DeleteOutput") => Rule::Roles(&[Master]),
         ("triad.v1.WorkerService", _) => Rule::Roles(&[Master]),
         _ => Rule::Authenticated,
     }
@@ -313,6 +317,10 @@ mod tests {
             ("/triad.v1.RaftService/Vote", &client, PermissionDenied),
             ("/triad.v1.WorkerService/StartAttempt", &admin, PermissionDenied),
             ("/triad.v1.WorkerService/ReadOutput", &client, Ok),
+            ("/triad.v1.WorkerService/FollowOutput", &client, Ok),
+            ("/triad.v1.WorkerService/FollowOutput", &exec, PermissionDenied),
+            ("/triad.v1.WorkerService/DeleteOutput", &client, PermissionDenied),
+            ("/triad.v1.WorkerService/DeleteOutput", &admin, PermissionDenied),
             ("/triad.v1.ClusterService/AddMaster", &client, PermissionDenied),
             ("/triad.v1.ClusterService/AddMaster", &admin, Ok),
             ("/triad.v1.ClusterService/ClusterStatus", &exec, Ok),

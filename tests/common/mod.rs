@@ -309,6 +309,8 @@ pub fn submit_req(key: &str, command: &str, args: &[&str]) -> pb::SubmitJobReque
 pub struct Executor {
     pub name: String,
     pub work_dir: PathBuf,
+    /// Where its config and log are (`root/name`; also its work dir unless given another).
+    pub home: PathBuf,
     pub child: Option<Child>,
 }
 
@@ -326,7 +328,25 @@ impl Executor {
         labels: &[&str],
         extra: &[&str],
     ) -> Executor {
-        let work_dir = root.join(name);
+        Executor::start_opts(masters, root, name, slots, labels, extra, None, &[])
+    }
+
+    /// As [`Executor::start_with`], with its work dir at `work_dir` (default `root/name`; its
+    /// config and log stay in `root/name`) and `env` added to its environment.
+    #[allow(clippy::too_many_arguments, dead_code)]
+    pub fn start_opts(
+        masters: &str,
+        root: &Path,
+        name: &str,
+        slots: u32,
+        labels: &[&str],
+        extra: &[&str],
+        work_dir: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Executor {
+        let home = root.join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let work_dir = work_dir.map(Path::to_path_buf).unwrap_or_else(|| home.clone());
         std::fs::create_dir_all(&work_dir).unwrap();
         // Its certificate names it `name`: that is its executor id.
         let creds = creds(root);
@@ -336,13 +356,13 @@ impl Executor {
             tls: &'a triad::security::tls::TlsFiles,
             auth: &'a triad::security::AuthConfig,
         }
-        let config = work_dir.join("executor.toml");
+        let config = home.join("executor.toml");
         std::fs::write(&config, toml::to_string(&File { tls: &tls, auth: &creds.auth }).unwrap())
             .unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(work_dir.join("executor.log"))
+            .open(home.join("executor.log"))
             .unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["executor", "--config"]).arg(&config);
@@ -353,13 +373,14 @@ impl Executor {
         }
         cmd.args(extra);
         let child = cmd
+            .envs(env.iter().copied())
             .env("TRIAD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawning executor");
-        Executor { name: name.to_string(), work_dir, child: Some(child) }
+        Executor { name: name.to_string(), work_dir, home, child: Some(child) }
     }
 
     /// The stable id the executor wrote to its work dir.
@@ -387,7 +408,7 @@ impl Executor {
     }
 
     pub fn log_tail(&self) -> String {
-        tail(&self.work_dir.join("executor.log"), 30)
+        tail(&self.home.join("executor.log"), 30)
     }
 }
 

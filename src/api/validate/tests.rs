@@ -259,6 +259,26 @@ fn reports_heartbeats_and_the_rest_are_bounded() {
         ..Default::default()
     };
     refused(read.validate(), "attempt");
+    let tail = pb::ReadOutputRequest {
+        job_id: JOB.into(),
+        tail_lines: super::MAX_TAIL_LINES + 1,
+        ..Default::default()
+    };
+    refused(tail.validate(), "tail_lines");
+    let follow = pb::FollowOutputRequest { job_id: "../etc".into(), ..Default::default() };
+    refused(follow.validate(), "job_id");
+    let delete = pb::DeleteOutputRequest { job_ids: vec![JOB.into(), "not-a-uuid".into()] };
+    refused(delete.validate(), "job_ids");
+    let many =
+        pb::DeleteOutputRequest { job_ids: vec![JOB.into(); super::MAX_DELETE_OUTPUT_JOBS + 1] };
+    refused(many.validate(), "job_ids");
+    assert!(pb::DeleteOutputRequest { job_ids: vec![JOB.into()] }.validate().is_ok());
+    let beat = pb::HeartbeatRequest {
+        executor_id: "exec-a".into(),
+        unhealthy: "x".repeat(super::MAX_UNHEALTHY_BYTES + 1),
+        ..Default::default()
+    };
+    refused(beat.validate(), "unhealthy");
 }
 
 /// The largest submission the bounds accept (every text bound at once) still encodes within

@@ -6,6 +6,7 @@
 
 pub mod etcd;
 pub mod failover;
+pub mod plot;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -136,6 +137,21 @@ fn trivial_job(key: String, placeable: bool) -> pb::SubmitJobRequest {
     }
 }
 
+/// A job an executor runs: one task printing one line (so output accumulates on executors and
+/// their retention is exercised).
+fn running_job(key: String) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        name: "bench".into(),
+        idempotency_key: key,
+        spec: Some(pb::JobSpec {
+            command: "echo".into(),
+            args: vec!["triad bench soak: a line of output".into()],
+            task_count: 1,
+            ..Default::default()
+        }),
+    }
+}
+
 /// How `bench submit` sends its submissions.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {
@@ -147,7 +163,13 @@ pub enum Api {
 
 /// Closed-loop submissions: `concurrency` workers, each submitting as soon as its last
 /// submission was acknowledged, optionally paced to `rate` per second in total.
-pub async fn submit(client: Client, load: Load, api: Api) -> anyhow::Result<Report> {
+pub async fn submit(
+    client: Client,
+    load: Load,
+    api: Api,
+    run_tasks: bool,
+) -> anyhow::Result<Report> {
+    let job = move |key: String| if run_tasks { running_job(key) } else { trivial_job(key, false) };
     // One client (one HTTP/2 connection) per `--connections`, the workers spread over them.
     let first = leader_client(&client).await?;
     let mut clients = (1..load.connections.max(1))
@@ -160,9 +182,7 @@ pub async fn submit(client: Client, load: Load, api: Api) -> anyhow::Result<Repo
             let clients = Arc::new(clients);
             closed_loop("submit", load, move |w, i| {
                 let (clients, key) = (clients.clone(), format!("{run}-{w}-{i}"));
-                async move {
-                    clients[w % clients.len()].submit_job(trivial_job(key, false)).await.is_ok()
-                }
+                async move { clients[w % clients.len()].submit_job(job(key)).await.is_ok() }
             })
             .await
         }
@@ -175,14 +195,13 @@ pub async fn submit(client: Client, load: Load, api: Api) -> anyhow::Result<Repo
             let pipelines = Arc::new(pipelines);
             closed_loop("submit", load, move |w, i| {
                 let (pipelines, key) = (pipelines.clone(), format!("{run}-{w}-{i}"));
-                async move {
-                    pipelines[w % pipelines.len()].submit(trivial_job(key, false)).await.is_ok()
-                }
+                async move { pipelines[w % pipelines.len()].submit(job(key)).await.is_ok() }
             })
             .await
         }
     };
     report.extra.insert("API".into(), format!("{api:?}").to_lowercase());
+    report.extra.insert("TASKS".into(), if run_tasks { "run" } else { "never placed" }.into());
     Ok(report)
 }
 
@@ -407,6 +426,7 @@ impl Workers {
                 stderr: false,
                 offset: 0,
                 max_bytes: 0,
+                tail_lines: 0,
             })
             .await
             .map_err(|e| anyhow::anyhow!("reading the task's output: {}", super::status_line(&e)))?
@@ -798,6 +818,7 @@ impl SimConnection {
                 epoch: self.epochs[i],
                 attempts: Vec::new(),
                 seq: s.seq,
+                unhealthy: String::new(),
             };
             match tx.try_send(req) {
                 Ok(()) => s.sent = Some(Instant::now()),

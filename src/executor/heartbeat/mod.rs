@@ -98,6 +98,8 @@ async fn beat_once(
         epoch: agent.epoch.load(Ordering::SeqCst),
         attempts: agent.running(),
         seq,
+        // A work dir without room: the leader places nothing here meanwhile.
+        unhealthy: agent.runner.disk().problem().unwrap_or_default(),
     };
     let bound = agent.hb_client.call_timeout + agent.hb_client.retry_for;
     let r = match tokio::time::timeout(bound, link.beat(&agent.hb_client, req)).await {

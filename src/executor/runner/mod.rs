@@ -13,9 +13,11 @@
 //! |---------------|---------------------------------------------------------------------------|
 //! | `spec.rs`     | [`AttemptSpec`], its validation, the command and environment it becomes   |
 //! | `process.rs`  | the process group: confinement, signals, stop with grace, timeouts, reaping |
-//! | `workdir.rs`  | the attempts tree on disk: directory per attempt, cleanup                 |
+//! | `workdir.rs`  | the attempts tree on disk: directory per attempt, deleting and expiring output |
 //! | `recovery.rs` | running records and the start-up sweep of a crashed executor's leftovers   |
-//! | `output.rs`   | reading captured output back by byte range                                |
+//! | `capture.rs`  | copying an attempt's pipes into capped, rotated output files              |
+//! | `output.rs`   | reading captured output back by byte range, across rotated files          |
+//! | `disk.rs`     | whether the work dir has room: free space and no-space errors            |
 //!
 //! Invariants (each file states its own in detail):
 //! - **One spawn per token.** An attempt is identified by its fencing token. The token is
@@ -41,14 +43,21 @@
 //! - **Outcome precedence.** An attempt that ends after `stop` was called is
 //!   [`ExitStatus::Killed`]; otherwise one that hit its timeout is [`ExitStatus::TimedOut`];
 //!   otherwise its real exit status is reported.
-//! - **Output on disk.** Output goes to `work_dir/attempts/<job_id>/<task_index>/<attempt>/`
-//!   `{stdout,stderr}`; that directory is also the attempt's working directory. Files outlive
-//!   the runner, so output of an attempt run before a restart stays readable until
-//!   [`Runner::cleanup_job_dirs`] removes it.
-//! - **Nothing blocks the runtime** except `cleanup_job_dirs` and `kill_leftovers`, which are
+//! - **Output on disk.** Output goes through a pipe per stream into capped, rotated files
+//!   `work_dir/attempts/<job_id>/<task_index>/<attempt>/{stdout,stderr}.<offset>`; that
+//!   directory is also the attempt's working directory. Files outlive the runner and the
+//!   executor (restarts, graceful ones included), so output stays readable until its job is
+//!   deleted ([`Runner::delete_job_output`]) or it expires ([`Runner::expire_output`]).
+//! - **A full work dir refuses, it does not fail.** A start whose directory cannot be made for
+//!   lack of space is [`RunnerError::NoSpace`]: nothing is recorded, no event sent, and the
+//!   token may be started again once there is room.
+//! - **Nothing blocks the runtime** except `delete_job_output`, `expire_output` and
+//!   `kill_leftovers`, which are
 //!   synchronous by their signature and belong in `spawn_blocking`. The bookkeeping lock is a
 //!   `std` mutex held only for map updates and signal syscalls, never across an `.await`.
 
+mod capture;
+pub mod disk;
 mod output;
 mod process;
 mod recovery;
@@ -59,15 +68,21 @@ mod workdir;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 
+pub use capture::OutputLimits;
+pub use output::Chunk;
 pub use spec::AttemptSpec;
 
+use capture::Sink;
+use disk::DiskHealth;
 use process::signal_group;
 use spec::{build_command, program_name, validate};
 use workdir::prepare_dir;
@@ -169,6 +184,9 @@ pub enum RunnerError {
         #[source]
         source: std::io::Error,
     },
+    /// The attempt's directory could not be made for lack of space; nothing was recorded.
+    #[error("token {token}: {reason}")]
+    NoSpace { token: u64, reason: String },
     /// No output exists for the requested attempt.
     #[error("no output for job {job_id} task {task_index} attempt {attempt}")]
     OutputNotFound { job_id: String, task_index: u32, attempt: u32 },
@@ -190,6 +208,10 @@ pub struct Runner {
 struct Inner {
     /// Root of everything the runner writes; attempts live under `work_dir/attempts`.
     work_dir: PathBuf,
+    /// How each stream of an attempt is capped and rotated.
+    limits: OutputLimits,
+    /// The work dir's health, which capture and starts report no-space errors to.
+    disk: DiskHealth,
     /// Where `Started` / `Finished` events go; a closed receiver is tolerated.
     events: mpsc::UnboundedSender<AttemptEvent>,
     /// Every known attempt by token, live or finished until forgotten.
@@ -222,11 +244,25 @@ impl Entry {
 
 impl Runner {
     /// A runner that keeps attempt directories under `work_dir/attempts` and sends attempt
-    /// events to `events`. Does no I/O.
+    /// events to `events`, with the default output limits. Does no I/O.
+    #[cfg(test)]
     pub fn new(work_dir: PathBuf, events: mpsc::UnboundedSender<AttemptEvent>) -> Self {
+        let disk = DiskHealth::new(&work_dir, 0);
+        Runner::with_limits(work_dir, events, OutputLimits::default(), disk)
+    }
+
+    /// As [`new`](Self::new), capping output at `limits` and reporting to `disk`.
+    pub fn with_limits(
+        work_dir: PathBuf,
+        events: mpsc::UnboundedSender<AttemptEvent>,
+        limits: OutputLimits,
+        disk: DiskHealth,
+    ) -> Self {
         Runner {
             inner: Arc::new(Inner {
                 work_dir,
+                limits,
+                disk,
                 events,
                 attempts: Mutex::new(HashMap::new()),
                 retired: Mutex::new(BTreeSet::new()),
@@ -248,8 +284,20 @@ impl Runner {
         let (done_tx, done_rx) = watch::channel(false);
         // Register the token before any I/O, so a concurrent duplicate sees it and backs off.
         self.register(&spec, &dir, done_rx)?;
-        let child = match spawn_attempt(&spec, &dir).await {
-            Ok(child) => child,
+        let (child, copiers) = match self.spawn_attempt(&spec, &dir).await {
+            Ok(spawned) => spawned,
+            Err(RunnerError::Prepare { source, path, .. }) if disk::is_no_space(&source) => {
+                // Not the attempt's failure: the executor has no room. Refuse the start (the
+                // token may come again once there is room) and say why.
+                self.inner.disk.note_error(&source);
+                self.lock().remove(&token);
+                let reason = self
+                    .inner
+                    .disk
+                    .problem()
+                    .unwrap_or_else(|| format!("{}: no space left on device", path.display()));
+                return Err(RunnerError::NoSpace { token, reason });
+            }
             Err(err) => {
                 tracing::warn!(token, error = %err, "attempt failed to start");
                 self.finish(token, ExitStatus::SpawnFailed(err.to_string()), done_tx);
@@ -263,10 +311,41 @@ impl Runner {
         self.record_running(token, pid);
         tracing::info!(token, pid, job_id = %spec.job_id, task = spec.task_index, attempt = spec.attempt, "attempt started");
         let runner = self.clone();
-        tokio::spawn(
-            async move { runner.wait_attempt(token, pid, child, spec.timeout, done_tx).await },
-        );
+        tokio::spawn(async move {
+            runner.wait_attempt(token, pid, child, copiers, spec.timeout, done_tx).await
+        });
         Ok(pid)
+    }
+
+    /// The work dir's health, as capture and starts have found it.
+    pub fn disk(&self) -> &DiskHealth {
+        &self.inner.disk
+    }
+
+    /// Makes the attempt's directory and first output files and spawns its process there, its
+    /// stdout and stderr piped into [`capture`] tasks.
+    async fn spawn_attempt(
+        &self,
+        spec: &AttemptSpec,
+        dir: &Path,
+    ) -> Result<(Child, Copiers), RunnerError> {
+        let token = spec.token;
+        let (stdout, stderr) = prepare_dir(token, dir).await?;
+        let mut child = build_command(spec, dir, Stdio::piped(), Stdio::piped())
+            .spawn()
+            .map_err(|source| RunnerError::Spawn { token, program: program_name(spec), source })?;
+        let limits = self.inner.limits;
+        let disk = &self.inner.disk;
+        let mut copiers = Copiers::default();
+        if let Some(pipe) = child.stdout.take() {
+            let sink = Sink::new(dir, "stdout", limits, stdout);
+            copiers.0.push(tokio::spawn(capture::copy(pipe, sink, disk.clone(), token)));
+        }
+        if let Some(pipe) = child.stderr.take() {
+            let sink = Sink::new(dir, "stderr", limits, stderr);
+            copiers.0.push(tokio::spawn(capture::copy(pipe, sink, disk.clone(), token)));
+        }
+        Ok((child, copiers))
     }
 
     /// What is known about the attempt with this token.
@@ -338,8 +417,8 @@ impl Runner {
             attempt: spec.attempt,
             pid: None,
             status: None,
-            stdout_path: dir.join("stdout"),
-            stderr_path: dir.join("stderr"),
+            stdout_path: dir.join(capture::file_name("stdout", 0)),
+            stderr_path: dir.join(capture::file_name("stderr", 0)),
         };
         attempts.insert(token, Entry { info, stop_requested: false, done });
         Ok(())
@@ -391,16 +470,25 @@ impl Runner {
     }
 }
 
-/// Makes the attempt's directory and output files and spawns its process there.
-async fn spawn_attempt(spec: &AttemptSpec, dir: &Path) -> Result<Child, RunnerError> {
-    let token = spec.token;
-    let (stdout, stderr) =
-        prepare_dir(token, dir, &dir.join("stdout"), &dir.join("stderr")).await?;
-    build_command(spec, dir, stdout, stderr).spawn().map_err(|source| RunnerError::Spawn {
-        token,
-        program: program_name(spec),
-        source,
-    })
+/// The tasks copying an attempt's stdout and stderr into its files.
+#[derive(Default)]
+pub(super) struct Copiers(Vec<tokio::task::JoinHandle<()>>);
+
+/// How long an attempt's end waits for its output to be copied once its process group is gone:
+/// a process that left the group on purpose may hold the pipe open for ever.
+const COPY_DRAIN: Duration = Duration::from_secs(2);
+
+impl Copiers {
+    /// Waits (at most [`COPY_DRAIN`]) for both copiers to reach the end of their pipes, then
+    /// stops whichever has not.
+    pub(super) async fn drain(self, token: u64) {
+        for mut copier in self.0 {
+            if tokio::time::timeout(COPY_DRAIN, &mut copier).await.is_err() {
+                tracing::warn!(token, "output pipe still open after the attempt ended; closing");
+                copier.abort();
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -71,6 +71,7 @@ impl Runner {
         token: u64,
         pid: u32,
         mut child: Child,
+        copiers: super::Copiers,
         timeout: Option<Duration>,
         done: watch::Sender<bool>,
     ) {
@@ -87,6 +88,8 @@ impl Runner {
         };
         // The leader is gone; whatever else of the group remains is this attempt's leftovers.
         signal_group(pid, Signal::SIGKILL);
+        // Every writer of the pipes is gone: the copiers reach their end (bounded).
+        copiers.drain(token).await;
         self.remove_running_record(token).await;
         let outcome = match waited {
             _ if timed_out => ExitStatus::TimedOut,
@@ -96,6 +99,7 @@ impl Runner {
                 ExitStatus::Exited(-1)
             }
         };
+        self.mark_ended(token, &outcome).await;
         self.finish(token, outcome, done);
     }
 }
@@ -244,9 +248,9 @@ mod tests {
         h.runner.start(s.clone()).await.expect("start");
         wait_until("trap installed", || async {
             h.runner
-                .read_output("job-a", 2, 1, false, 0, 64)
+                .read_output("job-a", 2, 1, false, 0, 64, 0)
                 .await
-                .is_ok_and(|(b, _)| b == b"ready\n")
+                .is_ok_and(|c| c.data == b"ready\n")
         })
         .await;
         let grace = Duration::from_millis(200);

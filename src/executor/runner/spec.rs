@@ -87,8 +87,8 @@ pub(super) fn program_name(spec: &AttemptSpec) -> String {
 pub(super) fn build_command(
     spec: &AttemptSpec,
     dir: &Path,
-    stdout: std::fs::File,
-    stderr: std::fs::File,
+    stdout: Stdio,
+    stderr: Stdio,
 ) -> Command {
     let mut cmd = if spec.shell {
         let mut cmd = Command::new("/bin/sh");

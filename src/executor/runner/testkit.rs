@@ -10,7 +10,8 @@ use nix::unistd::Pid;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{AttemptEvent, AttemptSpec, EventKind, ExitStatus, Runner};
+use super::disk::DiskHealth;
+use super::{AttemptEvent, AttemptSpec, EventKind, ExitStatus, OutputLimits, Runner};
 
 /// Upper bound for any condition a test waits for; generous for a loaded 2-core CI box.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -22,9 +23,15 @@ pub(super) struct Harness {
 }
 
 pub(super) fn harness() -> Harness {
+    harness_with(OutputLimits::default())
+}
+
+/// A harness whose runner caps output at `limits`.
+pub(super) fn harness_with(limits: OutputLimits) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let (tx, events) = mpsc::unbounded_channel();
-    Harness { runner: Runner::new(dir.path().to_path_buf(), tx), events, dir }
+    let disk = DiskHealth::new(dir.path(), 0);
+    Harness { runner: Runner::with_limits(dir.path().to_path_buf(), tx, limits, disk), events, dir }
 }
 
 /// An argv-mode spec: attempt 1 of task 2 of 4 of `job-a`.
@@ -78,13 +85,13 @@ impl Harness {
     }
 
     pub(super) async fn output(&self, spec: &AttemptSpec, stderr: bool) -> String {
-        let (bytes, eof) = self
+        let chunk = self
             .runner
-            .read_output(&spec.job_id, spec.task_index, spec.attempt, stderr, 0, 1 << 20)
+            .read_output(&spec.job_id, spec.task_index, spec.attempt, stderr, 0, 1 << 20, 0)
             .await
             .expect("read_output");
-        assert!(eof, "finished attempt's output should be at eof");
-        String::from_utf8(bytes).expect("utf-8 output")
+        assert!(chunk.eof, "finished attempt's output should be at eof");
+        String::from_utf8(chunk.data).expect("utf-8 output")
     }
 }
 
