@@ -134,7 +134,7 @@ pub async fn logs(
         .iter()
         .find(|t| t.index == task)
         .with_context(|| format!("job {job_id} has no task {task}"))?;
-    let a = choose_attempt(t, job_id, attempt)?;
+    let a = crate::api::convert::choose_attempt(t, job_id, attempt).map_err(st)?;
     let execs = list_executors(client).await.map_err(st)?;
     let exec = execs
         .iter()
@@ -149,29 +149,6 @@ pub async fn logs(
         max_bytes: 0,
     };
     stream_output(client.dialer(), exec, req).await
-}
-
-/// Attempt `n` of task `t`, or without `n` the latest that started (the last one if none did).
-fn choose_attempt<'t>(
-    t: &'t pb::Task,
-    job_id: &str,
-    attempt: Option<u32>,
-) -> anyhow::Result<&'t pb::Attempt> {
-    let task = t.index;
-    match attempt {
-        Some(n) => t
-            .attempts
-            .iter()
-            .find(|a| a.number == n)
-            .with_context(|| format!("task {task} has no attempt {n}")),
-        None => t
-            .attempts
-            .iter()
-            .rev()
-            .find(|a| a.started_at_ms != 0)
-            .or(t.attempts.last())
-            .with_context(|| format!("task {task} of job {job_id} has not run yet")),
-    }
 }
 
 /// Copies the output `req` names from `exec` to stdout, chunk by chunk from `req.offset`, until
