@@ -224,7 +224,11 @@ fn http_api_serves_jobs_executors_and_the_cluster_like_grpc() {
     third.get(&format!("/v1/jobs/{id}/tasks/7/logs")).assert_error(404, "NOT_FOUND");
 
     // List with a state filter and paging, stale and linearizable.
-    let r2 = client.post("/v1/jobs", r#"{"spec": {"command": "sleep", "args": ["30"]}}"#, &[]);
+    let r2 = client.post(
+        "/v1/jobs",
+        r#"{"spec": {"command": "sleep", "args": ["30"], "task_count": 1}}"#,
+        &[],
+    );
     assert_eq!(r2.status, 201, "{}", r2.body);
     let id2 = r2.json()["job_id"].as_str().unwrap().to_string();
     let page = client.get("/v1/jobs?page_size=1").json();
@@ -238,6 +242,10 @@ fn http_api_serves_jobs_executors_and_the_cluster_like_grpc() {
     // Cancel; drain (admin); the cluster.
     let r = client.post(&format!("/v1/jobs/{id2}/cancel"), "", &[]);
     assert_eq!((r.status, r.json()["state"].as_str()), (200, Some("cancelled")), "{}", r.body);
+    let e = client
+        .post(&format!("/v1/jobs/{id}/cancel"), "", &[])
+        .assert_error(409, "FAILED_PRECONDITION");
+    assert!(e.contains(&id), "{e}");
     let r = admin.post("/v1/executors/exec-h/drain", "", &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     let e = admin.get("/v1/executors?stale=false").json();

@@ -118,7 +118,7 @@ def run(driver, wait, port, leader):
     # A job submitted through the HTTP API appears, succeeds, and its output shows.
     marker = f"hello from the browser test {uuid.uuid4()}"
     job = call(port, "POST", "/v1/jobs",
-               {"name": "browser", "spec": {"command": "sh", "args": ["-c", f"echo {marker}; sleep 1; echo bye"]}},
+               {"name": "browser", "spec": {"command": "sh", "args": ["-c", f"echo {marker}; sleep 1; echo bye"], "task_count": 1}},
                {"Idempotency-Key": str(uuid.uuid4())})
     job_id = job["job_id"]
     print(f"submitted job {job_id}")
