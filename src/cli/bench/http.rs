@@ -96,6 +96,9 @@ impl Target {
     }
 }
 
+/// A worker's connection, opened on first use and again after an error.
+type Slot = tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>;
+
 /// Closed-loop `POST /v1/jobs` against `url` for `load`, one connection per worker.
 pub async fn submit(
     url: &str,
@@ -117,7 +120,7 @@ pub async fn submit(
     let target = Arc::new(Target { addr, tls, auth });
     // Connect one first, so a wrong address or CA fails the bench at once, not as errors.
     target.connect().await.with_context(|| format!("connecting to {url}"))?;
-    let conns: Arc<Vec<tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>>> =
+    let conns: Arc<Vec<Slot>> =
         Arc::new((0..load.concurrency).map(|_| tokio::sync::Mutex::new(None)).collect());
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut report = closed_loop("submit", load, move |w, i| {
