@@ -257,3 +257,26 @@ pub fn rejection_to_status(r: &Rejection) -> Status {
         _ => Status::failed_precondition(r.to_string()),
     }
 }
+
+/// Attempt `n` of task `t` of job `job_id`, or without `n` the latest that started (the last one
+/// if none did): whose output `triad job logs` and the HTTP API's logs read. NOT_FOUND when
+/// there is no such attempt.
+pub fn choose_attempt<'t>(
+    t: &'t pb::Task,
+    job_id: &str,
+    attempt: Option<u32>,
+) -> Result<&'t pb::Attempt, Status> {
+    let task = t.index;
+    match attempt {
+        Some(n) => t
+            .attempts
+            .iter()
+            .find(|a| a.number == n)
+            .ok_or_else(|| Status::not_found(format!("task {task} has no attempt {n}"))),
+        None => {
+            t.attempts.iter().rev().find(|a| a.started_at_ms != 0).or(t.attempts.last()).ok_or_else(
+                || Status::not_found(format!("task {task} of job {job_id} has not run yet")),
+            )
+        }
+    }
+}

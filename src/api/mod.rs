@@ -99,6 +99,28 @@ pub fn server(
 }
 
 pub use crate::security::authz::{FORWARDED_HEADER, ON_BEHALF_HEADER};
+
+/// gRPC reflection of triad's API, served by masters and executors in both versions: `v1`, and
+/// `v1alpha`, the only one grpcio-reflection's Python client, older `grpcurl`, Postman and
+/// BloomRPC speak (they get UNIMPLEMENTED from a server with `v1` alone).
+#[allow(clippy::type_complexity)]
+pub fn reflection() -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    use anyhow::Context;
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = builder().build_v1().context("building reflection service v1")?;
+    let v1alpha = builder().build_v1alpha().context("building reflection service v1alpha")?;
+    Ok((v1, v1alpha))
+}
 /// Response metadata a follower adds to a request it forwarded: the leader's address, so a client
 /// can talk to the leader directly from then on (no forward hop in the steady state).
 pub const LEADER_HEADER: &str = "x-triad-leader";

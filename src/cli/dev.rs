@@ -284,10 +284,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 c.tls.ca_cert().display(),
                 c.token_file(Role::Admin).display()
             );
+            println!(
+                "dashboard  https://127.0.0.1:{}/ui/ (any master; the CA above, an admin or client token)\n",
+                master_http_port(args.base_port, 1)
+            );
         }
         None => {
             println!("\nWARNING: insecure: no TLS and no authentication; anyone who reaches these ports can run commands here");
             println!("\nexport TRIAD_MASTERS={masters} TRIAD_INSECURE=true\n");
+            println!("dashboard  http://127.0.0.1:{}/ui/\n", master_http_port(args.base_port, 1));
         }
     }
     println!("triad dev is running; press Ctrl-C to stop every process.");

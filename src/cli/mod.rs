@@ -198,6 +198,10 @@ pub enum BenchCmd {
         /// executor may take (the soak benchmark's load, tests/bench/soak.sh).
         #[arg(long)]
         run_tasks: bool,
+        /// With `--api http`: the master's HTTP API, `https://HOST:PORT` (its leader's, for a
+        /// like-for-like figure; `triad dev`: 7151 for master1).
+        #[arg(long)]
+        http: Option<String>,
         #[command(flatten)]
         out: OutputArg,
         #[command(flatten)]
@@ -562,7 +566,13 @@ async fn master(config: &std::path::Path) -> anyhow::Result<()> {
 /// Runs one benchmark and prints its results.
 async fn bench_command(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
-        BenchCmd::Submit { load, api, run_tasks, out, m } => {
+        BenchCmd::Submit { load, api: bench::Api::Http, http, out, m, .. } => {
+            let url = http.context("--api http needs --http https://HOST:PORT")?;
+            let token = if m.insecure { None } else { m.token.as_deref() };
+            let ca = if m.insecure { None } else { m.ca.as_deref() };
+            bench::http::submit(&url, ca, token, load).await?.print(out.format)?
+        }
+        BenchCmd::Submit { load, api, run_tasks, http: _, out, m } => {
             bench::submit(m.client()?, load, api, run_tasks).await?.print(out.format)?
         }
         BenchCmd::Plot { csv, out } => {

@@ -206,14 +206,12 @@ async fn serve(
     }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(http::track_health(agent.clone(), health_reporter, stop.clone()));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building reflection service")?;
+    let (reflection, reflection_v1alpha) = crate::api::reflection()?;
     let mut server_stop = stop.clone();
     let server = crate::api::server(secured)?
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(WorkerServiceServer::new(worker::Worker {
             agent: agent.clone(),
             stop: stop.clone(),

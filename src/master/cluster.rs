@@ -16,6 +16,7 @@ use crate::api::validate::Validate;
 /// Deadline for asking a peer for its status.
 use crate::timings::PEER_STATUS_TIMEOUT;
 
+#[derive(Clone)]
 pub struct Cluster {
     pub node: Arc<Node>,
 }

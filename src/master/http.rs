@@ -1,12 +1,14 @@
 //! The master's HTTP endpoints: `GET /metrics` (Prometheus text) and `GET /status` (JSON, the
-//! same facts as `triad cluster status`).
+//! same facts as `triad cluster status`), public; and on the same port the HTTP/JSON API under
+//! `/v1/` ([`super::rest`]) and the dashboard under `/ui/` ([`super::ui`]), which a secure master
+//! serves over HTTPS only ([`super::https`]).
 //!
 //! Neither walks the state: the gauges of jobs, tasks and executors by state come from the
 //! state's tally, kept as the state changes, and the status reads counts only.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -14,6 +16,7 @@ use axum::{Json, Router};
 use openraft::ServerState;
 
 use super::cluster::gather_status;
+use super::https::{ConnInfo, Incoming, Transport};
 use super::node::Node;
 use crate::api::convert::{executor_state_name, job_state_name, task_state_name};
 use crate::metrics::Gauges;
@@ -23,14 +26,42 @@ use crate::state::{ExecutorState, JobState, Tally, TaskState};
 
 pub async fn serve(
     node: Arc<Node>,
+    api: Arc<super::rest::Api>,
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let app = Router::new()
+    let public = Router::new()
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .with_state(node);
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await
+    let mut private = super::rest::router(api).merge(super::ui::router());
+    if tls.is_some() {
+        private = private.layer(axum::middleware::from_fn(https_only));
+    }
+    let app = public.merge(private);
+    let incoming = Incoming::start(listener, tls, shutdown.clone())?;
+    axum::serve(incoming, app.into_make_service_with_connect_info::<ConnInfo>())
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+}
+
+/// On a secure master, the API and the dashboard answer over HTTPS only: a token sent over
+/// plain HTTP would travel in the clear.
+async fn https_only(
+    ConnectInfo(conn): ConnectInfo<ConnInfo>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if conn.transport == Transport::Plain {
+        return super::rest::ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "this master serves its API and dashboard over HTTPS only (plain HTTP serves /metrics and /status)",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {

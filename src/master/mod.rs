@@ -13,9 +13,12 @@ pub(crate) mod errors;
 pub mod events;
 pub(crate) mod executors;
 pub(crate) mod http;
+pub(crate) mod https;
 pub(crate) mod jobs;
 pub(crate) mod liveness;
 pub(crate) mod node;
+pub mod rest;
+pub(crate) mod ui;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,7 +34,7 @@ use crate::api::pb::cluster_service_server::ClusterServiceServer;
 use crate::api::pb::executor_service_server::ExecutorServiceServer;
 use crate::api::pb::job_service_server::JobServiceServer;
 use crate::api::pb::raft_service_server::RaftServiceServer;
-use crate::api::{pb, MAX_MESSAGE_BYTES};
+use crate::api::MAX_MESSAGE_BYTES;
 use crate::raft::election::Election;
 use crate::raft::network::{Channels, Network};
 use crate::raft::service::RaftServer;
@@ -90,11 +93,12 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
     let (storage, node, election) = start_raft(&cfg, &secured).await?;
     let listener =
         TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
-    let http = serve_http(&cfg, &node, &shutdown).await?;
     tracing::info!(id = cfg.id, listen = %cfg.listen, advertise = %node.addr, data_dir = %cfg.data_dir.display(), tls = !cfg.insecure, tokens = cfg.auth.tokens.len(), "master starting");
     let liveness = Arc::new(liveness::Liveness::default());
+    let services = Services::new(&cfg, &node, liveness.clone(), &shutdown);
+    let http = serve_http(&cfg, &secured, &node, &services, &shutdown).await?;
     let (serving, health_reporter) =
-        serve_grpc(&cfg, &secured, &node, election.clone(), liveness.clone(), listener, &shutdown)?;
+        serve_grpc(&secured, &node, election.clone(), services, listener, &shutdown)?;
     let tasks =
         Background::start(&cfg, &node, election, liveness, health_reporter, http, &shutdown);
     bootstrap(&cfg, &node.raft).await?;
@@ -149,62 +153,101 @@ async fn start_raft(
     Ok((storage, node, election))
 }
 
-/// Binds and serves `/metrics` and `/status` when `http_listen` is set.
-async fn serve_http(
-    cfg: &MasterConfig,
-    node: &Arc<Node>,
-    shutdown: &Shutdown,
-) -> anyhow::Result<Option<JoinHandle<()>>> {
-    let Some(addr) = &cfg.http_listen else { return Ok(None) };
-    let l = TcpListener::bind(addr).await.with_context(|| format!("binding http {addr}"))?;
-    tracing::info!(http = %addr, "serving /metrics and /status");
-    let serve = http::serve(node.clone(), l, shutdown.clone());
-    Ok(Some(tokio::spawn(async move {
-        let _ = serve.await;
-    })))
+/// The client-facing gRPC services of a master: one instance of each, run by the gRPC server
+/// and called in process by the HTTP API ([`rest`]), so both APIs share every rule.
+struct Services {
+    jobs: jobs::Jobs,
+    cluster: cluster::Cluster,
+    executors: executors::Executors,
 }
 
-/// Builds the gRPC server (health, reflection, Raft, jobs, cluster, executors) and serves it on
-/// `listener` until shutdown; returns the serving task and the health reporter to drive.
-fn serve_grpc(
+impl Services {
+    fn new(
+        cfg: &MasterConfig,
+        node: &Arc<Node>,
+        liveness: Arc<liveness::Liveness>,
+        shutdown: &Shutdown,
+    ) -> Services {
+        Services {
+            jobs: jobs::Jobs::new(node.clone(), shutdown.clone()),
+            cluster: cluster::Cluster { node: node.clone() },
+            executors: executors::Executors {
+                node: node.clone(),
+                liveness,
+                timings: cfg.executors.clone(),
+                // Stamps and acks stop before the voters' lease ends, so every beat a deposed
+                // leader acknowledged came before any successor was elected (see
+                // `crate::fencing`).
+                quorum_lease: Duration::from_millis(cfg.raft.lease_ms()),
+                shutdown: shutdown.clone(),
+            },
+        }
+    }
+}
+
+/// Binds and serves `/metrics`, `/status`, the HTTP API and the dashboard when `http_listen` is
+/// set: over HTTPS with the master's certificate (and plain HTTP for the public pages) when the
+/// cluster is secure.
+async fn serve_http(
     cfg: &MasterConfig,
     secured: &crate::security::Secured,
     node: &Arc<Node>,
+    services: &Services,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let Some(addr) = &cfg.http_listen else { return Ok(None) };
+    let tls = match (&cfg.tls, cfg.insecure) {
+        (Some(files), false) => Some(https::acceptor(files)?),
+        _ => None,
+    };
+    let l = TcpListener::bind(addr).await.with_context(|| format!("binding http {addr}"))?;
+    tracing::info!(http = %addr, https = tls.is_some(), "serving /metrics, /status, /v1/ and /ui/");
+    let api = Arc::new(rest::Api {
+        node: node.clone(),
+        jobs: services.jobs.clone(),
+        cluster: services.cluster.clone(),
+        executors: services.executors.clone(),
+        authority: secured.authority.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let serve = http::serve(node.clone(), api, l, tls, shutdown.clone());
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = serve.await {
+            tracing::warn!(error = %e, "http server stopped");
+        }
+    })))
+}
+
+/// Builds the gRPC server (health, reflection v1 and v1alpha, Raft, jobs, cluster, executors)
+/// and serves it on `listener` until shutdown; returns the serving task and the health reporter
+/// to drive.
+fn serve_grpc(
+    secured: &crate::security::Secured,
+    node: &Arc<Node>,
     election: Election,
-    liveness: Arc<liveness::Liveness>,
+    services: Services,
     listener: TcpListener,
     shutdown: &Shutdown,
 ) -> anyhow::Result<(JoinHandle<Result<(), tonic::transport::Error>>, HealthReporter)> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building reflection service")?;
+    let (reflection, reflection_v1alpha) = crate::api::reflection()?;
     let server = crate::api::server(secured)?
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(
             RaftServiceServer::new(RaftServer::new(node.raft.clone(), election))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            JobServiceServer::new(jobs::Jobs::new(node.clone(), shutdown.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            JobServiceServer::new(services.jobs).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(ClusterServiceServer::new(cluster::Cluster { node: node.clone() }))
+        .add_service(ClusterServiceServer::new(services.cluster))
         .add_service(crate::api::pb::cron_service_server::CronServiceServer::new(cron::Crons {
             node: node.clone(),
         }))
-        .add_service(ExecutorServiceServer::new(executors::Executors {
-            node: node.clone(),
-            liveness,
-            timings: cfg.executors.clone(),
-            // Stamps and acks stop before the voters' lease ends, so every beat a deposed leader
-            // acknowledged came before any successor was elected (see `crate::fencing`).
-            quorum_lease: Duration::from_millis(cfg.raft.lease_ms()),
-            shutdown: shutdown.clone(),
-        }));
+        .add_service(ExecutorServiceServer::new(services.executors));
     let mut stop = shutdown.clone();
     let serving = tokio::spawn(server.serve_with_incoming_shutdown(
         crate::api::incoming(listener),

@@ -50,6 +50,7 @@ pub fn rule(path: &str) -> Rule {
     match (service, method) {
         ("grpc.health.v1.Health", _) => Rule::Anyone,
         ("grpc.reflection.v1.ServerReflection", _) => Rule::Authenticated,
+        ("grpc.reflection.v1alpha.ServerReflection", _) => Rule::Authenticated,
         ("triad.v1.RaftService", _) => Rule::Roles(&[Master]),
         // Events (issue 17): WatchEvents and ReadIndex are reads, like the rest of JobService.
         ("triad.v1.JobService", "WatchEvents" | "ReadIndex") => Rule::Roles(CLIENTS),

@@ -6,6 +6,7 @@
 
 pub mod etcd;
 pub mod failover;
+pub mod http;
 pub mod plot;
 
 use std::collections::{BTreeMap, HashMap};
@@ -159,6 +160,8 @@ pub enum Api {
     Stream,
     /// One SubmitJob call per submission.
     Unary,
+    /// One `POST /v1/jobs` per submission to the HTTP API given by `--http`.
+    Http,
 }
 
 /// Closed-loop submissions: `concurrency` workers, each submitting as soon as its last
@@ -178,6 +181,7 @@ pub async fn submit(
     clients.insert(0, first);
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut report = match api {
+        Api::Http => anyhow::bail!("--api http needs --http URL"),
         Api::Unary => {
             let clients = Arc::new(clients);
             closed_loop("submit", load, move |w, i| {
