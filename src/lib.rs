@@ -24,6 +24,7 @@ pub mod cli;
 pub mod client;
 pub(crate) mod executor;
 pub(crate) mod fencing;
+pub mod files;
 #[cfg(test)]
 mod golden;
 pub mod master;

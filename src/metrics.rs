@@ -159,7 +159,7 @@ impl Metrics {
             ),
             log_flush_seconds: b.histogram_of(
                 "log_flush_seconds",
-                "Raft log: one flush of sled (making every append queued before it durable)",
+                "Raft log: from an append written to the fdatasync that made it durable",
                 LATENCY_BUCKETS,
             ),
             gauges: Gauges::new(&b),

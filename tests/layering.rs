@@ -7,7 +7,7 @@
 //!
 //! | rank | module                                  | may use                                      |
 //! |------|-----------------------------------------|----------------------------------------------|
-//! | 0    | `shutdown`, `chaos`, `metrics`, `timings`, `security` | nothing (leaf utilities)       |
+//! | 0    | `shutdown`, `chaos`, `metrics`, `timings`, `security`, `files` | nothing (leaf utilities) |
 //! | 1    | `fencing`                               | `timings`                                    |
 //! | 2    | `state`                                 | leaves                                       |
 //! | 3    | `scheduler`                             | `state`, leaves                              |
@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const LEAVES: &[&str] = &["shutdown", "chaos", "metrics", "timings", "security", "golden"];
+const LEAVES: &[&str] = &["shutdown", "chaos", "metrics", "timings", "security", "golden", "files"];
 
 /// (module, rank, modules it may use besides the leaves). Leaves use nothing (fencing: timings).
 const LAYERS: &[(&str, u32, &[&str])] = &[
@@ -35,6 +35,7 @@ const LAYERS: &[(&str, u32, &[&str])] = &[
     ("metrics", 0, &[]),
     ("timings", 0, &[]),
     ("security", 0, &[]),
+    ("files", 0, &[]),
     ("fencing", 1, &["timings"]),
     ("state", 2, &[]),
     ("scheduler", 3, &["state"]),

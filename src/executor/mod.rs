@@ -114,7 +114,10 @@ fn load_or_create_id(dir: &std::path::Path, named: Option<&str>) -> anyhow::Resu
                 Some(name) => name.to_string(),
                 None => format!("exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
             };
-            std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+            // Atomic and fsynced: a power cut must not leave an empty or half-written id, which
+            // would make the next start take a new identity and orphan this one's attempts.
+            crate::files::write_atomically(&path, id.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
             Ok(id)
         }
     }

@@ -103,8 +103,16 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
         Background::start(&cfg, &node, election, liveness, health_reporter, http, &shutdown);
     bootstrap(&cfg, &node.raft).await?;
 
-    shutdown.wait().await;
-    tracing::info!(id = cfg.id, "master stopping");
+    let fatal = tokio::select! {
+        _ = shutdown.wait() => None,
+        f = raft_fatal(node.raft.clone()) => Some(f),
+    };
+    match &fatal {
+        None => tracing::info!(id = cfg.id, "master stopping"),
+        // A storage error (ENOSPC, EIO) stops openraft for good: exit non-zero so that the
+        // supervisor restarts the process, instead of answering "raft stopped" forever.
+        Some(f) => tracing::error!(id = cfg.id, error = %f, "raft stopped; master exiting"),
+    }
     match tokio::time::timeout(STOP_GRACE, serving).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error while stopping"),
@@ -115,8 +123,31 @@ pub async fn run(cfg: MasterConfig, mut shutdown: Shutdown) -> anyhow::Result<()
     if tokio::time::timeout(STOP_GRACE, node.raft.shutdown()).await.is_err() {
         tracing::warn!("raft did not stop within {STOP_GRACE:?}");
     }
+    if let Some(f) = fatal {
+        anyhow::bail!(
+            "master {}: raft stopped ({f}); nothing more is acknowledged, exiting so that the \
+             supervisor restarts this master (check the disk of {})",
+            cfg.id,
+            cfg.data_dir.display()
+        );
+    }
+    storage.log.sync_now().await.context("final log sync")?;
     storage.raft.flush_async().await.context("final flush")?;
     Ok(())
+}
+
+/// Resolves with openraft's fatal error once it has stopped on one (a storage error, a panic in
+/// its core). Never resolves while Raft runs.
+async fn raft_fatal(raft: crate::raft::Raft) -> String {
+    let mut rx = raft.metrics();
+    loop {
+        if let Err(f) = &rx.borrow_and_update().running_state {
+            return f.to_string();
+        }
+        if rx.changed().await.is_err() {
+            return "raft's metrics ended".into();
+        }
+    }
 }
 
 /// Opens the store in the data dir and starts Raft on it; returns the store (flushed last on

@@ -179,6 +179,15 @@ impl Cluster {
         }
     }
 
+    /// The exit status of a master that ended by itself (then it is no longer running), or None
+    /// while it runs.
+    pub fn try_wait(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let m = self.masters.iter_mut().find(|m| m.id == id).expect("no such master");
+        let status = m.child.as_mut()?.try_wait().expect("try_wait")?;
+        m.child = None;
+        Some(status)
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.master(id).child.is_some()
     }
