@@ -970,7 +970,7 @@ async fn delete_output_removes_a_jobs_files_and_only_masters_may_call_it() {
             .client()
             .call(|ch| async move {
                 pb::executor_service_client::ExecutorServiceClient::new(ch)
-                    .list_executors(pb::ListExecutorsRequest { consistency: 0 })
+                    .list_executors(pb::ListExecutorsRequest::default())
                     .await
             })
             .await

@@ -346,7 +346,8 @@ async fn get_job(
 ) -> Result<Response> {
     let who = api.authorize(&headers, method::GET_JOB)?;
     let (Path(id), Query(q)) = (id?, q?);
-    let msg = pb::GetJobRequest { job_id: id, consistency: consistency(q.stale) };
+    let msg =
+        pb::GetJobRequest { job_id: id, consistency: consistency(q.stale), ..Default::default() };
     Ok(reply(StatusCode::OK, api.jobs.get_job(Api::request(&who, msg)).await?))
 }
 
@@ -417,7 +418,7 @@ async fn task_logs(
     api.authorize(&headers, method::GET_JOB)?;
     api.authorize(&headers, method::LIST_EXECUTORS)?;
     let (Path((job_id, index)), Query(q)) = (p?, q?);
-    let get = pb::GetJobRequest { job_id: job_id.clone(), consistency: 0 };
+    let get = pb::GetJobRequest { job_id: job_id.clone(), ..Default::default() };
     let job = api.jobs.get_job(Api::request(&who, get)).await?.into_inner().job;
     let job = job.ok_or_else(|| Status::not_found(format!("job {job_id} not found")))?;
     let task = job
@@ -426,7 +427,7 @@ async fn task_logs(
         .find(|t| t.index == index)
         .ok_or_else(|| Status::not_found(format!("job {job_id} has no task {index}")))?;
     let attempt = crate::api::convert::choose_attempt(task, &job_id, q.attempt)?;
-    let list = pb::ListExecutorsRequest { consistency: 0 };
+    let list = pb::ListExecutorsRequest::default();
     let execs = api.executors.list_executors(Api::request(&who, list)).await?.into_inner();
     let exec =
         execs.executors.into_iter().find(|e| e.id == attempt.executor).ok_or_else(|| {
@@ -448,6 +449,7 @@ async fn task_logs(
             stderr: q.stderr.unwrap_or(false),
             offset: q.offset.unwrap_or(0),
             max_bytes: 0,
+            tail_lines: 0,
         },
     };
     let attempt_no = HeaderValue::from(attempt.number);
@@ -572,7 +574,7 @@ async fn list_executors(
 ) -> Result<Response> {
     let who = api.authorize(&headers, method::LIST_EXECUTORS)?;
     let Query(q) = q?;
-    let msg = pb::ListExecutorsRequest { consistency: consistency(q.stale) };
+    let msg = pb::ListExecutorsRequest { consistency: consistency(q.stale), ..Default::default() };
     Ok(reply(StatusCode::OK, api.executors.list_executors(Api::request(&who, msg)).await?))
 }
 

@@ -1518,4 +1518,3 @@ fn deregister_needs_the_current_epoch() {
     assert_eq!(s.executor("e1").unwrap().state, ExecutorState::Left);
     s.check_invariants().unwrap();
 }
-
