@@ -74,7 +74,12 @@ pub async fn read_point(node: &Node, caller: &Caller) -> Result<u64, Status> {
         node.linearize().await?;
         Ok(pb::ReadIndexResponse { index: node.events.bounds().1 })
     };
-    let remote = |c, m| async move { super::jobs::client(c).read_index(m).await };
+    let remote = |c, m| async move {
+        crate::api::pb::job_service_client::JobServiceClient::new(c)
+            .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES)
+            .read_index(m)
+            .await
+    };
     let r = node.serve_on_leader(caller, &pb::ReadIndexRequest {}, local, remote).await?;
     Ok(r.into_inner().index)
 }

@@ -86,7 +86,7 @@ pub struct State {
     #[serde(skip)]
     pub(super) by_state: ByState,
     /// Cron jobs by name (`state::cron`).
-    pub(super) crons: Map<String, super::cron::Cron>,
+    pub(super) crons: Map<String, Cron>,
     /// Derived and never serialized: see [`Tally`].
     #[serde(skip)]
     pub(super) tally: Tally,
@@ -117,7 +117,7 @@ struct Decoded {
     active: Map<u64, TaskCounts>,
     live: LiveIndex,
     finished: Set<(Millis, u64)>,
-    crons: Map<String, super::cron::Cron>,
+    crons: Map<String, Cron>,
 }
 
 impl From<Decoded> for State {

@@ -3,7 +3,7 @@
 //! Everything here is serialisable and deterministic (only `BTreeMap`s, no floats, no clocks), so
 //! two replicas that applied the same commands hold byte-identical state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -322,7 +322,7 @@ pub enum Command {
     /// Create a cron job (a retry with the same spec is done; another spec under the name is
     /// refused).
     CreateCron {
-        spec: super::cron::CronSpec,
+        spec: CronSpec,
         now: Millis,
     },
     DeleteCron {
@@ -703,4 +703,139 @@ impl TaskCounts {
             TaskState::Cancelled => &mut self.cancelled,
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cron jobs (issue 17): the data; their apply functions are in `state::cron`.
+// ---------------------------------------------------------------------------------------------
+
+/// Runs a cron remembers (the newest).
+pub const MAX_RUNS: usize = 100;
+/// Longest cron name, in bytes (names are `[A-Za-z0-9._-]`).
+pub const MAX_CRON_NAME_BYTES: usize = 128;
+/// Longest schedule expression and time zone name, in bytes.
+pub const MAX_SCHEDULE_BYTES: usize = 256;
+pub const MAX_TZ_BYTES: usize = 64;
+/// Crons one cluster may hold.
+pub const MAX_CRONS: usize = 10_000;
+/// Largest history limit.
+pub const MAX_KEEP: u32 = 1000;
+
+/// What a firing does while an earlier run of the same cron is not terminal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Overlap {
+    #[default]
+    Allow,
+    Forbid,
+    Replace,
+}
+
+impl Overlap {
+    pub fn parse(s: &str) -> Option<Overlap> {
+        match s.to_ascii_lowercase().as_str() {
+            "" | "allow" => Some(Overlap::Allow),
+            "forbid" => Some(Overlap::Forbid),
+            "replace" => Some(Overlap::Replace),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Overlap::Allow => "allow",
+            Overlap::Forbid => "forbid",
+            Overlap::Replace => "replace",
+        }
+    }
+}
+
+/// A cron job as created: the schedule, its policies and the job it creates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronSpec {
+    pub name: String,
+    /// As given (see `state::schedule`); validated by the API before it reaches the log.
+    pub schedule: String,
+    /// IANA zone; empty means UTC.
+    pub tz: String,
+    pub overlap: Overlap,
+    /// A time fired later than this after it was due is recorded `missed` instead (0: never).
+    pub starting_deadline_ms: u64,
+    pub keep_succeeded: u32,
+    pub keep_failed: u32,
+    /// Name of the jobs it creates.
+    pub job_name: String,
+    pub job: JobSpec,
+}
+
+/// What became of one scheduled (or triggered) time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunOutcome {
+    /// Created `job`; `replaced` are the runs the `replace` policy cancelled for it.
+    Fired { job: JobId, replaced: Vec<JobId> },
+    /// Created `job` on request (`cron trigger`), outside the schedule.
+    Triggered { job: JobId },
+    /// No job: overlap `forbid` with a run still active, or suspended when the firing came.
+    Skipped { reason: String },
+    /// No job: fired later than the starting deadline (no leader, or a leader that was behind).
+    Missed { late_ms: u64 },
+}
+
+/// One run of a cron.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// The scheduled time (for a trigger: when it was asked for).
+    pub scheduled_at: Millis,
+    /// When the leader fired it.
+    pub fired_at: Millis,
+    pub outcome: RunOutcome,
+}
+
+impl Run {
+    pub fn job(&self) -> Option<JobId> {
+        match &self.outcome {
+            RunOutcome::Fired { job, .. } | RunOutcome::Triggered { job } => Some(*job),
+            _ => None,
+        }
+    }
+}
+
+/// A cron job in the state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cron {
+    pub spec: CronSpec,
+    pub created_at: Millis,
+    pub suspended: bool,
+    /// The dedup watermark: every scheduled time at or below it has been handled.
+    pub handled_upto: Millis,
+    /// The newest runs, oldest first, at most [`MAX_RUNS`].
+    pub runs: VecDeque<Run>,
+    /// Counts over the cron's life: jobs created by the schedule, times missed, times skipped.
+    pub fired: u64,
+    pub missed: u64,
+    pub skipped: u64,
+}
+/// The one cron name rule.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_CRON_NAME_BYTES {
+        return Err(format!("cron name must be 1 to {MAX_CRON_NAME_BYTES} bytes"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return Err(format!("cron name {name:?} may only have letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+/// Bounds of a cron spec that apply checks (the API also parses the schedule and zone).
+pub fn validate_spec(c: &CronSpec) -> Result<(), String> {
+    validate_name(&c.name)?;
+    if c.schedule.is_empty() || c.schedule.len() > MAX_SCHEDULE_BYTES {
+        return Err(format!("schedule must be 1 to {MAX_SCHEDULE_BYTES} bytes"));
+    }
+    if c.tz.len() > MAX_TZ_BYTES {
+        return Err(format!("time zone is longer than {MAX_TZ_BYTES} bytes"));
+    }
+    if c.keep_succeeded > MAX_KEEP || c.keep_failed > MAX_KEEP {
+        return Err(format!("history limits are at most {MAX_KEEP}"));
+    }
+    validate_submit(&c.job_name, "", &c.job)
 }
