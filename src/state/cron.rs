@@ -20,8 +20,6 @@
 
 use std::collections::VecDeque;
 
-use serde::{Deserialize, Serialize};
-
 use super::apply::State;
 use super::events::{Change, CronChange};
 use super::model::*;
@@ -29,8 +27,8 @@ use super::model::*;
 // The cron data model lives in `model.rs` with the rest of the replicated data (the model is what
 // commands carry, and it uses nothing of the state machine); re-exported here by its old path.
 pub use super::model::{
-    validate_name, validate_spec, Cron, CronSpec, Overlap, Run, RunOutcome, MAX_CRONS,
-    MAX_CRON_NAME_BYTES, MAX_KEEP, MAX_RUNS, MAX_SCHEDULE_BYTES, MAX_TZ_BYTES,
+    validate_name, validate_spec, Cron, CronSpec, Overlap, Run, RunOutcome, MAX_CRONS, MAX_KEEP,
+    MAX_RUNS, MAX_SCHEDULE_BYTES, MAX_TZ_BYTES,
 };
 
 impl Cron {

@@ -133,9 +133,8 @@ impl raft_log::Callback for Flushed {
                 m.log_flush_seconds.observe(written.elapsed().as_secs_f64());
                 cb.log_io_completed(res)
             }
-            Flushed::Wait(tx) => {
-                let _ = tx.send(res);
-            }
+            // The waiter may have given up (its caller was dropped): nothing to tell then.
+            Flushed::Wait(tx) => raft_log::Callback::send(tx, res),
         }
     }
 }
