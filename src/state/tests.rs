@@ -1518,3 +1518,4 @@ fn deregister_needs_the_current_epoch() {
     assert_eq!(s.executor("e1").unwrap().state, ExecutorState::Left);
     s.check_invariants().unwrap();
 }
+mod cron_golden;
