@@ -91,6 +91,9 @@ run bug-ack-before-commit 'fail:no_lost_acks|linearizable' --bug ack-before-comm
   --nemesis isolate-leader --time-limit 40 --interval 4
 run bug-skip-fencing 'fail:no_overlapping_attempts' --bug skip-fencing \
   --nemesis executor-partition --time-limit 25 --interval 8 --task-millis 6000..12000 --rate 10 --slots 64
+# A new leader fires its predecessor's last cron time again and apply has no dedup key.
+run bug-cron-no-dedup 'fail:cron_once' --bug cron-no-dedup --nemesis kill-leader \
+  --time-limit 25 --interval 4
 
 echo "jepsen/ci.sh: $(( $(date +%s) - started )) s, seed $SEED"
 if [ ${#failures[@]} -gt 0 ]; then

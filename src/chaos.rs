@@ -4,8 +4,9 @@
 //! - `ack-before-commit`: a master acknowledges a submission before it is committed;
 //! - `skip-fencing`: executors never fence themselves and the leader never tells an executor to
 //!   kill a stale attempt.
-//! - `cron-no-dedup`: a cron firing is applied without its dedup key (cron, scheduled time), so a
-//!   time the leader proposes twice (a retry, a new leader) creates two jobs.
+//! - `cron-no-dedup`: a cron firing is applied without its dedup key (cron, scheduled time), and a
+//!   new leader proposes its predecessor's last firing of every cron again (as a leader unsure
+//!   whether that firing committed would), so a time proposed twice creates two jobs.
 //!
 //! Never set this in production: each one breaks a SPEC guarantee on purpose.
 

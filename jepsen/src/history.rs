@@ -107,3 +107,73 @@ pub fn monotonic_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock_gettime");
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
+
+/// Runs a cron keeps in the replicated state (triad's `state::model::MAX_RUNS`): a record with
+/// this many has lost its oldest ones.
+pub const CRON_RUNS_KEPT: usize = 100;
+
+/// The chaos run's cron at the end of the run (`cron.json`): the runner creates it when the
+/// cluster is up, suspends it after healing, then reads it linearizably.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronRecord {
+    pub name: String,
+    pub schedule: String,
+    /// The runner's schedule is `@every P`: P in ms.
+    pub period_ms: u64,
+    pub tz: String,
+    pub created_at_ms: u64,
+    pub starting_deadline_ms: u64,
+    /// Every scheduled time up to here was handled (fired, missed or skipped).
+    pub handled_upto_ms: u64,
+    /// Wall-clock ms (the masters' clock: same machine) when the runner asked to suspend it.
+    pub suspend_invoked_ms: u64,
+    /// Its newest runs, oldest first (the state keeps at most `state::model::MAX_RUNS`).
+    pub runs: Vec<CronRunView>,
+    /// `(id, state)` of every job in the cluster named after the cron, after suspending it.
+    pub jobs: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronRunView {
+    pub scheduled_at_ms: u64,
+    pub fired_at_ms: u64,
+    /// fired | triggered | skipped | missed
+    pub outcome: String,
+    pub job_id: String,
+}
+
+/// One line of `events.jsonl`, what the runner's event follower saw: a message of the stream
+/// (`kind` "message": an entry's events, or a progress mark with none), or `"reset"` when the
+/// stream said its events were gone (`OUT_OF_RANGE`) and the follower started again from now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventLine {
+    pub kind: String,
+    /// CLOCK_MONOTONIC, ns, when it was received.
+    pub time_ns: u64,
+    /// The Raft index of the entry (message), or the position before the reset.
+    pub index: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventView>,
+}
+
+/// One event of the stream, the fields the checkers use.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventView {
+    /// job | task | executor | cron
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub job_id: String,
+    #[serde(default)]
+    pub task_index: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub from: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub to: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cron: String,
+    /// cron: created | deleted | suspended | resumed | fired | skipped
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cron_event: String,
+    #[serde(default)]
+    pub scheduled_at_ms: u64,
+}

@@ -16,6 +16,7 @@ mod recorder;
 mod report;
 mod run;
 mod task;
+mod watch;
 mod workload;
 
 use std::path::PathBuf;
@@ -74,8 +75,8 @@ pub struct TestArgs {
     /// Seconds between faults and of each fault (10 s off, 10 s on, ...).
     #[arg(long, default_value_t = 10.0)]
     pub interval: f64,
-    /// Planted bug switched on in the nodes: ack-before-commit | skip-fencing.
-    #[arg(long, value_parser = ["ack-before-commit", "skip-fencing"])]
+    /// Planted bug switched on in the nodes: ack-before-commit | skip-fencing | cron-no-dedup.
+    #[arg(long, value_parser = ["ack-before-commit", "skip-fencing", "cron-no-dedup"])]
     pub bug: Option<String>,
     #[arg(long, default_value_t = 3)]
     pub masters: usize,

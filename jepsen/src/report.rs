@@ -42,6 +42,9 @@ pub struct RunMeta {
     pub terminal_wait_s: Option<f64>,
     /// Problems of the runner itself (a failed final read, a history write error, ...).
     pub runner_errors: Vec<String>,
+    /// Whether the event follower received every entry applied by the end (`events.jsonl`).
+    #[serde(default)]
+    pub events_caught_up: bool,
 }
 
 pub fn meta_path(dir: &Path) -> PathBuf {
@@ -96,6 +99,17 @@ pub fn judge(dir: &Path) -> anyhow::Result<Outcome> {
         node_logs: node_logs(dir),
         terminal_bound_ns: meta.terminal_bound_ns,
         heal_time_ns: meta.heal_time_ns,
+        cron: match dir.join("cron.json") {
+            p if p.exists() => {
+                Some(serde_json::from_slice(&std::fs::read(&p)?).context("reading cron.json")?)
+            }
+            _ => None,
+        },
+        events: match dir.join("events.jsonl") {
+            p if p.exists() => Some(read_jsonl(&p)?),
+            _ => None,
+        },
+        events_caught_up: meta.events_caught_up,
     };
     let verdicts = checker::check_all(&input);
     let stats = checker::summarize(&input.history);

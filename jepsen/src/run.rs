@@ -24,6 +24,7 @@ use crate::nemesis::{self, Nemesis};
 use crate::net::{self, Net};
 use crate::recorder::Recorder;
 use crate::report::{self, RunMeta};
+use crate::watch;
 use crate::workload::{self, Params, Workload};
 use crate::TestArgs;
 
@@ -162,6 +163,11 @@ pub async fn test(
         c.executors.iter().map(|e| e.addr.as_str()).collect::<Vec<_>>().join(",")
     );
     let cluster = Arc::new(tokio::sync::Mutex::new(c));
+    // The cron and the event follower (issue 17): judged by `cron_once` and `events_complete`.
+    if let Err(e) = watch::create_cron(&addrs, &admin).await {
+        meta.runner_errors.push(format!("{e:#}"));
+    }
+    let follower = watch::follow(&dir.join("events.jsonl"), &addrs, &creds.client)?;
 
     // --- workload, pollers, nemesis
     let rec = Arc::new(Recorder::create(&dir.join("history.jsonl"))?);
@@ -284,6 +290,9 @@ pub async fn test(
     {
         meta.runner_errors.push(format!("after healing: {e:#}"));
     }
+    if let Err(e) = watch::finish_cron(&dir, &addrs, &admin).await {
+        meta.runner_errors.push(format!("after healing: {e:#}"));
+    }
     let (jobs, live) = workload::wait_terminal(
         &admin,
         addrs.clone(),
@@ -302,6 +311,15 @@ pub async fn test(
         meta.runner_errors
             .push("the final read failed (the cluster did not answer within 60 s)".into());
     }
+    let (caught_up, fs) = follower.finish(&addrs, &admin, Duration::from_secs(30)).await;
+    meta.events_caught_up = caught_up;
+    println!(
+        "[+{:6.1}s] event follower: {} messages, {} events, {} resets, caught up: {caught_up}",
+        start.elapsed().as_secs_f64(),
+        fs.messages,
+        fs.events,
+        fs.resets
+    );
     let _ = stop_polls.send(true);
     for p in pollers {
         let _ = tokio::time::timeout(Duration::from_secs(2), p).await;

@@ -285,6 +285,27 @@ pub enum BenchCmd {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Cron firing lag: a cron `@every 1s` whose firings a client follows on the event stream;
+    /// how long after its scheduled time each firing arrives (kill the leader meanwhile, or run
+    /// `bench submit` beside it, to see those lags).
+    Cron {
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[command(flatten)]
+        out: OutputArg,
+        #[command(flatten)]
+        m: MastersArg,
+    },
+    /// Event delivery lag under submissions: closed-loop SubmitJobs (pace with --rate) while a
+    /// client follows the event stream; submission acknowledged -> its creation event received.
+    Events {
+        #[command(flatten)]
+        load: bench::Load,
+        #[command(flatten)]
+        out: OutputArg,
+        #[command(flatten)]
+        m: MastersArg,
+    },
     /// The pure planner's throughput on a synthetic state.
     Placement {
         #[arg(long, default_value_t = 1000)]
@@ -617,6 +638,12 @@ async fn bench_command(cmd: BenchCmd) -> anyhow::Result<()> {
             for r in bench::failover::run(args).await? {
                 r.print(out.format)?;
             }
+        }
+        BenchCmd::Cron { duration, out, m } => {
+            bench::watch::cron_lag(m.client()?, duration).await?.print(out.format)?
+        }
+        BenchCmd::Events { load, out, m } => {
+            bench::watch::events_lag(m.client()?, load).await?.print(out.format)?
         }
         BenchCmd::Placement { executors, tasks, rounds, out } => {
             bench::placement(executors, tasks, rounds).print(out.format)?

@@ -310,6 +310,7 @@ pub async fn fire_loop(node: Arc<Node>, mut shutdown: Shutdown) {
     let mut proposals = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leading = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -318,8 +319,13 @@ pub async fn fire_loop(node: Arc<Node>, mut shutdown: Shutdown) {
         while proposals.try_join_next().is_some() {}
         if !node.is_ready_leader() {
             in_flight.clear();
+            leading = false;
             continue;
         }
+        if !leading && crate::chaos::on(crate::chaos::Bug::CronNoDedup) {
+            refire_last(&node, &mut proposals);
+        }
+        leading = true;
         let now = now_ms();
         let due: Vec<(String, Vec<u64>)> = with_read(&node.applied, true, |a| {
             let crons: Vec<&Cron> = a.state.crons().filter(|c| !c.suspended).collect();
@@ -371,4 +377,25 @@ pub async fn fire_loop(node: Arc<Node>, mut shutdown: Shutdown) {
         }
     }
     proposals.abort_all();
+}
+
+/// The planted bug `cron-no-dedup` (see `crate::chaos`), leader side: a new leader, unsure
+/// whether its predecessor's last firing of each cron committed, proposes that time again. With
+/// the dedup key in apply this is harmless; the bug also removes that key, so it fires twice.
+fn refire_last(node: &Arc<Node>, proposals: &mut tokio::task::JoinSet<()>) {
+    let last: Vec<(String, u64)> = with_read(&node.applied, true, |a| {
+        a.state
+            .crons()
+            .filter(|c| !c.suspended && c.handled_upto > c.created_at)
+            .map(|c| (c.spec.name.clone(), c.handled_upto))
+            .collect()
+    });
+    for (name, t) in last {
+        let node = node.clone();
+        proposals.spawn(async move {
+            let cmd =
+                Command::FireCron { name, scheduled_at: t, job: Uuid::new_v4(), now: now_ms() };
+            let _ = node.write_one(cmd).await;
+        });
+    }
 }

@@ -14,6 +14,8 @@
 //! | [`terminal_after_heal`] | 5: after healing (+ a bound) every job is terminal | [`jobs`] |
 //! | [`single_leader_per_term`] | 6: at most one leader per term | [`cluster`] |
 //! | [`no_panics`] | no node panicked | [`cluster`] |
+//! | [`cron_once`] | 8: every scheduled time of the run's cron fired at most once, exactly once unless missed | [`cron`](mod@cron) |
+//! | [`events_complete`] | 8: an event follower through the faults sees every transition once, in index order | [`events`](mod@events) |
 //! | [`well_formed`] | the history itself obeys the invoke/complete protocol (a runner bug otherwise) | here |
 //!
 //! Conventions shared by all checkers:
@@ -32,6 +34,8 @@ use crate::history::{Call, JobView, Op, OpType, SideEffect};
 
 pub mod attempts;
 pub mod cluster;
+pub mod cron;
+pub mod events;
 pub mod jobs;
 pub mod linearizable;
 #[cfg(test)]
@@ -39,6 +43,8 @@ mod testutil;
 
 pub use attempts::no_overlapping_attempts;
 pub use cluster::{no_panics, single_leader_per_term};
+pub use cron::cron_once;
+pub use events::events_complete;
 pub use jobs::{legal_transitions, no_lost_acks, terminal_after_heal, unique_per_key};
 pub use linearizable::linearizable;
 
@@ -149,6 +155,12 @@ pub struct CheckInput {
     pub terminal_bound_ns: u64,
     /// When the nemesis healed the last fault (CLOCK_MONOTONIC ns), if known.
     pub heal_time_ns: Option<u64>,
+    /// The run's cron at the end (`cron.json`), if it had one.
+    pub cron: Option<crate::history::CronRecord>,
+    /// What the event follower received (`events.jsonl`), if the run had one, and whether it
+    /// caught up with every applied entry by the end.
+    pub events: Option<Vec<crate::history::EventLine>>,
+    pub events_caught_up: bool,
 }
 
 /// Runs every checker, in the order of the table in the module doc.
@@ -164,6 +176,8 @@ pub fn check_all(input: &CheckInput) -> Vec<Verdict> {
         single_leader_per_term(h),
         no_panics(&input.node_logs),
         well_formed(h),
+        cron_once(input.cron.as_ref(), input.events.as_deref()),
+        events_complete(h, input.events.as_deref(), input.events_caught_up),
     ]
 }
 
@@ -499,9 +513,10 @@ mod tests {
             node_logs: vec![("m1".into(), "INFO started\n".into())],
             terminal_bound_ns: 10,
             heal_time_ns: Some(50),
+            ..Default::default()
         };
         let vs = check_all(&input);
-        assert_eq!(vs.len(), 9);
+        assert_eq!(vs.len(), 11);
         for v in vs {
             assert!(v.valid, "{v:?}");
         }

@@ -8,6 +8,7 @@ pub mod etcd;
 pub mod failover;
 pub mod http;
 pub mod plot;
+pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
