@@ -267,16 +267,18 @@ pub fn choose_attempt<'t>(
     attempt: Option<u32>,
 ) -> Result<&'t pb::Attempt, Status> {
     let task = t.index;
+    match find_attempt(t, attempt) {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err(Status::not_found(format!("task {task} of job {job_id} has not run yet"))),
+        Err(n) => Err(Status::not_found(format!("task {task} has no attempt {n}"))),
+    }
+}
+
+/// Attempt number `attempt` of `t`, or (with `None`) its latest started attempt, else its last:
+/// `Ok(None)` when it has no attempt yet, `Err(n)` when it has no attempt number `n`.
+pub fn find_attempt(t: &pb::Task, attempt: Option<u32>) -> Result<Option<&pb::Attempt>, u32> {
     match attempt {
-        Some(n) => t
-            .attempts
-            .iter()
-            .find(|a| a.number == n)
-            .ok_or_else(|| Status::not_found(format!("task {task} has no attempt {n}"))),
-        None => {
-            t.attempts.iter().rev().find(|a| a.started_at_ms != 0).or(t.attempts.last()).ok_or_else(
-                || Status::not_found(format!("task {task} of job {job_id} has not run yet")),
-            )
-        }
+        Some(n) => t.attempts.iter().find(|a| a.number == n).map(Some).ok_or(n),
+        None => Ok(t.attempts.iter().rev().find(|a| a.started_at_ms != 0).or(t.attempts.last())),
     }
 }

@@ -252,14 +252,6 @@ fn choose_attempt<'t>(
     job_id: &str,
     attempt: Option<u32>,
 ) -> anyhow::Result<Option<&'t pb::Attempt>> {
-    let task = t.index;
-    match attempt {
-        Some(n) => t
-            .attempts
-            .iter()
-            .find(|a| a.number == n)
-            .map(Some)
-            .with_context(|| format!("task {task} of job {job_id} has no attempt {n}")),
-        None => Ok(t.attempts.iter().rev().find(|a| a.started_at_ms != 0).or(t.attempts.last())),
-    }
+    crate::api::convert::find_attempt(t, attempt)
+        .map_err(|n| anyhow::anyhow!("task {} of job {job_id} has no attempt {n}", t.index))
 }
