@@ -275,7 +275,11 @@ impl Validate for pb::GetCronRequest {
 
 impl Validate for pb::CronNameRequest {
     fn validate(&self) -> Result<(), Status> {
-        crate::state::cron::validate_name(&self.name).map_err(bad)
+        crate::state::cron::validate_name(&self.name).map_err(bad)?;
+        if self.trigger_job_id.len() > 64 {
+            return Err(bad("trigger_job_id: longer than a UUID".to_string()));
+        }
+        Ok(())
     }
 }
 

@@ -53,7 +53,7 @@ impl Client {
         name: &str,
         change: CronChange,
     ) -> Result<Option<pb::Cron>, Status> {
-        let req = pb::CronNameRequest { name: name.to_string() };
+        let req = pb::CronNameRequest { name: name.to_string(), ..Default::default() };
         let r = self.call(|c| {
             let req = req.clone();
             async move {
@@ -68,9 +68,13 @@ impl Client {
         Ok(r.await?.cron)
     }
 
-    /// Fires cron `name` now; the id of the job it created.
+    /// Fires cron `name` now; the id of the job it created. The job's id is chosen here, once,
+    /// so that the retries of this call create one job.
     pub async fn trigger_cron(&self, name: &str) -> Result<String, Status> {
-        let req = pb::CronNameRequest { name: name.to_string() };
+        let req = pb::CronNameRequest {
+            name: name.to_string(),
+            trigger_job_id: uuid::Uuid::new_v4().to_string(),
+        };
         let r = self.call(|c| {
             let req = req.clone();
             async move { crons(c).trigger_cron(req).await }

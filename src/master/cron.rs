@@ -281,9 +281,14 @@ impl CronService for Crons {
         let fwd = Caller::of(&req)?;
         let msg = req.into_inner();
         msg.validate()?;
+        let job = match msg.trigger_job_id.as_str() {
+            "" => Uuid::new_v4(),
+            id => Uuid::parse_str(id).map_err(|_| {
+                Status::invalid_argument(format!("trigger_job_id {id:?} is not a UUID"))
+            })?,
+        };
         let local = || async {
-            let cmd =
-                Command::TriggerCron { name: msg.name.clone(), job: Uuid::new_v4(), now: now_ms() };
+            let cmd = Command::TriggerCron { name: msg.name.clone(), job, now: now_ms() };
             match self.node.write_one(cmd).await? {
                 Ok(Outcome::CronFired { job: Some(j) }) => {
                     Ok(pb::TriggerCronResponse { job_id: j.to_string() })

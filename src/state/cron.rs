@@ -215,6 +215,10 @@ impl State {
         now: Millis,
     ) -> Result<Outcome, Rejection> {
         let cron = self.crons.get(name).ok_or_else(|| Rejection::CronNotFound(name.to_string()))?;
+        // The job id is the request's idempotency key: a retried trigger creates nothing.
+        if cron.runs.iter().any(|r| r.outcome == RunOutcome::Triggered { job }) {
+            return Ok(Outcome::CronFired { job: Some(job) });
+        }
         let (job_name, spec) = (cron.spec.job_name.clone(), cron.spec.job.clone());
         self.submit_job(job, &job_name, "", &spec, now)?;
         if let Some(cron) = self.crons.get_mut(name) {
