@@ -5,7 +5,7 @@
 //! **One layer under both APIs.** A handler does not judge anything itself: it names the gRPC
 //! method it mirrors, has the caller authorised for that method by the one table and token check
 //! of [`crate::security::authz`], and calls the very service implementation the gRPC server runs
-//! (`Jobs`, `Cluster`, `Executors`), in process, with a `tonic::Request` carrying the caller's
+//! (`Jobs`, `Cluster`, `Executors`, `Crons`), in process, with a `tonic::Request` carrying the caller's
 //! identity. Validation, forwarding to the leader, linearizable reads and error messages are
 //! therefore the gRPC ones; a `Status` becomes an HTTP status code and a one-line JSON body
 //! `{"error": "...", "code": "NOT_FOUND"}` in [`ApiError`]. Request bodies are the gRPC request
