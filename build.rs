@@ -15,7 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // describes these messages in its OpenAPI document.
         .message_attribute(".triad.v1.SubmitJobRequest", DESERIALIZE)
         .message_attribute(".triad.v1.JobSpec", DESERIALIZE)
-        .message_attribute(".triad.v1.Resources", DESERIALIZE);
+        .message_attribute(".triad.v1.Resources", DESERIALIZE)
+        .message_attribute(".triad.v1.CreateCronRequest", DESERIALIZE);
     let schema = [
         "SubmitJobRequest",
         "JobSpec",
@@ -33,6 +34,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ListExecutorsResponse",
         "ExecutorInfo",
         "DrainExecutorResponse",
+        "WatchEventsResponse",
+        "Event",
+        "CreateCronRequest",
+        "CronResponse",
+        "Cron",
+        "CronRun",
+        "ListCronsResponse",
+        "TriggerCronResponse",
     ];
     let config = schema.iter().fold(config, |c, m| {
         c.message_attribute(format!(".triad.v1.{m}"), "#[derive(utoipa::ToSchema)]")

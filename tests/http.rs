@@ -301,3 +301,264 @@ async fn grpc_reflection_answers_v1alpha_and_v1_clients() {
         client.server_reflection_info(futures::stream::iter([req])).await.unwrap().into_inner();
     assert!(answers.message().await.unwrap().is_some(), "v1 still answers");
 }
+
+/// One Server-Sent Event as curl received it.
+#[derive(Debug, Clone, PartialEq)]
+struct SseEvent {
+    id: Option<u64>,
+    event: String,
+    data: Value,
+}
+
+/// A `curl -N` reading an SSE stream, its events handed over by a reader thread.
+struct SseStream {
+    path: String,
+    child: std::process::Child,
+    rx: std::sync::mpsc::Receiver<Option<SseEvent>>,
+}
+
+impl SseStream {
+    fn open(h: &Https, path: &str, extra: &[&str]) -> SseStream {
+        use std::io::BufRead;
+        let url = format!("{}{path}", h.base);
+        let auth = format!("Authorization: Bearer {}", h.token.as_ref().expect("a token"));
+        let mut child = Command::new("curl")
+            .args(["-sS", "-N", "--max-time", "120", "--cacert", &h.ca, "-H", &auth])
+            .args(extra)
+            .arg(&url)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut id, mut event, mut data) = (None, String::new(), String::new());
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if line.is_empty() {
+                    if !data.is_empty() {
+                        let v = serde_json::from_str(&data).expect("an event's data is JSON");
+                        let e =
+                            SseEvent { id: id.take(), event: std::mem::take(&mut event), data: v };
+                        if tx.send(Some(e)).is_err() {
+                            return;
+                        }
+                    }
+                    data.clear();
+                    continue;
+                }
+                let (k, v) = line.split_once(':').unwrap_or((&line, ""));
+                let v = v.strip_prefix(' ').unwrap_or(v);
+                match k {
+                    "id" => id = Some(v.parse().expect("ids are indexes")),
+                    "event" => event = v.to_string(),
+                    "data" => data.push_str(v),
+                    _ => {}
+                }
+            }
+            let _ = tx.send(None);
+        });
+        SseStream { path: path.to_string(), child, rx }
+    }
+
+    /// The next event (None: the stream ended); panics after `timeout`.
+    fn next(&self, timeout: Duration) -> Option<SseEvent> {
+        self.rx.recv_timeout(timeout).expect("an SSE event within the deadline")
+    }
+
+    /// The `entry` events up to and including the first for which `last` holds.
+    fn entries_until(&self, last: impl Fn(&SseEvent) -> bool) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        loop {
+            let Some(e) = self.next(Duration::from_secs(20)) else {
+                panic!("the stream {} ended early, after {out:?}", self.path);
+            };
+            assert!(e.id.is_some() || e.event == "error", "no id: {e:?}");
+            assert_ne!(e.event, "error", "{e:?}");
+            if let Some(id) = e.id {
+                assert_eq!(e.data["index"].as_u64(), Some(id), "the id is the entry's index");
+            }
+            if e.event != "entry" {
+                continue;
+            }
+            let done = last(&e);
+            out.push(e);
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+impl Drop for SseStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn job_ended(job: &str) -> impl Fn(&SseEvent) -> bool + '_ {
+    move |e| {
+        e.data["events"].as_array().unwrap().iter().any(|ev| {
+            ev["kind"] == "job"
+                && ev["job_id"] == job
+                && ["succeeded", "failed", "cancelled"].contains(&ev["to"].as_str().unwrap_or(""))
+        })
+    }
+}
+
+#[test]
+fn http_events_are_server_sent_with_their_index_as_id_and_resume_exactly() {
+    let (mut c, leader) = {
+        let c = Cluster::start(3, |cfg| cfg.raft.snapshot_every = 50);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let leader = rt.block_on(c.wait_leader(Duration::from_secs(20)));
+        (c, leader)
+    };
+    let follower = c.followers(leader)[0];
+    let client = Https::new(&c, follower, Some(Role::Client));
+
+    // Errors before the stream starts: the token, the query.
+    Https::new(&c, follower, None).get("/v1/events").assert_error(401, "UNAUTHENTICATED");
+    client.get("/v1/events?from=abc").assert_error(400, "INVALID_ARGUMENT");
+    client.get("/v1/events?job=nope").assert_error(400, "INVALID_ARGUMENT");
+    client.get("/v1/events?colour=red").assert_error(400, "INVALID_ARGUMENT");
+
+    // The leader's applied index `at`, then a job submitted and cancelled (two entries at
+    // least), watched from `at` on a follower: the job's events, each with its Raft index as the
+    // SSE id, in index order, all after `at`.
+    let cluster = client.get("/v1/cluster").json();
+    let at = cluster["masters"].as_array().unwrap().iter().find(|m| m["id"] == leader).unwrap()
+        ["applied_index"]
+        .as_u64()
+        .unwrap();
+    let r = client.post(
+        "/v1/jobs",
+        r#"{"spec": {"command": "sleep", "args": ["30"], "task_count": 1}}"#,
+        &[],
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["job_id"].as_str().unwrap().to_string();
+    let s = SseStream::open(&client, &format!("/v1/events?from={at}&job={id}"), &[]);
+    let r = client.post(&format!("/v1/jobs/{id}/cancel"), "", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let first = s.entries_until(job_ended(&id));
+    drop(s);
+    let ids: Vec<u64> = first.iter().map(|e| e.id.unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in index order: {ids:?}");
+    assert!(ids.len() >= 2 && ids[0] > at, "after {at}, the submission and the cancel: {ids:?}");
+    let all: Vec<&Value> =
+        first.iter().flat_map(|e| e.data["events"].as_array().unwrap().iter()).collect();
+    assert!(all.iter().all(|e| e["job_id"] == id.as_str()), "{all:?}");
+    assert!(all.iter().any(|e| e["kind"] == "job" && e["from"] == "" && e["to"] == "pending"));
+    assert!(all.iter().any(|e| e["kind"] == "task" && e["to"] == "cancelled"), "{all:?}");
+
+    // Resuming from the first id, on another master, gives exactly the rest; so does
+    // `Last-Event-ID` (what EventSource sends when it reconnects).
+    let other = Https::new(&c, leader, Some(Role::Client));
+    let rest = SseStream::open(&other, &format!("/v1/events?from={}&job={id}", ids[0]), &[]);
+    // (The same entries; `caught_up` depends on each stream's own read point.)
+    let key = |es: &[SseEvent]| -> Vec<(Option<u64>, Value)> {
+        es.iter().map(|e| (e.id, e.data["events"].clone())).collect()
+    };
+    assert_eq!(key(&rest.entries_until(job_ended(&id))), key(&first[1..]));
+    let header = format!("Last-Event-ID: {}", ids[0]);
+    let again = SseStream::open(&client, &format!("/v1/events?job={id}"), &["-H", &header]);
+    assert_eq!(key(&again.entries_until(job_ended(&id))), key(&first[1..]));
+    drop((rest, again));
+
+    // The stream ends on shutdown, with one error event naming it.
+    let s = SseStream::open(&client, "/v1/events", &[]);
+    let mark = s.next(Duration::from_secs(20)).expect("a first progress mark");
+    assert_eq!((mark.event.as_str(), mark.data["caught_up"].as_bool()), ("mark", Some(true)));
+    let pid = c.master(follower).child.as_ref().unwrap().id();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGTERM)
+        .unwrap();
+    let end = loop {
+        let e = s.next(Duration::from_secs(20)).expect("an error event before the end");
+        if e.event == "error" {
+            break e;
+        }
+    };
+    assert_eq!(end.data["code"], "UNAVAILABLE", "{end:?}");
+    assert!(end.data["error"].as_str().unwrap().contains("shutting down"), "{end:?}");
+    assert_eq!(s.next(Duration::from_secs(20)), None, "the stream ends after its error");
+    drop(s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(wait_for("the follower to exit", Duration::from_secs(20), || {
+        let done = c.try_wait(follower).is_some();
+        async move { done.then_some(()) }
+    }));
+
+    // A master restarted past a snapshot holds no events before it: 410, one line, saying from
+    // where to resume.
+    c.restart(follower);
+    for i in 0..80 {
+        let body =
+            format!(r#"{{"name": "filler-{i}", "spec": {{"command": "true", "task_count": 1}}}}"#);
+        assert_eq!(other.post("/v1/jobs", &body, &[]).status, 201);
+    }
+    let last = rt.block_on(c.status(leader)).unwrap().applied_index;
+    rt.block_on(c.wait_applied(follower, last, Duration::from_secs(30)));
+    c.kill(follower);
+    c.restart(follower);
+    rt.block_on(c.wait_applied(follower, last, Duration::from_secs(30)));
+    let e = client.get("/v1/events?from=0").assert_error(410, "OUT_OF_RANGE");
+    assert!(e.contains("re-read the state"), "{e}");
+}
+
+#[test]
+fn http_crons_and_executor_heartbeats() {
+    let (c, leader) = start();
+    let follower = c.followers(leader)[0];
+    let admin = Https::new(&c, follower, Some(Role::Admin));
+    let client = Https::new(&c, follower, Some(Role::Client));
+    let exec = Executor::start(&c.masters_arg(), c.dir.path(), "exec-c", 2, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // The leader's last heartbeat from each executor (linearizable reads only).
+    let e = rt.block_on(wait_for("a heartbeat on the list", Duration::from_secs(20), || async {
+        let r = client.get("/v1/executors").json();
+        let e = r["executors"][0].clone();
+        (e["state"] == "alive" && e["last_heartbeat_ms"].as_u64() > Some(0)).then_some(e)
+    }));
+    assert!(e["heartbeat_age_ms"].is_u64(), "{e}");
+    let stale = client.get("/v1/executors?stale=true").json();
+    assert_eq!(stale["executors"][0]["last_heartbeat_ms"], 0, "a follower holds no liveness");
+
+    // Crons: the admin creates, suspends, resumes, triggers and deletes; a client reads.
+    let body = r#"{"name": "nightly", "schedule": "0 3 * * *", "spec": {"command": "true", "task_count": 1}}"#;
+    client.post("/v1/crons", body, &[]).assert_error(403, "PERMISSION_DENIED");
+    let e = admin
+        .post("/v1/crons", r#"{"name": "x", "schedule": "0 3 * * *", "colour": 1}"#, &[])
+        .assert_error(400, "INVALID_ARGUMENT");
+    assert!(e.contains("unknown field `colour`"), "{e}");
+    admin.post("/v1/crons", "{", &[]).assert_error(400, "INVALID_ARGUMENT");
+    admin
+        .post(
+            "/v1/crons",
+            r#"{"name": "x", "schedule": "never", "spec": {"command": "true", "task_count": 1}}"#,
+            &[],
+        )
+        .assert_error(400, "INVALID_ARGUMENT");
+    let r = admin.post("/v1/crons", body, &[]);
+    assert_eq!((r.status, r.json()["cron"]["name"].as_str()), (201, Some("nightly")), "{}", r.body);
+    let list = client.get("/v1/crons").json();
+    assert_eq!(list["crons"][0]["name"], "nightly");
+    let got = client.get("/v1/crons/nightly?stale=true").json();
+    assert_eq!(got["cron"]["next_ms"].as_array().map(|n| n.is_empty()), Some(false));
+    let r = admin.post("/v1/crons/nightly/suspend", "", &[]);
+    assert_eq!((r.status, r.json()["cron"]["suspended"].as_bool()), (200, Some(true)));
+    let r = admin.post("/v1/crons/nightly/resume", "", &[]);
+    assert_eq!((r.status, r.json()["cron"]["suspended"].as_bool()), (200, Some(false)));
+    client.post("/v1/crons/nightly/trigger", "", &[]).assert_error(403, "PERMISSION_DENIED");
+    let r = admin.post("/v1/crons/nightly/trigger", "", &[]);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let job = r.json()["job_id"].as_str().unwrap().to_string();
+    assert_eq!(client.get(&format!("/v1/jobs/{job}")).status, 200);
+    let r = admin.call("DELETE", "/v1/crons/nightly", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    client.get("/v1/crons/nightly").assert_error(404, "NOT_FOUND");
+    admin.post("/v1/crons/nightly/suspend", "", &[]).assert_error(404, "NOT_FOUND");
+    drop(exec);
+}

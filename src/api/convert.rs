@@ -241,6 +241,9 @@ pub fn executor_to_pb(e: &Executor, used: Resources, running: u32) -> pb::Execut
         labels: e.labels.clone().into_iter().collect(),
         epoch: e.epoch,
         running,
+        // Leader memory, not state: filled in by the leader's `ListExecutors`.
+        last_heartbeat_ms: 0,
+        heartbeat_age_ms: 0,
     }
 }
 

@@ -339,6 +339,20 @@ impl Executors {
         })
     }
 
+    /// Fills in each listed executor's last heartbeat from this leader's liveness table (memory
+    /// only: heartbeats are not Raft entries). Taken after the state read, one lock for all.
+    fn add_heartbeats(&self, r: &mut pb::ListExecutorsResponse) {
+        let (now, wall) = (Instant::now(), now_ms());
+        let view = self.liveness.view();
+        for e in &mut r.executors {
+            if let Some(at) = view.last_heard(&e.id) {
+                let age = now.saturating_duration_since(at).as_millis() as u64;
+                e.heartbeat_age_ms = age;
+                e.last_heartbeat_ms = wall.saturating_sub(age);
+            }
+        }
+    }
+
     async fn simple_write(&self, cmd: Command) -> Result<(), LocalError> {
         match self.node.write_one(cmd).await? {
             Ok(_) => Ok(()),
@@ -424,9 +438,12 @@ impl ExecutorService for Executors {
         if msg.consistency == pb::ReadConsistency::Stale as i32 {
             return Ok(Response::new(self.list_local(msg.page_size, &msg.page_token)));
         }
+        // On the leader (linearizable): with the last heartbeat from its liveness table.
         let local = || async {
             self.node.linearize().await?;
-            Ok(self.list_local(msg.page_size, &msg.page_token))
+            let mut r = self.list_local(msg.page_size, &msg.page_token);
+            self.add_heartbeats(&mut r);
+            Ok(r)
         };
         self.node
             .serve_on_leader(

@@ -31,6 +31,9 @@ struct Seen {
     stamp: Option<Stamp>,
     /// Its last heartbeat said it cannot take new work (no room in its work dir).
     unhealthy: bool,
+    /// When this leader last actually heard it (a heartbeat or registration; unlike `at`, not
+    /// moved by [`Liveness::reset`]): what `ListExecutors` shows as the last heartbeat.
+    heard: Option<Instant>,
 }
 
 /// A numbered heartbeat as the leader received it.
@@ -57,6 +60,7 @@ impl Inner {
         match self.last_seen.get_mut(id) {
             Some(s) => {
                 s.at = s.at.max(at);
+                s.heard = Some(s.heard.map_or(at, |h| h.max(at)));
                 if !s.placeable {
                     s.placeable = true;
                     self.generation += 1;
@@ -64,7 +68,8 @@ impl Inner {
                 update(s);
             }
             None => {
-                let mut s = Seen { at, placeable: true, stamp: None, unhealthy: false };
+                let mut s =
+                    Seen { at, placeable: true, stamp: None, unhealthy: false, heard: Some(at) };
                 update(&mut s);
                 self.last_seen.insert(id.to_string(), s);
                 self.generation += 1;
@@ -90,6 +95,12 @@ impl View<'_> {
     /// May `id` be given work: heard from within the placement window as of the last sweep?
     pub fn is_placeable(&self, id: &str) -> bool {
         self.0.last_seen.get(id).is_some_and(|s| s.placeable && !s.unhealthy)
+    }
+
+    /// When this leader last heard from `id` (a heartbeat or its registration); none before it
+    /// has (a leadership's grace period is not a sighting).
+    pub fn last_heard(&self, id: &str) -> Option<Instant> {
+        self.0.last_seen.get(id).and_then(|s| s.heard)
     }
 
     /// The newest beat heard from `id` under registration `epoch`: none before this leader has
@@ -145,6 +156,7 @@ impl Liveness {
                 placeable: true,
                 stamp: None,
                 unhealthy: false,
+                heard: None,
             });
             s.at = s.at.max(at);
             s.placeable = true;

@@ -190,6 +190,7 @@ struct Services {
     jobs: jobs::Jobs,
     cluster: cluster::Cluster,
     executors: executors::Executors,
+    crons: cron::Crons,
 }
 
 impl Services {
@@ -202,6 +203,7 @@ impl Services {
         Services {
             jobs: jobs::Jobs::new(node.clone(), shutdown.clone()),
             cluster: cluster::Cluster { node: node.clone() },
+            crons: cron::Crons { node: node.clone() },
             executors: executors::Executors {
                 node: node.clone(),
                 liveness,
@@ -238,6 +240,7 @@ async fn serve_http(
         jobs: services.jobs.clone(),
         cluster: services.cluster.clone(),
         executors: services.executors.clone(),
+        crons: services.crons.clone(),
         authority: secured.authority.clone(),
         shutdown: shutdown.clone(),
     });
@@ -275,9 +278,7 @@ fn serve_grpc(
             JobServiceServer::new(services.jobs).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(ClusterServiceServer::new(services.cluster))
-        .add_service(crate::api::pb::cron_service_server::CronServiceServer::new(cron::Crons {
-            node: node.clone(),
-        }))
+        .add_service(crate::api::pb::cron_service_server::CronServiceServer::new(services.crons))
         .add_service(ExecutorServiceServer::new(services.executors));
     let mut stop = shutdown.clone();
     let serving = tokio::spawn(server.serve_with_incoming_shutdown(

@@ -1,11 +1,11 @@
 //! The HTTP/JSON API under `/v1/` on every master's `http_listen`: jobs, executors, the cluster,
-//! task output, and its OpenAPI document (`/v1/openapi.json`, generated from these handlers by
+//! task output, the event stream (Server-Sent Events), crons, and its OpenAPI document (`/v1/openapi.json`, generated from these handlers by
 //! `utoipa`).
 //!
 //! **One layer under both APIs.** A handler does not judge anything itself: it names the gRPC
 //! method it mirrors, has the caller authorised for that method by the one table and token check
 //! of [`crate::security::authz`], and calls the very service implementation the gRPC server runs
-//! (`Jobs`, `Cluster`, `Executors`), in process, with a `tonic::Request` carrying the caller's
+//! (`Jobs`, `Cluster`, `Executors`, `Crons`), in process, with a `tonic::Request` carrying the caller's
 //! identity. Validation, forwarding to the leader, linearizable reads and error messages are
 //! therefore the gRPC ones; a `Status` becomes an HTTP status code and a one-line JSON body
 //! `{"error": "...", "code": "NOT_FOUND"}` in [`ApiError`]. Request bodies are the gRPC request
@@ -21,19 +21,23 @@ use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 use utoipa::OpenApi;
 
 use super::cluster::Cluster;
+use super::cron::Crons;
 use super::executors::Executors;
 use super::jobs::Jobs;
 use super::node::Node;
 use crate::api::pb;
 use crate::api::pb::cluster_service_server::ClusterService;
+use crate::api::pb::cron_service_server::CronService;
 use crate::api::pb::executor_service_server::ExecutorService;
 use crate::api::pb::job_service_server::JobService;
 use crate::api::pb::worker_service_client::WorkerServiceClient;
@@ -63,6 +67,14 @@ pub mod method {
     pub const LIST_EXECUTORS: &str = "/triad.v1.ExecutorService/ListExecutors";
     pub const DRAIN_EXECUTOR: &str = "/triad.v1.ExecutorService/DrainExecutor";
     pub const READ_OUTPUT: &str = "/triad.v1.WorkerService/ReadOutput";
+    pub const WATCH_EVENTS: &str = "/triad.v1.JobService/WatchEvents";
+    pub const LIST_CRONS: &str = "/triad.v1.CronService/ListCrons";
+    pub const GET_CRON: &str = "/triad.v1.CronService/GetCron";
+    pub const CREATE_CRON: &str = "/triad.v1.CronService/CreateCron";
+    pub const DELETE_CRON: &str = "/triad.v1.CronService/DeleteCron";
+    pub const SUSPEND_CRON: &str = "/triad.v1.CronService/SuspendCron";
+    pub const RESUME_CRON: &str = "/triad.v1.CronService/ResumeCron";
+    pub const TRIGGER_CRON: &str = "/triad.v1.CronService/TriggerCron";
 }
 
 /// What the handlers share: the master's gRPC services (the same instances the gRPC server
@@ -72,6 +84,7 @@ pub struct Api {
     pub jobs: Jobs,
     pub cluster: Cluster,
     pub executors: Executors,
+    pub crons: Crons,
     pub authority: Authority,
     pub shutdown: Shutdown,
 }
@@ -616,6 +629,278 @@ async fn cluster_status(State(api): State<Arc<Api>>, headers: HeaderMap) -> Resu
     Ok(reply(StatusCode::OK, api.cluster.cluster_status(Api::request(&who, msg)).await?))
 }
 
+/// Query of `GET /v1/events`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// the entries after this Raft index (the last `id:` received): nothing repeats, nothing is
+    /// skipped. When absent, the `Last-Event-ID` header, else from now on
+    pub from: Option<u64>,
+    /// only this job's events (its job and task transitions, the cron firing that created it)
+    pub job: Option<String>,
+    /// catch up with the leader's read point first: the message with `caught_up` comes once
+    /// every write acknowledged before the request has been delivered
+    pub linearizable: Option<bool>,
+}
+
+/// `Last-Event-ID`, which `EventSource` sends when it reconnects.
+const LAST_EVENT_ID: &str = "last-event-id";
+
+/// The event stream as Server-Sent Events: `WatchEvents` over HTTP, with its semantics. One SSE
+/// event per Raft entry, `event: entry`, its index as `id:` and the `WatchEventsResponse` as JSON
+/// `data:`; progress marks (no events, sent on catching up and at least every 2 s when idle) are
+/// `event: mark` with an `id:` too. Resume with `from=` the last `id:` seen (or `Last-Event-ID`),
+/// on any master. Events already gone: 410 (`OUT_OF_RANGE`, the message says from where to
+/// resume). The stream ends with one `event: error` (an `ErrorBody`) when the master stops
+/// (`UNAVAILABLE`: resume on another), when the reader fell behind the events kept, or when it
+/// left events unread for 30 s (a slow reader is cut off, not buffered for).
+#[utoipa::path(
+    get, path = "/v1/events", tag = "events", params(EventsQuery),
+    responses(
+        (status = 200, description = "the stream (`text/event-stream`): `id: INDEX`, `event: entry|mark|error`, `data:` a WatchEventsResponse (or an ErrorBody for `error`) as JSON", content_type = "text/event-stream", body = pb::WatchEventsResponse),
+        (status = 400, description = "a bad query or job id", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 410, description = "the entries after `from` are gone here (OUT_OF_RANGE)", body = ErrorBody),
+        (status = 429, description = "too many streams open on this master", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn events(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    q: std::result::Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response> {
+    let who = api.authorize(&headers, method::WATCH_EVENTS)?;
+    let Query(q) = q?;
+    let from = match (q.from, headers.get(LAST_EVENT_ID)) {
+        (Some(i), _) => Some(i),
+        (None, Some(v)) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| ApiError::bad_request("the Last-Event-ID header is not an index"))?,
+        ),
+        (None, None) => None,
+    };
+    let msg = pb::WatchEventsRequest {
+        from_index: from,
+        job_id: q.job.unwrap_or_default(),
+        linearizable: q.linearizable.unwrap_or(false),
+    };
+    let stream = api.jobs.watch_events(Api::request(&who, msg)).await.map_err(gone)?.into_inner();
+    // The feed behind `stream` holds at most `events::QUEUE` messages and cuts off a reader that
+    // leaves them unread for `events::SEND_GRACE`; it ends on shutdown with UNAVAILABLE.
+    let sse = stream.map(|m| Ok::<_, std::convert::Infallible>(sse_event(m)));
+    let mut r = Sse::new(sse).into_response();
+    r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(r)
+}
+
+/// `OUT_OF_RANGE` when a stream opens means its start is gone: 410, not a bad request.
+fn gone(s: Status) -> ApiError {
+    if s.code() == tonic::Code::OutOfRange {
+        ApiError::new(StatusCode::GONE, "OUT_OF_RANGE", s.message())
+    } else {
+        s.into()
+    }
+}
+
+/// One stream message as an SSE event.
+fn sse_event(m: Result<pb::WatchEventsResponse, Status>) -> SseEvent {
+    match m {
+        Ok(m) => {
+            let kind = if m.events.is_empty() { "mark" } else { "entry" };
+            json_event(SseEvent::default().id(m.index.to_string()).event(kind), &m)
+        }
+        Err(s) => json_event(SseEvent::default().event("error"), &ApiError::from(s).body),
+    }
+}
+
+fn json_event<T: Serialize>(e: SseEvent, data: &T) -> SseEvent {
+    e.json_data(data).unwrap_or_else(|err| {
+        let body =
+            ErrorBody { error: format!("encoding an event: {err}"), code: "INTERNAL".into() };
+        SseEvent::default().event("error").data(serde_json::to_string(&body).unwrap_or_default())
+    })
+}
+
+/// Every cron: schedule, next times, runs with their jobs' states.
+#[utoipa::path(
+    get, path = "/v1/crons", tag = "crons", params(ReadQuery),
+    responses(
+        (status = 200, body = pb::ListCronsResponse),
+        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_crons(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    q: std::result::Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Response> {
+    let who = api.authorize(&headers, method::LIST_CRONS)?;
+    let Query(q) = q?;
+    let msg = pb::ListCronsRequest { consistency: consistency(q.stale) };
+    Ok(reply(StatusCode::OK, api.crons.list_crons(Api::request(&who, msg)).await?))
+}
+
+/// Create a cron (admin). The body is a `CreateCronRequest`. 201 with the cron.
+#[utoipa::path(
+    post, path = "/v1/crons", tag = "crons",
+    request_body = pb::CreateCronRequest,
+    responses(
+        (status = 201, description = "created", body = pb::CronResponse),
+        (status = 400, description = "bad JSON, unknown field, bad schedule or spec", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "a cron of that name exists", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn create_cron(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let who = api.authorize(&headers, method::CREATE_CRON)?;
+    let msg: pb::CreateCronRequest = parse_body(&body?)?;
+    Ok(reply(StatusCode::CREATED, api.crons.create_cron(Api::request(&who, msg)).await?))
+}
+
+/// One cron: schedule, next firing times, its last runs (skipped and missed ones too).
+#[utoipa::path(
+    get, path = "/v1/crons/{name}", tag = "crons",
+    params(("name" = String, Path, description = "the cron's name"), ReadQuery),
+    responses(
+        (status = 200, body = pb::CronResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_cron(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    name: std::result::Result<Path<String>, PathRejection>,
+    q: std::result::Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Response> {
+    let who = api.authorize(&headers, method::GET_CRON)?;
+    let (Path(name), Query(q)) = (name?, q?);
+    let msg = pb::GetCronRequest { name, consistency: consistency(q.stale) };
+    Ok(reply(StatusCode::OK, api.crons.get_cron(Api::request(&who, msg)).await?))
+}
+
+/// The cron changes named by a path: which gRPC method, and its call.
+#[derive(Clone, Copy)]
+enum CronChange {
+    Delete,
+    Suspend,
+    Resume,
+}
+
+async fn cron_change(
+    api: &Api,
+    headers: &HeaderMap,
+    name: std::result::Result<Path<String>, PathRejection>,
+    what: CronChange,
+) -> Result<Response> {
+    let m = match what {
+        CronChange::Delete => method::DELETE_CRON,
+        CronChange::Suspend => method::SUSPEND_CRON,
+        CronChange::Resume => method::RESUME_CRON,
+    };
+    let who = api.authorize(headers, m)?;
+    let Path(name) = name?;
+    let req = Api::request(&who, pb::CronNameRequest { name });
+    let r = match what {
+        CronChange::Delete => api.crons.delete_cron(req).await?,
+        CronChange::Suspend => api.crons.suspend_cron(req).await?,
+        CronChange::Resume => api.crons.resume_cron(req).await?,
+    };
+    Ok(reply(StatusCode::OK, r))
+}
+
+/// Delete a cron (admin); its jobs stay. Answers the cron as it was.
+#[utoipa::path(
+    delete, path = "/v1/crons/{name}", tag = "crons",
+    params(("name" = String, Path, description = "the cron's name")),
+    responses(
+        (status = 200, body = pb::CronResponse),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn delete_cron(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    name: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    cron_change(&api, &headers, name, CronChange::Delete).await
+}
+
+/// Suspend a cron (admin): it fires no more until resumed.
+#[utoipa::path(
+    post, path = "/v1/crons/{name}/suspend", tag = "crons",
+    params(("name" = String, Path, description = "the cron's name")),
+    responses(
+        (status = 200, body = pb::CronResponse),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn suspend_cron(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    name: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    cron_change(&api, &headers, name, CronChange::Suspend).await
+}
+
+/// Resume a suspended cron (admin).
+#[utoipa::path(
+    post, path = "/v1/crons/{name}/resume", tag = "crons",
+    params(("name" = String, Path, description = "the cron's name")),
+    responses(
+        (status = 200, body = pb::CronResponse),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn resume_cron(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    name: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    cron_change(&api, &headers, name, CronChange::Resume).await
+}
+
+/// Fire a cron now, outside its schedule (admin): 201 with the job it created.
+#[utoipa::path(
+    post, path = "/v1/crons/{name}/trigger", tag = "crons",
+    params(("name" = String, Path, description = "the cron's name")),
+    responses(
+        (status = 201, body = pb::TriggerCronResponse),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn trigger_cron(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    name: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let who = api.authorize(&headers, method::TRIGGER_CRON)?;
+    let Path(name) = name?;
+    let req = Api::request(&who, pb::CronNameRequest { name });
+    Ok(reply(StatusCode::CREATED, api.crons.trigger_cron(req).await?))
+}
+
 /// Adds the bearer-token scheme the operations name.
 struct BearerScheme;
 
@@ -636,8 +921,12 @@ impl utoipa::Modify for BearerScheme {
 /// The OpenAPI document, generated from the handlers above.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "triad", description = "The HTTP/JSON API of a triad master: the gRPC API's jobs, executors and cluster calls, with the same authorisation, validation and forwarding."),
-    paths(submit_job, list_jobs, get_job, cancel_job, task_logs, list_executors, drain_executor, cluster_status),
+    info(title = "triad", description = "The HTTP/JSON API of a triad master: the gRPC API's jobs, events (Server-Sent Events), crons, executors and cluster calls, with the same authorisation, validation and forwarding."),
+    paths(
+        submit_job, list_jobs, get_job, cancel_job, task_logs, list_executors, drain_executor,
+        cluster_status, events, list_crons, create_cron, get_cron, delete_cron, suspend_cron,
+        resume_cron, trigger_cron,
+    ),
     components(schemas(ErrorBody)),
     modifiers(&BearerScheme)
 )]
@@ -666,8 +955,14 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/executors", get(list_executors))
         .route("/v1/executors/{id}/drain", post(drain_executor))
         .route("/v1/cluster", get(cluster_status))
+        .route("/v1/events", get(events))
+        .route("/v1/crons", get(list_crons).post(create_cron))
+        .route("/v1/crons/{name}", get(get_cron).delete(delete_cron))
+        .route("/v1/crons/{name}/suspend", post(suspend_cron))
+        .route("/v1/crons/{name}/resume", post(resume_cron))
+        .route("/v1/crons/{name}/trigger", post(trigger_cron))
         .route("/v1/openapi.json", get(openapi))
-        .route("/v1/{*rest}", get(not_found).post(not_found))
+        .route("/v1/{*rest}", get(not_found).post(not_found).delete(not_found))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api)
 }
@@ -717,6 +1012,12 @@ mod tests {
             "/v1/executors",
             "/v1/executors/{id}/drain",
             "/v1/cluster",
+            "/v1/events",
+            "/v1/crons",
+            "/v1/crons/{name}",
+            "/v1/crons/{name}/suspend",
+            "/v1/crons/{name}/resume",
+            "/v1/crons/{name}/trigger",
         ] {
             assert!(doc["paths"].get(p).is_some(), "{p} missing from the OpenAPI document");
         }
@@ -734,10 +1035,22 @@ mod tests {
             method::LIST_JOBS,
             method::CANCEL_JOB,
             method::READ_OUTPUT,
+            method::WATCH_EVENTS,
+            method::LIST_CRONS,
+            method::GET_CRON,
         ] {
             assert!(matches!(rule(m), Rule::Roles(r) if r.contains(&Role::Client)), "{m}");
         }
         assert_eq!(rule(method::DRAIN_EXECUTOR), Rule::Roles(&[Role::Admin]));
+        for m in [
+            method::CREATE_CRON,
+            method::DELETE_CRON,
+            method::SUSPEND_CRON,
+            method::RESUME_CRON,
+            method::TRIGGER_CRON,
+        ] {
+            assert_eq!(rule(m), Rule::Roles(&[Role::Admin]), "{m}");
+        }
         assert!(matches!(rule(method::CLUSTER_STATUS), Rule::Roles(_)));
         assert!(matches!(rule(method::LIST_EXECUTORS), Rule::Roles(_)));
     }

@@ -2,7 +2,8 @@
 //! (`include_str!`, no build step), served by every master. It holds no data of its own: every
 //! figure comes from the HTTP API ([`super::rest`]) with the token the user typed, which it keeps
 //! in the tab's `sessionStorage` only; without a valid token it shows nothing but the prompt.
-//! `/metrics`, public, feeds its chart of submissions and completions per second.
+//! The event stream (`/v1/events`) feeds its live feed and its chart of submissions and
+//! completions per second.
 
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect};
