@@ -813,7 +813,7 @@ async fn cron_change(
     };
     let who = api.authorize(headers, m)?;
     let Path(name) = name?;
-    let req = Api::request(&who, pb::CronNameRequest { name });
+    let req = Api::request(&who, pb::CronNameRequest { name, ..Default::default() });
     let r = match what {
         CronChange::Delete => api.crons.delete_cron(req).await?,
         CronChange::Suspend => api.crons.suspend_cron(req).await?,
@@ -897,7 +897,7 @@ async fn trigger_cron(
 ) -> Result<Response> {
     let who = api.authorize(&headers, method::TRIGGER_CRON)?;
     let Path(name) = name?;
-    let req = Api::request(&who, pb::CronNameRequest { name });
+    let req = Api::request(&who, pb::CronNameRequest { name, ..Default::default() });
     Ok(reply(StatusCode::CREATED, api.crons.trigger_cron(req).await?))
 }
 
