@@ -15,11 +15,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // describes these messages in its OpenAPI document.
         .message_attribute(".triad.v1.SubmitJobRequest", DESERIALIZE)
         .message_attribute(".triad.v1.JobSpec", DESERIALIZE)
-        .message_attribute(".triad.v1.Resources", DESERIALIZE);
+        .message_attribute(".triad.v1.Resources", DESERIALIZE)
+        .message_attribute(".triad.v1.Dependency", DESERIALIZE);
     let schema = [
         "SubmitJobRequest",
         "JobSpec",
         "Resources",
+        "Dependency",
         "SubmitJobResponse",
         "GetJobResponse",
         "Job",
