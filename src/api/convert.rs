@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::pb;
 use crate::state::{
-    Attempt, AttemptState, BatchPolicy, Command, Dependency, Executor, ExecutorState, Job, JobReason, JobSpec, JobState, Millis,
-    Rejection, Resources, Task, TaskCounts, TaskState,
+    Attempt, AttemptState, BatchPolicy, Command, Dependency, Executor, ExecutorState, Job,
+    JobReason, JobSpec, JobState, Millis, Rejection, Resources, Task, TaskCounts, TaskState,
 };
 
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -41,7 +41,16 @@ pub fn job_spec_from_pb(spec: Option<pb::JobSpec>) -> Result<JobSpec, Status> {
         },
         timeout_ms: s.timeout_ms,
         priority: s.priority,
-        policy: policy_from_pb(s.max_lost, s.retry_on_exit, s.fail_on_exit, s.retry_backoff_max_ms, s.deadline_ms, s.parallelism, s.max_failed_tasks, &s.after)?,
+        policy: policy_from_pb(
+            s.max_lost,
+            s.retry_on_exit,
+            s.fail_on_exit,
+            s.retry_backoff_max_ms,
+            s.deadline_ms,
+            s.parallelism,
+            s.max_failed_tasks,
+            &s.after,
+        )?,
     };
     spec.validate().map_err(|e| Status::invalid_argument(format!("invalid job spec: {e}")))?;
     Ok(spec)

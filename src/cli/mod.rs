@@ -1,10 +1,10 @@
 //! The `triad` command line (SPEC "Command line"): argument parsing and one function per
 //! command. Errors reach the user as one line on stderr and a non-zero exit status.
 
+pub(crate) mod batch;
 pub(crate) mod bench;
 pub mod creds;
 pub(crate) mod cron;
-pub(crate) mod batch;
 pub(crate) mod dev;
 pub(crate) mod events;
 pub(crate) mod executors;

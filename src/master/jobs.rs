@@ -439,7 +439,12 @@ impl JobService for Jobs {
             Ok(pb::SuspendJobResponse { state })
         };
         self.node
-            .serve_on_leader(&fwd, &msg, local, |c, m| async move { client(c).suspend_job(m).await })
+            .serve_on_leader(
+                &fwd,
+                &msg,
+                local,
+                |c, m| async move { client(c).suspend_job(m).await },
+            )
             .await
     }
 
@@ -473,7 +478,8 @@ impl Jobs {
             Ok(_) => {
                 let applied = self.node.applied.read().expect("poisoned");
                 Ok(applied.state.job(&id).map_or("unknown".to_string(), |j| {
-                    if j.batch.suspended { "suspended" } else { job_state_name(j.state) }.to_string()
+                    if j.batch.suspended { "suspended" } else { job_state_name(j.state) }
+                        .to_string()
                 }))
             }
             Err(r) => Err(rejection_to_status(&r).into()),

@@ -95,13 +95,10 @@ impl State {
             return Err("live attempt on an unknown executor".into());
         }
         if job.state == JobState::Pending
-            && task
-                .attempts
-                .iter()
-                .any(|a| {
-                    !matches!(a.state, AttemptState::Assigned | AttemptState::Lost)
-                        && !(a.state == AttemptState::Cancelled && a.started_at.is_none())
-                })
+            && task.attempts.iter().any(|a| {
+                !matches!(a.state, AttemptState::Assigned | AttemptState::Lost)
+                    && !(a.state == AttemptState::Cancelled && a.started_at.is_none())
+            })
         {
             return Err("job pending but an attempt started".into());
         }

@@ -202,7 +202,10 @@ impl BatchPolicy {
         }
         for (name, codes) in [("retry", &self.retry_on_exit), ("fail", &self.fail_on_exit)] {
             if codes.len() > MAX_EXIT_CODES {
-                return Err(format!("{} {name}-on-exit codes, at most {MAX_EXIT_CODES}", codes.len()));
+                return Err(format!(
+                    "{} {name}-on-exit codes, at most {MAX_EXIT_CODES}",
+                    codes.len()
+                ));
             }
             if codes.contains(&0) {
                 return Err(format!("{name}-on-exit lists 0, which is success"));
@@ -366,7 +369,10 @@ impl State {
         }
         match cx.job.deadline() {
             Some(at) if at <= now => {}
-            at => return Err(Rejection::NotDue(format!("job {id} deadline {at:?} after {now}"))),
+            Some(at) => {
+                return Err(Rejection::NotDue(format!("job {id} deadline {at} after {now}")))
+            }
+            None => return Err(Rejection::NotDue(format!("job {id} has no deadline"))),
         }
         cx.job.batch.reason = Some(JobReason::Deadline);
         cx.set_job(JobState::Failed);

@@ -33,6 +33,11 @@ fn reg(id: &str, slots: u32, zone: &str, now: Millis) -> Command {
     }
 }
 
+/// `spec` allowing a single lost attempt per task (losing one fails the task).
+fn lost_once(spec: JobSpec) -> JobSpec {
+    JobSpec { policy: BatchPolicy { max_lost: 1, ..spec.policy.clone() }, ..spec }
+}
+
 fn spec(tasks: u32, attempts: u32) -> JobSpec {
     JobSpec {
         task_count: tasks,
@@ -531,11 +536,12 @@ fn register_loses_attempts_of_previous_incarnation() {
 
 #[test]
 fn dead_executor_fails_job_when_attempts_exhausted() {
-    // One attempt allowed: losing it fails the task, and the failure cancels the sibling on e2.
+    // One lost attempt allowed (max_lost 1; lost attempts do not count against max_attempts):
+    // losing it fails the task, and the failure cancels the sibling on e2.
     let mut s = run(&[
         reg("e1", 2, "a", 0),
         reg("e2", 2, "a", 0),
-        submit(1, "", spec(2, 1), 0),
+        submit(1, "", lost_once(spec(2, 1)), 0),
         assign(&[(1, 0, "e1"), (1, 1, "e2")], 1),
         started(1, 1, 2, 2),
     ]);
@@ -871,7 +877,10 @@ fn parse_line(line: &str) -> Result<Command, String> {
                             .split(',')
                             .map(|x| {
                                 let (job, cond) = x.split_once(':').unwrap_or((x, "ok"));
-                                Ok(Dependency { job: parse_job(job)?, require_success: cond != "any" })
+                                Ok(Dependency {
+                                    job: parse_job(job)?,
+                                    require_success: cond != "any",
+                                })
                             })
                             .collect::<Result<_, String>>()?,
                     },
@@ -1282,7 +1291,16 @@ fn resolve(s: &State, op: &Op, now: Millis) -> Option<Command> {
             reason: "x".into(),
             now,
         })?,
-        Op::SubmitBatch { job, tasks, parallelism, max_failed, deadline, after, lost, fail_on_2 } => {
+        Op::SubmitBatch {
+            job,
+            tasks,
+            parallelism,
+            max_failed,
+            deadline,
+            after,
+            lost,
+            fail_on_2,
+        } => {
             let spec = JobSpec {
                 task_count: *tasks,
                 max_attempts: 2,
@@ -1476,6 +1494,16 @@ proptest! {
         }).unwrap();
         for _ in 0..20 {
             now += 1000;
+            // What the leader's duties do: resolve dependencies that ended, and (as a client
+            // would) resume what was suspended.
+            let resolvable: Vec<_> = s.dependencies_resolvable().map(|j| j.id).collect();
+            for id in resolvable {
+                s.apply(&Command::ResolveDependencies { id, now }).unwrap();
+            }
+            let suspended: Vec<_> = s.suspended_jobs().map(|j| j.id).collect();
+            for id in suspended {
+                s.apply(&Command::ResumeJob { id, now }).unwrap();
+            }
             let placeable: Vec<_> = s.pending_tasks(now).map(|(job, index)| Assignment { job, index, executor: "healthy".into() }).collect();
             s.apply(&Command::AssignTasks { assignments: placeable, now }).unwrap();
             for a in s.live_attempts_on("healthy") {
@@ -1548,7 +1576,7 @@ fn the_tally_follows_jobs_tasks_and_executors_through_their_lives() {
     let mut s = State::new();
     s.apply(&reg("e1", 4, "z1", 1)).unwrap();
     s.apply(&reg("e2", 4, "z1", 1)).unwrap();
-    s.apply(&submit(1, "", spec(3, 1), 2)).unwrap();
+    s.apply(&submit(1, "", lost_once(spec(3, 1)), 2)).unwrap();
     s.apply(&submit(2, "", spec(1, 1), 2)).unwrap();
     let t = s.tally().clone();
     assert_eq!((t.jobs(JobState::Pending), t.tasks(TaskState::Pending)), (2, 4));
@@ -1565,7 +1593,7 @@ fn the_tally_follows_jobs_tasks_and_executors_through_their_lives() {
         "pending, assigned, running, succeeded, failed, lost, cancelled"
     );
 
-    // e2 dies: its attempt is lost, and with one attempt allowed the job fails, cancelling the
+    // e2 dies: its attempt is lost, and with one lost attempt allowed the job fails, cancelling the
     // rest (the running task on e1 and the pending one).
     s.apply(&dead("e2", 1, 6)).unwrap();
     let t = s.tally().clone();

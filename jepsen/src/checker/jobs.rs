@@ -398,7 +398,10 @@ pub fn no_failed_jobs(history: &[Op]) -> Verdict {
     };
     let failed: Vec<&JobView> = jobs.iter().filter(|j| j.state == "failed").collect();
     for j in &failed {
-        r.violation(format!("job {} (key {}) failed, though its tasks always succeed", j.id, j.key));
+        r.violation(format!(
+            "job {} (key {}) failed, though its tasks always succeed",
+            j.id, j.key
+        ));
     }
     r.stat("failed", failed.len());
     r.verdict()

@@ -40,7 +40,9 @@ mod testutil;
 
 pub use attempts::no_overlapping_attempts;
 pub use cluster::{no_panics, single_leader_per_term};
-pub use jobs::{legal_transitions, no_failed_jobs, no_lost_acks, terminal_after_heal, unique_per_key};
+pub use jobs::{
+    legal_transitions, no_failed_jobs, no_lost_acks, terminal_after_heal, unique_per_key,
+};
 pub use linearizable::linearizable;
 
 /// At most this many violation details are kept per verdict (the total is in `stats["violations"]`).

@@ -81,7 +81,8 @@ fn a_valid_submission_is_accepted_and_each_field_bound_refuses_past_it() {
         refused(with(|s| s.max_failed_tasks = MAX_TASKS + 1), "spec.max_failed_tasks");
         refused(
             with(|s| {
-                s.after = vec![pb::Dependency { job_id: JOB.into(), any: false }; MAX_DEPENDENCIES + 1]
+                s.after =
+                    vec![pb::Dependency { job_id: JOB.into(), any: false }; MAX_DEPENDENCIES + 1]
             }),
             "spec.after",
         );

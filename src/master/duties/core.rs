@@ -36,8 +36,7 @@ use super::super::liveness::{Liveness, View};
 use crate::api::pb;
 use crate::scheduler::{self, ExecutorView, PendingTask, PlanInput};
 use crate::state::{
-    Assignment, AttemptState, Command, ExecutorState, JobId, Millis, State, TaskState,
-    Token,
+    Assignment, AttemptState, Command, ExecutorState, JobId, Millis, State, TaskState, Token,
 };
 
 /// Most placements committed in one Raft entry.
@@ -487,7 +486,9 @@ fn batch_commands(state: &State, wall: Millis, tick: bool) -> Vec<Command> {
         out.extend(state.deadlines_due(wall).map(|j| Command::ExpireJob { id: j.id, now: wall }));
     }
     out.extend(
-        state.dependencies_resolvable().map(|j| Command::ResolveDependencies { id: j.id, now: wall }),
+        state
+            .dependencies_resolvable()
+            .map(|j| Command::ResolveDependencies { id: j.id, now: wall }),
     );
     out
 }
