@@ -30,6 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "TaskCounts",
         "ListJobsResponse",
         "CancelJobResponse",
+        "SuspendJobResponse",
+        "ResumeJobResponse",
         "ClusterStatusResponse",
         "MasterStatus",
         "ListExecutorsResponse",
