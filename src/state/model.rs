@@ -359,17 +359,32 @@ pub enum Command {
     },
     // --- batch semantics (issue 16, `policy.rs`) ---
     /// Stop placing the job's tasks; its live attempts are cancelled, their tasks pending again.
-    SuspendJob { id: JobId, now: Millis },
+    SuspendJob {
+        id: JobId,
+        now: Millis,
+    },
     /// Place the job's tasks again.
-    ResumeJob { id: JobId, now: Millis },
+    ResumeJob {
+        id: JobId,
+        now: Millis,
+    },
     /// The job's deadline passed by `now` (proposed by the leader): it fails, reason `deadline`.
-    ExpireJob { id: JobId, now: Millis },
+    ExpireJob {
+        id: JobId,
+        now: Millis,
+    },
     /// Every dependency of the waiting job is terminal: release it, or cancel it (reason
     /// `dependency`) when an `:ok` one did not succeed. Refused while one is still going.
-    ResolveDependencies { id: JobId, now: Millis },
+    ResolveDependencies {
+        id: JobId,
+        now: Millis,
+    },
     /// Applies `command` with the leader's random draw for any retry backoff it causes (full
     /// jitter: the delay is `bound * jitter / 2^32`), so apply stays deterministic.
-    WithJitter { jitter: u32, command: Box<Command> },
+    WithJitter {
+        jitter: u32,
+        command: Box<Command>,
+    },
 }
 
 /// What an executor reports about one of its attempts ([`Command::TaskReported`]).

@@ -540,7 +540,11 @@ impl State {
     /// Waiting jobs whose every dependency is terminal (or deleted): ready to resolve.
     pub fn dependencies_resolvable(&self) -> impl Iterator<Item = &Job> + '_ {
         self.batch.waiting.iter().filter_map(|seq| self.jobs.get(seq).map(|j| &**j)).filter(|j| {
-            j.spec.policy.after.iter().all(|d| self.job(&d.job).is_none_or(|d| d.state.is_terminal()))
+            j.spec
+                .policy
+                .after
+                .iter()
+                .all(|d| self.job(&d.job).is_none_or(|d| d.state.is_terminal()))
         })
     }
 
