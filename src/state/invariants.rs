@@ -96,8 +96,10 @@ impl State {
         }
         if job.state == JobState::Pending
             && task.attempts.iter().any(|a| {
-                !matches!(a.state, AttemptState::Assigned | AttemptState::Lost)
-                    && !(a.state == AttemptState::Cancelled && a.started_at.is_none())
+                // A lost attempt, or one cancelled before it started (suspend), never ran.
+                let never_ran = matches!(a.state, AttemptState::Assigned | AttemptState::Lost)
+                    || (a.state == AttemptState::Cancelled && a.started_at.is_none());
+                !never_ran
             })
         {
             return Err("job pending but an attempt started".into());
