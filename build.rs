@@ -16,11 +16,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .message_attribute(".triad.v1.SubmitJobRequest", DESERIALIZE)
         .message_attribute(".triad.v1.JobSpec", DESERIALIZE)
         .message_attribute(".triad.v1.Resources", DESERIALIZE)
-        .message_attribute(".triad.v1.CreateCronRequest", DESERIALIZE);
+        .message_attribute(".triad.v1.CreateCronRequest", DESERIALIZE)
+        .message_attribute(".triad.v1.Dependency", DESERIALIZE);
     let schema = [
         "SubmitJobRequest",
         "JobSpec",
         "Resources",
+        "Dependency",
         "SubmitJobResponse",
         "GetJobResponse",
         "Job",
@@ -29,6 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "TaskCounts",
         "ListJobsResponse",
         "CancelJobResponse",
+        "SuspendJobResponse",
+        "ResumeJobResponse",
         "ClusterStatusResponse",
         "MasterStatus",
         "ListExecutorsResponse",

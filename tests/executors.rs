@@ -1096,3 +1096,108 @@ async fn a_full_work_dir_makes_the_executor_unhealthy_and_refuse_starts_instead_
         serde_json::from_str(&http_get(&http, "/status").await.unwrap()).unwrap();
     assert_eq!(s["healthy"], true, "{s}");
 }
+
+// --- batch semantics (issue 16) ------------------------------------------------------------------
+
+fn dep(id: &str) -> pb::Dependency {
+    pb::Dependency { job_id: id.to_string(), any: false }
+}
+
+/// Lost is not failed: a 20-task job allowed a single attempt per task survives three executor
+/// kills; the attempts lost with them are retried elsewhere, and none counts as a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_tasks_with_one_attempt_each_survive_three_executor_kills() {
+    let c = cluster();
+    c.wait_leader(ELECTION).await;
+    let mut execs: Vec<Executor> = (0..4)
+        .map(|i| Executor::start(&c.masters_arg(), c.dir.path(), &format!("exec-{i}"), 4, &[]))
+        .collect();
+    wait_executors(&c, 4).await;
+    let r = c.client().submit_job(shell_job(20, "sleep 3", 1)).await.unwrap();
+    let mut killed = Vec::new();
+    for round in 0..3 {
+        // Kill the executor running most of the job's tasks (there is one running some).
+        let victim = wait_for("tasks running", Duration::from_secs(30), || async {
+            let j = c.client().get_job(&r.job_id, false).await.ok()?;
+            let mut per: BTreeMap<String, usize> = BTreeMap::new();
+            // An executor killed in an earlier round may still show its attempts as running
+            // until the leader declares it dead: only live ones are candidates.
+            for (_, e) in running_on(&j).into_iter().filter(|(_, e)| !killed.contains(e)) {
+                *per.entry(e).or_default() += 1;
+            }
+            per.into_iter().max_by_key(|(_, n)| *n).map(|(e, _)| e)
+        })
+        .await;
+        let at = execs.iter().position(|e| e.name == victim).expect("the victim is ours");
+        let mut gone = execs.remove(at);
+        gone.kill();
+        killed.push(victim);
+        let name = format!("exec-new-{round}");
+        execs.push(Executor::start(&c.masters_arg(), c.dir.path(), &name, 4, &[]));
+    }
+    let job = wait_job_state(&c, &r.job_id, "succeeded", Duration::from_secs(90)).await;
+    let lost: u32 = job.tasks.iter().map(|t| t.lost_attempts).sum();
+    assert!(lost >= 3, "three kills lost at least three attempts, got {lost}");
+    for t in &job.tasks {
+        assert_eq!(t.failed_attempts, 0, "task {}: a lost attempt counted as failed", t.index);
+        assert_eq!(t.attempts.last().map(|a| a.state.as_str()), Some("succeeded"));
+        for a in &t.attempts[..t.attempts.len() - 1] {
+            assert_eq!(a.state, "lost", "task {} attempt {}", t.index, a.number);
+            assert!(killed.contains(&a.executor), "lost on {}, which was not killed", a.executor);
+        }
+    }
+    assert_eq!(job.failed_tasks, 0);
+    assert!(job.reason.is_empty(), "a plain success has no reason: {:?}", job.reason);
+}
+
+/// Dependencies: A -> B -> C runs strictly in order; in a second chain B fails, so C is
+/// cancelled with reason dependency without ever running; a missing dependency is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_runs_in_order_and_a_failed_link_cancels_what_follows() {
+    let c = cluster();
+    c.wait_leader(ELECTION).await;
+    let _e = Executor::start(&c.masters_arg(), c.dir.path(), "exec-a", 4, &[]);
+    wait_executors(&c, 1).await;
+    let log = c.dir.path().join("chain.log");
+    let step = |name: &str, after: Vec<pb::Dependency>, exit: i32| {
+        let script = format!(
+            "echo start {name} $(date +%s%N) >> {l}; sleep 0.5; echo end {name} $(date +%s%N) >> {l}; exit {exit}",
+            l = log.display()
+        );
+        let mut req = shell_job(1, &script, 1);
+        if let Some(s) = req.spec.as_mut() {
+            s.after = after;
+        }
+        req
+    };
+    let client = c.client();
+    let a = client.submit_job(step("a", vec![], 0)).await.unwrap().job_id;
+    let b = client.submit_job(step("b", vec![dep(&a)], 0)).await.unwrap().job_id;
+    let cc = client.submit_job(step("c", vec![dep(&b)], 0)).await.unwrap().job_id;
+    let waiting = client.get_job(&cc, false).await.unwrap();
+    assert!(waiting.state == "pending" && waiting.waiting, "C waits: {waiting:?}");
+    assert_eq!(waiting.waiting_on, vec![b.clone()], "C waits on B only");
+    wait_job_state(&c, &cc, "succeeded", Duration::from_secs(60)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let at = |what: &str| -> u128 {
+        let line = text.lines().find(|l| l.starts_with(what)).unwrap_or_else(|| panic!("{what}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(at("end a") <= at("start b"), "B started before A ended:\n{text}");
+    assert!(at("end b") <= at("start c"), "C started before B ended:\n{text}");
+
+    let a2 = client.submit_job(step("a2", vec![], 0)).await.unwrap().job_id;
+    let b2 = client.submit_job(step("b2", vec![dep(&a2)], 3)).await.unwrap().job_id;
+    let c2 = client.submit_job(step("c2", vec![dep(&b2)], 0)).await.unwrap().job_id;
+    let c2 = wait_job_state(&c, &c2, "cancelled", Duration::from_secs(60)).await;
+    assert_eq!(c2.reason, "dependency");
+    assert!(c2.tasks.iter().all(|t| t.attempts.is_empty()), "C2 never ran: {c2:?}");
+    let b2 = client.get_job(&b2, false).await.unwrap();
+    assert_eq!((b2.state.as_str(), b2.reason.as_str()), ("failed", "failed_task"));
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("start c2"));
+
+    let missing = uuid::Uuid::new_v4().to_string();
+    let err = client.submit_job(step("x", vec![dep(&missing)], 0)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains(&missing), "{err}");
+}

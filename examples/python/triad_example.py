@@ -86,6 +86,13 @@ def main():
     p.add_argument("--gen-dir", help="where to generate the stubs (default: a temporary folder)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the job (default 60)")
     p.add_argument("--tasks", type=int, default=1, help="task count (at least 1)")
+    # Batch semantics: failure policy, deadline, parallelism, partial success, dependencies.
+    p.add_argument("--parallelism", type=int, default=0, help="most tasks running at once (0: no cap)")
+    p.add_argument("--deadline", type=float, default=0, help="seconds from submission; then failed, reason deadline")
+    p.add_argument("--max-lost", type=int, default=0, help="lost attempts per task (0: the default, 20)")
+    p.add_argument("--fail-on-exit", type=int, action="append", default=[], help="exit code that fails a task at once")
+    p.add_argument("--max-failed-tasks", type=int, default=0, help="failed tasks the job may have and still succeed")
+    p.add_argument("--after", action="append", default=[], help="ID[:ok|:any]: wait for that job first")
     p.add_argument("command", nargs="*", default=["echo", "hello from python"], help="after --: command and args")
     a = p.parse_args()
 
@@ -96,7 +103,14 @@ def main():
         with channel_to(a.master, a.ca, token, a.insecure) as channel:
             jobs = pb_grpc.JobServiceStub(channel)
 
-            spec = pb.JobSpec(command=a.command[0], args=a.command[1:], task_count=a.tasks)
+            after = []
+            for d in a.after:
+                job_id, _, cond = d.partition(":")
+                after.append(pb.Dependency(job_id=job_id, any=(cond == "any")))
+            spec = pb.JobSpec(command=a.command[0], args=a.command[1:], task_count=a.tasks,
+                              parallelism=a.parallelism, deadline_ms=int(a.deadline * 1000),
+                              max_lost=a.max_lost, fail_on_exit=a.fail_on_exit,
+                              max_failed_tasks=a.max_failed_tasks, after=after)
             req = pb.SubmitJobRequest(name="python-example", idempotency_key=str(uuid.uuid4()), spec=spec)
             resp = call(jobs.SubmitJob, req, deadline)
             print(f"submitted job {resp.job_id} (created: {resp.created}) through {a.master}")
@@ -106,13 +120,18 @@ def main():
                 job = call(jobs.GetJob, pb.GetJobRequest(job_id=resp.job_id), deadline).job
                 if job.state in TERMINAL:
                     break
+                if job.waiting:
+                    print(f"job {job.id} waiting on {', '.join(job.waiting_on)}")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"job {job.id} still {job.state} after {a.timeout:.0f} s")
                 time.sleep(0.2)
 
             c = job.counts
-            print(f"job {job.id} state {job.state} ({c.succeeded}/{job.spec.task_count} tasks succeeded)")
+            reason = f", reason {job.reason}" if job.reason else ""
+            print(f"job {job.id} state {job.state}{reason} ({c.succeeded}/{job.spec.task_count} tasks "
+                  f"succeeded, {job.failed_tasks} failed)")
             for t in job.tasks:
+                print(f"  task {t.index}: {t.state}, {t.failed_attempts} failed and {t.lost_attempts} lost attempts")
                 for at in t.attempts:
                     code = at.exit_code if at.has_exit_code else "-"
                     print(f"  task {t.index} attempt {at.number}: {at.state} on {at.executor}, "

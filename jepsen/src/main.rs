@@ -88,8 +88,9 @@ pub struct TestArgs {
     /// How long each task attempt works, ms (`A..B`).
     #[arg(long, default_value = "300..2000")]
     pub task_millis: String,
-    /// Attempts per task before it fails (high: faults must not fail jobs).
-    #[arg(long, default_value_t = 20)]
+    /// Failed attempts per task before it fails; 0 means triad's default (3). Lost attempts
+    /// (the faults' doing) count against max_lost instead, so faults must not fail jobs.
+    #[arg(long, default_value_t = 0)]
     pub max_attempts: u32,
     /// After healing, how long every job may take to become terminal (seconds).
     #[arg(long, default_value_t = 60)]

@@ -129,6 +129,9 @@ impl Workload {
             retry_backoff_ms: 200,
             timeout_ms: 0,
             priority: 0,
+            // Batch semantics (issue 16) at their defaults: lost attempts do not use up
+            // max_attempts, so ordinary faults need no inflated budget.
+            ..Default::default()
         }
     }
 

@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::pb;
 use crate::state::{
-    Attempt, AttemptState, Command, Executor, ExecutorState, Job, JobSpec, JobState, Millis,
-    Rejection, Resources, Task, TaskCounts, TaskState,
+    Attempt, AttemptState, BatchPolicy, Command, Dependency, Executor, ExecutorState, Job,
+    JobReason, JobSpec, JobState, Millis, Rejection, Resources, Task, TaskCounts, TaskState,
 };
 
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -41,6 +41,16 @@ pub fn job_spec_from_pb(spec: Option<pb::JobSpec>) -> Result<JobSpec, Status> {
         },
         timeout_ms: s.timeout_ms,
         priority: s.priority,
+        policy: policy_from_pb(
+            s.max_lost,
+            s.retry_on_exit,
+            s.fail_on_exit,
+            s.retry_backoff_max_ms,
+            s.deadline_ms,
+            s.parallelism,
+            s.max_failed_tasks,
+            &s.after,
+        )?,
     };
     spec.validate().map_err(|e| Status::invalid_argument(format!("invalid job spec: {e}")))?;
     Ok(spec)
@@ -59,7 +69,49 @@ pub fn job_spec_to_pb(s: &JobSpec) -> pb::JobSpec {
         retry_backoff_ms: s.retry_backoff_ms,
         timeout_ms: s.timeout_ms,
         priority: s.priority,
+        max_lost: s.policy.max_lost,
+        retry_on_exit: s.policy.retry_on_exit.clone(),
+        fail_on_exit: s.policy.fail_on_exit.clone(),
+        retry_backoff_max_ms: s.policy.backoff_max_ms,
+        deadline_ms: s.policy.deadline_ms,
+        parallelism: s.policy.parallelism,
+        max_failed_tasks: s.policy.max_failed_tasks,
+        after: s
+            .policy
+            .after
+            .iter()
+            .map(|d| pb::Dependency { job_id: d.job.to_string(), any: !d.require_success })
+            .collect(),
     }
+}
+
+/// The batch policy of a client's spec (issue 16), defaults filled in (0 means the default).
+#[allow(clippy::too_many_arguments)]
+fn policy_from_pb(
+    max_lost: u32,
+    retry_on_exit: Vec<i32>,
+    fail_on_exit: Vec<i32>,
+    backoff_max_ms: u64,
+    deadline_ms: u64,
+    parallelism: u32,
+    max_failed_tasks: u32,
+    after: &[pb::Dependency],
+) -> Result<BatchPolicy, Status> {
+    let d = BatchPolicy::default();
+    let after = after
+        .iter()
+        .map(|x| Ok(Dependency { job: parse_job_id(&x.job_id)?, require_success: !x.any }))
+        .collect::<Result<Vec<_>, Status>>()?;
+    Ok(BatchPolicy {
+        max_lost: if max_lost == 0 { d.max_lost } else { max_lost },
+        retry_on_exit,
+        fail_on_exit,
+        backoff_max_ms: if backoff_max_ms == 0 { d.backoff_max_ms } else { backoff_max_ms },
+        deadline_ms,
+        parallelism,
+        max_failed_tasks,
+        after,
+    })
 }
 
 pub fn resources_to_pb(r: Resources) -> pb::Resources {
@@ -167,6 +219,9 @@ fn task_to_pb(t: &Task) -> pb::Task {
         index: t.index,
         state: task_state_name(t.state).to_string(),
         attempts: t.attempts.iter().map(attempt_to_pb).collect(),
+        failed_attempts: t.failures(),
+        lost_attempts: t.losses(),
+        not_before_ms: t.not_before,
     }
 }
 
@@ -190,6 +245,16 @@ pub fn job_to_pb(j: &Job, with_tasks: bool) -> pb::Job {
         finished_at_ms: j.finished_at.unwrap_or(0),
         counts: Some(counts_to_pb(j.counts())),
         tasks: if with_tasks { j.tasks.iter().map(task_to_pb).collect() } else { Vec::new() },
+        reason: j.batch.reason.map(JobReason::name).unwrap_or_default().to_string(),
+        // Every dependency while waiting; GetJob narrows it to those not ended (`State::waiting_on`).
+        waiting_on: if j.batch.waiting {
+            j.spec.policy.after.iter().map(|d| d.job.to_string()).collect()
+        } else {
+            Vec::new()
+        },
+        failed_tasks: j.counts().failed,
+        suspended: j.batch.suspended,
+        waiting: j.batch.waiting,
     }
 }
 
@@ -253,7 +318,9 @@ pub fn rejection_to_status(r: &Rejection) -> Status {
         Rejection::JobNotFound(_)
         | Rejection::TaskNotFound(..)
         | Rejection::ExecutorNotFound(_) => Status::not_found(r.to_string()),
-        Rejection::InvalidSpec(_) => Status::invalid_argument(r.to_string()),
+        Rejection::InvalidSpec(_) | Rejection::DependencyNotFound(_) => {
+            Status::invalid_argument(r.to_string())
+        }
         Rejection::DuplicateJobId(_) => Status::already_exists(r.to_string()),
         Rejection::CronNotFound(_) => Status::not_found(r.to_string()),
         Rejection::CronExists(_) => Status::already_exists(r.to_string()),

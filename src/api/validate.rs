@@ -182,6 +182,7 @@ fn job_spec(s: &pb::JobSpec) -> Result<(), Status> {
     within("spec.max_attempts", s.max_attempts, 0, MAX_ATTEMPTS)?;
     within("spec.retry_backoff_ms", s.retry_backoff_ms, 0, MAX_RETRY_BACKOFF_MS)?;
     within("spec.timeout_ms", s.timeout_ms, 0, MAX_TIMEOUT_MS)?;
+    batch_policy(s)?;
     labels("spec.constraints", &s.constraints, MAX_CONSTRAINTS)?;
     if let Some(r) = &s.resources {
         resources("spec.resources", r, true)?;
@@ -263,7 +264,11 @@ impl Validate for pb::CreateCronRequest {
         within("keep_succeeded", self.keep_succeeded, 0, MAX_KEEP)?;
         within("keep_failed", self.keep_failed, 0, MAX_KEEP)?;
         chars("job_name", &self.job_name, MAX_NAME_CHARS)?;
-        job_spec(self.spec.as_ref().ok_or_else(|| bad("spec is required".into()))?)
+        let spec = self.spec.as_ref().ok_or_else(|| bad("spec is required".into()))?;
+        if !spec.after.is_empty() {
+            return Err(bad("spec.after: a cron's jobs cannot have dependencies".into()));
+        }
+        job_spec(spec)
     }
 }
 
@@ -280,6 +285,37 @@ impl Validate for pb::CronNameRequest {
             return Err(bad("trigger_job_id: longer than a UUID".to_string()));
         }
         Ok(())
+    }
+}
+
+// --- batch semantics (issue 16) ---
+
+/// The batch fields of a spec: counts, codes, durations and dependency ids within bounds.
+fn batch_policy(s: &pb::JobSpec) -> Result<(), Status> {
+    use crate::state::policy::defaults::*;
+    within("spec.max_lost", s.max_lost, 0, MAX_LOST_LIMIT)?;
+    count("spec.retry_on_exit", s.retry_on_exit.len(), MAX_EXIT_CODES)?;
+    count("spec.fail_on_exit", s.fail_on_exit.len(), MAX_EXIT_CODES)?;
+    within("spec.retry_backoff_max_ms", s.retry_backoff_max_ms, 0, MAX_RETRY_BACKOFF_MS)?;
+    within("spec.deadline_ms", s.deadline_ms, 0, MAX_DEADLINE_MS)?;
+    within("spec.parallelism", s.parallelism, 0, MAX_TASKS)?;
+    within("spec.max_failed_tasks", s.max_failed_tasks, 0, MAX_TASKS)?;
+    count("spec.after", s.after.len(), MAX_DEPENDENCIES)?;
+    for (i, d) in s.after.iter().enumerate() {
+        job_id(&format!("spec.after[{i}].job_id"), &d.job_id)?;
+    }
+    Ok(())
+}
+
+impl Validate for pb::SuspendJobRequest {
+    fn validate(&self) -> Result<(), Status> {
+        job_id("job_id", &self.job_id)
+    }
+}
+
+impl Validate for pb::ResumeJobRequest {
+    fn validate(&self) -> Result<(), Status> {
+        job_id("job_id", &self.job_id)
     }
 }
 

@@ -96,8 +96,9 @@ pub struct CreateArgs {
     pub memory: u64,
     #[arg(long, default_value_t = 3)]
     pub max_attempts: u32,
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub backoff: Option<Duration>,
+    /// Retry backoff BASE[..CAP]: doubling from BASE up to CAP (default 5m), full jitter.
+    #[arg(long, value_parser = super::batch::parse_backoff)]
+    pub backoff: Option<super::batch::Backoff>,
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
     #[arg(long = "constraint", value_parser = parse_kv)]
@@ -108,6 +109,10 @@ pub struct CreateArgs {
     pub priority: i32,
     #[arg(long)]
     pub shell: bool,
+    /// Failure policy, deadline, parallelism and partial success of each job (`--after` is
+    /// refused: a cron's runs cannot wait for a fixed job).
+    #[command(flatten)]
+    pub batch: super::batch::BatchArgs,
     #[command(flatten)]
     pub out: OutputArg,
     #[command(flatten)]
@@ -122,6 +127,24 @@ pub async fn run(cmd: CronCmd) -> anyhow::Result<i32> {
         CronCmd::Create(a) => {
             let (command, args) =
                 a.command.split_first().context("a command is required after --")?;
+            let mut spec = pb::JobSpec {
+                command: command.clone(),
+                args: args.to_vec(),
+                env: a.env.iter().cloned().collect(),
+                shell: a.shell,
+                task_count: a.tasks,
+                resources: Some(pb::Resources {
+                    slots: a.slots,
+                    cpu_millis: a.cpu,
+                    memory_mib: a.memory,
+                }),
+                constraints: a.constraints.iter().cloned().collect(),
+                max_attempts: a.max_attempts,
+                timeout_ms: a.timeout.map_or(0, |d| d.as_millis() as u64),
+                priority: a.priority,
+                ..Default::default()
+            };
+            super::batch::fill_spec(&mut spec, &a.batch, a.backoff);
             let req = pb::CreateCronRequest {
                 name: a.name.clone(),
                 schedule: a.schedule.clone(),
@@ -131,23 +154,7 @@ pub async fn run(cmd: CronCmd) -> anyhow::Result<i32> {
                 keep_succeeded: a.keep_succeeded,
                 keep_failed: a.keep_failed,
                 job_name: a.job_name.clone(),
-                spec: Some(pb::JobSpec {
-                    command: command.clone(),
-                    args: args.to_vec(),
-                    env: a.env.iter().cloned().collect(),
-                    shell: a.shell,
-                    task_count: a.tasks,
-                    resources: Some(pb::Resources {
-                        slots: a.slots,
-                        cpu_millis: a.cpu,
-                        memory_mib: a.memory,
-                    }),
-                    constraints: a.constraints.iter().cloned().collect(),
-                    max_attempts: a.max_attempts,
-                    retry_backoff_ms: a.backoff.map_or(0, |d| d.as_millis() as u64),
-                    timeout_ms: a.timeout.map_or(0, |d| d.as_millis() as u64),
-                    priority: a.priority,
-                }),
+                spec: Some(spec),
             };
             let c = a.m.client()?.create_cron(req).await.map_err(st)?;
             match a.out.format {

@@ -1,6 +1,7 @@
 //! The `triad` command line (SPEC "Command line"): argument parsing and one function per
 //! command. Errors reach the user as one line on stderr and a non-zero exit status.
 
+pub(crate) mod batch;
 pub(crate) mod bench;
 pub mod creds;
 pub(crate) mod cron;
@@ -319,6 +320,9 @@ pub enum BenchCmd {
     },
 }
 
+// `job submit`'s flags (with the batch ones) make its variant large; the value is parsed once
+// per process, so boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum JobCmd {
     /// Submit a job and print its id.
@@ -348,6 +352,18 @@ pub enum JobCmd {
     },
     /// Cancel a job; its running attempts are killed.
     Cancel {
+        id: String,
+        #[command(flatten)]
+        m: MastersArg,
+    },
+    /// Stop placing a job's tasks and stop its running ones (they wait again, no attempt used).
+    Suspend {
+        id: String,
+        #[command(flatten)]
+        m: MastersArg,
+    },
+    /// Place a suspended job's tasks again.
+    Resume {
         id: String,
         #[command(flatten)]
         m: MastersArg,
@@ -399,9 +415,12 @@ pub struct SubmitArgs {
     pub memory: u64,
     #[arg(long, default_value_t = 3)]
     pub max_attempts: u32,
-    /// Delay before a failed task is retried (e.g. 500ms, 2s).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub backoff: Option<Duration>,
+    /// Retry delay: BASE (e.g. 2s) or BASE..CAP (e.g. 1s..5m), doubling per bad attempt up to
+    /// CAP (default 5m), with full jitter.
+    #[arg(long, value_parser = batch::parse_backoff)]
+    pub backoff: Option<batch::Backoff>,
+    #[command(flatten)]
+    pub batch: batch::BatchArgs,
     /// Per-attempt timeout (e.g. 30s, 5m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
@@ -672,6 +691,14 @@ async fn job(cmd: JobCmd) -> anyhow::Result<i32> {
             println!("{id} {}", r.state);
             Ok(0)
         }
+        JobCmd::Suspend { id, m } => {
+            println!("{id} {}", m.client()?.suspend_job(&id).await.map_err(st)?.state);
+            Ok(0)
+        }
+        JobCmd::Resume { id, m } => {
+            println!("{id} {}", m.client()?.resume_job(&id).await.map_err(st)?.state);
+            Ok(0)
+        }
         JobCmd::Logs { id, task, attempt, stderr, follow, tail, m } => {
             let want = logs::Want { task, attempt, stderr, tail: tail.unwrap_or(0) };
             if follow {
@@ -705,11 +732,15 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
             }),
             constraints: a.constraints.iter().cloned().collect(),
             max_attempts: a.max_attempts,
-            retry_backoff_ms: a.backoff.map_or(0, |d| d.as_millis() as u64),
             timeout_ms: a.timeout.map_or(0, |d| d.as_millis() as u64),
             priority: a.priority,
+            ..Default::default()
         }),
     };
+    let mut req = req;
+    if let Some(spec) = req.spec.as_mut() {
+        batch::fill_spec(spec, &a.batch, a.backoff);
+    }
     let r = client.submit_job(req).await.map_err(st)?;
     println!("{}", r.job_id);
     if a.wait {
@@ -757,6 +788,7 @@ fn print_job(j: &pb::Job) {
     if j.finished_at_ms != 0 {
         println!("finished:  {}", age(j.finished_at_ms));
     }
+    batch::job_lines(j).iter().for_each(|l| println!("{l}"));
     let rows: Vec<Vec<String>> = j
         .tasks
         .iter()
@@ -765,7 +797,7 @@ fn print_job(j: &pb::Job) {
             vec![
                 t.index.to_string(),
                 t.state.clone(),
-                t.attempts.len().to_string(),
+                format!("{} ({}f/{}l)", t.attempts.len(), t.failed_attempts, t.lost_attempts),
                 a.map_or("-".into(), |a| a.executor.clone()),
                 a.map_or("-".into(), |a| a.token.to_string()),
                 a.and_then(|a| a.has_exit_code.then(|| a.exit_code.to_string()))

@@ -304,6 +304,26 @@ impl Client {
         .await
     }
 
+    /// Batch semantics: suspend a job (idempotent).
+    pub async fn suspend_job(&self, id: &str) -> Result<pb::SuspendJobResponse, Status> {
+        let req = pb::SuspendJobRequest { job_id: id.to_string() };
+        self.call(|c| {
+            let req = req.clone();
+            async move { Self::jobs(c).suspend_job(req).await }
+        })
+        .await
+    }
+
+    /// Batch semantics: resume a suspended job (idempotent).
+    pub async fn resume_job(&self, id: &str) -> Result<pb::ResumeJobResponse, Status> {
+        let req = pb::ResumeJobRequest { job_id: id.to_string() };
+        self.call(|c| {
+            let req = req.clone();
+            async move { Self::jobs(c).resume_job(req).await }
+        })
+        .await
+    }
+
     pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, Status> {
         self.call(|c| async move {
             ClusterServiceClient::new(c).cluster_status(pb::ClusterStatusRequest {}).await

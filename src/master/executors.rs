@@ -118,7 +118,8 @@ impl Executors {
         &self,
         r: &pb::RegisterRequest,
     ) -> Result<pb::RegisterResponse, LocalError> {
-        let cmd = register_from_pb(r, now_ms());
+        // Jittered: a registration loses what the executor ran before, and those tasks back off.
+        let cmd = register_from_pb(r, now_ms()).with_jitter(rand::random());
         // Seen *before* the command applies: the duties loop wakes on every apply and must never
         // find a freshly registered executor without a heartbeat time (it would declare it dead).
         self.liveness.seen(&r.executor_id, Instant::now());
@@ -293,7 +294,8 @@ impl Executors {
             }
         };
         let executor = r.executor_id.clone();
-        let cmd = Command::TaskReported { job, index, token, executor, report, now };
+        let cmd = Command::TaskReported { job, index, token, executor, report, now }
+            .with_jitter(rand::random()); // a failure or loss backs off by the leader's draw
         Ok(match self.node.write_one(cmd).await? {
             Ok(_) => pb::ReportTaskResponse { accepted: true, kill: false, message: String::new() },
             Err(rej @ Rejection::StaleToken { .. }) => {
@@ -489,11 +491,14 @@ impl ExecutorService for Executors {
         msg.validate()?;
         fwd.who.require_executor(&msg.executor_id)?;
         let local = || async {
-            self.simple_write(Command::DeregisterExecutorAt {
-                id: msg.executor_id.clone(),
-                epoch: msg.epoch,
-                now: now_ms(),
-            })
+            self.simple_write(
+                Command::DeregisterExecutorAt {
+                    id: msg.executor_id.clone(),
+                    epoch: msg.epoch,
+                    now: now_ms(),
+                }
+                .with_jitter(rand::random()),
+            )
             .await?;
             Ok(pb::DeregisterResponse {})
         };

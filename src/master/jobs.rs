@@ -239,8 +239,10 @@ impl Jobs {
                 let range = tasks.range(j);
                 let more = tasks.size != 0 && range.end < j.tasks.len();
                 let next = if more { range.end.to_string() } else { String::new() };
+                let mut job = job_to_pb_with_tasks(j, range);
+                job.waiting_on = a.state.waiting_on(j).iter().map(|d| d.to_string()).collect();
                 Ok(pb::GetJobResponse {
-                    job: Some(job_to_pb_with_tasks(j, range)),
+                    job: Some(job),
                     applied_index: a.last_applied.map_or(0, |l| l.index),
                     next_task_page_token: next,
                 })
@@ -420,5 +422,67 @@ impl JobService for Jobs {
         let fwd = Caller::of(&req)?;
         let index = super::events::read_point(&self.node, &fwd).await?;
         Ok(Response::new(pb::ReadIndexResponse { index }))
+    }
+
+    // --- batch semantics (issue 16): suspend and resume ---
+
+    async fn suspend_job(
+        &self,
+        req: Request<pb::SuspendJobRequest>,
+    ) -> Result<Response<pb::SuspendJobResponse>, Status> {
+        let fwd = Caller::of(&req)?;
+        let msg = req.into_inner();
+        msg.validate()?;
+        let id = parse_job_id(&msg.job_id)?;
+        let local = || async {
+            let state = self.write_job_command(Command::SuspendJob { id, now: now_ms() }).await?;
+            Ok(pb::SuspendJobResponse { state })
+        };
+        self.node
+            .serve_on_leader(
+                &fwd,
+                &msg,
+                local,
+                |c, m| async move { client(c).suspend_job(m).await },
+            )
+            .await
+    }
+
+    async fn resume_job(
+        &self,
+        req: Request<pb::ResumeJobRequest>,
+    ) -> Result<Response<pb::ResumeJobResponse>, Status> {
+        let fwd = Caller::of(&req)?;
+        let msg = req.into_inner();
+        msg.validate()?;
+        let id = parse_job_id(&msg.job_id)?;
+        let local = || async {
+            let state = self.write_job_command(Command::ResumeJob { id, now: now_ms() }).await?;
+            Ok(pb::ResumeJobResponse { state })
+        };
+        self.node
+            .serve_on_leader(&fwd, &msg, local, |c, m| async move { client(c).resume_job(m).await })
+            .await
+    }
+}
+
+impl Jobs {
+    /// Commits a command about job `id` (suspend, resume) and returns the job's state after it
+    /// as the client sees it (`suspended` for a suspended non-terminal job).
+    async fn write_job_command(&self, cmd: Command) -> Result<String, LocalError> {
+        let id = match &cmd {
+            Command::SuspendJob { id, .. } | Command::ResumeJob { id, .. } => *id,
+            _ => Uuid::nil(),
+        };
+        match self.node.write_one(cmd).await? {
+            Ok(_) => {
+                let applied = self.node.applied.read().expect("poisoned");
+                Ok(applied.state.job(&id).map_or("unknown".to_string(), |j| {
+                    if j.batch.suspended { "suspended" } else { job_state_name(j.state) }
+                        .to_string()
+                }))
+            }
+            Err(r) => Err(rejection_to_status(&r).into()),
+        }
     }
 }

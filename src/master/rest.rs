@@ -63,6 +63,8 @@ pub mod method {
     pub const GET_JOB: &str = "/triad.v1.JobService/GetJob";
     pub const LIST_JOBS: &str = "/triad.v1.JobService/ListJobs";
     pub const CANCEL_JOB: &str = "/triad.v1.JobService/CancelJob";
+    pub const SUSPEND_JOB: &str = "/triad.v1.JobService/SuspendJob";
+    pub const RESUME_JOB: &str = "/triad.v1.JobService/ResumeJob";
     pub const CLUSTER_STATUS: &str = "/triad.v1.ClusterService/ClusterStatus";
     pub const LIST_EXECUTORS: &str = "/triad.v1.ExecutorService/ListExecutors";
     pub const DRAIN_EXECUTOR: &str = "/triad.v1.ExecutorService/DrainExecutor";
@@ -384,6 +386,51 @@ async fn cancel_job(
     let Path(id) = id?;
     let msg = pb::CancelJobRequest { job_id: id };
     Ok(reply(StatusCode::OK, api.jobs.cancel_job(Api::request(&who, msg)).await?))
+}
+
+/// Suspend a job (batch semantics): no more placements; its running attempts are stopped and
+/// their tasks wait again without using up attempts. Answers `suspended` (or a terminal state).
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/suspend", tag = "jobs",
+    params(("id" = String, Path, description = "the job's id")),
+    responses(
+        (status = 200, body = pb::SuspendJobResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn suspend_job(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    id: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let who = api.authorize(&headers, method::SUSPEND_JOB)?;
+    let Path(id) = id?;
+    let msg = pb::SuspendJobRequest { job_id: id };
+    Ok(reply(StatusCode::OK, api.jobs.suspend_job(Api::request(&who, msg)).await?))
+}
+
+/// Resume a suspended job: its tasks are placed again.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/resume", tag = "jobs",
+    params(("id" = String, Path, description = "the job's id")),
+    responses(
+        (status = 200, body = pb::ResumeJobResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn resume_job(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    id: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let who = api.authorize(&headers, method::RESUME_JOB)?;
+    let Path(id) = id?;
+    let msg = pb::ResumeJobRequest { job_id: id };
+    Ok(reply(StatusCode::OK, api.jobs.resume_job(Api::request(&who, msg)).await?))
 }
 
 /// Query of `GET /v1/jobs/{id}/tasks/{index}/logs`.
@@ -923,9 +970,9 @@ impl utoipa::Modify for BearerScheme {
 #[openapi(
     info(title = "triad", description = "The HTTP/JSON API of a triad master: the gRPC API's jobs, events (Server-Sent Events), crons, executors and cluster calls, with the same authorisation, validation and forwarding."),
     paths(
-        submit_job, list_jobs, get_job, cancel_job, task_logs, list_executors, drain_executor,
-        cluster_status, events, list_crons, create_cron, get_cron, delete_cron, suspend_cron,
-        resume_cron, trigger_cron,
+        submit_job, list_jobs, get_job, cancel_job, suspend_job, resume_job, task_logs,
+        list_executors, drain_executor, cluster_status, events, list_crons, create_cron, get_cron,
+        delete_cron, suspend_cron, resume_cron, trigger_cron,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerScheme)
@@ -951,6 +998,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/jobs", post(submit_job).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/suspend", post(suspend_job))
+        .route("/v1/jobs/{id}/resume", post(resume_job))
         .route("/v1/jobs/{id}/tasks/{index}/logs", get(task_logs))
         .route("/v1/executors", get(list_executors))
         .route("/v1/executors/{id}/drain", post(drain_executor))
@@ -999,6 +1048,16 @@ mod tests {
         let ok: pb::SubmitJobRequest =
             parse_body(br#"{"spec": {"command": "echo", "args": ["hi"]}}"#).unwrap();
         assert_eq!(ok.spec.unwrap().args, vec!["hi".to_string()]);
+        // The batch fields (issue 16), dependencies included, read from JSON too.
+        let id = "6f1c5c2e-8a43-4b57-9d7e-0c5d6f7a8b9c";
+        let body = format!(
+            r#"{{"spec": {{"command": "x", "parallelism": 2, "fail_on_exit": [2],
+                "after": [{{"job_id": "{id}", "any": true}}]}}}}"#
+        );
+        let batch: pb::SubmitJobRequest = parse_body(body.as_bytes()).unwrap();
+        let spec = batch.spec.unwrap();
+        assert_eq!((spec.parallelism, spec.fail_on_exit), (2, vec![2]));
+        assert_eq!(spec.after, vec![pb::Dependency { job_id: id.into(), any: true }]);
     }
 
     #[test]
@@ -1008,6 +1067,8 @@ mod tests {
             "/v1/jobs",
             "/v1/jobs/{id}",
             "/v1/jobs/{id}/cancel",
+            "/v1/jobs/{id}/suspend",
+            "/v1/jobs/{id}/resume",
             "/v1/jobs/{id}/tasks/{index}/logs",
             "/v1/executors",
             "/v1/executors/{id}/drain",
@@ -1034,6 +1095,8 @@ mod tests {
             method::GET_JOB,
             method::LIST_JOBS,
             method::CANCEL_JOB,
+            method::SUSPEND_JOB,
+            method::RESUME_JOB,
             method::READ_OUTPUT,
             method::WATCH_EVENTS,
             method::LIST_CRONS,

@@ -23,6 +23,8 @@
 //! - At most `max_assignments` assignments; `plan(i, k)` is exactly the first `k` assignments of
 //!   `plan(i, usize::MAX)`. Tasks left unexamined at that limit are not counted as unplaced.
 //! - A `(job, index)` listed twice is considered once (its first occurrence in task order).
+//! - No job gets more placements than its `job_headroom` (per-job parallelism): the tasks past it
+//!   are held back, neither placed nor counted unplaced, and never take capacity from others.
 //!
 //! Cost: tasks with equal constraints share a class: the compatible executors in a `BTreeSet`
 //! ordered by load, built once per call (from a label index, so a rare constraint is cheap). A
@@ -59,6 +61,9 @@ pub struct PendingTask {
     pub demand: Resources,
     /// Every `k=v` must be among the executor's labels.
     pub constraints: BTreeMap<String, String>,
+    /// How many more tasks of this job may be placed (its parallelism less its live tasks;
+    /// `u32::MAX`: no cap). The same for every task of a job; the plan never exceeds it.
+    pub job_headroom: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,10 +89,14 @@ pub fn plan(input: &PlanInput, max_assignments: usize) -> Plan {
     let mut classes: Vec<Class> = Vec::new();
     let mut class_of: BTreeMap<&BTreeMap<String, String>, usize> = BTreeMap::new();
     let mut by_label = None;
+    let mut placed_per_job: BTreeMap<crate::state::JobId, u32> = BTreeMap::new();
 
     for t in tasks {
         if out.assignments.len() >= max_assignments {
             break;
+        }
+        if placed_per_job.get(&t.job).copied().unwrap_or(0) >= t.job_headroom {
+            continue; // the job's parallelism is used up
         }
         let c = match class_of.get(&t.constraints) {
             Some(&c) => c,
@@ -120,6 +129,7 @@ pub fn plan(input: &PlanInput, max_assignments: usize) -> Plan {
             continue;
         };
         let executor = place(&mut execs, &mut classes, rank, t);
+        *placed_per_job.entry(t.job).or_default() += 1;
         out.assignments.push(Assignment { job: t.job, index: t.index, executor });
     }
     out

@@ -41,6 +41,7 @@ fn task(n: u128, index: u32) -> PendingTask {
         seq: n as u64,
         demand: res(1, 0, 0),
         constraints: BTreeMap::new(),
+        job_headroom: u32::MAX,
     }
 }
 
@@ -414,12 +415,16 @@ fn reference(i: &PlanInput, max: usize) -> Plan {
     let mut load: Vec<[u128; 3]> = i.executors.iter().map(|e| dims(e.used)).collect();
     let mut planned = vec![0usize; i.executors.len()];
     let mut seen = BTreeSet::new();
+    let mut per_job: BTreeMap<JobId, u32> = BTreeMap::new();
     let mut out = Plan::default();
     for t in ts {
         if out.assignments.len() >= max {
             break;
         }
         if !seen.insert((t.job, t.index)) {
+            continue;
+        }
+        if per_job.get(&t.job).copied().unwrap_or(0) >= t.job_headroom {
             continue;
         }
         let d = dims(t.demand);
@@ -452,6 +457,7 @@ fn reference(i: &PlanInput, max: usize) -> Plan {
             Some(x) => {
                 (0..3).for_each(|k| load[x][k] += d[k]);
                 planned[x] += 1;
+                *per_job.entry(t.job).or_default() += 1;
                 out.assignments.push(Assignment {
                     job: t.job,
                     index: t.index,
@@ -560,7 +566,8 @@ fn demand() -> impl Strategy<Value = Resources> {
 /// Up to 6 jobs (priority, seq, constraints, default demand); tasks pick a job and mostly use its
 /// demand, sometimes their own, so demands vary within a constraint class.
 fn pending() -> impl Strategy<Value = Vec<PendingTask>> {
-    let jobs = prop::collection::vec((-2i32..3, 0u64..4, label_set(), demand()), 1..6);
+    let headroom = prop_oneof![3 => Just(u32::MAX), 1 => 0u32..3];
+    let jobs = prop::collection::vec((-2i32..3, 0u64..4, label_set(), demand(), headroom), 1..6);
     let picks =
         prop::collection::vec((0usize..6, proptest::option::weighted(0.2, demand())), 0..40);
     (jobs, picks).prop_map(|(jobs, picks)| {
@@ -569,7 +576,7 @@ fn pending() -> impl Strategy<Value = Vec<PendingTask>> {
             .into_iter()
             .map(|(j, own)| {
                 let j = j % jobs.len();
-                let (priority, seq, constraints, d) = jobs[j].clone();
+                let (priority, seq, constraints, d, job_headroom) = jobs[j].clone();
                 next[j] += 1;
                 PendingTask {
                     job: job(j as u128 + 1),
@@ -578,6 +585,7 @@ fn pending() -> impl Strategy<Value = Vec<PendingTask>> {
                     seq,
                     demand: own.unwrap_or(d),
                     constraints,
+                    job_headroom,
                 }
             })
             .collect()
@@ -598,11 +606,24 @@ proptest! {
         let load = check_valid(&i, &p);
         prop_assert!(p.assignments.len() <= max);
         prop_assert!(p.assignments.len() + p.unplaced <= i.pending.len());
+        // Parallelism: no job gets more than its headroom.
+        let mut per_job: BTreeMap<JobId, u32> = BTreeMap::new();
+        for a in &p.assignments {
+            *per_job.entry(a.job).or_default() += 1;
+        }
+        for t in &i.pending {
+            prop_assert!(per_job.get(&t.job).copied().unwrap_or(0) <= t.job_headroom);
+        }
+        let capped = |t: &PendingTask| per_job.get(&t.job).copied().unwrap_or(0) >= t.job_headroom;
         if p.assignments.len() < max {
-            // Nothing was cut off: every task is either placed or fits nowhere, even now.
-            prop_assert_eq!(p.assignments.len() + p.unplaced, i.pending.len());
+            // Nothing was cut off: every task is placed, held back by its job's parallelism, or
+            // fits nowhere, even now.
             let placed: BTreeSet<_> = p.assignments.iter().map(|a| (a.job, a.index)).collect();
-            for t in i.pending.iter().filter(|t| !placed.contains(&(t.job, t.index))) {
+            let rest: Vec<_> = i.pending.iter().filter(|t| !placed.contains(&(t.job, t.index))).collect();
+            let held = rest.iter().filter(|t| capped(t)).count();
+            // (A task may be unplaced and its job capped later, so this bounds from below.)
+            prop_assert!(p.assignments.len() + p.unplaced + held >= i.pending.len());
+            for t in rest.into_iter().filter(|t| !capped(t)) {
                 for e in &i.executors {
                     let fits = (0..3).all(|k| load[&e.id][k] + dims(t.demand)[k] <= dims(e.capacity)[k]);
                     let matches = t.constraints.iter().all(|(k, v)| e.labels.get(k) == Some(v));

@@ -54,6 +54,8 @@ pub fn rule(path: &str) -> Rule {
         ("triad.v1.RaftService", _) => Rule::Roles(&[Master]),
         // Events (issue 17): WatchEvents and ReadIndex are reads, like the rest of JobService.
         ("triad.v1.JobService", "WatchEvents" | "ReadIndex") => Rule::Roles(CLIENTS),
+        // Batch semantics: suspending and resuming is a client's, like cancelling.
+        ("triad.v1.JobService", "SuspendJob" | "ResumeJob") => Rule::Roles(CLIENTS),
         ("triad.v1.JobService", _) => Rule::Roles(CLIENTS),
         // Cron (issue 17): reads for clients, changes for admins (SPEC "admin (..., cron, ...)").
         ("triad.v1.CronService", "ListCrons" | "GetCron") => Rule::Roles(CLIENTS),
@@ -314,6 +316,9 @@ mod tests {
             ("/triad.v1.CronService/GetCron", &client, Ok),
             ("/triad.v1.CronService/CreateCron", &client, PermissionDenied),
             ("/triad.v1.CronService/TriggerCron", &exec, PermissionDenied),
+            ("/triad.v1.JobService/SuspendJob", &client, Ok),
+            ("/triad.v1.JobService/ResumeJob", &admin, Ok),
+            ("/triad.v1.JobService/SuspendJob", &exec, PermissionDenied),
             ("/triad.v1.RaftService/AppendEntries", &admin, PermissionDenied),
             ("/triad.v1.RaftService/Vote", &client, PermissionDenied),
             ("/triad.v1.WorkerService/StartAttempt", &admin, PermissionDenied),

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::events::{Change, Journal};
 use super::model::*;
+use super::policy::BatchIndex;
 
 /// The ordered map every part of [`State`] is kept in: a persistent B-tree (`imbl`), so that
 /// cloning a state of any size is O(1) (it shares every node; a change afterwards copies only the
@@ -97,6 +98,9 @@ pub struct State {
     /// store last drained them (see `state::events`).
     #[serde(skip)]
     pub(super) journal: Journal,
+    /// Derived and never serialized: deadlines, waiting and suspended jobs (`policy.rs`).
+    #[serde(skip)]
+    pub(super) batch: BatchIndex,
 }
 
 /// [`State`] as it is encoded: every serialized field, in the same order (a field added to
@@ -137,9 +141,11 @@ impl From<Decoded> for State {
             tally: Tally::default(),
             executor_changes: ChangeCounter::default(),
             journal: Journal::default(),
+            batch: BatchIndex::default(),
         };
         state.tally = Tally::recount(&state);
         state.by_state = by_state_of(&state.jobs);
+        state.batch = BatchIndex::rebuild(&state);
         state
     }
 }
@@ -260,6 +266,7 @@ impl Default for State {
             tally: Tally::default(),
             executor_changes: ChangeCounter::default(),
             journal: Journal::default(),
+            batch: BatchIndex::default(),
         }
     }
 }
@@ -330,6 +337,11 @@ impl State {
                 self.fire_cron(name, *scheduled_at, *job, *now)
             }
             Command::TriggerCron { name, job, now } => self.trigger_cron(name, *job, *now),
+            Command::SuspendJob { id, now } => self.suspend_job(*id, *now),
+            Command::ResumeJob { id, now } => self.resume_job(*id, *now),
+            Command::ExpireJob { id, now } => self.expire_job(*id, *now),
+            Command::ResolveDependencies { id, now } => self.resolve_dependencies(*id, *now),
+            Command::WithJitter { jitter, command } => self.with_jitter(*jitter, command),
         }
     }
 
@@ -472,6 +484,7 @@ impl State {
         if self.job_seqs.contains_key(&id) {
             return Err(Rejection::DuplicateJobId(id));
         }
+        self.check_dependencies(spec)?;
         let seq = self.next_seq;
         self.next_seq += 1;
         let tasks = (0..spec.task_count)
@@ -479,6 +492,7 @@ impl State {
                 index,
                 state: TaskState::Pending,
                 not_before: now,
+                backoff_from: now,
                 attempts: Vec::new(),
             })
             .collect();
@@ -493,7 +507,9 @@ impl State {
             updated_at: now,
             finished_at: None,
             tasks,
+            batch: JobBatch::new(spec),
         };
+        self.batch.add(&job);
         self.active.insert(seq, TaskCounts { pending: spec.task_count, ..TaskCounts::default() });
         self.tally.job_moved(None, JobState::Pending);
         index_job_state(&mut self.by_state, seq, None, JobState::Pending);
@@ -514,6 +530,7 @@ impl State {
             JobState::Cancelled => Ok(Outcome::Done),
             s if s.is_terminal() => Err(Rejection::JobTerminal(id)),
             _ => {
+                cx.job.batch.reason = Some(JobReason::Cancelled);
                 cx.set_job(JobState::Cancelled);
                 Ok(Outcome::Done)
             }
@@ -533,12 +550,13 @@ impl State {
         if task.state != TaskState::Pending {
             return Err(illegal("task", task.state, TaskState::Assigned));
         }
-        if now < task.not_before {
+        if !task.backoff_over(now) {
             return Err(Rejection::IllegalTransition {
                 from: format!("task Pending (backoff until {})", task.not_before),
                 to: "task Assigned".into(),
             });
         }
+        self.check_placeable(job)?;
         let ex = self
             .executors
             .get(&a.executor)
@@ -612,12 +630,10 @@ impl State {
         if exit_code == 0 {
             cx.set_attempt(i, AttemptState::Succeeded, Some(0), error);
             cx.set_task(i, TaskState::Succeeded);
-            if cx.all_succeeded() {
-                cx.set_job(JobState::Succeeded);
-            }
+            cx.finish_if_done();
         } else {
             cx.set_attempt(i, AttemptState::Failed, Some(exit_code), error);
-            cx.retry_or_fail(i);
+            cx.after_failure(i, exit_code);
         }
         Ok(Outcome::Done)
     }
@@ -696,7 +712,7 @@ impl State {
     }
 
     /// A mutation context for job `seq`.
-    fn cx(&mut self, seq: u64, now: Millis) -> Option<Cx<'_>> {
+    pub(super) fn cx(&mut self, seq: u64, now: Millis) -> Option<Cx<'_>> {
         // Copies the job if a snapshot still shares it (once per job per snapshot).
         let job = Arc::make_mut(self.jobs.get_mut(&seq)?);
         Some(Cx {
@@ -707,6 +723,7 @@ impl State {
             by_state: &mut self.by_state,
             tally: &mut self.tally,
             journal: &mut self.journal,
+            batch: &mut self.batch,
             now,
         })
     }
@@ -715,20 +732,21 @@ impl State {
 /// Mutation context for one job: the job plus the derived indexes its changes must keep in step.
 /// Callers have validated the command; a transition these helpers are asked for that the FSM
 /// forbids is a bug, caught by `debug_assert` in tests and refused (state kept) in release.
-struct Cx<'a> {
-    job: &'a mut Job,
-    active: &'a mut Map<u64, TaskCounts>,
+pub(super) struct Cx<'a> {
+    pub(super) job: &'a mut Job,
+    pub(super) active: &'a mut Map<u64, TaskCounts>,
     live: &'a mut LiveIndex,
     finished: &'a mut Set<(Millis, u64)>,
     by_state: &'a mut ByState,
     tally: &'a mut Tally,
     journal: &'a mut Journal,
-    now: Millis,
+    pub(super) batch: &'a mut BatchIndex,
+    pub(super) now: Millis,
 }
 
 impl Cx<'_> {
     /// The one place a task's state changes.
-    fn set_task(&mut self, i: usize, to: TaskState) {
+    pub(super) fn set_task(&mut self, i: usize, to: TaskState) {
         let seq = self.job.seq;
         let Some(task) = self.job.tasks.get_mut(i) else { return };
         let from = task.state;
@@ -771,7 +789,7 @@ impl Cx<'_> {
     }
 
     /// The one place an attempt's state changes (always the task's current attempt).
-    fn set_attempt(
+    pub(super) fn set_attempt(
         &mut self,
         i: usize,
         to: AttemptState,
@@ -796,7 +814,7 @@ impl Cx<'_> {
     /// The one place a job's state changes. Entering a terminal state stops everything else the
     /// job still has: non-terminal tasks become `Cancelled` and their live attempts too, which
     /// is what tells the dispatcher to kill them.
-    fn set_job(&mut self, to: JobState) {
+    pub(super) fn set_job(&mut self, to: JobState) {
         let from = self.job.state;
         if !from.can_transition(to) {
             debug_assert!(false, "job {from:?} -> {to:?}");
@@ -811,6 +829,7 @@ impl Cx<'_> {
             self.job.finished_at = Some(self.now);
             self.active.remove(&self.job.seq);
             self.finished.insert((self.now, self.job.seq));
+            self.batch_job_ended();
             for i in 0..self.job.tasks.len() {
                 let state = self.job.tasks[i].state;
                 if state.is_terminal() {
@@ -831,31 +850,10 @@ impl Cx<'_> {
         }
     }
 
-    fn all_succeeded(&self) -> bool {
-        let n = self.job.tasks.len() as u32;
-        self.active.get(&self.job.seq).is_some_and(|c| c.succeeded == n)
-    }
-
     /// The lose rule: the attempt is lost, then the task retries or fails.
     fn lose(&mut self, i: usize, reason: &str) {
         self.set_attempt(i, AttemptState::Lost, None, Some(reason));
         self.set_task(i, TaskState::Lost);
-        self.retry_or_fail(i);
-    }
-
-    /// After an attempt ended badly: back to `Pending` after the backoff while attempts remain,
-    /// else the task fails for good and takes the job with it.
-    fn retry_or_fail(&mut self, i: usize) {
-        let used = self.job.tasks.get(i).map_or(0, |t| t.attempts.len());
-        if used < self.job.spec.max_attempts as usize {
-            let not_before = self.now.saturating_add(self.job.spec.retry_backoff_ms);
-            if let Some(t) = self.job.tasks.get_mut(i) {
-                t.not_before = not_before;
-            }
-            self.set_task(i, TaskState::Pending);
-        } else {
-            self.set_task(i, TaskState::Failed);
-            self.set_job(JobState::Failed);
-        }
+        self.after_loss(i);
     }
 }

@@ -38,7 +38,8 @@ impl State {
         if !job.state.is_terminal() {
             recount.active.insert(seq, counts);
         }
-        job_rollup_agrees(job.state, &counts).map_err(ctx)?;
+        job_rollup_agrees(job, &counts).map_err(ctx)?;
+        self.check_batch(job).map_err(|m| ctx(&m))?;
         match (job.state.is_terminal(), job.finished_at) {
             (true, Some(at)) => {
                 recount.finished.insert((at, seq));
@@ -62,8 +63,8 @@ impl State {
     /// One task of `job`: its attempts (numbered, fenced by increasing tokens, only the current
     /// one live) and its state against its current attempt's.
     fn check_task(&self, job: &Job, task: &Task) -> Result<(), String> {
-        if task.attempts.len() > job.spec.max_attempts as usize {
-            return Err("more attempts than allowed".into());
+        if task.failures() > job.spec.max_attempts || task.losses() > job.spec.policy.max_lost {
+            return Err("more failed or lost attempts than allowed".into());
         }
         let mut last_token = 0; // tokens increase within a task; across tasks they interleave
         for (n, a) in task.attempts.iter().enumerate() {
@@ -94,10 +95,12 @@ impl State {
             return Err("live attempt on an unknown executor".into());
         }
         if job.state == JobState::Pending
-            && task
-                .attempts
-                .iter()
-                .any(|a| !matches!(a.state, AttemptState::Assigned | AttemptState::Lost))
+            && task.attempts.iter().any(|a| {
+                // A lost attempt, or one cancelled before it started (suspend), never ran.
+                let never_ran = matches!(a.state, AttemptState::Assigned | AttemptState::Lost)
+                    || (a.state == AttemptState::Cancelled && a.started_at.is_none());
+                !never_ran
+            })
         {
             return Err("job pending but an attempt started".into());
         }
@@ -123,6 +126,9 @@ impl State {
         }
         if by_state_of(&self.jobs) != self.by_state {
             return Err("job state index differs from jobs".into());
+        }
+        if super::policy::BatchIndex::rebuild(self) != self.batch {
+            return Err("batch index differs from jobs".into());
         }
         let counted = Tally::recount(self);
         if counted != self.tally {
@@ -163,20 +169,62 @@ struct Recount {
 
 /// A job's state against its tasks' counts: succeeded means every task did; terminal means no
 /// task is still going; non-terminal means none failed or was cancelled and not all succeeded.
-fn job_rollup_agrees(state: JobState, counts: &TaskCounts) -> Result<(), &'static str> {
+/// (With partial success, up to `max_failed_tasks` failed tasks count as finished alongside the
+/// succeeded ones.)
+fn job_rollup_agrees(job: &Job, counts: &TaskCounts) -> Result<(), &'static str> {
     let finished = counts.succeeded + counts.failed + counts.cancelled;
-    match state {
-        JobState::Succeeded if counts.succeeded != counts.total() => {
-            Err("succeeded with unfinished tasks")
+    let tolerated = job.spec.policy.max_failed_tasks;
+    match job.state {
+        JobState::Succeeded
+            if counts.succeeded + counts.failed != counts.total() || counts.failed > tolerated =>
+        {
+            Err("succeeded with unfinished tasks or too many failed")
         }
         s if s.is_terminal() && counts.total() != finished => {
             Err("terminal with non-terminal tasks")
         }
         s if !s.is_terminal()
-            && (counts.failed + counts.cancelled > 0 || counts.succeeded == counts.total()) =>
+            && (counts.failed > tolerated
+                || counts.cancelled > 0
+                || counts.succeeded + counts.failed == counts.total()) =>
         {
             Err("non-terminal but tasks say it finished")
         }
         _ => Ok(()),
+    }
+}
+
+impl State {
+    /// A job's batch status: waiting and suspended only while non-terminal; a reason only on a
+    /// terminal job; no more tasks assigned or running than its parallelism; a job that is not
+    /// waiting any more had every dependency end first (and a placed task implies that).
+    fn check_batch(&self, job: &Job) -> Result<(), String> {
+        let b = &job.batch;
+        if job.state.is_terminal() && (b.waiting || b.suspended) {
+            return Err("terminal but waiting or suspended".into());
+        }
+        if b.reason.is_some() && !job.state.is_terminal() {
+            return Err("a reason on a non-terminal job".into());
+        }
+        if b.reason == Some(JobReason::Deadline) && job.state != JobState::Failed {
+            return Err("deadline reason on a job that did not fail".into());
+        }
+        let c = job.counts();
+        let p = job.spec.policy.parallelism;
+        if p > 0 && c.assigned + c.running > p {
+            return Err(format!("{} tasks live, parallelism {p}", c.assigned + c.running));
+        }
+        if (b.waiting || b.suspended) && c.assigned + c.running > 0 {
+            return Err("waiting or suspended with live tasks".into());
+        }
+        let placed = job.tasks.iter().any(|t| !t.attempts.is_empty());
+        if placed && !job.spec.policy.after.is_empty() {
+            for d in &job.spec.policy.after {
+                if self.job(&d.job).is_some_and(|d| !d.state.is_terminal()) {
+                    return Err(format!("placed before its dependency {} ended", d.job));
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -31,6 +31,7 @@ pub mod events;
 #[cfg(test)]
 mod invariants;
 pub mod model;
+pub mod policy;
 pub mod query;
 pub mod range;
 pub mod schedule;

@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use super::policy::{BatchPolicy, Dependency, JobBatch, JobReason};
+
 /// Job ids are UUID v4, chosen by the leader and carried in the submit command.
 pub type JobId = Uuid;
 /// An executor's stable id (kept in its work dir across restarts).
@@ -102,6 +104,8 @@ pub struct JobSpec {
     pub timeout_ms: u64,
     /// Higher runs first.
     pub priority: i32,
+    /// Failure policy, deadline, parallelism, partial success, dependencies (`policy.rs`).
+    pub policy: BatchPolicy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -175,8 +179,10 @@ pub struct Attempt {
 pub struct Task {
     pub index: u32,
     pub state: TaskState,
-    /// Not placeable before this time (retry backoff).
+    /// Not placeable before this time (retry backoff; see [`Task::backoff_over`]).
     pub not_before: Millis,
+    /// The `now` the current backoff was computed at (`not_before` minus the delay).
+    pub backoff_from: Millis,
     /// Every attempt so far, oldest first; the last one is the current one.
     pub attempts: Vec<Attempt>,
 }
@@ -205,6 +211,8 @@ pub struct Job {
     pub updated_at: Millis,
     pub finished_at: Option<Millis>,
     pub tasks: Vec<Task>,
+    /// Reason, waiting and suspended flags (`policy.rs`).
+    pub batch: JobBatch,
 }
 
 /// Per-state task counts of a job (derived, never stored).
@@ -349,6 +357,34 @@ pub enum Command {
         job: JobId,
         now: Millis,
     },
+    // --- batch semantics (issue 16, `policy.rs`) ---
+    /// Stop placing the job's tasks; its live attempts are cancelled, their tasks pending again.
+    SuspendJob {
+        id: JobId,
+        now: Millis,
+    },
+    /// Place the job's tasks again.
+    ResumeJob {
+        id: JobId,
+        now: Millis,
+    },
+    /// The job's deadline passed by `now` (proposed by the leader): it fails, reason `deadline`.
+    ExpireJob {
+        id: JobId,
+        now: Millis,
+    },
+    /// Every dependency of the waiting job is terminal: release it, or cancel it (reason
+    /// `dependency`) when an `:ok` one did not succeed. Refused while one is still going.
+    ResolveDependencies {
+        id: JobId,
+        now: Millis,
+    },
+    /// Applies `command` with the leader's random draw for any retry backoff it causes (full
+    /// jitter: the delay is `bound * jitter / 2^32`), so apply stays deterministic.
+    WithJitter {
+        jitter: u32,
+        command: Box<Command>,
+    },
 }
 
 /// What an executor reports about one of its attempts ([`Command::TaskReported`]).
@@ -406,6 +442,13 @@ pub enum Rejection {
     CronNotFound(String),
     #[error("cron {0} already exists with another spec (delete it first)")]
     CronExists(String),
+    // --- batch semantics (issue 16) ---
+    #[error("dependency {0} not found")]
+    DependencyNotFound(JobId),
+    /// A batch rule does not allow it yet (deadline not passed, dependencies still running, job
+    /// waiting or suspended, parallelism reached).
+    #[error("not yet: {0}")]
+    NotDue(String),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -485,6 +528,7 @@ impl JobSpec {
             retry_backoff_ms: 1000,
             timeout_ms: 0,
             priority: 0,
+            policy: BatchPolicy::default(),
         }
     }
 
@@ -551,7 +595,7 @@ impl JobSpec {
         if self.timeout_ms > MAX_TIMEOUT_MS {
             return Err(format!("timeout {} ms, at most {MAX_TIMEOUT_MS}", self.timeout_ms));
         }
-        Ok(())
+        self.policy.validate(self.task_count, self.retry_backoff_ms)
     }
 }
 
@@ -836,6 +880,11 @@ pub fn validate_spec(c: &CronSpec) -> Result<(), String> {
     }
     if c.keep_succeeded > MAX_KEEP || c.keep_failed > MAX_KEEP {
         return Err(format!("history limits are at most {MAX_KEEP}"));
+    }
+    // Batch semantics (issue 16): every run would wait for the same fixed jobs, and a run's
+    // creation must not fail on a dependency gone since the cron was made.
+    if !c.job.policy.after.is_empty() {
+        return Err("a cron's jobs cannot have dependencies (--after)".into());
     }
     validate_submit(&c.job_name, "", &c.job)
 }

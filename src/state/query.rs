@@ -180,13 +180,15 @@ impl State {
             .range(range)
             .filter(|(seq, c)| c.pending > 0 && keep(**seq))
             .filter_map(|(seq, _)| self.job_at(seq))
+            .filter(|j| j.placeable())
             .collect();
         jobs.sort_by_key(|j| (std::cmp::Reverse(j.spec.priority), j.seq));
         jobs.into_iter().flat_map(move |j| {
             j.tasks
                 .iter()
-                .filter(move |t| t.state == TaskState::Pending && t.not_before <= now)
+                .filter(move |t| t.state == TaskState::Pending && t.backoff_over(now))
                 .map(move |t| (j, t.index))
+                .take(self.headroom(j) as usize) // parallelism: no more than may be assigned
         })
     }
 
@@ -204,10 +206,11 @@ impl State {
             .range(range)
             .filter(|(seq, c)| c.pending > 0 && keep(**seq))
             .filter_map(|(seq, _)| self.job_at(seq))
+            .filter(|j| j.placeable())
             .flat_map(|j| {
                 j.tasks
                     .iter()
-                    .filter(|t| t.state == TaskState::Pending && t.not_before > now)
+                    .filter(|t| t.state == TaskState::Pending && !t.backoff_over(now))
                     .map(|t| t.not_before)
             })
             .min()

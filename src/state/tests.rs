@@ -33,6 +33,11 @@ fn reg(id: &str, slots: u32, zone: &str, now: Millis) -> Command {
     }
 }
 
+/// `spec` allowing a single lost attempt per task (losing one fails the task).
+fn lost_once(spec: JobSpec) -> JobSpec {
+    JobSpec { policy: BatchPolicy { max_lost: 1, ..spec.policy.clone() }, ..spec }
+}
+
 fn spec(tasks: u32, attempts: u32) -> JobSpec {
     JobSpec {
         task_count: tasks,
@@ -531,11 +536,12 @@ fn register_loses_attempts_of_previous_incarnation() {
 
 #[test]
 fn dead_executor_fails_job_when_attempts_exhausted() {
-    // One attempt allowed: losing it fails the task, and the failure cancels the sibling on e2.
+    // One lost attempt allowed (max_lost 1; lost attempts do not count against max_attempts):
+    // losing it fails the task, and the failure cancels the sibling on e2.
     let mut s = run(&[
         reg("e1", 2, "a", 0),
         reg("e2", 2, "a", 0),
-        submit(1, "", spec(2, 1), 0),
+        submit(1, "", lost_once(spec(2, 1)), 0),
         assign(&[(1, 0, "e1"), (1, 1, "e2")], 1),
         started(1, 1, 2, 2),
     ]);
@@ -857,6 +863,28 @@ fn parse_line(line: &str) -> Result<Command, String> {
                 priority: opt
                     .get("priority")
                     .map_or(Ok(0), |v| v.parse().map_err(|_| "bad priority"))?,
+                policy: BatchPolicy {
+                    max_lost: num("lost", d.policy.max_lost.into())? as u32,
+                    retry_on_exit: codes(opt.get("retry_on"))?,
+                    fail_on_exit: codes(opt.get("fail_on"))?,
+                    backoff_max_ms: num("backoff_max", d.policy.backoff_max_ms)?,
+                    deadline_ms: num("deadline", 0)?,
+                    parallelism: num("parallelism", 0)? as u32,
+                    max_failed_tasks: num("max_failed", 0)? as u32,
+                    after: match opt.get("after") {
+                        None => Vec::new(),
+                        Some(list) => list
+                            .split(',')
+                            .map(|x| {
+                                let (job, cond) = x.split_once(':').unwrap_or((x, "ok"));
+                                Ok(Dependency {
+                                    job: parse_job(job)?,
+                                    require_success: cond != "any",
+                                })
+                            })
+                            .collect::<Result<_, String>>()?,
+                    },
+                },
                 ..d
             };
             Command::SubmitJob {
@@ -868,6 +896,10 @@ fn parse_line(line: &str) -> Result<Command, String> {
             }
         }
         "cancel" => Command::CancelJob { id: parse_job(first)?, now },
+        "suspend" => Command::SuspendJob { id: parse_job(first)?, now },
+        "resume" => Command::ResumeJob { id: parse_job(first)?, now },
+        "expire" => Command::ExpireJob { id: parse_job(first)?, now },
+        "resolve" => Command::ResolveDependencies { id: parse_job(first)?, now },
         "assign" => {
             let assignments = pos
                 .iter()
@@ -915,6 +947,21 @@ fn parse_line(line: &str) -> Result<Command, String> {
             Command::TaskLost { job, index, token: num("tok", 0)?, reason: text("reason"), now }
         }
         v => return Err(format!("unknown verb {v:?}")),
+    })
+    .and_then(|cmd| match opt.get("jitter") {
+        // The leader's draw, as a fraction of 2^32 given in per mille (jitter=500: half).
+        Some(v) => {
+            let pm: u64 = v.parse().map_err(|_| format!("bad jitter={v}"))?;
+            Ok(cmd.with_jitter(((pm.min(999) << 32) / 1000) as u32))
+        }
+        None => Ok(cmd),
+    })
+}
+
+/// `1,2,3` as exit codes (none when absent).
+fn codes(list: Option<&String>) -> Result<Vec<i32>, String> {
+    list.map_or(Ok(Vec::new()), |l| {
+        l.split(',').map(|c| c.parse().map_err(|_| format!("bad exit code {c:?}"))).collect()
     })
 }
 
@@ -973,8 +1020,23 @@ fn summary(s: &State, now: Millis) -> String {
             "job {} seq={} {:?} key={:?} finished_at={:?} counts: pending={} assigned={} running={} succeeded={} failed={} cancelled={}",
             job.id, job.seq, job.state, job.idempotency_key, job.finished_at, c.pending, c.assigned, c.running, c.succeeded, c.failed, c.cancelled
         );
+        // Batch status, only when there is some (so older transcripts read as before).
+        let b = &job.batch;
+        if b.reason.is_some() || b.waiting || b.suspended {
+            let _ = writeln!(
+                o,
+                "  batch: reason={:?} waiting={} suspended={} waiting_on={:?}",
+                b.reason,
+                b.waiting,
+                b.suspended,
+                s.waiting_on(job)
+            );
+        }
         for t in &job.tasks {
             let _ = write!(o, "  task {} {:?} not_before={}", t.index, t.state, t.not_before);
+            if t.failures() + t.losses() > 0 {
+                let _ = write!(o, " (failed={} lost={})", t.failures(), t.losses());
+            }
             for a in &t.attempts {
                 let _ = write!(o, " | #{} tok{} {} {:?}", a.number, a.token, a.executor, a.state);
                 if let Some(code) = a.exit_code {
@@ -1028,6 +1090,15 @@ golden_files!(
     reporter_and_deregister_fencing,
     executor_restart_and_drain,
     priority_and_constraints,
+    // batch semantics (issue 16)
+    lost_is_not_failed,
+    exit_code_rules,
+    backoff_exponential_jitter,
+    deadline_fails_job,
+    parallelism_cap,
+    suspend_resume,
+    partial_success,
+    dependency_chain,
 );
 
 // --- property tests ------------------------------------------------------------------------------
@@ -1063,6 +1134,23 @@ enum Op {
     StartLive(usize),
     FinishLive(usize, i32),
     LoseLive(usize),
+    // batch semantics (issue 16)
+    SubmitBatch {
+        job: u8,
+        tasks: u32,
+        parallelism: u32,
+        max_failed: u32,
+        deadline: u64,
+        after: Option<(u8, bool)>,
+        lost: u32,
+        fail_on_2: bool,
+    },
+    Suspend(u8),
+    Resume(u8),
+    Expire(u8),
+    Resolve(u8),
+    /// The op, with the leader's jitter draw.
+    Jittered(u32, Box<Op>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -1084,6 +1172,17 @@ fn op() -> impl Strategy<Value = Op> {
         4 => any::<usize>().prop_map(Op::StartLive),
         4 => (any::<usize>(), prop_oneof![3 => Just(0), 1 => Just(2)]).prop_map(|(n, c)| Op::FinishLive(n, c)),
         1 => any::<usize>().prop_map(Op::LoseLive),
+        3 => (job.clone(), 1u32..4, 0u32..3, 0u32..2, prop_oneof![Just(0u64), Just(5), Just(40)], proptest::option::of((job.clone(), any::<bool>())), 1u32..3, any::<bool>())
+            .prop_map(|(job, tasks, parallelism, max_failed, deadline, after, lost, fail_on_2)| Op::SubmitBatch { job, tasks, parallelism, max_failed, deadline, after, lost, fail_on_2 }),
+        1 => job.clone().prop_map(Op::Suspend),
+        1 => job.clone().prop_map(Op::Resume),
+        1 => job.clone().prop_map(Op::Expire),
+        2 => job.clone().prop_map(Op::Resolve),
+        2 => (any::<u32>(), prop_oneof![
+            (any::<usize>(), prop_oneof![Just(0), Just(2)]).prop_map(|(n, c)| Op::FinishLive(n, c)),
+            any::<usize>().prop_map(Op::LoseLive),
+            (ex.clone(), 0u64..4).prop_map(|(e, n)| Op::Dead(e, n)),
+        ]).prop_map(|(j, op)| Op::Jittered(j, Box::new(op))),
     ]
 }
 
@@ -1192,6 +1291,48 @@ fn resolve(s: &State, op: &Op, now: Millis) -> Option<Command> {
             reason: "x".into(),
             now,
         })?,
+        Op::SubmitBatch {
+            job,
+            tasks,
+            parallelism,
+            max_failed,
+            deadline,
+            after,
+            lost,
+            fail_on_2,
+        } => {
+            let spec = JobSpec {
+                task_count: *tasks,
+                max_attempts: 2,
+                retry_backoff_ms: 5,
+                policy: BatchPolicy {
+                    max_lost: *lost,
+                    fail_on_exit: if *fail_on_2 { vec![2] } else { Vec::new() },
+                    backoff_max_ms: 20,
+                    deadline_ms: *deadline,
+                    parallelism: *parallelism,
+                    max_failed_tasks: *max_failed,
+                    after: after
+                        .iter()
+                        .map(|&(d, any)| Dependency { job: jid(d), require_success: !any })
+                        .collect(),
+                    ..BatchPolicy::default()
+                },
+                ..JobSpec::new("/bin/true")
+            };
+            Command::SubmitJob {
+                id: jid(*job),
+                name: String::new(),
+                idempotency_key: String::new(),
+                spec,
+                now,
+            }
+        }
+        Op::Suspend(n) => Command::SuspendJob { id: jid(*n), now },
+        Op::Resume(n) => Command::ResumeJob { id: jid(*n), now },
+        Op::Expire(n) => Command::ExpireJob { id: jid(*n), now },
+        Op::Resolve(n) => Command::ResolveDependencies { id: jid(*n), now },
+        Op::Jittered(jitter, op) => resolve(s, op, now)?.with_jitter(*jitter),
     })
 }
 
@@ -1253,6 +1394,34 @@ proptest! {
                     if t.state.is_terminal() {
                         prop_assert_eq!(t, u, "terminal task changed by {:?}", cmd);
                     }
+                }
+            }
+            Ok(())
+        })?;
+    }
+
+    /// (b2) Batch semantics: never more tasks of a job assigned or running than its parallelism;
+    /// a dependent never has an attempt before every dependency ended; a waiting or suspended
+    /// job holds no live attempt; a job ends with a reason exactly when a batch rule ended it.
+    #[test]
+    fn prop_batch_rules_hold(ops in ops()) {
+        drive(&ops, |_, cmd, _, after| {
+            for job in after.jobs.values() {
+                let c = job.counts();
+                let p = job.spec.policy.parallelism;
+                prop_assert!(p == 0 || c.assigned + c.running <= p, "parallelism broken by {:?}", cmd);
+                if job.tasks.iter().any(|t| !t.attempts.is_empty()) {
+                    for d in &job.spec.policy.after {
+                        let ended = after.job(&d.job).is_none_or(|d| d.state.is_terminal());
+                        prop_assert!(ended, "{} started before its dependency {} ended", job.id, d.job);
+                    }
+                }
+                if job.batch.waiting || job.batch.suspended {
+                    prop_assert_eq!(c.assigned + c.running, 0);
+                }
+                if job.state == JobState::Succeeded {
+                    prop_assert!(c.failed <= job.spec.policy.max_failed_tasks);
+                    prop_assert!(c.succeeded > 0);
                 }
             }
             Ok(())
@@ -1325,6 +1494,16 @@ proptest! {
         }).unwrap();
         for _ in 0..20 {
             now += 1000;
+            // What the leader's duties do: resolve dependencies that ended, and (as a client
+            // would) resume what was suspended.
+            let resolvable: Vec<_> = s.dependencies_resolvable().map(|j| j.id).collect();
+            for id in resolvable {
+                s.apply(&Command::ResolveDependencies { id, now }).unwrap();
+            }
+            let suspended: Vec<_> = s.suspended_jobs().map(|j| j.id).collect();
+            for id in suspended {
+                s.apply(&Command::ResumeJob { id, now }).unwrap();
+            }
             let placeable: Vec<_> = s.pending_tasks(now).map(|(job, index)| Assignment { job, index, executor: "healthy".into() }).collect();
             s.apply(&Command::AssignTasks { assignments: placeable, now }).unwrap();
             for a in s.live_attempts_on("healthy") {
@@ -1397,7 +1576,7 @@ fn the_tally_follows_jobs_tasks_and_executors_through_their_lives() {
     let mut s = State::new();
     s.apply(&reg("e1", 4, "z1", 1)).unwrap();
     s.apply(&reg("e2", 4, "z1", 1)).unwrap();
-    s.apply(&submit(1, "", spec(3, 1), 2)).unwrap();
+    s.apply(&submit(1, "", lost_once(spec(3, 1)), 2)).unwrap();
     s.apply(&submit(2, "", spec(1, 1), 2)).unwrap();
     let t = s.tally().clone();
     assert_eq!((t.jobs(JobState::Pending), t.tasks(TaskState::Pending)), (2, 4));
@@ -1414,7 +1593,7 @@ fn the_tally_follows_jobs_tasks_and_executors_through_their_lives() {
         "pending, assigned, running, succeeded, failed, lost, cancelled"
     );
 
-    // e2 dies: its attempt is lost, and with one attempt allowed the job fails, cancelling the
+    // e2 dies: its attempt is lost, and with one lost attempt allowed the job fails, cancelling the
     // rest (the running task on e1 and the pending one).
     s.apply(&dead("e2", 1, 6)).unwrap();
     let t = s.tally().clone();

@@ -387,6 +387,26 @@ pub fn terminal_after_heal(history: &[Op], bound_ns: u64, heal_time_ns: Option<u
     r.verdict()
 }
 
+/// Batch semantics (issue 16): no job in the final read failed. The workload's tasks always exit
+/// 0 and a lost attempt does not use up `max_attempts`, so a failed job means ordinary faults
+/// failed a correct job (what made the suite run with `--max-attempts 20` before).
+pub fn no_failed_jobs(history: &[Op]) -> Verdict {
+    let mut r = Report::new("no_failed_jobs");
+    let Some((jobs, _)) = final_read(history) else {
+        r.violation(NO_FINAL_READ);
+        return r.verdict();
+    };
+    let failed: Vec<&JobView> = jobs.iter().filter(|j| j.state == "failed").collect();
+    for j in &failed {
+        r.violation(format!(
+            "job {} (key {}) failed, though its tasks always succeed",
+            j.id, j.key
+        ));
+    }
+    r.stat("failed", failed.len());
+    r.verdict()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
@@ -662,6 +682,16 @@ mod tests {
             ],
         ));
         assert!(v.valid, "{v:?}");
+    }
+
+    #[test]
+    fn a_failed_job_fails_no_failed_jobs() {
+        assert!(no_failed_jobs(&good().build()).stats["failed"] == 1usize.into());
+        assert!(!no_failed_jobs(&good().build()).valid);
+        let mut h = H::new();
+        h.submit(1, "k1", 0, 10, "j1");
+        h.final_read(100, vec![done_job("j1", "k1")]);
+        assert!(no_failed_jobs(&h.build()).valid);
     }
 
     #[test]

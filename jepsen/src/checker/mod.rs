@@ -12,6 +12,7 @@
 //! | [`legal_transitions`] | 3: job/task states follow the FSMs; terminal states are final | [`jobs`] |
 //! | [`no_overlapping_attempts`] | 4: no two live attempts of a task; no work from a stale token | [`attempts`] |
 //! | [`terminal_after_heal`] | 5: after healing (+ a bound) every job is terminal | [`jobs`] |
+//! | [`no_failed_jobs`] | failure policy: faults (lost attempts) never fail a correct job | [`jobs`] |
 //! | [`single_leader_per_term`] | 6: at most one leader per term | [`cluster`] |
 //! | [`no_panics`] | no node panicked | [`cluster`] |
 //! | [`cron_once`] | 8: every scheduled time of the run's cron fired at most once, exactly once unless missed | [`cron`](mod@cron) |
@@ -45,7 +46,9 @@ pub use attempts::no_overlapping_attempts;
 pub use cluster::{no_panics, single_leader_per_term};
 pub use cron::cron_once;
 pub use events::events_complete;
-pub use jobs::{legal_transitions, no_lost_acks, terminal_after_heal, unique_per_key};
+pub use jobs::{
+    legal_transitions, no_failed_jobs, no_lost_acks, terminal_after_heal, unique_per_key,
+};
 pub use linearizable::linearizable;
 
 /// At most this many violation details are kept per verdict (the total is in `stats["violations"]`).
@@ -173,6 +176,7 @@ pub fn check_all(input: &CheckInput) -> Vec<Verdict> {
         legal_transitions(h),
         no_overlapping_attempts(h, &input.side_effects),
         terminal_after_heal(h, input.terminal_bound_ns, input.heal_time_ns),
+        no_failed_jobs(h),
         single_leader_per_term(h),
         no_panics(&input.node_logs),
         well_formed(h),
@@ -516,7 +520,7 @@ mod tests {
             ..Default::default()
         };
         let vs = check_all(&input);
-        assert_eq!(vs.len(), 11);
+        assert_eq!(vs.len(), 12);
         for v in vs {
             assert!(v.valid, "{v:?}");
         }

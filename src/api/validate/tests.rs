@@ -66,6 +66,37 @@ fn a_valid_submission_is_accepted_and_each_field_bound_refuses_past_it() {
     refused(with(|s| s.max_attempts = MAX_ATTEMPTS + 1), "spec.max_attempts");
     refused(with(|s| s.retry_backoff_ms = MAX_RETRY_BACKOFF_MS + 1), "spec.retry_backoff_ms");
     refused(with(|s| s.timeout_ms = MAX_TIMEOUT_MS + 1), "spec.timeout_ms");
+    // Batch semantics (issue 16): every new field has its bound.
+    {
+        use crate::state::policy::defaults::*;
+        refused(with(|s| s.max_lost = MAX_LOST_LIMIT + 1), "spec.max_lost");
+        refused(with(|s| s.retry_on_exit = vec![1; MAX_EXIT_CODES + 1]), "spec.retry_on_exit");
+        refused(with(|s| s.fail_on_exit = vec![1; MAX_EXIT_CODES + 1]), "spec.fail_on_exit");
+        refused(
+            with(|s| s.retry_backoff_max_ms = MAX_RETRY_BACKOFF_MS + 1),
+            "spec.retry_backoff_max_ms",
+        );
+        refused(with(|s| s.deadline_ms = MAX_DEADLINE_MS + 1), "spec.deadline_ms");
+        refused(with(|s| s.parallelism = MAX_TASKS + 1), "spec.parallelism");
+        refused(with(|s| s.max_failed_tasks = MAX_TASKS + 1), "spec.max_failed_tasks");
+        refused(
+            with(|s| {
+                s.after =
+                    vec![pb::Dependency { job_id: JOB.into(), any: false }; MAX_DEPENDENCIES + 1]
+            }),
+            "spec.after",
+        );
+        refused(
+            with(|s| s.after = vec![pb::Dependency { job_id: "x".into(), any: true }]),
+            "spec.after[0].job_id",
+        );
+        with(|s| {
+            s.max_lost = MAX_LOST_LIMIT;
+            s.deadline_ms = MAX_DEADLINE_MS;
+            s.after = vec![pb::Dependency { job_id: JOB.into(), any: true }];
+        })
+        .unwrap();
+    }
     refused(with(|s| s.resources = Some(pb::Resources::default())), "spec.resources.slots");
     refused(
         with(|s| {
@@ -392,6 +423,7 @@ fn job_spec() -> impl Strategy<Value = pb::JobSpec> {
         resources: n.4,
         shell: n.5 .0,
         priority: n.5 .1,
+        ..Default::default()
     })
 }
 

@@ -471,6 +471,7 @@ pub fn placement(executors: usize, tasks: usize, rounds: usize) -> Report {
                     memory_mib: 256 * (1 + (i % 4) as u64),
                 },
                 constraints: if i % 5 == 0 { labels(i) } else { BTreeMap::new() },
+                job_headroom: u32::MAX,
             })
             .collect(),
     };

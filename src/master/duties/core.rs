@@ -20,6 +20,11 @@
 //!   refusal, so a start request still in the network is refused by the executor by then.
 //! - **Each cancelled attempt is stopped once** per leader (heartbeat reconciliation kills what a
 //!   lost stop missed).
+//! - **Batch duties** (issue 16): each tick proposes `ExpireJob` for every job past its deadline,
+//!   every round `ResolveDependencies` for every waiting job whose dependencies all ended (the
+//!   state machine re-checks both against the command's `now` and its own state), both before
+//!   the round's placements; the stop scan covers every terminal job (a deadline or a failed task
+//!   ends a job like a cancel) and each newly suspended job once.
 //! - **Planning cadence**: a round after an apply plans only newly submitted jobs unless the
 //!   executors changed; full passes (every pending task) run on ticks only when they can place
 //!   something new, and as a rate-limited safety net.
@@ -31,8 +36,7 @@ use super::super::liveness::{Liveness, View};
 use crate::api::pb;
 use crate::scheduler::{self, ExecutorView, PendingTask, PlanInput};
 use crate::state::{
-    Assignment, AttemptState, Command, ExecutorState, JobId, JobState, Millis, State, TaskState,
-    Token,
+    Assignment, AttemptState, Command, ExecutorState, JobId, Millis, State, TaskState, Token,
 };
 
 /// Most placements committed in one Raft entry.
@@ -157,6 +161,8 @@ pub struct Core {
     /// Where the next scan for cancelled attempts to stop starts (leader wall ms; none: this
     /// leader has not scanned yet, so it looks back [`STOP_HORIZON_MS`]).
     stop_scan_from: Option<Millis>,
+    /// Suspended jobs (by seq) whose attempts this leader has stopped (forgotten on resume).
+    suspended_scanned: HashSet<u64>,
     /// The state's executor-change count at the last dead scan that found no one to declare
     /// dead (none: scan at the next tick). See [`Core::needs_dead_scan`].
     dead_scan_clean: Option<u64>,
@@ -190,6 +196,7 @@ impl Core {
             starts: HashMap::new(),
             stopped: HashSet::new(),
             stop_scan_from: None,
+            suspended_scanned: HashSet::new(),
             dead_scan_clean: None,
         }
     }
@@ -340,6 +347,7 @@ impl Core {
         let stops = if tick { self.stops_due(state, now.wall) } else { Vec::new() };
         let mut commands = planned.dead;
         commands.extend(self.given_up(now));
+        commands.extend(batch_commands(state, now.wall, tick));
         if !planned.placements.is_empty() {
             commands.push(Command::AssignTasks { assignments: planned.placements, now: now.wall });
         }
@@ -432,7 +440,9 @@ impl Core {
         };
         let mut to_stop = Vec::new();
         let mut seen = HashSet::new();
-        for job in state.jobs_recently_finished(since).filter(|j| j.state == JobState::Cancelled) {
+        let mut seen_suspended = HashSet::new();
+        // Every terminal job: a deadline or a failed task ends one like a cancel does.
+        for job in state.jobs_recently_finished(since) {
             for a in job.tasks.iter().flat_map(|t| &t.attempts) {
                 if a.state == AttemptState::Cancelled && a.started_at.is_some() {
                     seen.insert(a.token);
@@ -444,11 +454,43 @@ impl Core {
                 }
             }
         }
+        // A suspended job's cancelled attempts, scanned once per suspension: nothing of it is
+        // placed (so nothing new starts) until it is resumed.
+        for job in state.suspended_jobs() {
+            seen_suspended.insert(job.seq);
+            if self.suspended_scanned.contains(&job.seq) {
+                continue;
+            }
+            for a in job.tasks.iter().filter_map(|t| t.current()) {
+                if a.state == AttemptState::Cancelled && a.started_at.is_some() {
+                    if let Some(e) = state.executor(&a.executor) {
+                        to_stop.push((Worker::of(e), a.token));
+                    }
+                }
+            }
+        }
+        self.suspended_scanned = seen_suspended;
         // Tokens that left the window are never scanned again.
         self.stopped.retain(|t| seen.contains(t));
         self.stop_scan_from = Some(wall);
         to_stop
     }
+}
+
+/// The batch duties' commands: on ticks an `ExpireJob` per job past its deadline at `wall`; on
+/// every round a `ResolveDependencies` per waiting job whose dependencies all ended (a chain
+/// moves on as soon as a link ends, not a tick later).
+fn batch_commands(state: &State, wall: Millis, tick: bool) -> Vec<Command> {
+    let mut out: Vec<Command> = Vec::new();
+    if tick {
+        out.extend(state.deadlines_due(wall).map(|j| Command::ExpireJob { id: j.id, now: wall }));
+    }
+    out.extend(
+        state
+            .dependencies_resolvable()
+            .map(|j| Command::ResolveDependencies { id: j.id, now: wall }),
+    );
+    out
 }
 
 /// An executor's worker API: its id (which its certificate must name) and address.
@@ -500,6 +542,7 @@ pub fn planner_input(
             seq: job.seq,
             demand: job.spec.resources,
             constraints: job.spec.constraints.clone(),
+            job_headroom: state.headroom(job),
         })
         .collect();
     if pending.is_empty() {

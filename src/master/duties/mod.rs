@@ -213,6 +213,16 @@ impl Duties {
                 _ => {}
             }
         }
+        // The leader's jitter draw for the retry backoff of whatever these lose (`state::policy`).
+        let commands = commands
+            .into_iter()
+            .map(|c| match c {
+                Command::ExecutorDead { .. } | Command::TaskLost { .. } => {
+                    c.with_jitter(rand::random())
+                }
+                c => c,
+            })
+            .collect();
         let r = self.node.write(commands).await;
         let label = if r.is_ok() { "ok" } else { "error" };
         m.schedule_seconds.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());

@@ -9,8 +9,9 @@
 //!                                  and every executor's grace period starts (TTL 5000 unless set)
 //!   <ms> register E [slots=N]      commands applied as if committed by someone else:
 //!   <ms> drain E                   registrations, submissions, cancels, the executor's reports
-//!   <ms> submit jN [tasks=N] [attempts=N] [backoff=MS] [slots=N]
-//!   <ms> cancel jN
+//!   <ms> submit jN [tasks=N] [attempts=N] [backoff=MS] [slots=N] [deadline=MS]
+//!                  [parallelism=N] [after=jM[:any],...]
+//!   <ms> cancel jN | suspend jN | resume jN
 //!   <ms> running jN/I tok=T        (the Started report)
 //!   <ms> finish jN/I tok=T [exit=C]
 //!   <ms> beat E seq=N              heartbeat N of E's current registration reaches the leader
@@ -100,6 +101,24 @@ impl<'a> Line<'a> {
                     resources: Resources { slots: self.num("slots", 1)? as u32, ..d.resources },
                     max_attempts: self.num("attempts", d.max_attempts.into())? as u32,
                     retry_backoff_ms: self.num("backoff", d.retry_backoff_ms)?,
+                    policy: crate::state::BatchPolicy {
+                        deadline_ms: self.num("deadline", 0)?,
+                        parallelism: self.num("parallelism", 0)? as u32,
+                        after: match self.opt.get("after") {
+                            None => Vec::new(),
+                            Some(list) => list
+                                .split(',')
+                                .map(|d| {
+                                    let (j, cond) = d.split_once(':').unwrap_or((d, "ok"));
+                                    Ok(crate::state::Dependency {
+                                        job: parse_job(j)?,
+                                        require_success: cond != "any",
+                                    })
+                                })
+                                .collect::<Result<_, String>>()?,
+                        },
+                        ..d.policy.clone()
+                    },
                     ..d
                 };
                 let id = parse_job(self.first()?)?;
@@ -112,6 +131,8 @@ impl<'a> Line<'a> {
                 }
             }
             "cancel" => Command::CancelJob { id: parse_job(self.first()?)?, now },
+            "suspend" => Command::SuspendJob { id: parse_job(self.first()?)?, now },
+            "resume" => Command::ResumeJob { id: parse_job(self.first()?)?, now },
             "running" => {
                 let (job, index) = parse_task(self.first()?)?;
                 Command::TaskStarted { job, index, token: self.num("tok", 0)?, now }
@@ -263,6 +284,8 @@ fn describe(cmd: &Command) -> String {
                 .collect();
             format!("assign {}", a.join(" "))
         }
+        Command::ExpireJob { id, .. } => format!("expire {}", job_name(id)),
+        Command::ResolveDependencies { id, .. } => format!("resolve {}", job_name(id)),
         other => format!("{other:?}"),
     }
 }
@@ -272,6 +295,18 @@ fn summary(s: &State) -> String {
     let mut o = String::from("--- tasks ---\n");
     let (jobs, _) = s.jobs_page(None, None, usize::MAX);
     for job in jobs {
+        if job.batch.reason.is_some() || job.batch.waiting || job.batch.suspended {
+            let b = &job.batch;
+            let _ = writeln!(
+                o,
+                "{} {:?} reason={:?} waiting={} suspended={}",
+                job_name(&job.id),
+                job.state,
+                b.reason,
+                b.waiting,
+                b.suspended
+            );
+        }
         for t in &job.tasks {
             let _ = write!(o, "{}/{} {:?}", job_name(&job.id), t.index, t.state);
             for a in &t.attempts {
@@ -308,6 +343,11 @@ fn run_golden(file: &str) {
 
 golden_files!(
     "src/master/duties/testdata", run_golden:
+    // batch semantics (issue 16)
+    deadline_expires_and_stops,
+    dependency_chain_resolves,
+    suspend_stops_resume_places,
+    parallelism_caps_placement,
     executor_dies_mid_start,
     start_lease_expires,
     new_leader_grace,
