@@ -41,6 +41,7 @@ pub fn job_spec_from_pb(spec: Option<pb::JobSpec>) -> Result<JobSpec, Status> {
         },
         timeout_ms: s.timeout_ms,
         priority: s.priority,
+        ttl_after_finished_ms: s.ttl_after_finished_ms,
     };
     spec.validate().map_err(|e| Status::invalid_argument(format!("invalid job spec: {e}")))?;
     Ok(spec)
@@ -59,6 +60,7 @@ pub fn job_spec_to_pb(s: &JobSpec) -> pb::JobSpec {
         retry_backoff_ms: s.retry_backoff_ms,
         timeout_ms: s.timeout_ms,
         priority: s.priority,
+        ttl_after_finished_ms: s.ttl_after_finished_ms,
     }
 }
 

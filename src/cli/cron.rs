@@ -147,6 +147,8 @@ pub async fn run(cmd: CronCmd) -> anyhow::Result<i32> {
                     retry_backoff_ms: a.backoff.map_or(0, |d| d.as_millis() as u64),
                     timeout_ms: a.timeout.map_or(0, |d| d.as_millis() as u64),
                     priority: a.priority,
+                    // The runs' retention is the cron's history limits (and the cluster TTL).
+                    ttl_after_finished_ms: None,
                 }),
             };
             let c = a.m.client()?.create_cron(req).await.map_err(st)?;

@@ -8,6 +8,7 @@ pub(crate) mod batcher;
 pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod cron;
+pub mod retention;
 pub(crate) mod duties;
 pub(crate) mod errors;
 pub mod events;
@@ -200,7 +201,11 @@ impl Services {
         shutdown: &Shutdown,
     ) -> Services {
         Services {
-            jobs: jobs::Jobs::new(node.clone(), shutdown.clone()),
+            jobs: jobs::Jobs::new(node.clone(), shutdown.clone()).with_retention(retention::Ctx {
+                cfg: cfg.retention.clone(),
+                liveness: liveness.clone(),
+                executor_ttl: Duration::from_millis(cfg.executors.ttl_ms),
+            }),
             cluster: cluster::Cluster { node: node.clone() },
             executors: executors::Executors {
                 node: node.clone(),
@@ -327,7 +332,13 @@ impl Background {
         let heartbeat = Duration::from_millis(cfg.raft.heartbeat_ms);
         let campaigns =
             crate::raft::election::run(raft, cfg.id, election, heartbeat, shutdown.clone());
-        let duties = duties::watch(node.clone(), liveness, cfg.executors.clone(), shutdown.clone());
+        let duties = duties::watch(
+            node.clone(),
+            liveness,
+            cfg.executors.clone(),
+            cfg.retention.policy(),
+            shutdown.clone(),
+        );
         Background {
             cron: tokio::spawn(cron::fire_loop(node.clone(), shutdown.clone())),
             campaigns: tokio::spawn(async move {

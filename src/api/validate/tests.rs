@@ -392,6 +392,7 @@ fn job_spec() -> impl Strategy<Value = pb::JobSpec> {
         resources: n.4,
         shell: n.5 .0,
         priority: n.5 .1,
+        ttl_after_finished_ms: None,
     })
 }
 
