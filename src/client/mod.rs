@@ -316,9 +316,9 @@ impl Client {
 
     /// Retention (issue 14), admin: a collection pass now.
     pub async fn collect_garbage(&self) -> Result<pb::CollectGarbageResponse, Status> {
-        self.call(|c| async move {
-            Self::jobs(c).collect_garbage(pb::CollectGarbageRequest {}).await
-        })
+        self.call(
+            |c| async move { Self::jobs(c).collect_garbage(pb::CollectGarbageRequest {}).await },
+        )
         .await
     }
 

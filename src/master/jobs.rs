@@ -474,9 +474,12 @@ impl JobService for Jobs {
             super::retention::gc_pass(&self.node, &r.liveness, &r.cfg, r.executor_ttl).await
         };
         self.node
-            .serve_on_leader(&fwd, &msg, local, |c, m| async move {
-                client(c).collect_garbage(m).await
-            })
+            .serve_on_leader(
+                &fwd,
+                &msg,
+                local,
+                |c, m| async move { client(c).collect_garbage(m).await },
+            )
             .await
     }
 }

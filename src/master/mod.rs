@@ -8,7 +8,6 @@ pub(crate) mod batcher;
 pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod cron;
-pub mod retention;
 pub(crate) mod duties;
 pub(crate) mod errors;
 pub mod events;
@@ -19,6 +18,7 @@ pub(crate) mod jobs;
 pub(crate) mod liveness;
 pub(crate) mod node;
 pub mod rest;
+pub mod retention;
 pub(crate) mod ui;
 
 use std::collections::BTreeMap;

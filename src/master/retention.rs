@@ -239,3 +239,51 @@ pub async fn gc_pass(
     }
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_options_parse_from_toml_and_every_one_has_an_env_override() {
+        let cfg: RetentionConfig = toml::from_str(
+            "finished_job_ttl = \"10s\"\nmax_finished_jobs = 5\nidempotency_window = 60\nexecutor_ttl = \"0s\"",
+        )
+        .unwrap();
+        assert_eq!(cfg.finished_job_ttl, Duration::from_secs(10));
+        assert_eq!(cfg.idempotency_window, Duration::from_secs(60));
+        let p = cfg.policy();
+        assert_eq!((p.finished_job_ttl_ms, p.max_finished_jobs, p.executor_ttl_ms), (10_000, 5, 0));
+
+        let mut cfg = RetentionConfig::default();
+        assert_eq!(cfg.policy().finished_job_ttl_ms, 24 * 3600 * 1000);
+        let env = |k: &str| {
+            Some(match k {
+                "TRIAD_RETENTION_FINISHED_JOB_TTL" => "5s",
+                "TRIAD_RETENTION_MAX_FINISHED_JOBS" => "7",
+                "TRIAD_RETENTION_IDEMPOTENCY_WINDOW" => "1m",
+                "TRIAD_RETENTION_EXECUTOR_TTL" => "2h",
+                _ => return None,
+            })
+            .map(String::from)
+        };
+        cfg.apply_env(env).unwrap();
+        let p = cfg.policy();
+        assert_eq!(
+            (p.finished_job_ttl_ms, p.max_finished_jobs, p.idempotency_window_ms, p.executor_ttl_ms),
+            (5_000, 7, 60_000, 7_200_000)
+        );
+        // The file's text round-trips (`triad dev` and the tests write configs with it).
+        let back: RetentionConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+
+        let bad = |k: &'static str, v: &'static str| {
+            let mut c = RetentionConfig::default();
+            c.apply_env(move |q: &str| (q == k).then(|| v.to_string())).unwrap_err().to_string()
+        };
+        assert!(bad("TRIAD_RETENTION_FINISHED_JOB_TTL", "soon").contains("not a duration"));
+        assert!(bad("TRIAD_RETENTION_MAX_FINISHED_JOBS", "-1").contains("not a number"));
+        let huge = RetentionConfig { executor_ttl: MAX_RETENTION * 2, ..Default::default() };
+        assert!(huge.check().unwrap_err().to_string().contains("retention.executor_ttl"));
+    }
+}
