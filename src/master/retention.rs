@@ -270,7 +270,12 @@ mod tests {
         cfg.apply_env(env).unwrap();
         let p = cfg.policy();
         assert_eq!(
-            (p.finished_job_ttl_ms, p.max_finished_jobs, p.idempotency_window_ms, p.executor_ttl_ms),
+            (
+                p.finished_job_ttl_ms,
+                p.max_finished_jobs,
+                p.idempotency_window_ms,
+                p.executor_ttl_ms
+            ),
             (5_000, 7, 60_000, 7_200_000)
         );
         // The file's text round-trips (`triad dev` and the tests write configs with it).
