@@ -64,6 +64,20 @@ async fn wait_deleted_everywhere(c: &Cluster, id: &str) {
     }
 }
 
+/// Where executor `e` keeps the output of job `id`'s attempts.
+fn output_dir(e: &Executor, id: &str) -> std::path::PathBuf {
+    e.work_dir.join("attempts").join(id)
+}
+
+/// Waits until executor `e` holds no output of job `id` (the leader's DeleteOutput).
+async fn wait_output_gone(e: &Executor, id: &str) {
+    let dir = output_dir(e, id);
+    wait_for(&format!("output of {id} deleted on {}", e.name), Duration::from_secs(30), || async {
+        (!dir.exists()).then_some(())
+    })
+    .await
+}
+
 /// Waits until the three masters' state digests are equal, and returns it.
 async fn wait_same_digest(c: &Cluster) -> u64 {
     wait_for("the same state digest on every master", Duration::from_secs(30), || async {
@@ -77,13 +91,15 @@ async fn wait_same_digest(c: &Cluster) -> u64 {
 async fn finished_jobs_past_their_ttl_disappear_everywhere_and_their_keys_still_answer() {
     let c = cluster();
     c.wait_leader(ELECTION).await;
-    let _e = Executor::start(&c.masters_arg(), c.dir.path(), "exec-a", 4, &[]);
+    let e = Executor::start(&c.masters_arg(), c.dir.path(), "exec-a", 4, &[]);
     let client = c.client();
 
-    // A job that finishes is collected by the leader after the TTL, on every master.
-    let done = client.submit_job(job("done-1", "true")).await.expect("submit");
+    // A job that finishes is collected by the leader after the TTL, on every master, and its
+    // output on the executor that ran it goes too.
+    let done = client.submit_job(job("done-1", "echo done")).await.expect("submit");
     wait_state(&c, &done.job_id, "succeeded").await;
     wait_deleted_everywhere(&c, &done.job_id).await;
+    wait_output_gone(&e, &done.job_id).await;
 
     // A retry inside the idempotency window gets the original id and creates nothing.
     let again = client.submit_job(job("done-1", "true")).await.expect("retry");
@@ -107,7 +123,7 @@ async fn finished_jobs_past_their_ttl_disappear_everywhere_and_their_keys_still_
     wait_deleted_everywhere(&c, &running.job_id).await;
 
     // A job with its own long TTL stays; `job gc` is an admin's, and deletes nothing not due.
-    let mut keep = job("keep", "true");
+    let mut keep = job("keep", "echo kept");
     keep.spec.as_mut().unwrap().ttl_after_finished_ms = Some(3_600_000);
     let keep = client.submit_job(keep).await.unwrap();
     wait_state(&c, &keep.job_id, "succeeded").await;
@@ -116,6 +132,12 @@ async fn finished_jobs_past_their_ttl_disappear_everywhere_and_their_keys_still_
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied}");
     client.collect_garbage().await.expect("gc as admin");
     assert_eq!(client.get_job(&keep.job_id, false).await.unwrap().state, "succeeded");
+    // Its output is kept while it is (so the waits for output to go above can fail)...
+    assert!(output_dir(&e, &keep.job_id).is_dir(), "no output kept for {}", keep.job_id);
+    // ...and goes with it when it is deleted by hand.
+    assert!(client.delete_job(&keep.job_id).await.unwrap().deleted);
+    wait_deleted_everywhere(&c, &keep.job_id).await;
+    wait_output_gone(&e, &keep.job_id).await;
 
     // Every master holds the same state after collection, byte for byte.
     wait_same_digest(&c).await;
