@@ -255,12 +255,7 @@ impl Jobs {
             }
             // Retention (issue 14): while its tombstone lasts, a deleted job says so.
             None => match a.state.tombstone(&id) {
-                Some(t) => Err(Status::not_found(format!(
-                    "job {id} was deleted at {} ms (it had {} at {} ms)",
-                    t.deleted_at,
-                    job_state_name(t.state),
-                    t.finished_at
-                ))),
+                Some(t) => Err(deleted_status(&id, t)),
                 None => Err(Status::not_found(format!("job {id} not found"))),
             },
         })
@@ -400,7 +395,14 @@ impl JobService for Jobs {
                         .unwrap_or("unknown");
                     Ok(pb::CancelJobResponse { state: state.to_string() })
                 }
-                Err(r) => Err(rejection_to_status(&r).into()),
+                Err(r) => {
+                    // Retention (issue 14): a deleted job's cancel says so, like its GetJob.
+                    let applied = self.node.applied.read().expect("poisoned");
+                    match applied.state.tombstone(&id) {
+                        Some(t) => Err(deleted_status(&id, t).into()),
+                        None => Err(rejection_to_status(&r).into()),
+                    }
+                }
             }
         };
         self.node
@@ -482,4 +484,21 @@ impl JobService for Jobs {
             )
             .await
     }
+}
+
+/// Retention (issue 14): what `GetJob` and `CancelJob` answer for a deleted job while its
+/// tombstone lasts: NOT_FOUND "job X was deleted at T ms (it had succeeded at F ms)", with the
+/// same facts in the metadata (`triad-deleted-state`, `triad-finished-at-ms`,
+/// `triad-deleted-at-ms`) for programs (the chaos suite checks every deletion was due by them).
+pub(crate) fn deleted_status(id: &Uuid, t: &crate::state::retention::Tombstone) -> Status {
+    let state = job_state_name(t.state);
+    let mut status = Status::not_found(format!(
+        "job {id} was deleted at {} ms (it had {state} at {} ms)",
+        t.deleted_at, t.finished_at
+    ));
+    let md = status.metadata_mut();
+    md.insert(super::retention::DELETED_STATE, tonic::metadata::MetadataValue::from_static(state));
+    md.insert(super::retention::FINISHED_AT, t.finished_at.into());
+    md.insert(super::retention::DELETED_AT, t.deleted_at.into());
+    status
 }

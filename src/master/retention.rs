@@ -19,6 +19,12 @@ use crate::api::pb::worker_service_client::WorkerServiceClient;
 use crate::state::{Collected, Command, JobId, Outcome, Rejection, Retention};
 use crate::timings::DISPATCH_TIMEOUT;
 
+/// Metadata of the NOT_FOUND a deleted job's `GetJob` or `CancelJob` gets while its tombstone
+/// lasts: the terminal state it was deleted in, and when it finished and was deleted (ms).
+pub const DELETED_STATE: &str = "triad-deleted-state";
+pub const FINISHED_AT: &str = "triad-finished-at-ms";
+pub const DELETED_AT: &str = "triad-deleted-at-ms";
+
 /// Most collections one `triad job gc` commits (each of up to `GC_BATCH` jobs): a pass is
 /// bounded even when a huge backlog is due; the leader's periodic collection drains the rest.
 pub const MAX_GC_PASS_BATCHES: usize = 100;

@@ -35,8 +35,8 @@ mod invariants;
 pub mod model;
 pub mod query;
 pub mod range;
-pub mod schedule;
 pub mod retention;
+pub mod schedule;
 
 pub use apply::{State, Tally};
 pub use model::*;

@@ -364,7 +364,11 @@ pub enum Command {
     },
     /// Retention (issue 14): delete a terminal job now (refused for any other); `policy` gives
     /// the idempotency window its tombstone lasts for.
-    DeleteJob { id: JobId, policy: super::retention::Retention, now: Millis },
+    DeleteJob {
+        id: JobId,
+        policy: super::retention::Retention,
+        now: Millis,
+    },
 }
 
 /// What an executor reports about one of its attempts ([`Command::TaskReported`]).

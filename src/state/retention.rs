@@ -204,9 +204,8 @@ impl State {
             }
         };
         let kept = usize::try_from(policy.max_finished_jobs).unwrap_or(usize::MAX);
-        let by_count = kept > 0
-            && self.finished.len() > kept
-            && self.finished.get_min() == Some(&(at, seq));
+        let by_count =
+            kept > 0 && self.finished.len() > kept && self.finished.get_min() == Some(&(at, seq));
         by_age || by_count
     }
 

@@ -14,6 +14,7 @@
 //! | [`terminal_after_heal`] | 5: after healing (+ a bound) every job is terminal | [`jobs`] |
 //! | [`single_leader_per_term`] | 6: at most one leader per term | [`cluster`] |
 //! | [`no_panics`] | no node panicked | [`cluster`] |
+//! | [`deleted_jobs_were_due`] | retention: a job missing from the final read was deleted, terminal, past its TTL | [`retention`](mod@retention) |
 //! | [`well_formed`] | the history itself obeys the invoke/complete protocol (a runner bug otherwise) | here |
 //!
 //! Conventions shared by all checkers:
@@ -34,6 +35,7 @@ pub mod attempts;
 pub mod cluster;
 pub mod jobs;
 pub mod linearizable;
+pub mod retention;
 #[cfg(test)]
 mod testutil;
 
@@ -41,6 +43,7 @@ pub use attempts::no_overlapping_attempts;
 pub use cluster::{no_panics, single_leader_per_term};
 pub use jobs::{legal_transitions, no_lost_acks, terminal_after_heal, unique_per_key};
 pub use linearizable::linearizable;
+pub use retention::deleted_jobs_were_due;
 
 /// At most this many violation details are kept per verdict (the total is in `stats["violations"]`).
 pub const MAX_DETAILS: usize = 20;
@@ -149,6 +152,9 @@ pub struct CheckInput {
     pub terminal_bound_ns: u64,
     /// When the nemesis healed the last fault (CLOCK_MONOTONIC ns), if known.
     pub heal_time_ns: Option<u64>,
+    /// Retention (issue 14): the masters' `retention.finished_job_ttl` in ms (none: off, so no
+    /// job may be deleted).
+    pub finished_job_ttl_ms: Option<u64>,
 }
 
 /// Runs every checker, in the order of the table in the module doc.
@@ -163,6 +169,7 @@ pub fn check_all(input: &CheckInput) -> Vec<Verdict> {
         terminal_after_heal(h, input.terminal_bound_ns, input.heal_time_ns),
         single_leader_per_term(h),
         no_panics(&input.node_logs),
+        deleted_jobs_were_due(h, input.finished_job_ttl_ms),
         well_formed(h),
     ]
 }
@@ -402,7 +409,10 @@ pub(crate) mod job_state {
     pub const SUCCEEDED: u8 = 2;
     pub const FAILED: u8 = 3;
     pub const CANCELLED: u8 = 4;
-    pub const NAMES: [&str; 5] = ["pending", "running", "succeeded", "failed", "cancelled"];
+    /// Retention (issue 14): deleted after it finished (the job's last state, terminal).
+    pub const DELETED: u8 = 5;
+    pub const NAMES: [&str; 6] =
+        ["pending", "running", "succeeded", "failed", "cancelled", "deleted"];
 
     pub fn parse(s: &str) -> Option<u8> {
         NAMES.iter().position(|n| *n == s).map(|i| i as u8)
@@ -415,6 +425,11 @@ pub(crate) mod job_state {
     }
     /// Can a job in state `from` later be seen in state `to` (possibly the same)?
     pub fn reachable(from: u8, to: u8) -> bool {
+        // Deletion may follow any state seen before (the job finishes, then is collected, both
+        // outside client ops; `deleted_jobs_were_due` checks it was terminal), and is final.
+        if to == DELETED || from == DELETED {
+            return to == DELETED;
+        }
         if is_terminal(from) {
             from == to
         } else {
@@ -499,9 +514,10 @@ mod tests {
             node_logs: vec![("m1".into(), "INFO started\n".into())],
             terminal_bound_ns: 10,
             heal_time_ns: Some(50),
+            finished_job_ttl_ms: None,
         };
         let vs = check_all(&input);
-        assert_eq!(vs.len(), 9);
+        assert_eq!(vs.len(), 10);
         for v in vs {
             assert!(v.valid, "{v:?}");
         }
