@@ -264,14 +264,14 @@ mod tests {
         let mut cfg = RetentionConfig::default();
         assert_eq!(cfg.policy().finished_job_ttl_ms, 24 * 3600 * 1000);
         let env = |k: &str| {
-            Some(match k {
+            let v = match k {
                 "TRIAD_RETENTION_FINISHED_JOB_TTL" => "5s",
                 "TRIAD_RETENTION_MAX_FINISHED_JOBS" => "7",
                 "TRIAD_RETENTION_IDEMPOTENCY_WINDOW" => "1m",
                 "TRIAD_RETENTION_EXECUTOR_TTL" => "2h",
                 _ => return None,
-            })
-            .map(String::from)
+            };
+            Some(v.to_string())
         };
         cfg.apply_env(env).unwrap();
         let p = cfg.policy();

@@ -99,7 +99,7 @@ pub enum Effect {
     Stop { to: Worker, token: Token },
     /// Retention: commit this collection in its own entry, then run [`Core::collected`] on its
     /// outcome. Always the round's last effect.
-    Collect(Command),
+    Collect(Box<Command>),
     /// Retention: tell executor `to` to delete the output of these deleted jobs (best effort,
     /// with a deadline; executors expire output after `output_ttl` anyway).
     DeleteOutput { to: Worker, jobs: Vec<JobId> },
@@ -419,7 +419,7 @@ impl Core {
             .extend(starts.into_iter().map(|(to, req)| Effect::Start { to, req: Box::new(req) }));
         effects.extend(stops.into_iter().map(|(to, token)| Effect::Stop { to, token }));
         if tick {
-            effects.extend(self.collection(state, now).map(Effect::Collect));
+            effects.extend(self.collection(state, now).map(|c| Effect::Collect(Box::new(c))));
         }
         effects
     }

@@ -199,7 +199,7 @@ impl Duties {
                 Effect::Stop { to, token } => rpc::stop(&self.node, to, token),
                 Effect::Collect(cmd) => {
                     let ttl = self.core.ttl();
-                    match super::retention::commit(&self.node, &self.liveness, ttl, cmd).await {
+                    match super::retention::commit(&self.node, &self.liveness, ttl, *cmd).await {
                         Err(LocalError::NotLeader) => return Err(LocalError::NotLeader),
                         Err(LocalError::Status(s)) => {
                             tracing::info!("retention: collection not committed: {}", s.message())
