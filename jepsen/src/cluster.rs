@@ -39,6 +39,8 @@ pub struct Options {
     pub bug: Option<String>,
     /// `TRIAD_LOG` for every node, if set.
     pub log_filter: Option<String>,
+    /// Retention (issue 14): the masters' `retention.finished_job_ttl` (0: off).
+    pub finished_job_ttl: std::time::Duration,
 }
 
 pub struct Cluster {
@@ -80,8 +82,11 @@ impl Cluster {
             let addr = format!("{}:{MASTER_PORT}", h.ip);
             let config = dir.join("master.toml");
             let tls = creds.node(Role::Master, &h.name, &h.ip)?;
-            let cfg = MasterConfig::cluster_member(id, &peers, dir.join("data"), None)?
+            let mut cfg = MasterConfig::cluster_member(id, &peers, dir.join("data"), None)?
                 .secured(Some(tls), creds.auth());
+            // Short, so that jobs are collected while the faults run (the checkers account for
+            // every deletion: `deleted_jobs_were_due`).
+            cfg.retention.finished_job_ttl = opts.finished_job_ttl;
             std::fs::write(&config, format!("# written by triad-jepsen\n{}", cfg.to_toml()?))
                 .with_context(|| format!("writing {}", config.display()))?;
             let mut env = base_env.clone();

@@ -39,7 +39,7 @@ pub enum Call {
     /// Submit a job with idempotency key `key`; `job_id` is set on `ok`.
     Submit { key: String, job_id: Option<String> },
     /// Linearizable read of the job a submit of `key` returned; `state` is set on `ok`
-    /// (`not-found` when the master said NOT_FOUND).
+    /// (`not-found` when the master said NOT_FOUND, `deleted` when it said the job was deleted).
     Read { key: String, job_id: String, state: Option<String> },
     /// Cancel that job; `state` (the job's state after the cancel) is set on `ok`.
     Cancel { key: String, job_id: String, state: Option<String> },
@@ -53,8 +53,23 @@ pub enum Call {
 pub struct JobView {
     pub id: String,
     pub key: String,
+    /// The job's state, or `deleted` when retention had deleted it (see `deleted`).
     pub state: String,
     pub tasks: Vec<TaskView>,
+    /// Retention (issue 14): what the master said of a deleted job (its tombstone), in a final
+    /// read; `state` is then `deleted` and `tasks` empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<Deleted>,
+}
+
+/// A deleted job's tombstone, as `GetJob` reports it (NOT_FOUND with metadata).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    /// The terminal state it was deleted in.
+    pub state: String,
+    /// The leader's wall clock (ms) when it finished and when it was deleted.
+    pub finished_at_ms: u64,
+    pub deleted_at_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -104,6 +104,10 @@ pub struct TestArgs {
     /// TRIAD_LOG filter for every node.
     #[arg(long)]
     pub triad_log: Option<String>,
+    /// Retention (issue 14): seconds after which the masters delete a finished job
+    /// (`retention.finished_job_ttl`; short so that collection runs under the faults; 0: off).
+    #[arg(long, default_value_t = 8.0)]
+    pub finished_job_ttl: f64,
 }
 
 fn main() {

@@ -40,6 +40,9 @@ pub struct RunMeta {
     pub terminal_bound_ns: u64,
     /// Seconds the final phase waited for jobs to become terminal.
     pub terminal_wait_s: Option<f64>,
+    /// Retention (issue 14): the masters' `retention.finished_job_ttl`, ms (none: off).
+    #[serde(default)]
+    pub finished_job_ttl_ms: Option<u64>,
     /// Problems of the runner itself (a failed final read, a history write error, ...).
     pub runner_errors: Vec<String>,
     /// Whether the event follower received every entry applied by the end (`events.jsonl`).
@@ -96,6 +99,7 @@ pub fn judge(dir: &Path) -> anyhow::Result<Outcome> {
     let input = CheckInput {
         history,
         side_effects,
+        finished_job_ttl_ms: meta.finished_job_ttl_ms,
         node_logs: node_logs(dir),
         terminal_bound_ns: meta.terminal_bound_ns,
         heal_time_ns: meta.heal_time_ns,

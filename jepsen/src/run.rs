@@ -112,6 +112,8 @@ pub async fn test(
         executors: args.executors,
         task_millis: args.task_millis.clone(),
         terminal_bound_ns: args.final_wait * 1_000_000_000,
+        finished_job_ttl_ms: Some((args.finished_job_ttl.max(0.0) * 1000.0) as u64)
+            .filter(|&ms| ms > 0),
         ..Default::default()
     };
     report::write_meta(&dir, &meta)?;
@@ -139,6 +141,7 @@ pub async fn test(
         slots: args.slots,
         bug: args.bug.clone(),
         log_filter: args.triad_log.clone(),
+        finished_job_ttl: Duration::from_secs_f64(args.finished_job_ttl.max(0.0)),
     };
     let creds = Creds::create(&dir.join("creds"))?;
     let admin = creds.admin.clone();
@@ -307,7 +310,11 @@ pub async fn test(
         if live == usize::MAX { "?".to_string() } else { live.to_string() },
         healed_at.elapsed().as_secs_f64()
     );
-    if workload::final_read(&rec, &admin, addrs.clone(), Duration::from_secs(60)).await.is_none() {
+    let acked = wl.acknowledged_jobs();
+    if workload::final_read(&rec, &admin, addrs.clone(), acked, Duration::from_secs(60))
+        .await
+        .is_none()
+    {
         meta.runner_errors
             .push("the final read failed (the cluster did not answer within 60 s)".into());
     }

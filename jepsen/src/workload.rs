@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use tonic::Code;
 use triad::api::{pb, Dialer};
 use triad::client::Client;
-use triad_jepsen::history::{AttemptView, Call, JobView, OpType, TaskView};
+use triad_jepsen::history::{AttemptView, Call, Deleted, JobView, OpType, TaskView};
 
 use crate::recorder::Recorder;
 
@@ -129,6 +129,7 @@ impl Workload {
             retry_backoff_ms: 200,
             timeout_ms: 0,
             priority: 0,
+            ttl_after_finished_ms: None, // the cluster's retention.finished_job_ttl
             // Batch semantics (issue 16) at their defaults: lost attempts do not use up
             // max_attempts, so ordinary faults need no inflated budget.
             ..Default::default()
@@ -210,9 +211,7 @@ impl Workload {
                 let r = tokio::time::timeout(bound, client.get_job(&job_id, false)).await;
                 let (t, state) = match r {
                     Ok(Ok(job)) => (OpType::Ok, Some(job.state)),
-                    Ok(Err(s)) if s.code() == Code::NotFound => {
-                        (OpType::Ok, Some("not-found".to_string()))
-                    }
+                    Ok(Err(s)) if s.code() == Code::NotFound => (OpType::Ok, Some(not_found(&s))),
                     Ok(Err(s)) if definite_rejection(s.code()) => (OpType::Fail, None),
                     _ => (OpType::Info, None),
                 };
@@ -227,9 +226,7 @@ impl Workload {
                 let r = tokio::time::timeout(bound, client.cancel_job(&job_id)).await;
                 let (t, state) = match r {
                     Ok(Ok(resp)) => (OpType::Ok, Some(resp.state)),
-                    Ok(Err(s)) if s.code() == Code::NotFound => {
-                        (OpType::Ok, Some("not-found".to_string()))
-                    }
+                    Ok(Err(s)) if s.code() == Code::NotFound => (OpType::Ok, Some(not_found(&s))),
                     Ok(Err(s)) if definite_rejection(s.code()) => (OpType::Fail, None),
                     _ => (OpType::Info, None),
                 };
@@ -277,6 +274,28 @@ impl Workload {
     pub fn acknowledged(&self) -> usize {
         self.shared.lock().unwrap_or_else(|e| e.into_inner()).known.len()
     }
+
+    /// Every (key, job id) an `ok` submit returned.
+    pub fn acknowledged_jobs(&self) -> Vec<(String, String)> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).known.clone()
+    }
+}
+
+/// Retention (issue 14): a deleted job's tombstone, from the metadata of a NOT_FOUND.
+fn tombstone(s: &tonic::Status) -> Option<Deleted> {
+    use triad::master::retention::{DELETED_AT, DELETED_STATE, FINISHED_AT};
+    let md = s.metadata();
+    let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+    Some(Deleted {
+        state: text(DELETED_STATE)?,
+        finished_at_ms: text(FINISHED_AT)?.parse().ok()?,
+        deleted_at_ms: text(DELETED_AT)?.parse().ok()?,
+    })
+}
+
+/// What a NOT_FOUND observed: `deleted` (retention deleted the job) or `not-found`.
+fn not_found(s: &tonic::Status) -> String {
+    if tombstone(s).is_some() { "deleted" } else { "not-found" }.to_string()
 }
 
 fn is_terminal(state: &str) -> bool {
@@ -324,6 +343,7 @@ pub async fn final_read(
     rec: &Recorder,
     dialer: &Dialer,
     masters: Vec<String>,
+    acknowledged: Vec<(String, String)>,
     bound: Duration,
 ) -> Option<usize> {
     let process = rec.new_process();
@@ -334,7 +354,7 @@ pub async fn final_read(
     client.retry_for = Duration::from_secs(10);
     let client = Arc::new(client);
     loop {
-        match read_all(client.clone()).await {
+        match read_all(client.clone(), &acknowledged).await {
             Ok(jobs) => {
                 let n = jobs.len();
                 rec.record(process, OpType::Ok, Call::FinalRead { jobs });
@@ -353,25 +373,46 @@ pub async fn final_read(
     }
 }
 
-async fn read_all(client: Arc<Client>) -> Result<Vec<JobView>, String> {
+/// Every job listed, and every acknowledged job that is not (retention may have deleted it:
+/// its tombstone is recorded, as a job in state `deleted`; one without is left out, i.e. lost).
+/// The chaos cron's jobs are not the clients' (the `cron_once` checker judges them).
+async fn read_all(
+    client: Arc<Client>,
+    acknowledged: &[(String, String)],
+) -> Result<Vec<JobView>, String> {
     let list = client.list_all_jobs("", false).await.map_err(|s| format!("listing jobs: {s}"))?;
-    // The chaos cron's jobs are not the clients' (the `cron_once` checker judges them).
-    let ids: Vec<String> =
-        list.into_iter().filter(|j| j.name != crate::watch::CRON).map(|j| j.id).collect();
+    let mut keys: std::collections::BTreeMap<String, String> =
+        acknowledged.iter().map(|(k, id)| (id.clone(), k.clone())).collect();
+    for j in list.iter().filter(|j| j.name != crate::watch::CRON) {
+        keys.insert(j.id.clone(), j.idempotency_key.clone());
+    }
+    let keys = Arc::new(keys);
+    let ids: Vec<String> = keys.keys().cloned().collect();
     // A few readers in parallel; each job is one linearizable GetJob.
     let chunks: Vec<Vec<String>> =
         ids.chunks(ids.len().div_ceil(8).max(1)).map(|c| c.to_vec()).collect();
     let mut handles = Vec::new();
     for chunk in chunks {
-        let client = client.clone();
+        let (client, keys) = (client.clone(), keys.clone());
         handles.push(tokio::spawn(async move {
             let mut out = Vec::new();
             for id in chunk {
-                let job = client
-                    .get_job(&id, false)
-                    .await
-                    .map_err(|s| format!("reading job {id}: {s}"))?;
-                out.push(job_view(job));
+                match client.get_job(&id, false).await {
+                    Ok(job) => out.push(job_view(job)),
+                    Err(s) if s.code() == Code::NotFound => {
+                        if let Some(t) = tombstone(&s) {
+                            let key = keys.get(&id).cloned().unwrap_or_default();
+                            out.push(JobView {
+                                id,
+                                key,
+                                state: "deleted".into(),
+                                tasks: vec![],
+                                deleted: Some(t),
+                            });
+                        }
+                    }
+                    Err(s) => return Err(format!("reading job {id}: {s}")),
+                }
             }
             Ok::<_, String>(out)
         }));
@@ -385,6 +426,7 @@ async fn read_all(client: Arc<Client>) -> Result<Vec<JobView>, String> {
 
 fn job_view(j: pb::Job) -> JobView {
     JobView {
+        deleted: None,
         id: j.id,
         key: j.idempotency_key,
         state: j.state,

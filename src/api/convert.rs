@@ -41,6 +41,7 @@ pub fn job_spec_from_pb(spec: Option<pb::JobSpec>) -> Result<JobSpec, Status> {
         },
         timeout_ms: s.timeout_ms,
         priority: s.priority,
+        ttl_after_finished_ms: s.ttl_after_finished_ms,
         policy: policy_from_pb(
             s.max_lost,
             s.retry_on_exit,
@@ -59,6 +60,7 @@ pub fn job_spec_from_pb(spec: Option<pb::JobSpec>) -> Result<JobSpec, Status> {
 pub fn job_spec_to_pb(s: &JobSpec) -> pb::JobSpec {
     pb::JobSpec {
         command: s.command.clone(),
+        ttl_after_finished_ms: s.ttl_after_finished_ms,
         args: s.args.clone(),
         env: s.env.clone().into_iter().collect(),
         shell: s.shell,

@@ -39,6 +39,23 @@ pub fn change_to_pb(c: &Change) -> pb::Event {
             epoch: *epoch,
             ..Default::default()
         },
+        // Retention (issue 14): a deletion is a job's (or an executor's) last event, with the
+        // state it left in `from` and `to` = "deleted" ("forgotten" for an executor).
+        Change::JobDeleted { job, state } => pb::Event {
+            kind: "job".into(),
+            job_id: job.to_string(),
+            from: job_state_name(*state).into(),
+            to: "deleted".into(),
+            ..Default::default()
+        },
+        Change::ExecutorForgotten { id, from, epoch } => pb::Event {
+            kind: "executor".into(),
+            executor: id.clone(),
+            from: executor_state_name(*from).into(),
+            to: "forgotten".into(),
+            epoch: *epoch,
+            ..Default::default()
+        },
         Change::Cron { name, what } => {
             let mut e = pb::Event { kind: "cron".into(), cron: name.clone(), ..Default::default() };
             match what {

@@ -182,6 +182,9 @@ fn job_spec(s: &pb::JobSpec) -> Result<(), Status> {
     within("spec.max_attempts", s.max_attempts, 0, MAX_ATTEMPTS)?;
     within("spec.retry_backoff_ms", s.retry_backoff_ms, 0, MAX_RETRY_BACKOFF_MS)?;
     within("spec.timeout_ms", s.timeout_ms, 0, MAX_TIMEOUT_MS)?;
+    if let Some(ttl) = s.ttl_after_finished_ms {
+        within("spec.ttl_after_finished_ms", ttl, 0, MAX_TTL_AFTER_FINISHED_MS)?;
+    }
     batch_policy(s)?;
     labels("spec.constraints", &s.constraints, MAX_CONSTRAINTS)?;
     if let Some(r) = &s.resources {
@@ -316,6 +319,19 @@ impl Validate for pb::SuspendJobRequest {
 impl Validate for pb::ResumeJobRequest {
     fn validate(&self) -> Result<(), Status> {
         job_id("job_id", &self.job_id)
+    }
+}
+
+// Retention (issue 14).
+impl Validate for pb::DeleteJobRequest {
+    fn validate(&self) -> Result<(), Status> {
+        job_id("job_id", &self.job_id)
+    }
+}
+
+impl Validate for pb::CollectGarbageRequest {
+    fn validate(&self) -> Result<(), Status> {
+        Ok(())
     }
 }
 

@@ -145,7 +145,7 @@ pub enum Cmd {
         #[command(flatten)]
         run: ExecutorRunArgs,
     },
-    /// Jobs: submit, get, list, cancel, logs, wait.
+    /// Jobs: submit, get, list, cancel, delete, gc, logs, wait.
     #[command(subcommand)]
     Job(JobCmd),
     /// The masters: status and membership.
@@ -368,6 +368,18 @@ pub enum JobCmd {
         #[command(flatten)]
         m: MastersArg,
     },
+    /// Delete a finished job now, and its output on the executors (refused while it runs).
+    Delete {
+        id: String,
+        #[command(flatten)]
+        m: MastersArg,
+    },
+    /// Admin: run a retention pass now (finished jobs past their TTL, expired idempotency
+    /// tombstones, executors gone past `retention.executor_ttl`).
+    Gc {
+        #[command(flatten)]
+        m: MastersArg,
+    },
     /// Print a task's output, read from the executor that ran it.
     Logs {
         id: String,
@@ -424,6 +436,10 @@ pub struct SubmitArgs {
     /// Per-attempt timeout (e.g. 30s, 5m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
+    /// Delete the job this long after it finished (default: the cluster's
+    /// `retention.finished_job_ttl`, 24h unless configured).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl_after_finished: Option<Duration>,
     /// Executor label every task requires (k=v); repeatable.
     #[arg(long = "constraint", value_parser = parse_kv)]
     pub constraints: Vec<(String, String)>,
@@ -699,6 +715,19 @@ async fn job(cmd: JobCmd) -> anyhow::Result<i32> {
             println!("{id} {}", m.client()?.resume_job(&id).await.map_err(st)?.state);
             Ok(0)
         }
+        JobCmd::Delete { id, m } => {
+            let r = m.client()?.delete_job(&id).await.map_err(st)?;
+            println!("{id} {}", if r.deleted { "deleted" } else { "already deleted" });
+            Ok(0)
+        }
+        JobCmd::Gc { m } => {
+            let r = m.client()?.collect_garbage().await.map_err(st)?;
+            println!(
+                "deleted {} jobs, expired {} tombstones, forgot {} executors",
+                r.jobs_deleted, r.tombstones_expired, r.executors_forgotten
+            );
+            Ok(0)
+        }
         JobCmd::Logs { id, task, attempt, stderr, follow, tail, m } => {
             let want = logs::Want { task, attempt, stderr, tail: tail.unwrap_or(0) };
             if follow {
@@ -734,6 +763,7 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
             max_attempts: a.max_attempts,
             timeout_ms: a.timeout.map_or(0, |d| d.as_millis() as u64),
             priority: a.priority,
+            ttl_after_finished_ms: a.ttl_after_finished.map(|d| d.as_millis() as u64),
             ..Default::default()
         }),
     };

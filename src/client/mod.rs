@@ -324,6 +324,24 @@ impl Client {
         .await
     }
 
+    /// Retention (issue 14): deletes a terminal job (idempotent: a deleted job stays deleted).
+    pub async fn delete_job(&self, id: &str) -> Result<pb::DeleteJobResponse, Status> {
+        let req = pb::DeleteJobRequest { job_id: id.to_string() };
+        self.call(|c| {
+            let req = req.clone();
+            async move { Self::jobs(c).delete_job(req).await }
+        })
+        .await
+    }
+
+    /// Retention (issue 14), admin: a collection pass now.
+    pub async fn collect_garbage(&self) -> Result<pb::CollectGarbageResponse, Status> {
+        self.call(
+            |c| async move { Self::jobs(c).collect_garbage(pb::CollectGarbageRequest {}).await },
+        )
+        .await
+    }
+
     pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, Status> {
         self.call(|c| async move {
             ClusterServiceClient::new(c).cluster_status(pb::ClusterStatusRequest {}).await

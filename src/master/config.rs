@@ -46,6 +46,9 @@ pub struct MasterConfig {
     /// The bearer tokens clients and executors may present instead of a certificate.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Retention (issue 14): how long finished jobs, idempotency keys and gone executors stay.
+    #[serde(default)]
+    pub retention: super::retention::RetentionConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -143,6 +146,7 @@ impl MasterConfig {
             executors: ExecutorTimings::default(),
             tls: None,
             auth: AuthConfig::default(),
+            retention: Default::default(),
         })
     }
 
@@ -162,6 +166,7 @@ impl MasterConfig {
             executors: ExecutorTimings::default(),
             tls: None,
             auth: AuthConfig::default(),
+            retention: Default::default(),
         }
     }
 
@@ -225,6 +230,7 @@ impl MasterConfig {
                 .with_context(|| format!("TRIAD_MASTER_INSECURE={v:?} is not true/false"))?;
         }
         self.tls = crate::security::tls::from_env("TRIAD_MASTER", self.tls.take(), &get)?;
+        self.retention.apply_env(&get)?;
         Ok(())
     }
 
@@ -233,6 +239,7 @@ impl MasterConfig {
             bail!("id must be > 0");
         }
         self.security().check()?;
+        self.retention.check()?;
         if self.bootstrap && !self.peers.iter().any(|p| p.id == self.id) {
             bail!("bootstrap is on but peers does not list this master (id {})", self.id);
         }

@@ -49,6 +49,8 @@ pub struct Jobs {
     streams: Arc<tokio::sync::Semaphore>,
     /// One permit per `WatchEvents` stream ([`super::events::MAX_WATCHERS`]).
     watchers: Arc<tokio::sync::Semaphore>,
+    /// Retention (issue 14): the policy and what deletions prune.
+    retention: super::retention::Ctx,
 }
 
 /// The answers of one `SubmitJobs` stream.
@@ -89,7 +91,13 @@ impl Jobs {
     pub fn new(node: Arc<Node>, shutdown: Shutdown) -> Jobs {
         let streams = Arc::new(tokio::sync::Semaphore::new(MAX_SUBMIT_STREAMS));
         let watchers = Arc::new(tokio::sync::Semaphore::new(super::events::MAX_WATCHERS));
-        Jobs { node, shutdown, streams, watchers }
+        Jobs { node, shutdown, streams, watchers, retention: Default::default() }
+    }
+
+    /// Retention (issue 14): the policy `DeleteJob` and `CollectGarbage` apply.
+    pub fn with_retention(mut self, ctx: super::retention::Ctx) -> Jobs {
+        self.retention = ctx;
+        self
     }
 
     /// A place for one more `SubmitJobs` stream, or `RESOURCE_EXHAUSTED`.
@@ -247,7 +255,11 @@ impl Jobs {
                     next_task_page_token: next,
                 })
             }
-            None => Err(Status::not_found(format!("job {id} not found"))),
+            // Retention (issue 14): while its tombstone lasts, a deleted job says so.
+            None => match a.state.tombstone(&id) {
+                Some(t) => Err(deleted_status(&id, t)),
+                None => Err(Status::not_found(format!("job {id} not found"))),
+            },
         })
     }
 
@@ -385,7 +397,14 @@ impl JobService for Jobs {
                         .unwrap_or("unknown");
                     Ok(pb::CancelJobResponse { state: state.to_string() })
                 }
-                Err(r) => Err(rejection_to_status(&r).into()),
+                Err(r) => {
+                    // Retention (issue 14): a deleted job's cancel says so, like its GetJob.
+                    let applied = self.node.applied.read().expect("poisoned");
+                    match applied.state.tombstone(&id) {
+                        Some(t) => Err(deleted_status(&id, t).into()),
+                        None => Err(rejection_to_status(&r).into()),
+                    }
+                }
             }
         };
         self.node
@@ -464,6 +483,67 @@ impl JobService for Jobs {
             .serve_on_leader(&fwd, &msg, local, |c, m| async move { client(c).resume_job(m).await })
             .await
     }
+
+    async fn delete_job(
+        &self,
+        req: Request<pb::DeleteJobRequest>,
+    ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        let fwd = Caller::of(&req)?;
+        let msg = req.into_inner();
+        msg.validate()?;
+        let id = parse_job_id(&msg.job_id)?;
+        let r = &self.retention;
+        let local = || async {
+            let cmd = Command::DeleteJob { id, policy: r.cfg.policy(), now: now_ms() };
+            match super::retention::commit(&self.node, &r.liveness, r.executor_ttl, cmd).await? {
+                Ok(c) => Ok(pb::DeleteJobResponse { deleted: !c.jobs.is_empty() }),
+                Err(rej) => Err(rejection_to_status(&rej).into()),
+            }
+        };
+        self.node
+            .serve_on_leader(&fwd, &msg, local, |c, m| async move { client(c).delete_job(m).await })
+            .await
+    }
+
+    async fn collect_garbage(
+        &self,
+        req: Request<pb::CollectGarbageRequest>,
+    ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
+        let fwd = Caller::of(&req)?;
+        let msg = req.into_inner();
+        msg.validate()?;
+        let r = &self.retention;
+        let local = || async {
+            // Everything committed before this pass is judged, as on the leader's own ticks.
+            self.node.linearize().await?;
+            super::retention::gc_pass(&self.node, &r.liveness, &r.cfg, r.executor_ttl).await
+        };
+        self.node
+            .serve_on_leader(
+                &fwd,
+                &msg,
+                local,
+                |c, m| async move { client(c).collect_garbage(m).await },
+            )
+            .await
+    }
+}
+
+/// Retention (issue 14): what `GetJob` and `CancelJob` answer for a deleted job while its
+/// tombstone lasts: NOT_FOUND "job X was deleted at T ms (it had succeeded at F ms)", with the
+/// same facts in the metadata (`triad-deleted-state`, `triad-finished-at-ms`,
+/// `triad-deleted-at-ms`) for programs (the chaos suite checks every deletion was due by them).
+pub(crate) fn deleted_status(id: &Uuid, t: &crate::state::retention::Tombstone) -> Status {
+    let state = job_state_name(t.state);
+    let mut status = Status::not_found(format!(
+        "job {id} was deleted at {} ms (it had {state} at {} ms)",
+        t.deleted_at, t.finished_at
+    ));
+    let md = status.metadata_mut();
+    md.insert(super::retention::DELETED_STATE, tonic::metadata::MetadataValue::from_static(state));
+    md.insert(super::retention::FINISHED_AT, t.finished_at.into());
+    md.insert(super::retention::DELETED_AT, t.deleted_at.into());
+    status
 }
 
 impl Jobs {

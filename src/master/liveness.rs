@@ -183,6 +183,16 @@ impl Liveness {
         unplaceable
     }
 
+    /// Retention: drops `id`'s entry if it has been silent for `ttl` (a forgotten executor's;
+    /// one just seen, e.g. registering again, stays).
+    pub fn forget_silent(&self, id: &str, ttl: Duration, now: Instant) {
+        let mut inner = self.lock();
+        if inner.last_seen.get(id).is_some_and(|s| now.saturating_duration_since(s.at) >= ttl) {
+            inner.last_seen.remove(id);
+            inner.generation += 1;
+        }
+    }
+
     /// Changes whenever some executor's placeability may have flipped (see the module doc).
     pub fn generation(&self) -> u64 {
         self.lock().generation

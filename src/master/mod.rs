@@ -18,6 +18,7 @@ pub(crate) mod jobs;
 pub(crate) mod liveness;
 pub(crate) mod node;
 pub mod rest;
+pub mod retention;
 pub(crate) mod ui;
 
 use std::collections::BTreeMap;
@@ -201,7 +202,11 @@ impl Services {
         shutdown: &Shutdown,
     ) -> Services {
         Services {
-            jobs: jobs::Jobs::new(node.clone(), shutdown.clone()),
+            jobs: jobs::Jobs::new(node.clone(), shutdown.clone()).with_retention(retention::Ctx {
+                cfg: cfg.retention.clone(),
+                liveness: liveness.clone(),
+                executor_ttl: Duration::from_millis(cfg.executors.ttl_ms),
+            }),
             cluster: cluster::Cluster { node: node.clone() },
             crons: cron::Crons { node: node.clone() },
             executors: executors::Executors {
@@ -328,7 +333,13 @@ impl Background {
         let heartbeat = Duration::from_millis(cfg.raft.heartbeat_ms);
         let campaigns =
             crate::raft::election::run(raft, cfg.id, election, heartbeat, shutdown.clone());
-        let duties = duties::watch(node.clone(), liveness, cfg.executors.clone(), shutdown.clone());
+        let duties = duties::watch(
+            node.clone(),
+            liveness,
+            cfg.executors.clone(),
+            cfg.retention.policy(),
+            shutdown.clone(),
+        );
         Background {
             cron: tokio::spawn(cron::fire_loop(node.clone(), shutdown.clone())),
             campaigns: tokio::spawn(async move {

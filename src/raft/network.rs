@@ -50,6 +50,12 @@ impl Channels {
         self.to(addr, ServerName::Executor(id.to_string()))
     }
 
+    /// Retention: drops the cached channels to executor `id` (it was forgotten).
+    pub fn forget_executor(&self, id: &str) {
+        let mut map = self.inner.lock().expect("channel cache poisoned");
+        map.retain(|(_, server), _| !matches!(server, ServerName::Executor(e) if e == id));
+    }
+
     fn to(&self, addr: &str, server: ServerName) -> anyhow::Result<Channel> {
         let mut map = self.inner.lock().expect("channel cache poisoned");
         let key = (addr.to_string(), server);

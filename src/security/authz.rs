@@ -54,6 +54,9 @@ pub fn rule(path: &str) -> Rule {
         ("triad.v1.RaftService", _) => Rule::Roles(&[Master]),
         // Events (issue 17): WatchEvents and ReadIndex are reads, like the rest of JobService.
         ("triad.v1.JobService", "WatchEvents" | "ReadIndex") => Rule::Roles(CLIENTS),
+        // Retention (issue 14): any client deletes a finished job; a collection pass is admin's.
+        ("triad.v1.JobService", "DeleteJob") => Rule::Roles(CLIENTS),
+        ("triad.v1.JobService", "CollectGarbage") => Rule::Roles(&[Admin]),
         // Batch semantics: suspending and resuming is a client's, like cancelling.
         ("triad.v1.JobService", "SuspendJob" | "ResumeJob") => Rule::Roles(CLIENTS),
         ("triad.v1.JobService", _) => Rule::Roles(CLIENTS),
@@ -325,6 +328,10 @@ mod tests {
             ("/triad.v1.WorkerService/ReadOutput", &client, Ok),
             ("/triad.v1.WorkerService/FollowOutput", &client, Ok),
             ("/triad.v1.WorkerService/FollowOutput", &exec, PermissionDenied),
+            ("/triad.v1.JobService/DeleteJob", &client, Ok),
+            ("/triad.v1.JobService/DeleteJob", &exec, PermissionDenied),
+            ("/triad.v1.JobService/CollectGarbage", &client, PermissionDenied),
+            ("/triad.v1.JobService/CollectGarbage", &admin, Ok),
             ("/triad.v1.WorkerService/DeleteOutput", &client, PermissionDenied),
             ("/triad.v1.WorkerService/DeleteOutput", &admin, PermissionDenied),
             ("/triad.v1.ClusterService/AddMaster", &client, PermissionDenied),

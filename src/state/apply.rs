@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::events::{Change, Journal};
 use super::model::*;
 use super::policy::BatchIndex;
+use super::retention::RetentionIndex;
 
 /// The ordered map every part of [`State`] is kept in: a persistent B-tree (`imbl`), so that
 /// cloning a state of any size is O(1) (it shares every node; a change afterwards copies only the
@@ -88,9 +89,16 @@ pub struct State {
     pub(super) by_state: ByState,
     /// Cron jobs by name (`state::cron`).
     pub(super) crons: Map<String, Cron>,
+    /// Retention (issue 14): deleted jobs' tombstones, while their idempotency window lasts.
+    pub(super) tombstones: Map<JobId, super::retention::Tombstone>,
+    /// Retention: the highest epoch of any executor forgotten; a new registration starts above.
+    pub(super) epoch_floor: u64,
     /// Derived and never serialized: see [`Tally`].
     #[serde(skip)]
     pub(super) tally: Tally,
+    /// Derived and never serialized (rebuilt on decode): see [`RetentionIndex`].
+    #[serde(skip)]
+    pub(super) retention: RetentionIndex,
     /// Local bookkeeping, not replicated state: see [`ChangeCounter`].
     #[serde(skip)]
     pub(super) executor_changes: ChangeCounter,
@@ -122,10 +130,13 @@ struct Decoded {
     live: LiveIndex,
     finished: Set<(Millis, u64)>,
     crons: Map<String, Cron>,
+    tombstones: Map<JobId, super::retention::Tombstone>,
+    epoch_floor: u64,
 }
 
 impl From<Decoded> for State {
     fn from(d: Decoded) -> State {
+        let retention = RetentionIndex::rebuild(&d.jobs, &d.tombstones);
         let mut state = State {
             executors: d.executors,
             jobs: d.jobs,
@@ -138,6 +149,9 @@ impl From<Decoded> for State {
             finished: d.finished,
             by_state: ByState::default(),
             crons: d.crons,
+            retention,
+            tombstones: d.tombstones,
+            epoch_floor: d.epoch_floor,
             tally: Tally::default(),
             executor_changes: ChangeCounter::default(),
             journal: Journal::default(),
@@ -213,6 +227,26 @@ impl Tally {
     fn executor_moved(&mut self, from: Option<ExecutorState>, to: ExecutorState) {
         moved(&mut self.executors, from.map(|s| s as usize), to as usize);
     }
+
+    /// Retention: a job and its tasks left the state.
+    pub(super) fn job_removed(&mut self, job: &Job) {
+        sub(&mut self.jobs, job.state as usize, 1);
+        for t in &job.tasks {
+            sub(&mut self.tasks, t.state as usize, 1);
+        }
+    }
+
+    /// Retention: an executor was forgotten.
+    pub(super) fn executor_removed(&mut self, state: ExecutorState) {
+        sub(&mut self.executors, state as usize, 1);
+    }
+}
+
+/// Takes `n` from `counts[i]` (saturating, like [`add`]).
+fn sub(counts: &mut [u64], i: usize, n: u64) {
+    if let Some(c) = counts.get_mut(i) {
+        *c = c.saturating_sub(n);
+    }
 }
 
 /// Adds `n` to `counts[i]`. (`i` is a state's discriminant and the array has one count per
@@ -263,6 +297,9 @@ impl Default for State {
             finished: Set::new(),
             by_state: ByState::default(),
             crons: Map::new(),
+            tombstones: Map::new(),
+            epoch_floor: 0,
+            retention: RetentionIndex::default(),
             tally: Tally::default(),
             executor_changes: ChangeCounter::default(),
             journal: Journal::default(),
@@ -336,6 +373,10 @@ impl State {
             Command::FireCron { name, scheduled_at, job, now } => {
                 self.fire_cron(name, *scheduled_at, *job, *now)
             }
+            Command::CollectGarbage { jobs, tombstones, executors, policy, now } => Ok(
+                Outcome::Collected(self.collect_garbage(jobs, tombstones, executors, policy, *now)),
+            ),
+            Command::DeleteJob { id, policy, now } => self.delete_job(*id, policy, *now),
             Command::TriggerCron { name, job, now } => self.trigger_cron(name, *job, *now),
             Command::SuspendJob { id, now } => self.suspend_job(*id, *now),
             Command::ResumeJob { id, now } => self.resume_job(*id, *now),
@@ -361,7 +402,11 @@ impl State {
         labels: &BTreeMap<String, String>,
         now: Millis,
     ) -> Outcome {
-        let epoch = self.executors.get(id).map_or(1, |e| e.epoch.saturating_add(1));
+        // Above every epoch of an incarnation retention forgot (`epoch_floor`, 0 until then).
+        let epoch = self
+            .executors
+            .get(id)
+            .map_or(self.epoch_floor.saturating_add(1), |e| e.epoch.saturating_add(1));
         // A registration means the executor process (re)started: what it ran before is gone.
         self.lose_attempts_on(id, &format!("executor {id} re-registered (epoch {epoch})"), now);
         let from = self.executors.get(id).map(|e| e.state);
@@ -481,7 +526,7 @@ impl State {
             return Ok(Outcome::Submitted { id: existing, created: false });
         }
         validate_submit(name, key, spec).map_err(Rejection::InvalidSpec)?;
-        if self.job_seqs.contains_key(&id) {
+        if self.job_seqs.contains_key(&id) || self.tombstones.contains_key(&id) {
             return Err(Rejection::DuplicateJobId(id));
         }
         self.check_dependencies(spec)?;
@@ -721,6 +766,7 @@ impl State {
             live: &mut self.live,
             finished: &mut self.finished,
             by_state: &mut self.by_state,
+            retention: &mut self.retention,
             tally: &mut self.tally,
             journal: &mut self.journal,
             batch: &mut self.batch,
@@ -738,6 +784,7 @@ pub(super) struct Cx<'a> {
     live: &'a mut LiveIndex,
     finished: &'a mut Set<(Millis, u64)>,
     by_state: &'a mut ByState,
+    retention: &'a mut RetentionIndex,
     tally: &'a mut Tally,
     journal: &'a mut Journal,
     pub(super) batch: &'a mut BatchIndex,
@@ -828,6 +875,7 @@ impl Cx<'_> {
         if to.is_terminal() {
             self.job.finished_at = Some(self.now);
             self.active.remove(&self.job.seq);
+            self.retention.job_finished(&*self.job);
             self.finished.insert((self.now, self.job.seq));
             self.batch_job_ended();
             for i in 0..self.job.tasks.len() {

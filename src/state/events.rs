@@ -38,6 +38,12 @@ pub enum Change {
     Executor { id: ExecutorId, from: Option<ExecutorState>, to: ExecutorState, epoch: u64 },
     /// A cron job was fired, missed, created, changed or deleted (see `state::cron`).
     Cron { name: String, what: CronChange },
+    /// Retention (issue 14): a terminal job (it ended in `state`) was deleted from the state,
+    /// by collection or by `DeleteJob`.
+    JobDeleted { job: JobId, state: JobState },
+    /// Retention (issue 14): an executor `Dead` or `Left` (`from`) for `retention.executor_ttl`
+    /// was forgotten; a later registration starts above `epoch`.
+    ExecutorForgotten { id: ExecutorId, from: ExecutorState, epoch: u64 },
 }
 
 /// What happened to a cron job.
@@ -68,8 +74,10 @@ impl Change {
     pub fn job(&self) -> Option<JobId> {
         match self {
             Change::Job { job, .. } | Change::Task { job, .. } => Some(*job),
+            Change::JobDeleted { job, .. } => Some(*job),
             Change::Cron { what: CronChange::Fired { job, .. }, .. } => Some(*job),
             Change::Executor { .. } | Change::Cron { .. } => None,
+            Change::ExecutorForgotten { .. } => None,
         }
     }
 }

@@ -14,6 +14,11 @@ impl State {
         for (&seq, job) in &self.jobs {
             self.check_job(seq, job, &mut recount)?;
         }
+        for (key, id) in self.check_retention()? {
+            if recount.keys.insert(key, id).is_some() {
+                return Err(format!("idempotency key of deleted job {id} names two jobs"));
+            }
+        }
         self.check_indexes(&recount)?;
         self.check_executors()
     }

@@ -15,7 +15,9 @@
 //! - Fencing tokens are issued from 1 upwards, each once, so they strictly increase.
 //! - A terminal job has no live attempts: when a job fails or is cancelled, its other
 //!   non-terminal tasks and their attempts become `Cancelled` (the dispatcher kills those).
-//! - A non-empty idempotency key names exactly one job, for ever.
+//! - A non-empty idempotency key names exactly one job, for ever: while the job exists, and
+//!   after it is deleted while its tombstone lasts (`retention`); only then may it name another.
+//! - Retention deletes only terminal jobs (`retention`).
 //! - Executors that are `Left` or `Dead` hold no live attempts; no executor holds more than its
 //!   capacity.
 //! - The derived indexes (job id, idempotency key, active jobs with task counts, live attempts
@@ -34,11 +36,13 @@ pub mod model;
 pub mod policy;
 pub mod query;
 pub mod range;
+pub mod retention;
 pub mod schedule;
 
 pub use apply::{State, Tally};
 pub use model::*;
 pub use range::task_range_uuids;
+pub use retention::{Collected, Retention};
 
 #[cfg(test)]
 mod bounded_tests;

@@ -102,6 +102,9 @@ pub struct JobSpec {
     pub retry_backoff_ms: u64,
     /// Per-attempt timeout; 0 means none.
     pub timeout_ms: u64,
+    /// Retention (issue 14): delete the job this long after it finished; none: the cluster's
+    /// `retention.finished_job_ttl`.
+    pub ttl_after_finished_ms: Option<u64>,
     /// Higher runs first.
     pub priority: i32,
     /// Failure policy, deadline, parallelism, partial success, dependencies (`policy.rs`).
@@ -385,6 +388,23 @@ pub enum Command {
         jitter: u32,
         command: Box<Command>,
     },
+    /// Retention (issue 14): delete the listed terminal jobs, expire the listed tombstones and
+    /// forget the listed executors, each only if due at `now` under `policy` (judged again here;
+    /// see `state::retention`). Never refused.
+    CollectGarbage {
+        jobs: Vec<JobId>,
+        tombstones: Vec<JobId>,
+        executors: Vec<ExecutorId>,
+        policy: super::retention::Retention,
+        now: Millis,
+    },
+    /// Retention (issue 14): delete a terminal job now (refused for any other); `policy` gives
+    /// the idempotency window its tombstone lasts for.
+    DeleteJob {
+        id: JobId,
+        policy: super::retention::Retention,
+        now: Millis,
+    },
 }
 
 /// What an executor reports about one of its attempts ([`Command::TaskReported`]).
@@ -409,6 +429,8 @@ pub enum Outcome {
     Done,
     /// A cron firing: the job it created (none: a duplicate, missed or skipped time).
     CronFired { job: Option<JobId> },
+    /// Retention (issue 14): what a collection or deletion removed.
+    Collected(super::retention::Collected),
 }
 
 /// Why a command was refused. Deterministic: every replica refuses the same way.
@@ -442,6 +464,8 @@ pub enum Rejection {
     CronNotFound(String),
     #[error("cron {0} already exists with another spec (delete it first)")]
     CronExists(String),
+    #[error("job {0} has not finished (only a terminal job can be deleted; cancel it first)")]
+    JobNotTerminal(JobId),
     // --- batch semantics (issue 16) ---
     #[error("dependency {0} not found")]
     DependencyNotFound(JobId),
@@ -476,6 +500,8 @@ pub mod limits {
     /// Longest retry backoff (1 day) and attempt timeout (30 days).
     pub const MAX_RETRY_BACKOFF_MS: u64 = 24 * 3600 * 1000;
     pub const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
+    /// Longest per-job `ttl_after_finished` (1 year).
+    pub const MAX_TTL_AFTER_FINISHED_MS: u64 = 365 * 24 * 3600 * 1000;
     /// Error/reason strings stored on an attempt are cut to this many bytes (at a char boundary).
     pub const MAX_ERROR_BYTES: usize = 4096;
 
@@ -528,6 +554,7 @@ impl JobSpec {
             retry_backoff_ms: 1000,
             timeout_ms: 0,
             priority: 0,
+            ttl_after_finished_ms: None,
             policy: BatchPolicy::default(),
         }
     }
@@ -594,6 +621,11 @@ impl JobSpec {
         }
         if self.timeout_ms > MAX_TIMEOUT_MS {
             return Err(format!("timeout {} ms, at most {MAX_TIMEOUT_MS}", self.timeout_ms));
+        }
+        if let Some(ttl) = self.ttl_after_finished_ms.filter(|&t| t > MAX_TTL_AFTER_FINISHED_MS) {
+            return Err(format!(
+                "ttl after finished {ttl} ms, at most {MAX_TTL_AFTER_FINISHED_MS}"
+            ));
         }
         self.policy.validate(self.task_count, self.retry_backoff_ms)
     }

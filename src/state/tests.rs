@@ -787,6 +787,11 @@ proptest! {
 //   <now> start jN/I tok=T | finish jN/I tok=T exit=C [error=S] | lost jN/I tok=T reason=S
 //         (each with by=E: the executor's report, fenced by who sends it too)
 //   <now> deregister E [epoch=N] (with epoch: only the current registration leaves)
+//   retention (issue 14), with the policy as [ttl=MS] [max=N] [window=MS] [ettl=MS]:
+//   <now> submit ... [keep=MS]     (the job's own ttl_after_finished)
+//   <now> gc [jN...] [tomb=jN,..] [exec=E,..] POLICY   (CollectGarbage with exactly these)
+//   <now> collect [limit=N] POLICY (what the leader proposes: `collection_due`, then applied)
+//   <now> delete jN POLICY
 //
 // Job `jN` is the UUID with value N; outputs print such UUIDs back as `jN`.
 
@@ -863,6 +868,7 @@ fn parse_line(line: &str) -> Result<Command, String> {
                 priority: opt
                     .get("priority")
                     .map_or(Ok(0), |v| v.parse().map_err(|_| "bad priority"))?,
+                ttl_after_finished_ms: opt.get("keep").map(|_| num("keep", 0)).transpose()?,
                 policy: BatchPolicy {
                     max_lost: num("lost", d.policy.max_lost.into())? as u32,
                     retry_on_exit: codes(opt.get("retry_on"))?,
@@ -946,6 +952,7 @@ fn parse_line(line: &str) -> Result<Command, String> {
             let (job, index) = task()?;
             Command::TaskLost { job, index, token: num("tok", 0)?, reason: text("reason"), now }
         }
+        "delete" => Command::DeleteJob { id: parse_job(first)?, policy: policy(&opt)?, now },
         v => return Err(format!("unknown verb {v:?}")),
     })
     .and_then(|cmd| match opt.get("jitter") {
@@ -963,6 +970,57 @@ fn codes(list: Option<&String>) -> Result<Vec<i32>, String> {
     list.map_or(Ok(Vec::new()), |l| {
         l.split(',').map(|c| c.parse().map_err(|_| format!("bad exit code {c:?}"))).collect()
     })
+}
+
+/// The retention policy of a golden line (`ttl=`, `max=`, `window=`, `ettl=`; 0 when absent).
+fn policy(opt: &BTreeMap<String, String>) -> Result<Retention, String> {
+    let num = |k: &str| -> Result<u64, String> {
+        opt.get(k).map_or(Ok(0), |v| v.parse().map_err(|_| format!("bad {k}={v}")))
+    };
+    Ok(Retention {
+        finished_job_ttl_ms: num("ttl")?,
+        max_finished_jobs: num("max")?,
+        idempotency_window_ms: num("window")?,
+        executor_ttl_ms: num("ettl")?,
+    })
+}
+
+/// The retention verbs that need no state (`gc`) or the state (`collect`); none for others.
+fn parse_retention(s: &State, line: &str) -> Option<Result<Command, String>> {
+    let mut words = line.split_whitespace();
+    let now: Millis = words.next()?.parse().ok()?;
+    let verb = words.next()?;
+    if verb != "gc" && verb != "collect" {
+        return None;
+    }
+    let (mut opt, mut pos) = (BTreeMap::new(), vec![]);
+    for w in words {
+        match w.split_once('=') {
+            Some((k, v)) => drop(opt.insert(k.to_string(), v.to_string())),
+            None => pos.push(w),
+        }
+    }
+    Some((|| {
+        let policy = policy(&opt)?;
+        if verb == "collect" {
+            let limit = opt.get("limit").map_or(Ok(100), |v| v.parse().map_err(|_| "bad limit"))?;
+            return Ok(s.collection_due(&policy, now, limit).unwrap_or(Command::CollectGarbage {
+                jobs: vec![],
+                tombstones: vec![],
+                executors: vec![],
+                policy,
+                now,
+            }));
+        }
+        let list = |k: &str| opt.get(k).map_or(vec![], |v| v.split(',').collect::<Vec<_>>());
+        Ok(Command::CollectGarbage {
+            jobs: pos.iter().map(|p| parse_job(p)).collect::<Result<_, _>>()?,
+            tombstones: list("tomb").into_iter().map(parse_job).collect::<Result<_, _>>()?,
+            executors: list("exec").into_iter().map(String::from).collect(),
+            policy,
+            now,
+        })
+    })())
 }
 
 /// Replaces every small UUID (`jN`) in `s` by its short name.
@@ -1049,6 +1107,20 @@ fn summary(s: &State, now: Millis) -> String {
             o.push('\n');
         }
     }
+    for (id, t) in &s.tombstones {
+        let _ = writeln!(
+            o,
+            "tombstone {id} {:?} key={:?} finished_at={} deleted_at={} expires_at={}",
+            t.state, t.key, t.finished_at, t.deleted_at, t.expires_at
+        );
+    }
+    if !s.idempotency.is_empty() && !s.tombstones.is_empty() {
+        let keys: Vec<_> = s.idempotency.iter().map(|(k, id)| format!("{k}->{id}")).collect();
+        let _ = writeln!(o, "keys: [{}]", keys.join(" "));
+    }
+    if s.epoch_floor > 0 {
+        let _ = writeln!(o, "epoch_floor={}", s.epoch_floor);
+    }
     let placeable: Vec<_> = s.pending_tasks(now).map(|(job, i)| format!("{job}/{i}")).collect();
     let _ = writeln!(o, "placeable at {now}: [{}]", placeable.join(" "));
     short_ids(&o)
@@ -1062,8 +1134,14 @@ fn run_golden(file: &str) {
     let mut out = String::new();
     let mut now = 0;
     for line in scenario.lines() {
-        let cmd = parse_line(line).unwrap_or_else(|e| panic!("{file}: {line:?}: {e}"));
+        let cmd = parse_retention(&s, line)
+            .unwrap_or_else(|| parse_line(line))
+            .unwrap_or_else(|e| panic!("{file}: {line:?}: {e}"));
         let before = s.clone();
+        let proposed = match line.split_whitespace().nth(1) {
+            Some("collect") => format!("  proposes {}\n", short_ids(&format!("{cmd:?}"))),
+            _ => String::new(),
+        };
         let result = match s.apply(&cmd) {
             Ok(o) => format!("ok {o:?}"),
             Err(r) => {
@@ -1073,7 +1151,7 @@ fn run_golden(file: &str) {
         };
         s.check_invariants().unwrap_or_else(|e| panic!("{file}: after {line:?}: {e}"));
         now = now.max(line.split_whitespace().next().and_then(|t| t.parse().ok()).unwrap_or(0));
-        out.push_str(&format!("{line}\n  -> {}\n", short_ids(&result)));
+        out.push_str(&format!("{line}\n{proposed}  -> {}\n", short_ids(&result)));
     }
     out.push_str(&summary(&s, now));
     scenario.check(&out);
@@ -1090,6 +1168,9 @@ golden_files!(
     reporter_and_deregister_fencing,
     executor_restart_and_drain,
     priority_and_constraints,
+    retention_ttl_and_count,
+    retention_delete_and_tombstones,
+    retention_executors,
     // batch semantics (issue 16)
     lost_is_not_failed,
     exit_code_rules,
@@ -1125,6 +1206,11 @@ enum Op {
         priority: i32,
         valid: bool,
     },
+    /// Retention: what the leader would collect under a policy (ttl, max, window, executor ttl).
+    Collect(u64, u64, u64, u64),
+    /// Retention: a hand-made collection naming jobs, tombstones and executors at random.
+    Gc(Vec<u8>, Vec<u8>, u64, u64, u64),
+    Delete(u8, u64),
     Cancel(u8),
     Assign(Vec<(u8, u32, u8)>),
     AssignPlaceable(usize, u8),
@@ -1183,6 +1269,10 @@ fn op() -> impl Strategy<Value = Op> {
             any::<usize>().prop_map(Op::LoseLive),
             (ex.clone(), 0u64..4).prop_map(|(e, n)| Op::Dead(e, n)),
         ]).prop_map(|(j, op)| Op::Jittered(j, Box::new(op))),
+        2 => (0u64..6, 0u64..3, 0u64..8, 0u64..6).prop_map(|(t, m, w, e)| Op::Collect(t, m, w, e)),
+        1 => (prop::collection::vec(job.clone(), 0..3), prop::collection::vec(0u8..2, 0..2), 0u64..4, 0u64..3, 0u64..6)
+            .prop_map(|(j, e, t, m, w)| Op::Gc(j, e, t, m, w)),
+        1 => (job.clone(), 0u64..8).prop_map(|(j, w)| Op::Delete(j, w)),
     ]
 }
 
@@ -1333,6 +1423,35 @@ fn resolve(s: &State, op: &Op, now: Millis) -> Option<Command> {
         Op::Expire(n) => Command::ExpireJob { id: jid(*n), now },
         Op::Resolve(n) => Command::ResolveDependencies { id: jid(*n), now },
         Op::Jittered(jitter, op) => resolve(s, op, now)?.with_jitter(*jitter),
+        Op::Collect(ttl, max, window, ettl) => {
+            let policy = Retention {
+                finished_job_ttl_ms: *ttl,
+                max_finished_jobs: *max,
+                idempotency_window_ms: *window,
+                executor_ttl_ms: *ettl,
+            };
+            s.collection_due(&policy, now, 2)?
+        }
+        Op::Gc(jobs, execs, ttl, max, window) => {
+            let ids: Vec<JobId> = jobs.iter().map(|&n| jid(n)).collect();
+            Command::CollectGarbage {
+                jobs: ids.clone(),
+                tombstones: ids,
+                executors: execs.iter().map(|&e| exec(e)).collect(),
+                policy: Retention {
+                    finished_job_ttl_ms: *ttl,
+                    max_finished_jobs: *max,
+                    idempotency_window_ms: *window,
+                    executor_ttl_ms: *ttl,
+                },
+                now,
+            }
+        }
+        Op::Delete(n, window) => Command::DeleteJob {
+            id: jid(*n),
+            policy: Retention { idempotency_window_ms: *window, ..Retention::default() },
+            now,
+        },
     })
 }
 
@@ -1386,7 +1505,8 @@ proptest! {
     fn prop_terminal_states_are_final(ops in ops()) {
         drive(&ops, |before, cmd, _, after| {
             for (seq, job) in &before.jobs {
-                let now = &after.jobs[seq];
+                // Only retention removes a job, and only a terminal one (`prop_retention_...`).
+                let Some(now) = after.jobs.get(seq) else { continue };
                 if job.state.is_terminal() {
                     prop_assert_eq!(job, now, "terminal job changed by {:?}", cmd);
                 }
@@ -1463,7 +1583,8 @@ proptest! {
         })?;
     }
 
-    /// (e) An idempotency key names exactly one job for ever; resubmitting it returns that job.
+    /// (e) An idempotency key names exactly one job for as long as the job or its tombstone
+    /// exists; resubmitting it returns that job. Only once both are gone may it name another.
     #[test]
     fn prop_idempotency_key_names_one_job(ops in ops()) {
         let mut named = BTreeMap::<String, JobId>::new();
@@ -1474,9 +1595,42 @@ proptest! {
                     prop_assert_eq!(first, *id);
                 }
             }
+            // A key whose job and tombstone are both gone is free again.
+            named.retain(|_, id| after.job(id).is_some() || after.tombstone(id).is_some());
             for (key, id) in &named {
-                prop_assert_eq!(after.job_by_key(key).map(|j| j.id), Some(*id));
-                prop_assert_eq!(after.jobs.values().filter(|j| &j.idempotency_key == key).count(), 1);
+                prop_assert_eq!(after.idempotency.get(key), Some(id));
+                let alive = after.jobs.values().filter(|j| &j.idempotency_key == key).count();
+                prop_assert_eq!(alive, usize::from(after.job(id).is_some()));
+            }
+            Ok(())
+        })?;
+    }
+
+    /// Retention deletes only terminal jobs, only through a collection or a deletion, and a
+    /// deleted job's id is never reused while its tombstone lasts; every invariant holds after
+    /// it (checked by `drive`).
+    #[test]
+    fn prop_retention_deletes_only_terminal_jobs(ops in ops()) {
+        drive(&ops, |before, cmd, result, after| {
+            let retention = matches!(cmd, Command::CollectGarbage { .. } | Command::DeleteJob { .. });
+            for (seq, job) in &before.jobs {
+                if after.jobs.contains_key(seq) {
+                    continue;
+                }
+                prop_assert!(retention, "{:?} removed job {}", cmd, job.id);
+                prop_assert!(job.state.is_terminal(), "{:?} deleted {:?} job {}", cmd, job.state, job.id);
+                let reported = matches!(result, Ok(Outcome::Collected(c)) if c.jobs.iter().any(|d| d.id == job.id));
+                prop_assert!(reported, "deleted job {} not in the outcome", job.id);
+            }
+            if let Command::SubmitJob { id, .. } = cmd {
+                if before.tombstone(id).is_some() {
+                    prop_assert!(after.job(id).is_none(), "tombstoned id {} reused", id);
+                }
+            }
+            if let Command::DeleteJob { id, .. } = cmd {
+                if before.job(id).is_some_and(|j| !j.state.is_terminal()) {
+                    prop_assert!(matches!(result, Err(Rejection::JobNotTerminal(_))));
+                }
             }
             Ok(())
         })?;
@@ -1559,7 +1713,8 @@ fn replay_golden(file: &str) -> State {
     let scenario = Scenario::read(GOLDEN_DIR, file);
     let mut s = State::new();
     for line in scenario.lines() {
-        let _ = s.apply(&parse_line(line).unwrap_or_else(|e| panic!("{file}: {line:?}: {e}")));
+        let cmd = parse_retention(&s, line).unwrap_or_else(|| parse_line(line));
+        let _ = s.apply(&cmd.unwrap_or_else(|e| panic!("{file}: {line:?}: {e}")));
     }
     s
 }

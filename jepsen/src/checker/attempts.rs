@@ -62,6 +62,10 @@ pub fn no_overlapping_attempts(history: &[Op], effects: &[SideEffect]) -> Verdic
     // From the final read: (job, task) -> (token -> attempt state, succeeded token).
     let mut fin: BTreeMap<(&str, u32), FinalTask<'_>> = BTreeMap::new();
     let final_jobs = final_read(history).map(|(jobs, _)| jobs).unwrap_or(&[]);
+    // Retention: a deleted job's attempts are gone from the final read. It was terminal, so none
+    // of its attempts was live: one without an end was fenced (ended by the next one's start).
+    let deleted: BTreeSet<&str> =
+        final_jobs.iter().filter(|j| j.deleted.is_some()).map(|j| j.id.as_str()).collect();
     for j in final_jobs {
         for t in &j.tasks {
             let e = fin.entry((j.id.as_str(), t.index)).or_default();
@@ -106,9 +110,10 @@ pub fn no_overlapping_attempts(history: &[Op], effects: &[SideEffect]) -> Verdic
             .iter()
             .map(|&(s, e, token)| {
                 let end = e.unwrap_or_else(|| {
-                    let fenced = states
-                        .and_then(|st| st.0.get(&token))
-                        .is_some_and(|s| matches!(*s, "lost" | "cancelled" | "failed"));
+                    let fenced = deleted.contains(job)
+                        || states
+                            .and_then(|st| st.0.get(&token))
+                            .is_some_and(|s| matches!(*s, "lost" | "cancelled" | "failed"));
                     let next = starts.iter().copied().find(|&n| n > s);
                     match (fenced, next) {
                         (true, Some(n)) => n,

@@ -201,7 +201,8 @@ pub fn legal_transitions(history: &[Op]) -> Verdict {
 fn check_job_observations(id: &str, list: &mut [Obs], r: &mut Report) {
     // Any two different terminal states: one of them changed.
     let mut terminal: Option<&Obs> = None;
-    for o in list.iter().filter(|o| js::is_terminal(o.state)) {
+    // `deleted` follows a terminal state (its tombstone's is checked by `deleted_jobs_were_due`).
+    for o in list.iter().filter(|o| js::is_terminal(o.state) && o.state != js::DELETED) {
         match terminal {
             None => terminal = Some(o),
             Some(t) if t.state != o.state => {

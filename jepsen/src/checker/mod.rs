@@ -14,6 +14,7 @@
 //! | [`terminal_after_heal`] | 5: after healing (+ a bound) every job is terminal | [`jobs`] |
 //! | [`no_failed_jobs`] | failure policy: faults (lost attempts) never fail a correct job | [`jobs`] |
 //! | [`single_leader_per_term`] | 6: at most one leader per term | [`cluster`] |
+//! | [`deleted_jobs_were_due`] | retention: a job missing from the final read was deleted, terminal, past its TTL | [`retention`](mod@retention) |
 //! | [`no_panics`] | no node panicked | [`cluster`] |
 //! | [`cron_once`] | 8: every scheduled time of the run's cron fired at most once, exactly once unless missed | [`cron`](mod@cron) |
 //! | [`events_complete`] | 8: an event follower through the faults sees every transition once, in index order | [`events`](mod@events) |
@@ -39,6 +40,7 @@ pub mod cron;
 pub mod events;
 pub mod jobs;
 pub mod linearizable;
+pub mod retention;
 #[cfg(test)]
 mod testutil;
 
@@ -50,6 +52,7 @@ pub use jobs::{
     legal_transitions, no_failed_jobs, no_lost_acks, terminal_after_heal, unique_per_key,
 };
 pub use linearizable::linearizable;
+pub use retention::deleted_jobs_were_due;
 
 /// At most this many violation details are kept per verdict (the total is in `stats["violations"]`).
 pub const MAX_DETAILS: usize = 20;
@@ -158,6 +161,9 @@ pub struct CheckInput {
     pub terminal_bound_ns: u64,
     /// When the nemesis healed the last fault (CLOCK_MONOTONIC ns), if known.
     pub heal_time_ns: Option<u64>,
+    /// Retention (issue 14): the masters' `retention.finished_job_ttl` in ms (none: off, so no
+    /// job may be deleted).
+    pub finished_job_ttl_ms: Option<u64>,
     /// The run's cron at the end (`cron.json`), if it had one.
     pub cron: Option<crate::history::CronRecord>,
     /// What the event follower received (`events.jsonl`), if the run had one, and whether it
@@ -179,6 +185,7 @@ pub fn check_all(input: &CheckInput) -> Vec<Verdict> {
         no_failed_jobs(h),
         single_leader_per_term(h),
         no_panics(&input.node_logs),
+        deleted_jobs_were_due(h, input.finished_job_ttl_ms),
         well_formed(h),
         cron_once(input.cron.as_ref(), input.events.as_deref()),
         events_complete(h, input.events.as_deref(), input.events_caught_up),
@@ -420,7 +427,10 @@ pub(crate) mod job_state {
     pub const SUCCEEDED: u8 = 2;
     pub const FAILED: u8 = 3;
     pub const CANCELLED: u8 = 4;
-    pub const NAMES: [&str; 5] = ["pending", "running", "succeeded", "failed", "cancelled"];
+    /// Retention (issue 14): deleted after it finished (the job's last state, terminal).
+    pub const DELETED: u8 = 5;
+    pub const NAMES: [&str; 6] =
+        ["pending", "running", "succeeded", "failed", "cancelled", "deleted"];
 
     pub fn parse(s: &str) -> Option<u8> {
         NAMES.iter().position(|n| *n == s).map(|i| i as u8)
@@ -433,6 +443,11 @@ pub(crate) mod job_state {
     }
     /// Can a job in state `from` later be seen in state `to` (possibly the same)?
     pub fn reachable(from: u8, to: u8) -> bool {
+        // Deletion may follow any state seen before (the job finishes, then is collected, both
+        // outside client ops; `deleted_jobs_were_due` checks it was terminal), and is final.
+        if to == DELETED || from == DELETED {
+            return to == DELETED;
+        }
         if is_terminal(from) {
             from == to
         } else {
@@ -520,7 +535,7 @@ mod tests {
             ..Default::default()
         };
         let vs = check_all(&input);
-        assert_eq!(vs.len(), 12);
+        assert_eq!(vs.len(), 13);
         for v in vs {
             assert!(v.valid, "{v:?}");
         }

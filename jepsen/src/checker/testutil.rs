@@ -117,7 +117,7 @@ impl H {
 }
 
 pub fn job(id: &str, key: &str, state: &str, tasks: Vec<TaskView>) -> JobView {
-    JobView { id: s(id), key: s(key), state: s(state), tasks }
+    JobView { id: s(id), key: s(key), state: s(state), tasks, deleted: None }
 }
 
 pub fn task(index: u32, state: &str, attempts: Vec<AttemptView>) -> TaskView {

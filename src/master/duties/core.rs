@@ -20,6 +20,11 @@
 //!   refusal, so a start request still in the network is refused by the executor by then.
 //! - **Each cancelled attempt is stopped once** per leader (heartbeat reconciliation kills what a
 //!   lost stop missed).
+//! - **Retention (issue 14)**: on ticks, at most one collection per [`GC_SPACING`] (per
+//!   [`GC_BUSY_SPACING`] while the last one was a full batch), of at most [`GC_BATCH`] entries
+//!   of each kind, in its own Raft entry after the round's others: collection keeps up with up
+//!   to `GC_BATCH / GC_BUSY_SPACING` deletions a second and never crowds out submissions. The
+//!   deleted jobs' output is then deleted on the executors that ran them ([`Core::collected`]).
 //! - **Batch duties** (issue 16): each tick proposes `ExpireJob` for every job past its deadline,
 //!   every round `ResolveDependencies` for every waiting job whose dependencies all ended (the
 //!   state machine re-checks both against the command's `now` and its own state), both before
@@ -36,8 +41,18 @@ use super::super::liveness::{Liveness, View};
 use crate::api::pb;
 use crate::scheduler::{self, ExecutorView, PendingTask, PlanInput};
 use crate::state::{
-    Assignment, AttemptState, Command, ExecutorState, JobId, Millis, State, TaskState, Token,
+    Assignment, AttemptState, Collected, Command, ExecutorState, JobId, Millis, Retention, State,
+    TaskState, Token,
 };
+
+/// Retention: most jobs (and, separately, tombstones and executors) one collection names.
+pub const GC_BATCH: usize = 1000;
+/// Retention: a collection is proposed at most this often...
+pub const GC_SPACING: Duration = Duration::from_secs(1);
+/// ...or this often while the last one was a full batch (a backlog drains at 4000 jobs/s).
+pub const GC_BUSY_SPACING: Duration = Duration::from_millis(250);
+/// Retention: most job ids one DeleteOutput request carries.
+pub const DELETE_OUTPUT_BATCH: usize = 1000;
 
 /// Most placements committed in one Raft entry.
 pub const MAX_PLACEMENTS_PER_ROUND: usize = 2000;
@@ -87,6 +102,12 @@ pub enum Effect {
     Start { to: Worker, req: Box<pb::StartAttemptRequest> },
     /// Stop this attempt on executor `to` (best effort, no answer needed).
     Stop { to: Worker, token: Token },
+    /// Retention: commit this collection in its own entry, then run [`Core::collected`] on its
+    /// outcome. Always the round's last effect.
+    Collect(Box<Command>),
+    /// Retention: tell executor `to` to delete the output of these deleted jobs (best effort,
+    /// with a deadline; executors expire output after `output_ttl` anyway).
+    DeleteOutput { to: Worker, jobs: Vec<JobId> },
 }
 
 /// How a start request ended, as the dispatch task reports it.
@@ -166,6 +187,10 @@ pub struct Core {
     /// The state's executor-change count at the last dead scan that found no one to declare
     /// dead (none: scan at the next tick). See [`Core::needs_dead_scan`].
     dead_scan_clean: Option<u64>,
+    /// Retention: the cluster's policy (none: this leader collects nothing by itself).
+    retention: Option<Retention>,
+    /// Retention: no collection before this.
+    next_gc: Instant,
 }
 
 /// A new leader's grace: every executor in the state gets a full fresh TTL from `now` before this
@@ -198,7 +223,51 @@ impl Core {
             stop_scan_from: None,
             suspended_scanned: HashSet::new(),
             dead_scan_clean: None,
+            retention: None,
+            next_gc: now,
         }
+    }
+
+    /// Retention: this leader collects under `policy` (its first collection on its first tick).
+    pub fn with_retention(mut self, policy: Retention) -> Core {
+        self.retention = Some(policy);
+        self
+    }
+
+    /// Retention: the collection due on this tick, if one may be proposed now.
+    fn collection(&mut self, state: &State, now: Now) -> Option<Command> {
+        let policy = self.retention?;
+        if now.at < self.next_gc {
+            return None;
+        }
+        let cmd = state.collection_due(&policy, now.wall, GC_BATCH);
+        let full = matches!(&cmd, Some(Command::CollectGarbage { jobs, tombstones, executors, .. })
+            if jobs.len().max(tombstones.len()).max(executors.len()) >= GC_BATCH);
+        self.next_gc = now.at + if full { GC_BUSY_SPACING } else { GC_SPACING };
+        cmd
+    }
+
+    /// Retention: after a collection (or a deletion) committed, the DeleteOutput calls for the
+    /// jobs it deleted, one per executor that ran their attempts and is still known (batches of
+    /// [`DELETE_OUTPUT_BATCH`]), by executor id. Pure, like every decision here.
+    pub fn collected(state: &State, collected: &Collected) -> Vec<Effect> {
+        let mut by_executor: std::collections::BTreeMap<&str, Vec<JobId>> = Default::default();
+        for d in &collected.jobs {
+            for e in &d.executors {
+                by_executor.entry(e.as_str()).or_default().push(d.id);
+            }
+        }
+        let mut effects = Vec::new();
+        for (id, jobs) in by_executor {
+            let Some(e) = state.executor(id) else { continue };
+            if matches!(e.state, ExecutorState::Dead | ExecutorState::Left) {
+                continue; // nothing is listening; its output expires by its own `output_ttl`
+            }
+            for chunk in jobs.chunks(DELETE_OUTPUT_BATCH) {
+                effects.push(Effect::DeleteOutput { to: Worker::of(e), jobs: chunk.to_vec() });
+            }
+        }
+        effects
     }
 
     /// The TTL executors are declared dead after.
@@ -358,6 +427,9 @@ impl Core {
         effects
             .extend(starts.into_iter().map(|(to, req)| Effect::Start { to, req: Box::new(req) }));
         effects.extend(stops.into_iter().map(|(to, token)| Effect::Stop { to, token }));
+        if tick {
+            effects.extend(self.collection(state, now).map(|c| Effect::Collect(Box::new(c))));
+        }
         effects
     }
 

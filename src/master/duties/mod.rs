@@ -5,7 +5,9 @@
 //! - **scheduler**: feeds a snapshot of the state to the pure planner and commits its placements
 //!   through Raft *before* any executor hears of them (each with a fresh fencing token);
 //! - **dispatcher**: starts committed assignments on their executors, retrying with backoff, and
-//!   stops the attempts of cancelled or failed jobs.
+//!   stops the attempts of cancelled or failed jobs;
+//! - **retention** (issue 14): proposes collections of what is due, in bounded batches at a
+//!   bounded rate, and has the deleted jobs' output deleted (`super::retention`).
 //!
 //! Every decision is made by the pure [`core::Core`] (golden scenarios in `testdata/`); this
 //! module is the shell: it follows leadership ([`watch`]), reads the clock, holds the Raft handle
@@ -31,13 +33,14 @@ use super::liveness::Liveness;
 use super::node::{now_ms, LocalError, Node};
 use crate::master::config::ExecutorTimings;
 use crate::shutdown::{self, Shutdown};
-use crate::state::Command;
+use crate::state::{Command, Retention};
 
 /// Watches Raft leadership and runs the duties exactly while this master leads.
 pub async fn watch(
     node: Arc<Node>,
     liveness: Arc<Liveness>,
     timings: ExecutorTimings,
+    retention: Retention,
     mut stop: Shutdown,
 ) {
     let mut rx = node.raft.metrics();
@@ -56,8 +59,14 @@ pub async fn watch(
             if leading {
                 tracing::info!(term, "leader duties starting");
                 let (trigger, sd) = shutdown::channel();
-                let h =
-                    tokio::spawn(run(node.clone(), term, liveness.clone(), timings.clone(), sd));
+                let h = tokio::spawn(run(
+                    node.clone(),
+                    term,
+                    liveness.clone(),
+                    timings.clone(),
+                    retention,
+                    sd,
+                ));
                 running = Some((term, trigger, h));
             }
         }
@@ -87,6 +96,7 @@ async fn run(
     term: u64,
     liveness: Arc<Liveness>,
     timings: ExecutorTimings,
+    retention: Retention,
     mut stop: Shutdown,
 ) {
     if !take_over(&node, term, &liveness, &mut stop).await {
@@ -94,7 +104,8 @@ async fn run(
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let ttl = Duration::from_millis(timings.ttl_ms);
-    let mut d = Duties { node: node.clone(), liveness, core: Core::new(ttl, Instant::now()), tx };
+    let core = Core::new(ttl, Instant::now()).with_retention(retention);
+    let mut d = Duties { node: node.clone(), liveness, core, tx };
     let mut applied_rx = node.raft.metrics();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -186,6 +197,19 @@ impl Duties {
                 Effect::Propose(commands) => self.propose(commands, now.at).await?,
                 Effect::Start { to, req } => rpc::start(&self.node, self.tx.clone(), to, *req),
                 Effect::Stop { to, token } => rpc::stop(&self.node, to, token),
+                Effect::Collect(cmd) => {
+                    let ttl = self.core.ttl();
+                    match super::retention::commit(&self.node, &self.liveness, ttl, *cmd).await {
+                        Err(LocalError::NotLeader) => return Err(LocalError::NotLeader),
+                        Err(LocalError::Status(s)) => {
+                            tracing::info!("retention: collection not committed: {}", s.message())
+                        }
+                        Ok(_) => {}
+                    }
+                }
+                Effect::DeleteOutput { to, jobs } => {
+                    super::retention::delete_output(&self.node, to, jobs)
+                }
             }
         }
         Ok(())

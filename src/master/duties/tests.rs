@@ -7,6 +7,11 @@
 //!
 //!   <ms> lead [ttl=MS]             a new leader takes over: a fresh core and liveness table,
 //!                                  and every executor's grace period starts (TTL 5000 unless set)
+//!        [keep=MS] [max=N] [window=MS] [ettl=MS]
+//!                                  with any of these, it collects under that retention policy
+//!                                  (finished job TTL, max finished jobs, idempotency window,
+//!                                  executor TTL); a collection prints what it deleted and the
+//!                                  DeleteOutput calls that follow
 //!   <ms> register E [slots=N]      commands applied as if committed by someone else:
 //!   <ms> drain E                   registrations, submissions, cancels, the executor's reports
 //!   <ms> submit jN [tasks=N] [attempts=N] [backoff=MS] [slots=N] [deadline=MS]
@@ -30,7 +35,7 @@ use std::time::{Duration, Instant};
 use super::core::{self, Core, Dispatched, Effect, Now, Pass};
 use crate::golden::{golden_files, Scenario};
 use crate::master::liveness::Liveness;
-use crate::state::{Command, JobId, JobSpec, Outcome, Resources, State};
+use crate::state::{Command, JobId, JobSpec, Outcome, Resources, Retention, State};
 
 const DEFAULT_TTL_MS: u64 = 5000;
 
@@ -131,6 +136,7 @@ impl<'a> Line<'a> {
                 }
             }
             "cancel" => Command::CancelJob { id: parse_job(self.first()?)?, now },
+            "deregister" => Command::DeregisterExecutor { id: self.first()?.into(), now },
             "suspend" => Command::SuspendJob { id: parse_job(self.first()?)?, now },
             "resume" => Command::ResumeJob { id: parse_job(self.first()?)?, now },
             "running" => {
@@ -167,10 +173,14 @@ impl World {
         self.t0 + Duration::from_millis(ms)
     }
 
-    fn lead(&mut self, ms: u64, ttl_ms: u64) {
+    fn lead(&mut self, ms: u64, ttl_ms: u64, retention: Option<Retention>) {
         self.liveness = Liveness::default();
         core::grant_grace(&self.state, &self.liveness, self.at(ms));
-        self.core = Core::new(Duration::from_millis(ttl_ms), self.at(ms));
+        let core = Core::new(Duration::from_millis(ttl_ms), self.at(ms));
+        self.core = match retention {
+            Some(policy) => core.with_retention(policy),
+            None => core,
+        };
     }
 
     /// A round as the shell runs it (the planning pass takes no time).
@@ -211,6 +221,38 @@ impl World {
                 Effect::Stop { to, token } => {
                     let _ = writeln!(out, "  -> stop tok={token} on {}", to.addr);
                 }
+                Effect::Collect(cmd) => {
+                    let what = describe(&cmd);
+                    let outcome = self.state.apply(&cmd);
+                    self.state.check_invariants().unwrap_or_else(|e| panic!("after {cmd:?}: {e}"));
+                    let _ = writeln!(out, "  -> collect {what}");
+                    let Ok(Outcome::Collected(c)) = outcome else {
+                        let _ = writeln!(out, "     => {outcome:?}");
+                        continue;
+                    };
+                    let jobs: Vec<String> = c.jobs.iter().map(|d| job_name(&d.id)).collect();
+                    let _ = writeln!(
+                        out,
+                        "     => deleted [{}] tombstones expired {} executors forgotten [{}]",
+                        jobs.join(" "),
+                        c.tombstones,
+                        c.executors.join(" ")
+                    );
+                    for e in Core::collected(&self.state, &c) {
+                        if let Effect::DeleteOutput { to, jobs } = e {
+                            let jobs: Vec<String> = jobs.iter().map(job_name).collect();
+                            let _ = writeln!(
+                                out,
+                                "  -> delete output of [{}] on {}",
+                                jobs.join(" "),
+                                to.addr
+                            );
+                        }
+                    }
+                }
+                Effect::DeleteOutput { to, .. } => {
+                    panic!("a round never decides DeleteOutput itself (to {})", to.addr)
+                }
             }
         }
     }
@@ -238,7 +280,20 @@ impl World {
         let at = self.at(line.ms);
         let token = || line.num("tok", 0);
         match line.verb {
-            "lead" => self.lead(line.ms, line.num("ttl", DEFAULT_TTL_MS)?),
+            "lead" => {
+                let keys = ["keep", "max", "window", "ettl"];
+                let retention = keys.iter().any(|k| line.opt.contains_key(k)).then_some(());
+                let policy = match retention {
+                    None => None,
+                    Some(()) => Some(Retention {
+                        finished_job_ttl_ms: line.num("keep", 0)?,
+                        max_finished_jobs: line.num("max", 0)?,
+                        idempotency_window_ms: line.num("window", 0)?,
+                        executor_ttl_ms: line.num("ettl", 0)?,
+                    }),
+                };
+                self.lead(line.ms, line.num("ttl", DEFAULT_TTL_MS)?, policy)
+            }
             "beat" => {
                 let id = line.first()?;
                 let epoch = self.state.executor(id).map_or(0, |e| e.epoch);
@@ -276,6 +331,16 @@ fn describe(cmd: &Command) -> String {
         Command::ExecutorDead { id, epoch, .. } => format!("dead {id} epoch={epoch}"),
         Command::TaskLost { job, index, token, reason, .. } => {
             format!("lost {}/{index} tok={token} {reason:?}", job_name(job))
+        }
+        Command::CollectGarbage { jobs, tombstones, executors, .. } => {
+            let jobs: Vec<String> = jobs.iter().map(job_name).collect();
+            let tombs: Vec<String> = tombstones.iter().map(job_name).collect();
+            format!(
+                "jobs=[{}] tombstones=[{}] executors=[{}]",
+                jobs.join(" "),
+                tombs.join(" "),
+                executors.join(" ")
+            )
         }
         Command::AssignTasks { assignments, .. } => {
             let a: Vec<String> = assignments
@@ -355,4 +420,5 @@ golden_files!(
     backoff_ends_full_pass,
     dispatch_retry_then_give_up,
     refused_start_is_lost,
+    retention_collects_in_batches,
 );
