@@ -225,7 +225,7 @@ impl State {
         let placed = job.tasks.iter().any(|t| !t.attempts.is_empty());
         if placed && !job.spec.policy.after.is_empty() {
             for d in &job.spec.policy.after {
-                if self.job(&d.job).is_some_and(|d| !d.state.is_terminal()) {
+                if self.dependency(job, &d.job).is_some_and(|d| !d.state.is_terminal()) {
                     return Err(format!("placed before its dependency {} ended", d.job));
                 }
             }

@@ -393,12 +393,17 @@ impl State {
         }
         let mut unmet = false;
         for d in &job.spec.policy.after {
-            match self.job(&d.job) {
+            match self.dependency(job, &d.job) {
                 Some(dep) if !dep.state.is_terminal() => {
                     return Err(Rejection::NotDue(format!("job {id} still waits for {}", d.job)));
                 }
                 Some(dep) => unmet |= d.require_success && dep.state != JobState::Succeeded,
-                None => unmet |= d.require_success,
+                // Deleted by retention: its tombstone (while it lasts) says how it ended.
+                None => {
+                    let ended_ok =
+                        self.tombstones.get(&d.job).is_some_and(|t| t.state == JobState::Succeeded);
+                    unmet |= d.require_success && !ended_ok;
+                }
             }
         }
         let mut cx = self.cx(seq, now).ok_or(Rejection::JobNotFound(id))?;
@@ -544,7 +549,7 @@ impl State {
                 .policy
                 .after
                 .iter()
-                .all(|d| self.job(&d.job).is_none_or(|d| d.state.is_terminal()))
+                .all(|d| self.dependency(j, &d.job).is_none_or(|d| d.state.is_terminal()))
         })
     }
 
@@ -562,9 +567,15 @@ impl State {
             .policy
             .after
             .iter()
-            .filter(|d| self.job(&d.job).is_some_and(|d| !d.state.is_terminal()))
+            .filter(|d| self.dependency(job, &d.job).is_some_and(|d| !d.state.is_terminal()))
             .map(|d| d.job)
             .collect()
+    }
+
+    /// Dependency `id` of `job`, if it is still in the state: a job under that id submitted
+    /// after `job` is not it (the dependency was deleted by retention and the id used again).
+    pub(super) fn dependency(&self, job: &Job, id: &JobId) -> Option<&Job> {
+        self.job(id).filter(|d| d.seq < job.seq)
     }
 
     /// How many more tasks of `job` may be assigned now (`u32::MAX`: no parallelism cap).

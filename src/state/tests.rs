@@ -1532,7 +1532,7 @@ proptest! {
                 prop_assert!(p == 0 || c.assigned + c.running <= p, "parallelism broken by {:?}", cmd);
                 if job.tasks.iter().any(|t| !t.attempts.is_empty()) {
                     for d in &job.spec.policy.after {
-                        let ended = after.job(&d.job).is_none_or(|d| d.state.is_terminal());
+                        let ended = after.dependency(job, &d.job).is_none_or(|d| d.state.is_terminal());
                         prop_assert!(ended, "{} started before its dependency {} ended", job.id, d.job);
                     }
                 }
