@@ -104,7 +104,7 @@ printf '%s\n' "$out" | sed 's/^/  | /'
 uuid='[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
 id="$(grep -oE "^submitted job $uuid" <<<"$out" | awk '{print $3}')" || true
 [[ -n "$id" ]] || fail "the example printed no 'submitted job <id>' line"
-grep -qx "job $id state succeeded (1/1 tasks succeeded)" <<<"$out" || fail "the example did not report job $id as succeeded"
+grep -qx "job $id state succeeded (1/1 tasks succeeded, 0 failed)" <<<"$out" || fail "the example did not report job $id as succeeded"
 grep -q "^listed [0-9]* job(s); $id is among them" <<<"$out" || fail "the example did not find job $id in ListJobs"
 [[ -f "$tmp/gen/triad/v1/triad_pb2_grpc.py" ]] || fail "no stubs were generated under $tmp/gen"
 
