@@ -129,3 +129,49 @@ async fn cron_cli_create_get_suspend_trigger_delete_and_roles() {
     assert_ne!(code, 0);
     assert!(err.contains("not found"), "{err}");
 }
+
+/// History limits (issue 17) delete: a cron `@every 1s` keeping 2 succeeded runs, whose jobs an
+/// executor runs, has its older runs' jobs deleted by the leader's retention (GetJob: NOT_FOUND,
+/// deleted), while the newest two succeeded ones stay and the cron's run list still names them
+/// all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_history_limits_delete_older_runs_jobs() {
+    let c = Cluster::start(3, |_| {});
+    c.wait_leader(ELECTION).await;
+    let _e = Executor::start(&c.masters_arg(), c.dir.path(), "exec-h", 4, &[]);
+    let client = c.client();
+    let mut req = create("hist", "@every 1s", 30_000);
+    req.spec = submit_req("unused", "true", &[]).spec;
+    req.keep_succeeded = 2;
+    req.keep_failed = 1;
+    client.create_cron(req).await.unwrap();
+
+    // Eventually: at least 5 runs, the first one's job deleted, exactly the newest two of the
+    // succeeded runs' jobs kept (others may still be running).
+    let (cron, kept) = wait_for("older runs' jobs deleted", Duration::from_secs(60), || {
+        let client = &client;
+        async move {
+            let cron = client.get_cron("hist", false).await.ok().filter(|c| c.runs.len() >= 5)?;
+            let mut succeeded = vec![];
+            let mut deleted = vec![];
+            for r in &cron.runs {
+                match client.get_job(&r.job_id, false).await {
+                    Ok(j) if j.state == "succeeded" => succeeded.push(r.job_id.clone()),
+                    Ok(_) => {}
+                    Err(e) if e.code() == tonic::Code::NotFound => deleted.push(r.job_id.clone()),
+                    Err(_) => return None,
+                }
+            }
+            let first = &cron.runs[0].job_id;
+            (deleted.contains(first) && succeeded.len() == 2).then_some((cron, succeeded))
+        }
+    })
+    .await;
+    // The kept ones are the newest succeeded runs: every run after them is not succeeded (yet).
+    let ids: Vec<&str> = cron.runs.iter().map(|r| r.job_id.as_str()).collect();
+    let last_kept = ids.iter().rposition(|id| *id == kept[1]).unwrap();
+    let first_kept = ids.iter().position(|id| *id == kept[0]).unwrap();
+    assert!(first_kept < last_kept, "{ids:?} {kept:?}");
+    let e = client.get_job(ids[0], false).await.unwrap_err();
+    assert!(e.message().contains("deleted"), "{e}");
+}

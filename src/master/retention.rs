@@ -229,7 +229,13 @@ pub async fn gc_pass(
     for _ in 0..MAX_GC_PASS_BATCHES {
         let cmd = {
             let applied = node.applied.read().expect("poisoned");
-            applied.state.collection_due(&policy, now_ms(), super::duties::core::GC_BATCH)
+            applied.state.collection_due(
+                &policy,
+                now_ms(),
+                super::duties::core::GC_BATCH,
+                None,
+                usize::MAX,
+            )
         };
         let Some(cmd) = cmd else { break };
         let c = match commit(node, liveness, executor_ttl, cmd).await? {

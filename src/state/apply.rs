@@ -373,9 +373,11 @@ impl State {
             Command::FireCron { name, scheduled_at, job, now } => {
                 self.fire_cron(name, *scheduled_at, *job, *now)
             }
-            Command::CollectGarbage { jobs, tombstones, executors, policy, now } => Ok(
-                Outcome::Collected(self.collect_garbage(jobs, tombstones, executors, policy, *now)),
-            ),
+            Command::CollectGarbage { jobs, tombstones, executors, cron_runs, policy, now } => {
+                let mut c = self.collect_garbage(jobs, tombstones, executors, policy, *now);
+                c.jobs.extend(self.collect_cron_runs(cron_runs, policy, *now));
+                Ok(Outcome::Collected(c))
+            }
             Command::DeleteJob { id, policy, now } => self.delete_job(*id, policy, *now),
             Command::TriggerCron { name, job, now } => self.trigger_cron(name, *job, *now),
             Command::SuspendJob { id, now } => self.suspend_job(*id, *now),

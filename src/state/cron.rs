@@ -15,8 +15,10 @@
 //! the schedule: no watermark, no overlap policy, no deadline.
 //!
 //! History limits: a cron keeps its last [`MAX_RUNS`] runs; [`Cron::beyond_limits`] names the
-//! finished jobs past `keep_succeeded`/`keep_failed`, which retention's job deletion is to delete
-//! (follow-up: `DeleteJob` is retention's, issue 14; until it is merged they are only listed).
+//! finished jobs past `keep_succeeded`/`keep_failed`, which retention deletes: the leader lists
+//! them in its `CollectGarbage` (`cron_runs`, a bounded slice of the crons per collection), and
+//! apply deletes each one that is still past the limits then (`state::retention`). A run whose
+//! job was deleted stays in `runs` (its history line) and no longer counts towards a limit.
 
 use std::collections::VecDeque;
 

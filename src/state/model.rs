@@ -389,12 +389,15 @@ pub enum Command {
         command: Box<Command>,
     },
     /// Retention (issue 14): delete the listed terminal jobs, expire the listed tombstones and
-    /// forget the listed executors, each only if due at `now` under `policy` (judged again here;
-    /// see `state::retention`). Never refused.
+    /// forget the listed executors, each only if due at `now` under `policy`, and delete the
+    /// listed runs of crons past their history limits (issue 17), each only if still past them
+    /// (all judged again here; see `state::retention`). Never refused.
     CollectGarbage {
         jobs: Vec<JobId>,
         tombstones: Vec<JobId>,
         executors: Vec<ExecutorId>,
+        /// (cron name, job): finished runs past the cron's `keep_succeeded`/`keep_failed`.
+        cron_runs: Vec<(String, JobId)>,
         policy: super::retention::Retention,
         now: Millis,
     },

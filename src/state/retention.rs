@@ -144,7 +144,18 @@ impl State {
     /// The collection the leader should propose at `now` under `policy`, at most `limit` jobs
     /// (and `limit` tombstones): none when nothing is due. Costs O(due + executors), never a
     /// walk of the jobs.
-    pub fn collection_due(&self, policy: &Retention, now: Millis, limit: usize) -> Option<Command> {
+    ///
+    /// Cron histories (issue 17) are read in a bounded slice: the crons after `cron_after` in
+    /// name order, at most `crons` of them ([`State::cron_scan_end`] says where the slice ends,
+    /// so the leader resumes there next time and no walk of every cron's runs happens at once).
+    pub fn collection_due(
+        &self,
+        policy: &Retention,
+        now: Millis,
+        limit: usize,
+        cron_after: Option<&str>,
+        crons: usize,
+    ) -> Option<Command> {
         let mut due: BTreeSet<(Millis, u64)> = BTreeSet::new();
         let upto = |t: Millis| (Bound::Unbounded, Bound::Included((t, u64::MAX)));
         for &(_, seq) in self.retention.by_due.range(upto(now)).take(limit) {
@@ -181,10 +192,91 @@ impl State {
             .take(limit)
             .map(|e| e.id.clone())
             .collect();
-        if jobs.is_empty() && tombstones.is_empty() && executors.is_empty() {
+        let cron_runs = self.cron_runs_due(cron_after, crons, limit);
+        if jobs.is_empty() && tombstones.is_empty() && executors.is_empty() && cron_runs.is_empty()
+        {
             return None;
         }
-        Some(Command::CollectGarbage { jobs, tombstones, executors, policy: *policy, now })
+        Some(Command::CollectGarbage {
+            jobs,
+            tombstones,
+            executors,
+            cron_runs,
+            policy: *policy,
+            now,
+        })
+    }
+
+    /// The crons after `after` in name order, at most `crons` of them.
+    fn cron_slice<'a>(
+        &'a self,
+        after: Option<&str>,
+        crons: usize,
+    ) -> impl Iterator<Item = (&'a String, &'a Cron)> + 'a {
+        let from = match after {
+            Some(a) => Bound::Excluded(a.to_string()),
+            None => Bound::Unbounded,
+        };
+        self.crons.range((from, Bound::Unbounded)).take(crons)
+    }
+
+    /// Cron history limits: the finished runs past their cron's `keep_succeeded`/`keep_failed`
+    /// in the slice of crons after `after` (at most `crons` crons, `limit` runs), oldest first
+    /// within each cron.
+    pub fn cron_runs_due(
+        &self,
+        after: Option<&str>,
+        crons: usize,
+        limit: usize,
+    ) -> Vec<(String, JobId)> {
+        self.cron_slice(after, crons)
+            .flat_map(|(name, c)| c.beyond_limits(self).into_iter().map(move |j| (name.clone(), j)))
+            .take(limit)
+            .collect()
+    }
+
+    /// Where the slice of `crons` crons after `after` ends: its last cron's name, or `None` when
+    /// it reached the last cron (the next walk starts from the first again).
+    pub fn cron_scan_end(&self, after: Option<&str>, crons: usize) -> Option<String> {
+        let mut seen = 0;
+        let mut last = None;
+        for (name, _) in self.cron_slice(after, crons) {
+            seen += 1;
+            last = Some(name);
+        }
+        let more = last.is_some_and(|l| {
+            self.crons.range((Bound::Excluded(l.clone()), Bound::Unbounded)).next().is_some()
+        });
+        (seen == crons && more).then(|| last.cloned()).flatten()
+    }
+
+    /// The `cron_runs` of a [`Command::CollectGarbage`]: each deleted only if it is, at apply
+    /// time, still a finished run past its cron's history limits (a stale or hostile list
+    /// deletes nothing else: not a running job, not one of the runs a cron keeps).
+    pub(super) fn collect_cron_runs(
+        &mut self,
+        runs: &[(String, JobId)],
+        policy: &Retention,
+        now: Millis,
+    ) -> Vec<DeletedJob> {
+        // Judged before any deletion: deleting a run past the limits never moves a newer run
+        // past them (limits count from the newest), so one judgement holds for the batch.
+        let mut beyond: std::collections::BTreeMap<&str, BTreeSet<JobId>> = Default::default();
+        for (name, _) in runs {
+            if !beyond.contains_key(name.as_str()) {
+                let set = self
+                    .crons
+                    .get(name)
+                    .map_or_else(BTreeSet::new, |c| c.beyond_limits(self).into_iter().collect());
+                beyond.insert(name, set);
+            }
+        }
+        let due: Vec<u64> = runs
+            .iter()
+            .filter(|(name, id)| beyond.get(name.as_str()).is_some_and(|b| b.contains(id)))
+            .filter_map(|(_, id)| self.job_seqs.get(id).copied())
+            .collect();
+        due.into_iter().filter_map(|seq| self.remove_job(seq, policy, now)).collect()
     }
 
     /// `(finished_at, seq)` of job `seq` (its place in `finished`).

@@ -789,7 +789,8 @@ proptest! {
 //   <now> deregister E [epoch=N] (with epoch: only the current registration leaves)
 //   retention (issue 14), with the policy as [ttl=MS] [max=N] [window=MS] [ettl=MS]:
 //   <now> submit ... [keep=MS]     (the job's own ttl_after_finished)
-//   <now> gc [jN...] [tomb=jN,..] [exec=E,..] POLICY   (CollectGarbage with exactly these)
+//   <now> gc [jN...] [tomb=jN,..] [exec=E,..] [runs=CRON:jN,..] POLICY
+//         (CollectGarbage with exactly these)
 //   <now> collect [limit=N] POLICY (what the leader proposes: `collection_due`, then applied)
 //   <now> delete jN POLICY
 //
@@ -1004,19 +1005,29 @@ fn parse_retention(s: &State, line: &str) -> Option<Result<Command, String>> {
         let policy = policy(&opt)?;
         if verb == "collect" {
             let limit = opt.get("limit").map_or(Ok(100), |v| v.parse().map_err(|_| "bad limit"))?;
-            return Ok(s.collection_due(&policy, now, limit).unwrap_or(Command::CollectGarbage {
-                jobs: vec![],
-                tombstones: vec![],
-                executors: vec![],
-                policy,
-                now,
-            }));
+            return Ok(s.collection_due(&policy, now, limit, None, usize::MAX).unwrap_or(
+                Command::CollectGarbage {
+                    jobs: vec![],
+                    tombstones: vec![],
+                    executors: vec![],
+                    cron_runs: vec![],
+                    policy,
+                    now,
+                },
+            ));
         }
         let list = |k: &str| opt.get(k).map_or(vec![], |v| v.split(',').collect::<Vec<_>>());
         Ok(Command::CollectGarbage {
             jobs: pos.iter().map(|p| parse_job(p)).collect::<Result<_, _>>()?,
             tombstones: list("tomb").into_iter().map(parse_job).collect::<Result<_, _>>()?,
             executors: list("exec").into_iter().map(String::from).collect(),
+            cron_runs: list("runs")
+                .into_iter()
+                .map(|r| {
+                    let (c, j) = r.split_once(':').ok_or(format!("bad run {r:?} (CRON:jN)"))?;
+                    Ok((c.to_string(), parse_job(j)?))
+                })
+                .collect::<Result<_, String>>()?,
             policy,
             now,
         })
@@ -1430,7 +1441,7 @@ fn resolve(s: &State, op: &Op, now: Millis) -> Option<Command> {
                 idempotency_window_ms: *window,
                 executor_ttl_ms: *ettl,
             };
-            s.collection_due(&policy, now, 2)?
+            s.collection_due(&policy, now, 2, None, usize::MAX)?
         }
         Op::Gc(jobs, execs, ttl, max, window) => {
             let ids: Vec<JobId> = jobs.iter().map(|&n| jid(n)).collect();
@@ -1438,6 +1449,7 @@ fn resolve(s: &State, op: &Op, now: Millis) -> Option<Command> {
                 jobs: ids.clone(),
                 tombstones: ids,
                 executors: execs.iter().map(|&e| exec(e)).collect(),
+                cron_runs: vec![],
                 policy: Retention {
                     finished_job_ttl_ms: *ttl,
                     max_finished_jobs: *max,

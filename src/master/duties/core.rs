@@ -25,6 +25,8 @@
 //!   of each kind, in its own Raft entry after the round's others: collection keeps up with up
 //!   to `GC_BATCH / GC_BUSY_SPACING` deletions a second and never crowds out submissions. The
 //!   deleted jobs' output is then deleted on the executors that ran them ([`Core::collected`]).
+//!   Each collection also names the finished runs of [`GC_CRONS`] crons past their history
+//!   limits (issue 17), resuming the walk of the crons where the last collection left it.
 //! - **Batch duties** (issue 16): each tick proposes `ExpireJob` for every job past its deadline,
 //!   every round `ResolveDependencies` for every waiting job whose dependencies all ended (the
 //!   state machine re-checks both against the command's `now` and its own state), both before
@@ -47,6 +49,9 @@ use crate::state::{
 
 /// Retention: most jobs (and, separately, tombstones and executors) one collection names.
 pub const GC_BATCH: usize = 1000;
+/// Crons whose history limits one collection reads (a slice of a walk resumed on the next one):
+/// at most `GC_CRONS * MAX_RUNS` run lookups per collection, whatever the number of crons.
+pub const GC_CRONS: usize = 64;
 /// Retention: a collection is proposed at most this often...
 pub const GC_SPACING: Duration = Duration::from_secs(1);
 /// ...or this often while the last one was a full batch (a backlog drains at 4000 jobs/s).
@@ -191,6 +196,9 @@ pub struct Core {
     retention: Option<Retention>,
     /// Retention: no collection before this.
     next_gc: Instant,
+    /// Retention of cron histories: the next collection reads the crons after this one (none:
+    /// from the first), [`GC_CRONS`] of them.
+    cron_scan_from: Option<String>,
 }
 
 /// A new leader's grace: every executor in the state gets a full fresh TTL from `now` before this
@@ -225,6 +233,7 @@ impl Core {
             dead_scan_clean: None,
             retention: None,
             next_gc: now,
+            cron_scan_from: None,
         }
     }
 
@@ -240,9 +249,16 @@ impl Core {
         if now.at < self.next_gc {
             return None;
         }
-        let cmd = state.collection_due(&policy, now.wall, GC_BATCH);
-        let full = matches!(&cmd, Some(Command::CollectGarbage { jobs, tombstones, executors, .. })
-            if jobs.len().max(tombstones.len()).max(executors.len()) >= GC_BATCH);
+        let after = self.cron_scan_from.as_deref();
+        let cmd = state.collection_due(&policy, now.wall, GC_BATCH, after, GC_CRONS);
+        self.cron_scan_from = state.cron_scan_end(after, GC_CRONS);
+        let full = match &cmd {
+            Some(Command::CollectGarbage { jobs, tombstones, executors, cron_runs, .. }) => {
+                let most = [jobs.len(), tombstones.len(), executors.len(), cron_runs.len()];
+                most.into_iter().max().unwrap_or(0) >= GC_BATCH
+            }
+            _ => false,
+        };
         self.next_gc = now.at + if full { GC_BUSY_SPACING } else { GC_SPACING };
         cmd
     }

@@ -8,6 +8,8 @@
 //!   <now> fire NAME at=MS job=jN  (one FireCron, e.g. a re-proposal)
 //!   <now> trigger NAME job=jN | suspend NAME | resume NAME | delete NAME
 //!
+//! and the retention lines `collect`/`gc` (history limits: `gc runs=CRON:jN,..`).
+//!
 //! The transcript shows each command's result and the events it recorded, then every cron.
 //! Jobs the leader creates on `tick` get ids j100, j101, … in order.
 
@@ -110,7 +112,12 @@ fn run_cron_golden(file: &str) {
     for line in scenario.lines() {
         let cmds = match cron_line(line, &mut run) {
             Some(c) => c,
-            None => vec![parse_line(line).unwrap_or_else(|e| panic!("{file}: {line:?}: {e}"))],
+            None => match parse_retention(&run.s, line) {
+                Some(c) => vec![c.unwrap_or_else(|e| panic!("{file}: {line:?}: {e}"))],
+                None => {
+                    vec![parse_line(line).unwrap_or_else(|e| panic!("{file}: {line:?}: {e}"))]
+                }
+            },
         };
         run.out.push_str(&format!("{line}\n"));
         for cmd in cmds {
@@ -145,3 +152,47 @@ golden_files!(
     cron_suspend_resume_trigger,
     cron_history_limits,
 );
+
+/// Runs the scenario lines `lines` (cron and job lines) on a fresh state, panicking on a
+/// rejection, and returns the state.
+fn state_after(lines: &[&str]) -> State {
+    let mut run = Run { s: State::new(), next_job: 100, out: String::new() };
+    for line in lines {
+        let cmds = cron_line(line, &mut run)
+            .unwrap_or_else(|| vec![parse_line(line).expect("a scenario line")]);
+        for cmd in cmds {
+            run.s.apply(&cmd).unwrap_or_else(|r| panic!("{line:?}: {r}"));
+        }
+    }
+    run.s
+}
+
+/// The leader reads cron histories in slices: each slice names the runs past the limits of its
+/// crons only, and the slices of a walk cover every cron once before it starts over.
+#[test]
+fn cron_history_walk_is_sliced_and_covers_every_cron() {
+    let mut lines = vec!["0 register e1 slots=8".to_string()];
+    for c in ["a", "b", "c"] {
+        lines.push(format!("0 create {c} keep_ok=1 keep_failed=0 | @every 10s"));
+    }
+    lines.push("20000 tick".into()); // a, b, c fire at 10 s and 20 s: j100..j105
+    let mut token = 0;
+    for n in 100..106 {
+        token += 1;
+        lines.push(format!("20001 assign j{n}/0@e1"));
+        lines.push(format!("20002 start j{n}/0 tok={token}"));
+        lines.push(format!("20002 finish j{n}/0 tok={token} exit=0"));
+    }
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let s = state_after(&lines);
+
+    let names = |runs: Vec<(String, JobId)>| runs.into_iter().map(|(c, _)| c).collect::<Vec<_>>();
+    // Each cron keeps its newest success: its first run is past the limit.
+    assert_eq!(names(s.cron_runs_due(None, usize::MAX, usize::MAX)), ["a", "b", "c"]);
+    assert_eq!(names(s.cron_runs_due(None, 2, usize::MAX)), ["a", "b"]);
+    assert_eq!(s.cron_scan_end(None, 2).as_deref(), Some("b"));
+    assert_eq!(names(s.cron_runs_due(Some("b"), 2, usize::MAX)), ["c"]);
+    assert_eq!(s.cron_scan_end(Some("b"), 2), None, "the walk reached the last cron");
+    assert_eq!(s.cron_scan_end(None, 3), None, "a slice of exactly every cron ends the walk");
+    assert_eq!(names(s.cron_runs_due(None, usize::MAX, 1)), ["a"], "at most `limit` runs");
+}
