@@ -74,6 +74,13 @@ pub use crate::timings::LEADER_TICK as TICK;
 /// a partial pass cannot: when the executors or their loads changed (at once), or when a retry
 /// backoff seen by the last pass has ended (at most 1/FULL_PASS_SPACING of the time).
 const FULL_PASS_SPACING: u32 = 20;
+/// A change of the executors or their loads (any applied command but a submission: placements,
+/// reports, registrations) calls for a full pass, which runs at once unless the last one was
+/// long: then not before CHANGE_PASS_SPACING of its lengths after it (at most 1/(1 + this) of the
+/// time in full passes). With 300,000 pending tasks that fit nowhere, a pass takes ~1 s on a busy
+/// 2-core machine; run after every placement and report, passes back to back kept a core and
+/// the state's read lock busy for good, and the new leader was deposed again and again.
+const CHANGE_PASS_SPACING: u32 = 4;
 /// Besides those, a full pass runs as a safety net at most 1/SAFETY_PASS_SPACING of the time and
 /// at least every SAFETY_PASS_EVERY. A backlog that cannot be placed thus costs apply a stall of
 /// one pass per second or less, instead of one every 20 pass-lengths (which showed in the
@@ -176,6 +183,9 @@ pub struct Core {
     unplaceable: HashSet<u64>,
     /// Earliest time of the next full pass for an ended backoff (see [`FULL_PASS_SPACING`]).
     next_full: Instant,
+    /// Earliest time of the next full pass for a change of the executors or their loads (see
+    /// [`CHANGE_PASS_SPACING`]).
+    next_change_full: Instant,
     /// Time of the next safety-net full pass (see [`SAFETY_PASS_SPACING`]).
     next_safety: Instant,
     /// The earliest end of a retry backoff (leader wall ms) among the tasks the last passes left
@@ -224,6 +234,7 @@ impl Core {
             planned_seq: 0,
             unplaceable: HashSet::new(),
             next_full: now,
+            next_change_full: now,
             next_safety: now,
             backoff_due: None,
             starts: HashMap::new(),
@@ -338,7 +349,10 @@ impl Core {
     }
 
     /// The first half of a round: the dead scan (ticks only) and placement. `unplaceable` is what
-    /// [`Core::sweep`] returned this round.
+    /// [`Core::sweep`] returned this round. `may_full`: whether this round may run a full pass
+    /// (the shell runs a round that may not on the async worker, so it must stay light: a full
+    /// pass it would need waits for the next round, whose executors then differ from
+    /// [`Core::executors_unchanged`]'s, so the shell runs that one off the async workers).
     pub fn plan(
         &mut self,
         state: &State,
@@ -346,6 +360,7 @@ impl Core {
         now: Now,
         tick: bool,
         unplaceable: usize,
+        may_full: bool,
     ) -> Planned {
         let dead = if tick && self.needs_dead_scan(state, unplaceable) {
             self.dead_scan(state, &liveness.view(), now)
@@ -353,14 +368,21 @@ impl Core {
             Vec::new()
         };
         let seen = (state.executor_changes(), liveness.generation());
-        if seen != self.executors_seen {
-            self.unplaceable.clear();
-        }
+        let changed = seen != self.executors_seen;
         let backoff_ended = self.backoff_due.is_some_and(|due| due <= now.wall);
-        let full = seen != self.executors_seen
-            || (tick && now.at >= self.next_full && (backoff_ended || now.at >= self.next_safety));
+        let full = may_full
+            && ((changed && now.at >= self.next_change_full)
+                || (tick
+                    && now.at >= self.next_full
+                    && (backoff_ended || now.at >= self.next_safety)));
+        if full {
+            if changed {
+                self.unplaceable.clear();
+            }
+            // Only a full pass has seen these executors: until one has, rounds know they changed.
+            self.executors_seen = seen;
+        }
         let after = if full { None } else { Some(self.planned_seq) };
-        self.executors_seen = seen;
         self.planned_seq = state.next_seq().saturating_sub(1);
         let (pass, placements) = match after {
             Some(s) if s >= self.planned_seq => (Pass::Skipped, Vec::new()),
@@ -426,6 +448,7 @@ impl Core {
         if planned.pass == Pass::Full {
             let took = now.at.saturating_duration_since(planned.started);
             self.next_full = now.at + TICK.max(took * FULL_PASS_SPACING);
+            self.next_change_full = now.at + took * CHANGE_PASS_SPACING;
             self.next_safety = now.at + SAFETY_PASS_EVERY.max(took * SAFETY_PASS_SPACING);
         }
         let starts = self.starts_due(state, &liveness.view(), now.at);

@@ -187,7 +187,7 @@ impl Duties {
                 .is_ok_and(|a| self.core.executors_unchanged(&a.state, &self.liveness));
         let (core, liveness) = (&mut self.core, &*self.liveness);
         let effects = crate::store::with_read(&self.node.applied, light, |applied| {
-            let planned = core.plan(&applied.state, liveness, now, tick, unplaceable);
+            let planned = core.plan(&applied.state, liveness, now, tick, unplaceable, !light);
             // The second clock read: it times the planning pass and dates the dispatch.
             let planned_at = Now { at: Instant::now(), ..now };
             core.dispatch(&applied.state, liveness, planned, planned_at, tick)

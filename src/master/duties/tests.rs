@@ -187,7 +187,7 @@ impl World {
     fn round(&mut self, ms: u64, tick: bool, out: &mut String) {
         let now = Now { at: self.at(ms), wall: ms };
         let unplaceable = self.core.sweep(&self.liveness, now.at, tick);
-        let planned = self.core.plan(&self.state, &self.liveness, now, tick, unplaceable);
+        let planned = self.core.plan(&self.state, &self.liveness, now, tick, unplaceable, true);
         match planned.pass {
             Pass::Skipped => {}
             Pass::NewJobs { after } => {
@@ -422,3 +422,43 @@ golden_files!(
     refused_start_is_lost,
     retention_collects_in_batches,
 );
+
+/// Full passes after a change of the executors: never in a round that may not run one (the shell
+/// runs those on the async worker), and after a long pass not before CHANGE_PASS_SPACING of its
+/// lengths; until one runs, rounds know the executors changed.
+#[test]
+fn change_passes_are_deferred_not_lost() {
+    let t0 = Instant::now();
+    let mut w = World {
+        t0,
+        state: State::new(),
+        liveness: Liveness::default(),
+        core: Core::new(Duration::from_millis(DEFAULT_TTL_MS), t0),
+    };
+    let mut out = String::new();
+    for raw in ["0 register e1 slots=1", "0 lead ttl=10000", "0 beat e1 seq=1"] {
+        w.step(&Line::parse(raw).unwrap(), &mut out).unwrap();
+    }
+    let plan = |w: &mut World, ms: u64, may_full: bool, took_ms: u64| {
+        let now = Now { at: w.at(ms), wall: ms };
+        let planned = w.core.plan(&w.state, &w.liveness, now, false, 0, may_full);
+        let pass = planned.pass;
+        let planned_at = Now { at: now.at + Duration::from_millis(took_ms), ..now };
+        w.core.dispatch(&w.state, &w.liveness, planned, planned_at, false);
+        pass
+    };
+    assert_eq!(plan(&mut w, 10, true, 100), Pass::Full, "a new leader's first round");
+    assert!(w.core.executors_unchanged(&w.state, &w.liveness));
+
+    w.step(&Line::parse("200 register e2 slots=1").unwrap(), &mut out).unwrap();
+    assert!(!w.core.executors_unchanged(&w.state, &w.liveness));
+    // 200 ms < 4 x 100 ms after the last (long) pass ended: deferred...
+    assert_ne!(plan(&mut w, 200, true, 0), Pass::Full);
+    assert!(!w.core.executors_unchanged(&w.state, &w.liveness), "the change is not forgotten");
+    // ...and never in a round that may not run one, however late.
+    assert_ne!(plan(&mut w, 1000, false, 0), Pass::Full);
+    assert!(!w.core.executors_unchanged(&w.state, &w.liveness));
+    // The next round that may runs it.
+    assert_eq!(plan(&mut w, 1010, true, 0), Pass::Full);
+    assert!(w.core.executors_unchanged(&w.state, &w.liveness));
+}
