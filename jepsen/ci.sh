@@ -100,7 +100,7 @@ run bug-skip-fencing 'fail:no_overlapping_attempts' --bug skip-fencing \
 # The log acknowledges appends and votes before fdatasync (synced only every 500 ms): a power
 # loss of every master forgets entries a quorum acknowledged.
 run bug-no-fsync 'fail:no_lost_acks|linearizable' --bug no-fsync --nemesis power-loss-all \
-  --time-limit 30 --interval 5
+  --time-limit 30 --interval 5 --final-wait 20
 # A new leader fires its predecessor's last cron time again and apply has no dedup key.
 run bug-cron-no-dedup 'fail:cron_once' --bug cron-no-dedup --nemesis kill-leader \
   --time-limit 25 --interval 4

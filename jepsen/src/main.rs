@@ -180,17 +180,9 @@ fn lazyfs(dir: &std::path::Path) -> anyhow::Result<()> {
         "lazyfs: mounted over {} (SIGUSR1: power cut; SIGTERM: unmount)",
         m.mountpoint().display()
     );
-    loop {
-        match set.wait()? {
-            Signal::SIGUSR1 => {
-                let c = m.cut();
-                println!(
-                    "lazyfs: power cut: {} unsynced bytes in {} files dropped",
-                    c.bytes, c.files
-                );
-            }
-            _ => break,
-        }
+    while set.wait()? == Signal::SIGUSR1 {
+        let c = m.cut();
+        println!("lazyfs: power cut: {} unsynced bytes in {} files dropped", c.bytes, c.files);
     }
     let st = m.stats();
     m.unmount();

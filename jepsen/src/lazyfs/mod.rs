@@ -179,7 +179,7 @@ impl Inner {
 
     fn attr(&self, ino: u64, md: &std::fs::Metadata) -> FileAttr {
         let size =
-            self.nodes.get(&ino).and_then(|n| n.overlay.as_ref()).map_or(md.len(), |o| o.len());
+            self.nodes.get(&ino).and_then(|n| n.overlay.as_ref()).map_or(md.len(), |o| o.size());
         FileAttr {
             ino,
             size,
@@ -827,7 +827,7 @@ impl Filesystem for LazyFs {
             let ino = g.live(fh)?;
             let o = g.nodes.get_mut(&ino).and_then(|n| n.overlay.as_mut()).ok_or(libc::EBADF)?;
             let end = (offset.max(0) + length.max(0)) as u64;
-            if end > o.len() {
+            if end > o.size() {
                 o.truncate(end);
             }
             Ok(())

@@ -41,7 +41,7 @@ impl Overlay {
     }
 
     /// The file's size as the application sees it.
-    pub fn len(&self) -> u64 {
+    pub fn size(&self) -> u64 {
         self.len
     }
 
@@ -229,7 +229,7 @@ mod tests {
         let mut o = Overlay::new(backing.len() as u64);
         o.write(6, b"WORLD!!");
         assert_eq!(read_all(&o, &backing), b"hello WORLD!!");
-        assert_eq!(o.len(), 13);
+        assert_eq!(o.size(), 13);
         // A read in the middle, crossing the backing bytes and the extent.
         let mid = o.read(4, 4, |off, buf| {
             buf.copy_from_slice(&backing[off as usize..off as usize + buf.len()]);
@@ -263,7 +263,7 @@ mod tests {
         o.write(0, b"S");
         assert_eq!(read_all(&o, &backing), b"Synced-lost");
         assert_eq!(o.drop_unsynced(), 6);
-        assert_eq!(o.len(), 6);
+        assert_eq!(o.size(), 6);
         assert_eq!(read_all(&o, &backing), b"synced");
         // A truncation is lost too.
         o.truncate(2);
@@ -356,7 +356,7 @@ mod tests {
                         current = durable.clone();
                     }
                 }
-                prop_assert_eq!(o.len(), current.len() as u64);
+                prop_assert_eq!(o.size(), current.len() as u64);
                 prop_assert_eq!(&backing, &durable, "the backing file changes only on sync");
                 prop_assert_eq!(read_all(&o, &backing), current.clone());
             }
