@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The chaos suite's CI matrix (as root; ~5 minutes after the build).
+# The chaos suite's CI matrix (as root; ~8 minutes after the build).
 #
 # 1. Runs that must pass: a smoke run without faults, then kill, pause, partition and all, a
 #    fencing run (executors cut off while long tasks run: self-fencing must kill them in time),

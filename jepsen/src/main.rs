@@ -58,7 +58,8 @@ enum Cmd {
 
 #[derive(Args, Debug, Clone)]
 pub struct TestArgs {
-    /// Faults: none, all, or a comma list of kill, pause, partition, loss, restart, executor-kill,
+    /// Faults: none, all, or a comma list of kill, pause, partition, power, loss, restart,
+    /// power-loss, power-loss-all, executor-kill,
     /// executor-pause, executor-partition, or single faults (kill-leader, pause-leader,
     /// isolate-one, isolate-leader, split, bridge).
     #[arg(long, default_value = "all")]
