@@ -7,6 +7,10 @@
 //! - `cron-no-dedup`: a cron firing is applied without its dedup key (cron, scheduled time), and a
 //!   new leader proposes its predecessor's last firing of every cron again (as a leader unsure
 //!   whether that firing committed would), so a time proposed twice creates two jobs.
+//! - `no-fsync`: the Raft log tells openraft an append (or a vote) is done as soon as it is
+//!   written to the OS, before any `fdatasync`; the log is synced only every 500 ms, on the next
+//!   append after that (what sled's background flusher did for the old log). A power loss then
+//!   forgets entries a quorum acknowledged, and votes.
 //!
 //! Never set this in production: each one breaks a SPEC guarantee on purpose.
 
@@ -17,6 +21,7 @@ pub enum Bug {
     AckBeforeCommit,
     SkipFencing,
     CronNoDedup,
+    NoFsync,
 }
 
 /// Is this planted bug switched on in this process?
@@ -27,6 +32,7 @@ pub fn on(bug: Bug) -> bool {
             Ok("ack-before-commit") => Some(Bug::AckBeforeCommit),
             Ok("skip-fencing") => Some(Bug::SkipFencing),
             Ok("cron-no-dedup") => Some(Bug::CronNoDedup),
+            Ok("no-fsync") => Some(Bug::NoFsync),
             _ => None,
         };
         if let Some(b) = b {

@@ -1,5 +1,6 @@
 //! Guaranteed cleanup: every process the runner starts and every namespace it creates is
-//! registered here first, and [`teardown`] removes them all. It runs from the [`Guard`]'s `Drop`
+//! registered here first (and every lazy filesystem mounted for power-loss faults), and
+//! [`teardown`] removes them all. It runs from the [`Guard`]'s `Drop`
 //! (normal end, error return, panic unwinding through `main`), from the signal handler (Ctrl-C,
 //! SIGTERM, SIGHUP) and from the panic hook (a panic in any thread); it is idempotent. A run that
 //! was SIGKILLed leaves namespaces behind: the next run's startup [`crate::net::sweep`] removes
@@ -19,6 +20,8 @@ struct Registry {
     pids: BTreeSet<i32>,
     /// Namespaces to delete (their processes are killed first).
     namespaces: Vec<String>,
+    /// Lazy filesystems mounted over masters' data dirs (detached after the processes died).
+    mounts: Vec<std::path::PathBuf>,
     /// Set once teardown started: nothing new may be spawned.
     closed: bool,
 }
@@ -55,6 +58,36 @@ pub fn add_namespace(ns: &str) {
     }
 }
 
+/// Records a mount point before the lazy filesystem is mounted there.
+pub fn add_mount(path: &std::path::Path) {
+    let mut g = reg();
+    let r = g.get_or_insert_with(Registry::default);
+    if !r.mounts.iter().any(|m| m == path) {
+        r.mounts.push(path.to_path_buf());
+    }
+}
+
+/// Forgets a mount point once it is unmounted.
+pub fn remove_mount(path: &std::path::Path) {
+    if let Some(r) = reg().as_mut() {
+        r.mounts.retain(|m| m != path);
+    }
+}
+
+/// The name every power-loss disk is mounted with (`/proc/self/mountinfo`'s source).
+pub const LAZYFS_NAME: &str = "triad-jepsen-lazyfs";
+
+/// Detaches every lazy filesystem an earlier (crashed) run left mounted; returns them.
+pub fn sweep_mounts() -> Vec<String> {
+    let mut out = Vec::new();
+    for m in triad_jepsen::lazyfs::mounts_named(LAZYFS_NAME) {
+        if triad_jepsen::lazyfs::detach(&m).is_ok() {
+            out.push(format!("mount {}", m.display()));
+        }
+    }
+    out
+}
+
 pub fn is_closed() -> bool {
     reg().as_ref().is_some_and(|r| r.closed)
 }
@@ -62,17 +95,26 @@ pub fn is_closed() -> bool {
 /// Kills every registered process (and everything inside the registered namespaces), then
 /// deletes the namespaces and the runner's link. Idempotent; safe from any thread.
 pub fn teardown() {
-    let (pids, namespaces) = {
+    let (pids, namespaces, mounts) = {
         let mut g = reg();
         let r = g.get_or_insert_with(Registry::default);
         r.closed = true;
-        (std::mem::take(&mut r.pids), std::mem::take(&mut r.namespaces))
+        (
+            std::mem::take(&mut r.pids),
+            std::mem::take(&mut r.namespaces),
+            std::mem::take(&mut r.mounts),
+        )
     };
     for pid in &pids {
         let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         let _ = kill(Pid::from_raw(*pid), Signal::SIGCONT);
     }
     crate::net::destroy(&namespaces);
+    // After the processes: nothing writes to a disk any more when it goes. Lazily, so a file
+    // still held open cannot block the teardown.
+    for m in mounts.iter().rev() {
+        let _ = triad_jepsen::lazyfs::detach(m);
+    }
 }
 
 /// Tears everything down when dropped.
@@ -95,7 +137,8 @@ impl Guard {
             .map_err(|_| {
                 anyhow::anyhow!("another triad-jepsen run holds {path}; wait for it to finish")
             })?;
-        let removed = crate::net::sweep();
+        let mut removed = crate::net::sweep();
+        removed.extend(sweep_mounts());
         if !removed.is_empty() {
             eprintln!("startup sweep: removed leftovers of an earlier run: {}", removed.join(" "));
         }

@@ -12,6 +12,7 @@ use triad::master::config::{peers, MasterConfig};
 use triad::security::tls::TlsFiles;
 use triad::security::{AuthConfig, Role};
 use triad_jepsen::history::Call;
+use triad_jepsen::lazyfs::LazyMount;
 
 use crate::creds::Creds;
 use crate::net::Host;
@@ -29,6 +30,8 @@ pub struct Node {
     /// ip:port of its gRPC server.
     pub addr: String,
     pub proc: Proc,
+    /// Masters of a run with power-loss faults: the lazy filesystem over its data dir.
+    pub disk: Option<Arc<LazyMount>>,
 }
 
 pub struct Options {
@@ -41,6 +44,9 @@ pub struct Options {
     pub log_filter: Option<String>,
     /// Retention (issue 14): the masters' `retention.finished_job_ttl` (0: off).
     pub finished_job_ttl: std::time::Duration,
+    /// Mount a lazy filesystem (unsynced writes lost on a power cut) over every master's data
+    /// dir: the run has power-loss faults.
+    pub lazy_disks: bool,
 }
 
 pub struct Cluster {
@@ -79,6 +85,15 @@ impl Cluster {
             let id = i as u64 + 1;
             let dir = opts.run_dir.join(&h.name);
             std::fs::create_dir_all(dir.join("data"))?;
+            let disk = if opts.lazy_disks {
+                let data = dir.join("data").canonicalize()?;
+                crate::cleanup::add_mount(&data);
+                let m = LazyMount::mount(&data, crate::cleanup::LAZYFS_NAME)
+                    .with_context(|| format!("the power-loss disk of {}", h.name))?;
+                Some(Arc::new(m))
+            } else {
+                None
+            };
             let addr = format!("{}:{MASTER_PORT}", h.ip);
             let config = dir.join("master.toml");
             let tls = creds.node(Role::Master, &h.name, &h.ip)?;
@@ -106,6 +121,7 @@ impl Cluster {
                 host: (*h).clone(),
                 addr,
                 proc: Proc::new(&h.name, spec),
+                disk,
             });
         }
         let mut executors = Vec::new();
@@ -151,6 +167,7 @@ impl Cluster {
                 host: (*h).clone(),
                 addr,
                 proc: Proc::new(&h.name, spec),
+                disk: None,
             });
         }
         Ok(Cluster { masters, executors, t0 })
@@ -186,6 +203,27 @@ impl Cluster {
             .chain(self.executors.iter_mut())
             .find(|n| n.name == name)
             .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// Unmounts every master's lazy filesystem (the masters are stopped); one line per disk with
+    /// what it did over the run.
+    pub fn unmount_disks(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in &mut self.masters {
+            let Some(d) = m.disk.take() else { continue };
+            let st = d.stats();
+            out.push(format!(
+                "{}: {} fsyncs, {} bytes synced, {} written back under memory pressure, {} power cuts",
+                m.name, st.fsyncs, st.synced_bytes, st.written_back_bytes, st.cuts
+            ));
+            let path = d.mountpoint().to_path_buf();
+            match Arc::try_unwrap(d) {
+                Ok(d) => d.unmount(),
+                Err(d) => drop(d),
+            }
+            crate::cleanup::remove_mount(&path);
+        }
+        out
     }
 
     pub fn master_by_id(&self, id: u64) -> Option<&Node> {

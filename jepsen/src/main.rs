@@ -42,6 +42,9 @@ enum Cmd {
     Check { dir: PathBuf },
     /// Remove namespaces and processes a crashed run left behind (as root).
     Cleanup,
+    /// Mount the power-loss disk (a lazy filesystem) over DIR until SIGINT/SIGTERM; each SIGUSR1
+    /// is a power cut (drops every unsynced write). For experiments and benchmarks, as root.
+    Lazyfs { dir: PathBuf },
     /// The side-effect recorder chaos jobs run (reads TRIAD_* from the environment).
     #[command(hide = true)]
     Task {
@@ -55,7 +58,8 @@ enum Cmd {
 
 #[derive(Args, Debug, Clone)]
 pub struct TestArgs {
-    /// Faults: none, all, or a comma list of kill, pause, partition, loss, restart, executor-kill,
+    /// Faults: none, all, or a comma list of kill, pause, partition, power, loss, restart,
+    /// power-loss, power-loss-all, executor-kill,
     /// executor-pause, executor-partition, or single faults (kill-leader, pause-leader,
     /// isolate-one, isolate-leader, split, bridge).
     #[arg(long, default_value = "all")]
@@ -75,8 +79,9 @@ pub struct TestArgs {
     /// Seconds between faults and of each fault (10 s off, 10 s on, ...).
     #[arg(long, default_value_t = 10.0)]
     pub interval: f64,
-    /// Planted bug switched on in the nodes: ack-before-commit | skip-fencing | cron-no-dedup.
-    #[arg(long, value_parser = ["ack-before-commit", "skip-fencing", "cron-no-dedup"])]
+    /// Planted bug switched on in the nodes: ack-before-commit | skip-fencing | cron-no-dedup |
+    /// no-fsync.
+    #[arg(long, value_parser = ["ack-before-commit", "skip-fencing", "cron-no-dedup", "no-fsync"])]
     pub bug: Option<String>,
     #[arg(long, default_value_t = 3)]
     pub masters: usize,
@@ -134,8 +139,16 @@ fn main() {
                 2
             }
         },
+        Cmd::Lazyfs { dir } => match lazyfs(&dir) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("triad-jepsen lazyfs: {e:#}");
+                2
+            }
+        },
         Cmd::Cleanup => {
-            let removed = net::sweep();
+            let mut removed = net::sweep();
+            removed.extend(cleanup::sweep_mounts());
             println!(
                 "removed: {}",
                 if removed.is_empty() { "nothing".to_string() } else { removed.join(" ") }
@@ -152,6 +165,33 @@ fn main() {
         },
     };
     std::process::exit(code);
+}
+
+/// `triad-jepsen lazyfs DIR`: mounted until SIGINT/SIGTERM/SIGHUP, SIGUSR1 cuts the power.
+fn lazyfs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGUSR1] {
+        set.add(s);
+    }
+    // Blocked before the session thread exists, so only `wait` below receives them.
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+    let m = triad_jepsen::lazyfs::LazyMount::mount(dir, "triad-lazyfs")?;
+    println!(
+        "lazyfs: mounted over {} (SIGUSR1: power cut; SIGTERM: unmount)",
+        m.mountpoint().display()
+    );
+    while set.wait()? == Signal::SIGUSR1 {
+        let c = m.cut();
+        println!("lazyfs: power cut: {} unsynced bytes in {} files dropped", c.bytes, c.files);
+    }
+    let st = m.stats();
+    m.unmount();
+    println!(
+        "lazyfs: unmounted; {} fsyncs, {} bytes synced, {} written back, {} cuts",
+        st.fsyncs, st.synced_bytes, st.written_back_bytes, st.cuts
+    );
+    Ok(())
 }
 
 fn test(mut args: TestArgs) -> anyhow::Result<bool> {

@@ -48,7 +48,16 @@ pub enum Fault {
     ExecutorPause,
     /// Cut an executor off from every other host (its attempts go on).
     ExecutorPartition,
+    /// Power loss of one random master: SIGKILL it and drop every write its disk (the lazy
+    /// filesystem over its data dir) had not fsynced; restart it on heal.
+    PowerLoss,
+    /// Power loss of every master at once (one power supply): all killed, all their unsynced
+    /// writes dropped, all restarted after 0-2 s.
+    PowerLossAll,
 }
+
+/// The power-loss faults (`--nemesis power`): runs with them mount lazy disks.
+pub const POWER: [Fault; 2] = [Fault::PowerLoss, Fault::PowerLossAll];
 
 pub const ALL: [Fault; 14] = [
     Fault::Kill,
@@ -84,7 +93,14 @@ impl Fault {
             Fault::ExecutorCrash => "executor-crash",
             Fault::ExecutorPause => "executor-pause",
             Fault::ExecutorPartition => "executor-partition",
+            Fault::PowerLoss => "power-loss",
+            Fault::PowerLossAll => "power-loss-all",
         }
+    }
+
+    /// Does this fault need the masters' data dirs on lazy filesystems?
+    pub fn needs_lazy_disks(self) -> bool {
+        POWER.contains(&self)
     }
 }
 
@@ -104,11 +120,13 @@ pub fn parse(spec: &str) -> anyhow::Result<Vec<Fault>> {
                 Fault::Bridge,
                 Fault::Loss,
             ],
-            other => match ALL.iter().find(|f| f.name() == other) {
+            "power" => POWER.to_vec(),
+            other => match ALL.iter().chain(POWER.iter()).find(|f| f.name() == other) {
                 Some(f) => vec![*f],
                 None => bail!(
-                    "unknown nemesis {other:?}: use none, all, kill, pause, partition or one of {}",
-                    ALL.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+                    "unknown nemesis {other:?}: use none, all, kill, pause, partition, power or one \
+                     of {}",
+                    ALL.iter().chain(POWER.iter()).map(|f| f.name()).collect::<Vec<_>>().join(", ")
                 ),
             },
         };
@@ -136,6 +154,11 @@ pub struct FaultRecord {
 impl FaultRecord {
     pub fn hit_leader(&self) -> bool {
         self.leader.as_ref().is_some_and(|l| self.targets.contains(l))
+    }
+
+    /// Every master went down at once (a full restart or a power loss of all).
+    pub fn hit_all_masters(&self) -> bool {
+        self.kind == "restart" || self.kind == "power-loss-all"
     }
 }
 
@@ -361,6 +384,52 @@ impl Nemesis {
                 rec.end_s = Some(self.since());
                 Ok((rec, Undo::Nothing))
             }
+            Fault::PowerLoss => {
+                let t = random_master;
+                let mut rec = self.start_record(f, vec![t.clone()], t.clone(), leader);
+                let mut c = self.cluster.lock().await;
+                let node = c.node_mut(&t);
+                let Some(disk) = node.disk.clone() else { bail!("{t} has no lazy disk") };
+                node.proc.kill().await?;
+                let cut = disk.cut();
+                rec.detail =
+                    format!("{t}: {} unsynced bytes in {} files dropped", cut.bytes, cut.files);
+                Ok((rec, Undo::Restart(vec![t])))
+            }
+            Fault::PowerLossAll => {
+                let down_ms = self.rng.gen_range(0..=2000);
+                let mut rec = self.start_record(f, masters.clone(), String::new(), leader);
+                let mut dropped = Vec::new();
+                {
+                    let mut c = self.cluster.lock().await;
+                    // Killed first, every one, then the disks cut: no master outlives the power.
+                    for m in &masters {
+                        c.node_mut(m).proc.kill().await?;
+                    }
+                    for m in &masters {
+                        let Some(disk) = c.node_mut(m).disk.clone() else {
+                            bail!("{m} has no lazy disk")
+                        };
+                        let cut = disk.cut();
+                        dropped.push(format!("{m} {} B/{} files", cut.bytes, cut.files));
+                    }
+                }
+                rec.detail = format!(
+                    "all masters, down {down_ms} ms; unsynced dropped: {}",
+                    dropped.join(", ")
+                );
+                tokio::time::sleep(Duration::from_millis(down_ms)).await;
+                {
+                    let mut c = self.cluster.lock().await;
+                    let t = c.elapsed();
+                    for m in &masters {
+                        c.node_mut(m).proc.start(t)?;
+                    }
+                }
+                rec.end_ns = Some(monotonic_ns());
+                rec.end_s = Some(self.since());
+                Ok((rec, Undo::Nothing))
+            }
             Fault::ExecutorKill => {
                 let Some(t) = random_executor else { bail!("no executors") };
                 let rec =
@@ -480,6 +549,10 @@ mod tests {
             vec![Fault::Kill, Fault::KillLeader, Fault::Pause, Fault::PauseLeader]
         );
         assert_eq!(parse("isolate-leader").unwrap(), vec![Fault::IsolateLeader]);
+        assert_eq!(parse("power").unwrap(), POWER.to_vec());
+        assert_eq!(parse("power-loss-all").unwrap(), vec![Fault::PowerLossAll]);
+        assert!(parse("power").unwrap().iter().all(|f| f.needs_lazy_disks()));
+        assert!(!parse("kill").unwrap().iter().any(|f| f.needs_lazy_disks()));
         assert!(parse("bogus").is_err());
     }
 

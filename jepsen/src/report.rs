@@ -180,6 +180,26 @@ pub fn judge(dir: &Path) -> anyhow::Result<Outcome> {
         let _ = writeln!(t, "  {:<16}       new leader:  {}{kept}", "", spread(&f.elections));
     }
 
+    let power: Vec<&FaultRecord> =
+        faults.iter().filter(|f| f.kind.starts_with("power-loss")).collect();
+    if !power.is_empty() {
+        let _ = writeln!(t, "\npower losses: fault start -> first acknowledged write");
+        for f in power {
+            let first = first_ack_after(&input.history, f.start_ns)
+                .map(fmt_s)
+                .unwrap_or_else(|| "none".into());
+            let _ = writeln!(
+                t,
+                "  +{:6.1}s {:<15} {:<9} {}{}",
+                f.start_s,
+                f.kind,
+                first,
+                f.detail,
+                if f.hit_leader() { "  (the leader)" } else { "" }
+            );
+        }
+    }
+
     let final_jobs =
         checker::final_read(&input.history).map(|(j, _)| j.to_vec()).unwrap_or_default();
     let mut states: BTreeMap<&str, usize> = BTreeMap::new();
@@ -268,6 +288,16 @@ fn spread(xs: &[u64]) -> String {
     format!("min {} median {} max {}", fmt_s(v[0]), fmt_s(v[v.len() / 2]), fmt_s(v[v.len() - 1]))
 }
 
+/// Nanoseconds from `start_ns` to the first `ok` submit completing after it.
+fn first_ack_after(history: &[Op], start_ns: u64) -> Option<u64> {
+    history
+        .iter()
+        .find(|o| {
+            o.kind == OpType::Ok && o.time_ns > start_ns && matches!(o.call, Call::Submit { .. })
+        })
+        .map(|o| o.time_ns - start_ns)
+}
+
 /// Failover times of one fault kind.
 #[derive(Default)]
 pub struct Failover {
@@ -284,7 +314,7 @@ pub struct Failover {
 pub fn failovers(history: &[Op], faults: &[FaultRecord]) -> BTreeMap<String, Failover> {
     let mut out: BTreeMap<String, Failover> = BTreeMap::new();
     for f in faults {
-        if !(f.hit_leader() || f.kind == "restart") {
+        if !(f.hit_leader() || f.hit_all_masters()) {
             continue;
         }
         let e = out.entry(f.kind.clone()).or_default();
@@ -307,19 +337,11 @@ pub fn failovers(history: &[Op], faults: &[FaultRecord]) -> BTreeMap<String, Fai
             _ => None,
         });
         match elected {
-            Some(t) if t <= end || f.kind == "restart" => e.elections.push(t - f.start_ns),
+            Some(t) if t <= end || f.hit_all_masters() => e.elections.push(t - f.start_ns),
             _ => e.kept += 1,
         }
-        if let Some(t) = history
-            .iter()
-            .find(|o| {
-                o.kind == OpType::Ok
-                    && o.time_ns > f.start_ns
-                    && matches!(o.call, Call::Submit { .. })
-            })
-            .map(|o| o.time_ns)
-        {
-            e.writes.push(t - f.start_ns);
+        if let Some(t) = first_ack_after(history, f.start_ns) {
+            e.writes.push(t);
         }
     }
     out

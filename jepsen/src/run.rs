@@ -142,10 +142,16 @@ pub async fn test(
         bug: args.bug.clone(),
         log_filter: args.triad_log.clone(),
         finished_job_ttl: Duration::from_secs_f64(args.finished_job_ttl.max(0.0)),
+        lazy_disks: faults.iter().any(|f| f.needs_lazy_disks()),
     };
     let creds = Creds::create(&dir.join("creds"))?;
     let admin = creds.admin.clone();
     let mut c = Cluster::new(&opts, &creds, &net.hosts, t0)?;
+    if opts.lazy_disks {
+        println!(
+            "disks: a lazy filesystem over every master's data dir (unsynced writes die with the power)"
+        );
+    }
     let master_ids: Vec<(u64, String)> = c.masters.iter().map(|m| (m.id, m.addr.clone())).collect();
     let addrs = c.master_addrs();
     c.start_masters()?;
@@ -332,7 +338,13 @@ pub async fn test(
         let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
     }
     println!("[+{:6.1}s] stopping the cluster", start.elapsed().as_secs_f64());
-    cluster.lock().await.stop_all(Duration::from_secs(8)).await;
+    {
+        let mut c = cluster.lock().await;
+        c.stop_all(Duration::from_secs(8)).await;
+        for line in c.unmount_disks() {
+            println!("  disk {line}");
+        }
+    }
     if let Some(e) = rec.error() {
         meta.runner_errors.push(format!("writing the history: {e}"));
     }

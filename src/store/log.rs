@@ -233,6 +233,17 @@ impl LogStore {
     }
 }
 
+/// Planted bug `no-fsync` only: is the 500 ms lazy sync due (and then counted as done)?
+fn lazy_sync_due() -> bool {
+    static LAST: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let due = last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(500));
+    if due {
+        *last = Some(std::time::Instant::now());
+    }
+    due
+}
+
 impl LogStore {
     /// Syncs whatever is written so far (the committed hint among it): on a clean stop.
     pub async fn sync_now(&self) -> Result<(), StorageError> {
@@ -290,6 +301,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.lock().save_vote(Stored(*vote)).map_err(|e| vote_err(ErrorVerb::Write, e))?;
+        if crate::chaos::on(crate::chaos::Bug::NoFsync) {
+            // Planted bug: the vote counts before it is synced (see `crate::chaos`).
+            let sync = lazy_sync_due();
+            return self.lock().flush(sync, None).map_err(|e| vote_err(ErrorVerb::Write, e));
+        }
         self.sync(ErrorVerb::Write, ErrorSubject::Vote).await
     }
 
@@ -327,6 +343,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let started = std::time::Instant::now();
         let mut log = self.lock();
         log.append(encoded).map_err(|e| log_err(ErrorVerb::Write, e))?;
+        if crate::chaos::on(crate::chaos::Bug::NoFsync) {
+            // Planted bug: done before anything is synced (see `crate::chaos`).
+            let sync = lazy_sync_due();
+            log.flush(sync, None).map_err(|e| log_err(ErrorVerb::Write, e))?;
+            drop(log);
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
         // Durable before openraft may count this node towards a quorum: the callback runs after
         // the worker's `fdatasync` covering these records.
         log.flush(true, Some(Flushed::Append(callback, started)))
