@@ -116,7 +116,7 @@ async fn a_master_whose_disk_fills_exits_with_one_line_and_no_acknowledged_job_i
     // it wrote before the disk filled and catches up with the leader.
     let out = std::process::Command::new("mount")
         .args(["-o", "remount,size=256m"])
-        .arg(&c.master(3).log.with_file_name("data"))
+        .arg(data_dir(&c, 3))
         .output()
         .unwrap();
     assert!(out.status.success(), "remount: {}", String::from_utf8_lossy(&out.stderr));
