@@ -69,6 +69,14 @@ impl Cluster {
             learners,
             state_digest,
             pid: std::process::id(),
+            acknowledged_by: m
+                .replication
+                .iter()
+                .flatten()
+                .filter(|(id, matched)| matched.is_some() && **id != node.id)
+                .map(|(id, _)| *id)
+                .collect(),
+            cluster_id: node.cluster_id.clone(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod events;
 pub(crate) mod executors;
 pub(crate) mod http;
 pub(crate) mod https;
+pub mod identity;
 pub(crate) mod jobs;
 pub(crate) mod liveness;
 pub(crate) mod node;
@@ -160,13 +161,14 @@ async fn start_raft(
 ) -> anyhow::Result<(crate::store::Storage, Arc<Node>, Election)> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let channels = Channels::new(crate::api::Dialer::new(secured.client.clone()));
+    let identity = identity::ensure(cfg, &channels).await?;
     let storage = crate::store::open(&cfg.data_dir)
         .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?;
     let (log_store, sm_store) =
         crate::store::open_stores(&storage).context("opening raft stores")?;
     let applied = sm_store.applied();
     let events = sm_store.events();
-    let channels = Channels::new(crate::api::Dialer::new(secured.client.clone()));
     let election = Election::new(
         Duration::from_millis(cfg.raft.election_min_ms),
         Duration::from_millis(cfg.raft.election_max_ms),
@@ -180,8 +182,16 @@ async fn start_raft(
         .await
         .context("starting raft")?;
     let addr = cfg.advertise_addr().to_string();
-    let node =
-        Arc::new(Node::new(cfg.id, addr, raft, applied, events, channels, cfg.leader_wait()));
+    let node = Arc::new(Node::new(
+        cfg.id,
+        addr,
+        raft,
+        applied,
+        events,
+        channels,
+        cfg.leader_wait(),
+        identity.cluster,
+    ));
     Ok((storage, node, election))
 }
 

@@ -41,6 +41,8 @@ pub struct Node {
     pub ready_term: std::sync::atomic::AtomicU64,
     /// Group commit of client-facing writes.
     batcher: super::batcher::Batcher,
+    /// The cluster id of the data dir's identity file (`master::identity`).
+    pub cluster_id: String,
 }
 
 /// Where a request is served.
@@ -87,6 +89,7 @@ pub fn forwarded<T>(msg: T, who: &Identity) -> tonic::Request<T> {
 }
 
 impl Node {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: NodeId,
         addr: String,
@@ -95,6 +98,7 @@ impl Node {
         events: std::sync::Arc<crate::store::events::EventLog>,
         channels: Channels,
         leader_wait: Duration,
+        cluster_id: String,
     ) -> Self {
         let batcher = super::batcher::Batcher::start(raft.clone(), id, leader_wait);
         Node {
@@ -108,6 +112,7 @@ impl Node {
             last_leader: Mutex::new(None),
             ready_term: Default::default(),
             batcher,
+            cluster_id,
         }
     }
 

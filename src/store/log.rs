@@ -182,6 +182,7 @@ pub fn open(data_dir: &Path) -> io::Result<LogStore> {
     // Group commit comes from the queue itself: whatever arrived while one sync ran goes into the
     // next. Waiting for more on an idle log would only add latency.
     config.wal.flush_batch_wait = Some(std::time::Duration::ZERO);
+    check_tail(&dir)?;
     let log = raft_log::RaftLog::<WalTypes>::open(Arc::new(config)).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -193,6 +194,57 @@ pub fn open(data_dir: &Path) -> io::Result<LogStore> {
         )
     })?;
     Ok(LogStore { log: Arc::new(Mutex::new(log)) })
+}
+
+/// Refuses a log whose last chunk has a bad record with good records after it.
+///
+/// raft-log truncates the last chunk at its first record that ends early (`UnexpectedEof`) or
+/// is followed only by zeros: what a crash leaves of a write that was never synced. But a record
+/// in the middle whose *length* was damaged also "ends early" (it claims to run past the end of
+/// the file), and truncating there would silently drop every acknowledged record after it; a
+/// chunk whose first record is damaged so would even be removed whole. So before raft-log opens
+/// the log, the last chunk is read through: at the first record that does not decode, the rest
+/// of the file is searched for any record that does. A torn tail has none (nothing was written
+/// after the write the crash cut short); damage in the middle has the records that follow it.
+fn check_tail(dir: &Path) -> io::Result<()> {
+    type Record = raft_log::RaftLogRecord<WalTypes>;
+    let mut chunks: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("r-") && n.ends_with(".wal"))
+        })
+        .collect();
+    // Chunk names are zero-padded offsets: the last by name is the last chunk.
+    chunks.sort();
+    let Some(last) = chunks.last() else { return Ok(()) };
+    let bytes = std::fs::read(last)?;
+    let decodes = |from: usize| {
+        let mut r = &bytes[from..];
+        Record::decode(&mut r).map(|_| bytes.len() - r.len())
+    };
+    let mut at = 0;
+    while at < bytes.len() {
+        match decodes(at) {
+            Ok(next) => at = next,
+            Err(e) => {
+                if let Some(good) = (at + 1..bytes.len()).find(|&o| decodes(o).is_ok()) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "the Raft log in {} is damaged: the record at offset {at} of {} does                              not check ({e}) but a valid record follows at offset {good}, so                              dropping it would lose acknowledged entries; this master's log                              cannot be trusted: replace the master (see README, 'Replacing a                              master')",
+                            dir.display(),
+                            last.display()
+                        ),
+                    ));
+                }
+                // A torn tail: raft-log drops it (a crash cut the write short before any sync).
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The Raft log and vote. Cheap to clone (a shared handle).
@@ -431,7 +483,52 @@ mod tests {
         std::fs::write(&file, &bytes).unwrap();
         let err = open(dir.path()).err().expect("a damaged log must not open");
         let msg = err.to_string();
-        assert!(msg.contains("cannot be read") && msg.contains("replace the master"), "{msg}");
+        assert!(
+            (msg.contains("cannot be read") || msg.contains("is damaged"))
+                && msg.contains("replace the master"),
+            "{msg}"
+        );
+    }
+
+    /// The offsets at which the records of `file` start.
+    fn record_starts(file: &Path) -> Vec<usize> {
+        let bytes = std::fs::read(file).unwrap();
+        let (mut at, mut starts) = (0, Vec::new());
+        while at < bytes.len() {
+            starts.push(at);
+            let mut r = &bytes[at..];
+            raft_log::RaftLogRecord::<WalTypes>::decode(&mut r).unwrap();
+            at = bytes.len() - r.len();
+        }
+        starts
+    }
+
+    #[tokio::test]
+    async fn a_record_in_the_middle_claiming_to_run_past_the_end_is_an_error_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path()).unwrap();
+            write(&store, entries(1, 200)).await;
+        }
+        // An append record is: type (4 bytes), the log id behind its length (4 + n), the payload
+        // behind its length. A payload length grown past the end of the file reads as a record
+        // that a crash cut short: raft-log alone would truncate the log there.
+        let file = chunk_file(dir.path());
+        let starts = record_starts(&file);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let rec = starts[starts.len() / 2];
+        let id_len = u32::from_be_bytes(bytes[rec + 4..rec + 8].try_into().unwrap()) as usize;
+        let len_at = rec + 8 + id_len;
+        bytes[len_at..len_at + 4].copy_from_slice(&(1u32 << 20).to_be_bytes());
+        std::fs::write(&file, &bytes).unwrap();
+        let err = open(dir.path()).err().expect("a damaged length must not open");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("valid record follows") && msg.contains("replace the master"),
+            "{msg}"
+        );
+        assert!(msg.contains(&file.display().to_string()), "{msg}");
+        assert_eq!(std::fs::read(&file).unwrap(), bytes, "nothing was truncated");
     }
 
     #[tokio::test]

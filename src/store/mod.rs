@@ -82,6 +82,19 @@ fn write_file_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// The error of a snapshot file that does not check: names the file and what to do. Not a
+/// fallback to an older generation: the log behind the current snapshot is purged, so an older
+/// one could not be completed to the state this master acknowledged.
+fn damaged(path: &Path, e: &dyn std::fmt::Display) -> StorageError {
+    read_err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "snapshot {} is damaged ({e}): this master's state cannot be rebuilt from it; replace              the master (its data dir cannot be trusted; see cluster-config/README.md,              'Replacing a master')",
+            path.display()
+        ),
+    ))
+}
+
 fn io_err(
     subject: ErrorSubject<NodeId>,
     verb: ErrorVerb,
@@ -289,8 +302,10 @@ impl StateMachineStore {
             writing: Arc::default(),
         };
         if let Some(snap) = store.read_snapshot()? {
-            let applied: Applied =
-                codec::decode_limited(&snap.data, codec::SNAPSHOT_LIMIT).map_err(read_err)?;
+            // The LZ4 frame's content and block checksums are verified here: a damaged file is
+            // this error, never a different state.
+            let applied: Applied = codec::decode_limited(&snap.data, codec::SNAPSHOT_LIMIT)
+                .map_err(|e| damaged(&store.current_file().unwrap_or_default(), &e))?;
             store.events.reset(applied.last_applied.map_or(0, |l| l.index));
             *store.applied.write().expect("state lock poisoned") = applied;
         }
@@ -314,6 +329,12 @@ impl StateMachineStore {
         }
     }
 
+    /// The file of the current snapshot (None: no snapshot file yet).
+    fn current_file(&self) -> Option<std::path::PathBuf> {
+        let p = self.pointer().ok()??;
+        Some(snapshot_file(&self.snapshot_dir, p.generation))
+    }
+
     fn read_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
         if let Some(p) = self.pointer()? {
             let path = snapshot_file(&self.snapshot_dir, p.generation);
@@ -321,12 +342,8 @@ impl StateMachineStore {
                 read_err(std::io::Error::other(format!("reading snapshot {}: {e}", path.display())))
             })?;
             if data.len() as u64 != p.bytes {
-                return Err(read_err(std::io::Error::other(format!(
-                    "snapshot {} has {} bytes, its pointer says {}",
-                    path.display(),
-                    data.len(),
-                    p.bytes
-                ))));
+                let e = format!("{} bytes, its pointer in raft.sled says {}", data.len(), p.bytes);
+                return Err(damaged(&path, &e));
             }
             return Ok(Some(StoredSnapshot { meta: p.meta, data }));
         }
