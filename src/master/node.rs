@@ -183,6 +183,23 @@ impl Node {
         R: Fn(Channel) -> RF,
         RF: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.on_leader_at(forwarded, local, |c, _| remote(c)).await
+    }
+
+    /// [`Node::on_leader`] with the leader's address given to `remote` too (the forwarding
+    /// stream of submissions is kept per leader, `master::forward`).
+    pub async fn on_leader_at<T, L, LF, R, RF>(
+        &self,
+        forwarded: bool,
+        local: L,
+        remote: R,
+    ) -> Result<tonic::Response<T>, Status>
+    where
+        L: Fn() -> LF,
+        LF: Future<Output = Result<T, LocalError>>,
+        R: Fn(Channel, &str) -> RF,
+        RF: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let deadline = Instant::now() + self.leader_wait;
         loop {
             match self.route(forwarded, deadline).await? {
@@ -193,7 +210,7 @@ impl Node {
                     // changes under a forwarded request, it is re-routed to the new one rather
                     // than left hanging on a leader that was paused or cut off.
                     let outcome = tokio::select! {
-                        r = remote(chan) => Some(r),
+                        r = remote(chan, &addr) => Some(r),
                         _ = self.leader_other_than(leader) => None,
                     };
                     match outcome {
