@@ -131,7 +131,7 @@ impl Forwarder {
             ))
         };
         match tokio::time::timeout_at(deadline.into(), link.tx.send(msg)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => crate::metrics::get().forwarded_submissions.inc(),
             Ok(Err(_)) => return Err(broken(addr, "it ended")),
             Err(_) => return Err(late()),
         }
@@ -160,6 +160,7 @@ impl Forwarder {
             closed: AtomicBool::new(false),
             stop: Notify::new(),
         });
+        crate::metrics::get().forward_streams_opened.inc();
         tokio::spawn(run(link.clone(), chan, rx, self.shutdown.clone()));
         *cur = Some(link.clone());
         link
