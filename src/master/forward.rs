@@ -47,6 +47,9 @@ type Answer = Result<pb::SubmitJobResponse, Status>;
 
 /// The follower's end: the current stream to the leader, if any.
 pub struct Forwarder {
+    /// `TRIAD_FORWARD_UNARY=1` in the master's environment: forward each submission as its own
+    /// unary call instead, as before issue 19 (for A/B benchmarks in one sitting).
+    pub unary: bool,
     shutdown: Shutdown,
     next_slot: AtomicU64,
     link: Mutex<Option<Arc<Link>>>,
@@ -93,7 +96,11 @@ fn broken(addr: &str, why: &str) -> Status {
 
 impl Forwarder {
     pub fn new(shutdown: Shutdown) -> Forwarder {
-        Forwarder { shutdown, next_slot: AtomicU64::new(1), link: Mutex::new(None) }
+        let unary = std::env::var("TRIAD_FORWARD_UNARY").is_ok_and(|v| v == "1");
+        if unary {
+            tracing::warn!("TRIAD_FORWARD_UNARY=1: forwarding each submission as its own call");
+        }
+        Forwarder { unary, shutdown, next_slot: AtomicU64::new(1), link: Mutex::new(None) }
     }
 
     /// Submits `req` (validated and keyed) on the leader at `addr` on behalf of `who`, waiting at
@@ -355,7 +362,8 @@ mod tests {
     #[test]
     fn an_answer_comes_back_as_the_unary_result() {
         let ok = pb::SubmitJobResponse { job_id: "j".into(), created: true };
-        let a = pb::SubmitJobsResponse { result: Some(ok.clone()), code: 0, message: String::new() };
+        let a =
+            pb::SubmitJobsResponse { result: Some(ok.clone()), code: 0, message: String::new() };
         assert_eq!(from_answer(Some(a)).unwrap(), ok);
         let e = pb::SubmitJobsResponse {
             result: None,

@@ -59,6 +59,12 @@ pub struct Jobs {
     forward_streams: Arc<tokio::sync::Semaphore>,
 }
 
+/// A random (v4) UUID from the thread's CSPRNG, without the system call per id that
+/// `Uuid::new_v4` makes (uuid without its `fast-rng` feature reads getrandom each time).
+fn new_uuid() -> Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+}
+
 /// The method a submission relayed on `ForwardSubmits` is authorised as.
 const SUBMIT_JOB_PATH: &str = "/triad.v1.JobService/SubmitJob";
 
@@ -141,18 +147,22 @@ impl Jobs {
         if msg.idempotency_key.is_empty() {
             // Keyed from here on, so that re-sending it (forwarding retries after a leader
             // change) can never create a second job.
-            msg.idempotency_key = Uuid::new_v4().to_string();
+            msg.idempotency_key = new_uuid().to_string();
         }
         // Validate wherever the request lands: bad input never needs a leader.
         let spec = job_spec_from_pb(msg.spec.clone())?;
         let deadline = std::time::Instant::now() + timeout.unwrap_or(super::node::FORWARD_TIMEOUT);
         let remote = |c, addr: &str| {
             let (addr, m) = (addr.to_string(), msg.clone());
-            async move { self.forwarder.submit(c, &addr, &caller.who, m, deadline).await }
+            async move {
+                if self.forwarder.unary {
+                    client(c).submit_job(super::node::forwarded(m, &caller.who)).await
+                } else {
+                    self.forwarder.submit(c, &addr, &caller.who, m, deadline).await
+                }
+            }
         };
-        self.node
-            .on_leader_at(caller.forwarded, || self.submit_local(&msg, &spec), remote)
-            .await
+        self.node.on_leader_at(caller.forwarded, || self.submit_local(&msg, &spec), remote).await
     }
 
     /// The leader's answer to one submission a follower forwarded on `ForwardSubmits`: judged as
@@ -160,13 +170,13 @@ impl Jobs {
     /// within the caller's deadline.
     async fn relayed(&self, peer: &Identity, m: pb::ForwardedSubmit) -> pb::ForwardedSubmitResult {
         let slot = m.slot;
-        let timeout = std::time::Duration::from_millis(m.timeout_ms.into())
-            .min(super::node::FORWARD_TIMEOUT);
+        let timeout =
+            std::time::Duration::from_millis(m.timeout_ms.into()).min(super::node::FORWARD_TIMEOUT);
         let r = async {
             let who = authorize_forwarded(peer, &m.on_behalf_of, SUBMIT_JOB_PATH)?;
-            let req = m
-                .request
-                .ok_or_else(|| Status::invalid_argument("a forwarded submission without a request"))?;
+            let req = m.request.ok_or_else(|| {
+                Status::invalid_argument("a forwarded submission without a request")
+            })?;
             let caller = Caller { forwarded: true, who };
             match tokio::time::timeout(timeout, self.submit(&caller, req, Some(timeout))).await {
                 Ok(r) => r.map(Response::into_inner),
@@ -244,7 +254,7 @@ impl Jobs {
             }
         }
         let cmd = Command::SubmitJob {
-            id: Uuid::new_v4(),
+            id: new_uuid(),
             name: req.name.clone(),
             idempotency_key: req.idempotency_key.clone(),
             spec: spec.clone(),

@@ -125,28 +125,31 @@ impl Node {
     pub async fn route(&self, forwarded: bool, deadline: Instant) -> Result<Route, Status> {
         let mut rx = self.raft.metrics();
         loop {
-            let m = rx.borrow_and_update().clone();
-            match m.current_leader {
-                Some(l) if l == self.id && m.state == ServerState::Leader => {
-                    return Ok(Route::Local)
-                }
-                Some(l) if l != self.id => {
-                    if let Some(addr) = self.member_addr(&m, l) {
-                        *self.last_leader.lock().expect("poisoned") = Some((l, addr.clone()));
-                        if forwarded {
-                            return Err(Status::unavailable(format!(
-                                "master {} is not the leader (leader is master {l} at {addr}); retry",
-                                self.id
-                            )));
-                        }
-                        let chan = self
-                            .channels
-                            .get(&addr)
-                            .map_err(|e| Status::unavailable(format!("leader {addr}: {e}")))?;
-                        return Ok(Route::Leader(chan, l, addr));
+            // Read under the watch's borrow, not cloned: a clone of the metrics (their
+            // replication map) was a per-request allocation on the leader (issue 19).
+            let (leader, addr) = {
+                let m = rx.borrow_and_update();
+                match m.current_leader {
+                    Some(l) if l == self.id && m.state == ServerState::Leader => {
+                        return Ok(Route::Local)
                     }
+                    Some(l) if l != self.id => (Some(l), self.member_addr(&m, l)),
+                    _ => (None, None),
                 }
-                _ => {}
+            };
+            if let (Some(l), Some(addr)) = (leader, addr) {
+                *self.last_leader.lock().expect("poisoned") = Some((l, addr.clone()));
+                if forwarded {
+                    return Err(Status::unavailable(format!(
+                        "master {} is not the leader (leader is master {l} at {addr}); retry",
+                        self.id
+                    )));
+                }
+                let chan = self
+                    .channels
+                    .get(&addr)
+                    .map_err(|e| Status::unavailable(format!("leader {addr}: {e}")))?;
+                return Ok(Route::Leader(chan, l, addr));
             }
             let now = Instant::now();
             if now >= deadline || tokio::time::timeout(deadline - now, rx.changed()).await.is_err()

@@ -210,7 +210,11 @@ fn on_behalf_of(headers: &http::HeaderMap, peer: Identity) -> Result<Identity, S
 /// unary call, so the stream grants nothing the unary path does not. `peer` is the stream's
 /// caller as the layer established it ([`Identity::Insecure`] on an insecure cluster, where
 /// nobody is checked and the header means nothing).
-pub fn authorize_forwarded(peer: &Identity, on_behalf: &str, path: &str) -> Result<Identity, Status> {
+pub fn authorize_forwarded(
+    peer: &Identity,
+    on_behalf: &str,
+    path: &str,
+) -> Result<Identity, Status> {
     if *peer == Identity::Insecure {
         return Ok(Identity::Insecure);
     }
