@@ -108,7 +108,7 @@ impl Workload {
         c.retry_for = self.params.retry_for;
         // Every other worker ignores the leader hint and stays on the master it started with, as
         // a generic client does: its submissions are forwarded by followers (issue 19).
-        c.follow_leader = worker % 2 == 0;
+        c.follow_leader = worker.is_multiple_of(2);
         Ok(c)
     }
 
