@@ -25,6 +25,10 @@ pub struct Metrics {
     pub batch_commands: prometheus::Histogram,
     pub commit_seconds: prometheus::Histogram,
     pub log_flush_seconds: prometheus::Histogram,
+    /// Submissions this master forwarded on its `ForwardSubmits` stream, and streams it opened
+    /// (issue 19).
+    pub forwarded_submissions: IntCounter,
+    pub forward_streams_opened: IntCounter,
     /// Set at scrape time only (by the master's `/metrics` handler).
     pub gauges: Gauges,
 }
@@ -119,6 +123,14 @@ impl Metrics {
                 "submit_seconds",
                 "Leader-side latency of a submission (propose to applied)",
                 &["result"],
+            ),
+            forwarded_submissions: b.counter(
+                "forwarded_submissions_total",
+                "Submissions this master forwarded to the leader on its ForwardSubmits stream",
+            ),
+            forward_streams_opened: b.counter(
+                "forward_streams_opened_total",
+                "ForwardSubmits streams this master opened to a leader",
             ),
             heartbeats: b.counter(
                 "heartbeats_total",

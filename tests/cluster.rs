@@ -883,3 +883,163 @@ async fn secure_by_default_refuses_wrong_credentials() {
     // Plaintext against TLS: a clean failure, no hang.
     refused("--insecure", &["job", "list", "--insecure"], &[], "error:");
 }
+
+/// Submits `key` as a generic client does (one unary `SubmitJob` to one master, no leader hint
+/// followed), again under the same key while it fails retryably, for at most `within`. Returns
+/// the job id and how many retryable failures it took; a failure that is not retryable panics.
+async fn submit_until_acked(
+    chan: &triad::api::Channel,
+    key: &str,
+    within: Duration,
+) -> Result<(String, usize), String> {
+    let deadline = Instant::now() + within;
+    let mut failures = 0;
+    loop {
+        let mut req = tonic::Request::new(submit_req(key, "true", &[]));
+        req.set_timeout(Duration::from_secs(5));
+        let mut jobs = pb::job_service_client::JobServiceClient::new(chan.clone());
+        match jobs.submit_job(req).await {
+            Ok(r) => return Ok((r.into_inner().job_id, failures)),
+            Err(s) if triad::client::retryable(&s) && Instant::now() < deadline => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => return Err(format!("{key}: {:?} {}", s.code(), s.message())),
+        }
+    }
+}
+
+/// Every key of `acked` names exactly one job, the one it was acknowledged with.
+async fn each_job_exactly_once(c: &Cluster, acked: &BTreeMap<String, String>) {
+    let jobs = c.client().list_all_jobs("", false).await.unwrap();
+    let mut by_key: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for j in &jobs {
+        by_key.entry(&j.idempotency_key).or_default().push(&j.id);
+    }
+    for (key, id) in acked {
+        assert_eq!(by_key.get(key.as_str()), Some(&vec![id.as_str()]), "the job of key {key}");
+    }
+    assert!(by_key.values().all(|ids| ids.len() == 1), "a key maps to several jobs");
+}
+
+/// Issue 19: plain unary submissions to a follower ride its one `ForwardSubmits` stream to the
+/// leader. When the leader is killed, the stream breaks and the follower re-opens one to the new
+/// leader; callers that saw a retryable failure re-send under the same key, and afterwards every
+/// job exists exactly once. When the follower itself is killed, its callers fail retryably (none
+/// hangs, none gets a final error), and re-sent through another master, still exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_submissions_survive_a_leader_kill_and_a_killed_follower_fails_retryably() {
+    let mut c = Cluster::start(3, |_| {});
+    let leader = c.wait_leader(ELECTION).await;
+    let follower = c.followers(leader)[0];
+    let chan = c.dialer.master(&c.master(follower).addr).unwrap();
+    let follower_http = c.master(follower).http.clone().unwrap();
+
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let retried = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        let (chan, acked, retried, next, stop) =
+            (chan.clone(), acked.clone(), retried.clone(), next.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("fwd{}", next.fetch_add(1, Ordering::Relaxed));
+                match submit_until_acked(&chan, &key, Duration::from_secs(30)).await {
+                    Ok((id, failures)) => {
+                        retried.fetch_add(failures, Ordering::Relaxed);
+                        acked.lock().unwrap().insert(key, id);
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            errors
+        }));
+    }
+    let count = || acked.lock().unwrap().len();
+    wait_for("300 forwarded submissions before the kill", Duration::from_secs(30), || async {
+        (count() >= 300).then_some(())
+    })
+    .await;
+    c.kill(leader);
+    let before = count();
+    let new_leader = c.wait_leader(ELECTION).await;
+    assert_ne!(new_leader, leader);
+    wait_for("300 more forwarded submissions after the kill", Duration::from_secs(30), || async {
+        (count() >= before + 300).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for w in workers {
+        errors.extend(w.await.unwrap());
+    }
+    assert!(errors.is_empty(), "forwarded submissions failed for good: {errors:?}");
+    eprintln!(
+        "{} forwarded submissions acknowledged, {} retryable failures re-sent under their keys",
+        count(),
+        retried.load(Ordering::Relaxed)
+    );
+    // They rode a stream: a few opened (one per leader, and one more after a break), not one
+    // per submission. (Every one before the kill was forwarded; after it, the follower may be
+    // the new leader.)
+    let page = http_get(&follower_http, "/metrics").await.expect("the follower's /metrics");
+    let forwarded = sample(&page, "triad_forwarded_submissions_total").unwrap_or(0.0);
+    let opened = sample(&page, "triad_forward_streams_opened_total").unwrap_or(0.0);
+    assert!(forwarded >= before as f64, "only {forwarded} submissions were forwarded");
+    assert!((1.0..=4.0).contains(&opened), "{opened} forwarding streams were opened");
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    each_job_exactly_once(&c, &acked).await;
+
+    // The old leader comes back (so that a quorum outlives the next kill), then the follower
+    // of the new leader is killed under load: each call in flight either was answered or fails
+    // retryably, within its deadline.
+    c.restart(leader);
+    let follower = c.followers(new_leader).into_iter().find(|m| *m != leader).unwrap();
+    let chan = c.dialer.master(&c.master(follower).addr).unwrap();
+    let mut calls = Vec::new();
+    for i in 0..200 {
+        let chan = chan.clone();
+        calls.push(tokio::spawn(async move {
+            let key = format!("doomed{i}");
+            let mut req = tonic::Request::new(submit_req(&key, "true", &[]));
+            req.set_timeout(Duration::from_secs(5));
+            let r = pb::job_service_client::JobServiceClient::new(chan).submit_job(req).await;
+            (key, r.map(|r| r.into_inner().job_id))
+        }));
+        if i == 100 {
+            c.kill(follower);
+        }
+    }
+    let mut acked = BTreeMap::new();
+    let mut failed = Vec::new();
+    for call in calls {
+        let (key, r) = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("a caller of the killed follower hung")
+            .unwrap();
+        match r {
+            Ok(id) => {
+                acked.insert(key, id);
+            }
+            Err(s) => {
+                assert!(triad::client::retryable(&s), "{key}: not retryable: {s:?}");
+                failed.push(key);
+            }
+        }
+    }
+    assert!(!failed.is_empty(), "no call failed although the follower was killed");
+    // Re-sent under the same keys through a live master: created once, or found.
+    let chan = c.dialer.master(&c.master(leader).addr).unwrap();
+    for key in failed.iter().chain(acked.clone().keys()) {
+        let (id, _) = submit_until_acked(&chan, key, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("re-sending through master {leader}: {e}"));
+        if let Some(was) = acked.insert(key.clone(), id.clone()) {
+            assert_eq!(was, id, "{key} was acknowledged as another job");
+        }
+    }
+    each_job_exactly_once(&c, &acked).await;
+}

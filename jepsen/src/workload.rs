@@ -106,6 +106,9 @@ impl Workload {
         let mut c = Client::new(m, &self.dialer)?;
         c.call_timeout = self.params.call_timeout;
         c.retry_for = self.params.retry_for;
+        // Every other worker ignores the leader hint and stays on the master it started with, as
+        // a generic client does: its submissions are forwarded by followers (issue 19).
+        c.follow_leader = worker.is_multiple_of(2);
         Ok(c)
     }
 

@@ -192,7 +192,9 @@ pub enum BenchCmd {
         #[command(flatten)]
         load: bench::Load,
         /// `stream`: each connection carries one SubmitJobs stream that its workers pipeline
-        /// their submissions on; `unary`: one SubmitJob call per submission.
+        /// their submissions on; `unary`: one SubmitJob call per submission (to the leader);
+        /// `unary-any`: one SubmitJob call per submission, spread round-robin over every master
+        /// given, no leader hint followed (a generic gRPC client).
         #[arg(long, value_enum, default_value_t = bench::Api::Stream)]
         api: bench::Api,
         /// Submit jobs that executors run (a task printing one line) instead of jobs no
@@ -217,7 +219,9 @@ pub enum BenchCmd {
     },
     /// The reference: closed-loop durable puts to etcd (v3 gRPC), same harness as `submit`.
     EtcdPut {
-        /// etcd client endpoint host:port (its leader's, for a like-for-like figure).
+        /// etcd client endpoint host:port (its leader's, for a like-for-like figure), or several
+        /// separated by commas: puts spread round-robin over them (a generic client; the
+        /// counterpart of `bench submit --api unary-any`).
         #[arg(long, default_value = "127.0.0.1:2379")]
         endpoint: String,
         /// etcd over TLS: the CA of its certificate (with --etcd-cert and --etcd-key).

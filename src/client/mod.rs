@@ -40,6 +40,9 @@ pub struct Client {
     preferred: AtomicUsize,
     pub call_timeout: Duration,
     pub retry_for: Duration,
+    /// Go where a master's `x-triad-leader` hint points (default). Off, the client stays on the
+    /// master that answers, as a generic gRPC client does (the chaos suite's follower clients).
+    pub follow_leader: bool,
 }
 
 /// Failures worth retrying against another (or the same) master.
@@ -91,6 +94,7 @@ impl Client {
             preferred: AtomicUsize::new(0),
             call_timeout: CALL_TIMEOUT,
             retry_for: RETRY_FOR,
+            follow_leader: true,
         })
     }
 
@@ -180,6 +184,9 @@ impl Client {
     /// it is one of the masters this client was given (an address it was not given may not be
     /// reachable from here). Returns whether the preference moved to it.
     fn follow_leader_hint(&self, idx: usize, metadata: &tonic::metadata::MetadataMap) -> bool {
+        if !self.follow_leader {
+            return false;
+        }
         let Some(leader) = metadata.get(crate::api::LEADER_HEADER).and_then(|v| v.to_str().ok())
         else {
             return false;

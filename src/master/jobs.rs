@@ -23,6 +23,8 @@ use crate::api::pb::job_service_server::JobService;
 use crate::api::pb::{self, ReadConsistency};
 use crate::api::validate::Validate;
 use crate::api::MAX_MESSAGE_BYTES;
+use crate::security::authz::authorize_forwarded;
+use crate::security::Identity;
 use crate::shutdown::Shutdown;
 use crate::state::{Command, JobState, Outcome};
 use crate::store::with_read;
@@ -51,7 +53,24 @@ pub struct Jobs {
     watchers: Arc<tokio::sync::Semaphore>,
     /// Retention (issue 14): the policy and what deletions prune.
     retention: super::retention::Ctx,
+    /// On a follower: the stream its forwarded submissions ride to the leader (issue 19).
+    forwarder: Arc<super::forward::Forwarder>,
+    /// On the leader: one permit per `ForwardSubmits` stream ([`super::forward::MAX_STREAMS`]).
+    forward_streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// A random (v4) UUID from the thread's CSPRNG, without the system call per id that
+/// `Uuid::new_v4` makes (uuid without its `fast-rng` feature reads getrandom each time).
+fn new_uuid() -> Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+}
+
+/// The method a submission relayed on `ForwardSubmits` is authorised as.
+const SUBMIT_JOB_PATH: &str = "/triad.v1.JobService/SubmitJob";
+
+/// The answers of one `ForwardSubmits` stream (on the leader).
+pub type ForwardStream =
+    Pin<Box<dyn Stream<Item = Result<pb::ForwardedSubmitResult, Status>> + Send + 'static>>;
 
 /// The answers of one `SubmitJobs` stream.
 pub type SubmitStream =
@@ -91,7 +110,10 @@ impl Jobs {
     pub fn new(node: Arc<Node>, shutdown: Shutdown) -> Jobs {
         let streams = Arc::new(tokio::sync::Semaphore::new(MAX_SUBMIT_STREAMS));
         let watchers = Arc::new(tokio::sync::Semaphore::new(super::events::MAX_WATCHERS));
-        Jobs { node, shutdown, streams, watchers, retention: Default::default() }
+        let forwarder = Arc::new(super::forward::Forwarder::new(shutdown.clone()));
+        let forward_streams = Arc::new(tokio::sync::Semaphore::new(super::forward::MAX_STREAMS));
+        let retention = Default::default();
+        Jobs { node, shutdown, streams, watchers, retention, forwarder, forward_streams }
     }
 
     /// Retention (issue 14): the policy `DeleteJob` and `CollectGarbage` apply.
@@ -112,27 +134,60 @@ impl Jobs {
 
     /// Judges one submission wherever it lands: validates it, then submits it on the leader
     /// (here, or forwarded there).
+    ///
+    /// A follower forwards it on its `ForwardSubmits` stream to the leader (`master::forward`),
+    /// with the caller's deadline (`timeout`, else the forward deadline).
     async fn submit(
         &self,
         caller: &Caller,
         mut msg: pb::SubmitJobRequest,
+        timeout: Option<std::time::Duration>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         msg.validate()?;
         if msg.idempotency_key.is_empty() {
             // Keyed from here on, so that re-sending it (forwarding retries after a leader
             // change) can never create a second job.
-            msg.idempotency_key = Uuid::new_v4().to_string();
+            msg.idempotency_key = new_uuid().to_string();
         }
         // Validate wherever the request lands: bad input never needs a leader.
         let spec = job_spec_from_pb(msg.spec.clone())?;
-        self.node
-            .serve_on_leader(
-                caller,
-                &msg,
-                || self.submit_local(&msg, &spec),
-                |c, m| async move { client(c).submit_job(m).await },
-            )
-            .await
+        let deadline = std::time::Instant::now() + timeout.unwrap_or(super::node::FORWARD_TIMEOUT);
+        let remote = |c, addr: &str| {
+            let (addr, m) = (addr.to_string(), msg.clone());
+            async move {
+                if self.forwarder.unary {
+                    client(c).submit_job(super::node::forwarded(m, &caller.who)).await
+                } else {
+                    self.forwarder.submit(c, &addr, &caller.who, m, deadline).await
+                }
+            }
+        };
+        self.node.on_leader_at(caller.forwarded, || self.submit_local(&msg, &spec), remote).await
+    }
+
+    /// The leader's answer to one submission a follower forwarded on `ForwardSubmits`: judged as
+    /// its original caller's `SubmitJob` (authorised as that caller, then [`Jobs::submit`]),
+    /// within the caller's deadline.
+    async fn relayed(&self, peer: &Identity, m: pb::ForwardedSubmit) -> pb::ForwardedSubmitResult {
+        let slot = m.slot;
+        let timeout =
+            std::time::Duration::from_millis(m.timeout_ms.into()).min(super::node::FORWARD_TIMEOUT);
+        let r = async {
+            let who = authorize_forwarded(peer, &m.on_behalf_of, SUBMIT_JOB_PATH)?;
+            let req = m.request.ok_or_else(|| {
+                Status::invalid_argument("a forwarded submission without a request")
+            })?;
+            let caller = Caller { forwarded: true, who };
+            match tokio::time::timeout(timeout, self.submit(&caller, req, Some(timeout))).await {
+                Ok(r) => r.map(Response::into_inner),
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "master {} could not commit the forwarded submission within its deadline ({} ms)",
+                    self.node.id,
+                    timeout.as_millis()
+                ))),
+            }
+        };
+        pb::ForwardedSubmitResult { slot, answer: Some(answer(r.await)) }
     }
 
     /// The answers of a `SubmitJobs` stream: up to [`MAX_PIPELINED`] submissions and
@@ -176,7 +231,7 @@ impl Jobs {
                         Ok(Some(req)) => {
                             let (jobs, fwd, n) = (p.jobs.clone(), p.caller.clone(), prost::Message::encoded_len(&req));
                             p.queued += n;
-                            p.in_flight.push_back(Box::pin(async move { (answer(jobs.submit(&fwd, req).await.map(Response::into_inner)), n) }));
+                            p.in_flight.push_back(Box::pin(async move { (answer(jobs.submit(&fwd, req, None).await.map(Response::into_inner)), n) }));
                         }
                         Ok(None) => p.reading = false,
                         Err(s) => return Some((Err(s), None)),
@@ -199,7 +254,7 @@ impl Jobs {
             }
         }
         let cmd = Command::SubmitJob {
-            id: Uuid::new_v4(),
+            id: new_uuid(),
             name: req.name.clone(),
             idempotency_key: req.idempotency_key.clone(),
             spec: spec.clone(),
@@ -313,7 +368,8 @@ impl JobService for Jobs {
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let fwd = Caller::of(&req)?;
-        self.submit(&fwd, req.into_inner()).await
+        let timeout = super::forward::caller_timeout(req.metadata());
+        self.submit(&fwd, req.into_inner(), timeout).await
     }
 
     type SubmitJobsStream = SubmitStream;
@@ -325,6 +381,31 @@ impl JobService for Jobs {
         let fwd = Caller::of(&req)?;
         let permit = self.open_stream()?;
         Ok(Response::new(self.clone().pipeline(fwd, req.into_inner(), permit)))
+    }
+
+    type ForwardSubmitsStream = ForwardStream;
+
+    async fn forward_submits(
+        &self,
+        req: Request<Streaming<pb::ForwardedSubmit>>,
+    ) -> Result<Response<ForwardStream>, Status> {
+        // The layer admitted a master (or anyone, on an insecure cluster); each submission on the
+        // stream is authorised as its own caller in `relayed`.
+        let peer = crate::security::caller(&req)?;
+        let permit = self.forward_streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "master {} has {} ForwardSubmits streams open; retry later",
+                self.node.id,
+                super::forward::MAX_STREAMS
+            ))
+        })?;
+        let jobs = self.clone();
+        let submit = move |m| {
+            let (jobs, peer) = (jobs.clone(), peer.clone());
+            async move { jobs.relayed(&peer, m).await }
+        };
+        let (stop, id) = (self.shutdown.clone(), self.node.id);
+        Ok(Response::new(super::forward::relay(req.into_inner(), stop, id, permit, submit)))
     }
 
     async fn get_job(

@@ -12,6 +12,7 @@ pub(crate) mod duties;
 pub(crate) mod errors;
 pub mod events;
 pub(crate) mod executors;
+pub(crate) mod forward;
 pub(crate) mod http;
 pub(crate) mod https;
 pub mod identity;

@@ -130,28 +130,31 @@ impl Node {
     pub async fn route(&self, forwarded: bool, deadline: Instant) -> Result<Route, Status> {
         let mut rx = self.raft.metrics();
         loop {
-            let m = rx.borrow_and_update().clone();
-            match m.current_leader {
-                Some(l) if l == self.id && m.state == ServerState::Leader => {
-                    return Ok(Route::Local)
-                }
-                Some(l) if l != self.id => {
-                    if let Some(addr) = self.member_addr(&m, l) {
-                        *self.last_leader.lock().expect("poisoned") = Some((l, addr.clone()));
-                        if forwarded {
-                            return Err(Status::unavailable(format!(
-                                "master {} is not the leader (leader is master {l} at {addr}); retry",
-                                self.id
-                            )));
-                        }
-                        let chan = self
-                            .channels
-                            .get(&addr)
-                            .map_err(|e| Status::unavailable(format!("leader {addr}: {e}")))?;
-                        return Ok(Route::Leader(chan, l, addr));
+            // Read under the watch's borrow, not cloned: a clone of the metrics (their
+            // replication map) was a per-request allocation on the leader (issue 19).
+            let (leader, addr) = {
+                let m = rx.borrow_and_update();
+                match m.current_leader {
+                    Some(l) if l == self.id && m.state == ServerState::Leader => {
+                        return Ok(Route::Local)
                     }
+                    Some(l) if l != self.id => (Some(l), self.member_addr(&m, l)),
+                    _ => (None, None),
                 }
-                _ => {}
+            };
+            if let (Some(l), Some(addr)) = (leader, addr) {
+                *self.last_leader.lock().expect("poisoned") = Some((l, addr.clone()));
+                if forwarded {
+                    return Err(Status::unavailable(format!(
+                        "master {} is not the leader (leader is master {l} at {addr}); retry",
+                        self.id
+                    )));
+                }
+                let chan = self
+                    .channels
+                    .get(&addr)
+                    .map_err(|e| Status::unavailable(format!("leader {addr}: {e}")))?;
+                return Ok(Route::Leader(chan, l, addr));
             }
             let now = Instant::now();
             if now >= deadline || tokio::time::timeout(deadline - now, rx.changed()).await.is_err()
@@ -188,6 +191,23 @@ impl Node {
         R: Fn(Channel) -> RF,
         RF: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.on_leader_at(forwarded, local, |c, _| remote(c)).await
+    }
+
+    /// [`Node::on_leader`] with the leader's address given to `remote` too (the forwarding
+    /// stream of submissions is kept per leader, `master::forward`).
+    pub async fn on_leader_at<T, L, LF, R, RF>(
+        &self,
+        forwarded: bool,
+        local: L,
+        remote: R,
+    ) -> Result<tonic::Response<T>, Status>
+    where
+        L: Fn() -> LF,
+        LF: Future<Output = Result<T, LocalError>>,
+        R: Fn(Channel, &str) -> RF,
+        RF: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let deadline = Instant::now() + self.leader_wait;
         loop {
             match self.route(forwarded, deadline).await? {
@@ -198,7 +218,7 @@ impl Node {
                     // changes under a forwarded request, it is re-routed to the new one rather
                     // than left hanging on a leader that was paused or cut off.
                     let outcome = tokio::select! {
-                        r = remote(chan) => Some(r),
+                        r = remote(chan, &addr) => Some(r),
                         _ = self.leader_other_than(leader) => None,
                     };
                     match outcome {

@@ -59,6 +59,9 @@ pub fn rule(path: &str) -> Rule {
         ("triad.v1.JobService", "CollectGarbage") => Rule::Roles(&[Admin]),
         // Batch semantics: suspending and resuming is a client's, like cancelling.
         ("triad.v1.JobService", "SuspendJob" | "ResumeJob") => Rule::Roles(CLIENTS),
+        // Forwarding that batches (issue 19): only a master opens it; each submission on it is
+        // authorised as its original caller's SubmitJob ([`authorize_forwarded`]).
+        ("triad.v1.JobService", "ForwardSubmits") => Rule::Roles(&[Master]),
         ("triad.v1.JobService", _) => Rule::Roles(CLIENTS),
         // Cron (issue 17): reads for clients, changes for admins (SPEC "admin (..., cron, ...)").
         ("triad.v1.CronService", "ListCrons" | "GetCron") => Rule::Roles(CLIENTS),
@@ -201,6 +204,30 @@ fn on_behalf_of(headers: &http::HeaderMap, peer: Identity) -> Result<Identity, S
     }
 }
 
+/// Authorises one request a master multiplexed on a stream (`ForwardSubmits`, issue 19) as if it
+/// had arrived alone as a call to `path` forwarded by `peer` with `on_behalf` in
+/// [`ON_BEHALF_HEADER`]: the same judgement as [`Authority::authorize`] makes of a forwarded
+/// unary call, so the stream grants nothing the unary path does not. `peer` is the stream's
+/// caller as the layer established it ([`Identity::Insecure`] on an insecure cluster, where
+/// nobody is checked and the header means nothing).
+pub fn authorize_forwarded(
+    peer: &Identity,
+    on_behalf: &str,
+    path: &str,
+) -> Result<Identity, Status> {
+    if *peer == Identity::Insecure {
+        return Ok(Identity::Insecure);
+    }
+    let mut headers = http::HeaderMap::new();
+    headers.insert(FORWARDED_HEADER, http::HeaderValue::from_static("1"));
+    let v = http::HeaderValue::from_str(on_behalf)
+        .map_err(|_| Status::invalid_argument(format!("malformed {ON_BEHALF_HEADER}")))?;
+    headers.insert(ON_BEHALF_HEADER, v);
+    let who = on_behalf_of(&headers, peer.clone())?;
+    check(rule(path), &who, path)?;
+    Ok(who)
+}
+
 fn check(rule: Rule, who: &Identity, path: &str) -> Result<(), Status> {
     match (rule, who) {
         (Rule::Anyone | Rule::Authenticated, _) | (_, Identity::Insecure) => Ok(()),
@@ -341,6 +368,8 @@ mod tests {
             ("/triad.v1.ExecutorService/Register", &admin, PermissionDenied),
             ("/triad.v1.ExecutorService/DrainExecutor", &client, PermissionDenied),
             ("/triad.v1.ExecutorService/DrainExecutor", &admin, Ok),
+            ("/triad.v1.JobService/ForwardSubmits", &client, PermissionDenied),
+            ("/triad.v1.JobService/ForwardSubmits", &admin, PermissionDenied),
             ("/triad.v1.Unknown/Thing", &client, Ok),
         ];
         for (path, tok, want) in cases {
@@ -370,6 +399,28 @@ mod tests {
         assert_eq!(on_behalf_of(&hm, master.clone()).unwrap(), Identity::principal(Client, "ci"));
         hm.insert(ON_BEHALF_HEADER, "insecure/".parse().unwrap());
         assert!(on_behalf_of(&hm, master).is_err(), "no insecure caller on a secure cluster");
+    }
+
+    /// A submission multiplexed on `ForwardSubmits` is judged as its original caller's SubmitJob:
+    /// a client or admin passes, an executor does not, only a master may speak for anyone, and
+    /// nobody may pass as insecure on a secure cluster.
+    #[test]
+    fn a_multiplexed_forward_is_judged_as_its_caller() {
+        let path = "/triad.v1.JobService/SubmitJob";
+        let master = Identity::principal(Master, "m1");
+        let ok = authorize_forwarded(&master, "client/ci", path).unwrap();
+        assert_eq!(ok, Identity::principal(Client, "ci"));
+        assert!(authorize_forwarded(&master, "admin/ops", path).is_ok());
+        let code = |peer: &Identity, who: &str| {
+            authorize_forwarded(peer, who, path).map(|_| ()).map_err(|s| s.code())
+        };
+        assert_eq!(code(&master, "executor/exec-1"), Err(tonic::Code::PermissionDenied));
+        assert_eq!(code(&master, "insecure/"), Err(tonic::Code::InvalidArgument));
+        assert_eq!(code(&master, "root/x"), Err(tonic::Code::InvalidArgument));
+        assert_eq!(code(&master, "client/a\nb"), Err(tonic::Code::InvalidArgument));
+        let admin = Identity::principal(Admin, "ops");
+        assert_eq!(code(&admin, "client/ci"), Err(tonic::Code::PermissionDenied));
+        assert_eq!(authorize_forwarded(&Identity::Insecure, "", path).unwrap(), Identity::Insecure);
     }
 
     #[test]

@@ -5,8 +5,12 @@
 # (`triad dev --executors 0`) on loopback, each driven by the same closed-loop harness:
 # `triad bench etcd-put` (durable puts to the etcd leader) and `triad bench submit` (durable
 # submissions to the triad leader), at each concurrency in CONCURRENCY, RUNS times, DURATION each.
-# triad runs twice: `--api unary` (one SubmitJob call per submission, as etcd's one Put per put)
-# and `--api stream` (the workers pipeline their submissions on one SubmitJobs stream).
+# triad runs three ways: `--api unary-any` (one SubmitJob call per submission, spread
+# round-robin over all three masters with no leader hint followed, as a generic gRPC client does;
+# two in three are forwarded by a follower), `--api unary` (one SubmitJob call per submission to
+# the leader) and `--api stream` (the workers pipeline their submissions on one SubmitJobs
+# stream). etcd runs two ways: puts spread round-robin over its three members (the reference of
+# "triad unary, any master", issue 19) and puts to its leader only.
 # Prints one JSON line per run and a table of medians. Not part of CI (it takes minutes).
 #
 # Both run with TLS by default (TLS=1): etcd with client and peer certificates
@@ -65,12 +69,17 @@ ETCD_LEADER=$(etcdctl "${ETCDCTL_TLS[@]}" --endpoints="$ENDPOINTS" endpoint stat
   | jq -r '.[] | select(.Status.header.member_id == .Status.leader) | .Endpoint' | sed 's|^https*://||')
 echo "etcd $(etcd --version | head -1 | awk '{print $3}'): leader at $ETCD_LEADER" >&2
 
+ETCD_ALL=$(echo "$ENDPOINTS" | sed 's|https*://||g')
 RESULTS=$WORK/results.jsonl
 for c in $CONCURRENCY; do
   for r in $(seq "$RUNS"); do
-    "$TRIAD" bench etcd-put --endpoint "$ETCD_LEADER" "${BENCH_TLS[@]}" --concurrency "$c" --duration "$DURATION" -o json \
-      | jq -c --arg sys etcd '{sys: $sys, c: (.extra.CONCURRENCY|tonumber), rate: .rate_per_sec, p50: .p50_ms, p99: .p99_ms, errors}' \
-      | tee -a "$RESULTS"
+    for mode in any leader; do
+      ep=$ETCD_ALL sys=etcd
+      [ "$mode" = leader ] && ep=$ETCD_LEADER sys=etcd-leader
+      "$TRIAD" bench etcd-put --endpoint "$ep" "${BENCH_TLS[@]}" --concurrency "$c" --duration "$DURATION" -o json \
+        | jq -c --arg sys "$sys" '{sys: $sys, c: (.extra.CONCURRENCY|tonumber), rate: .rate_per_sec, p50: .p50_ms, p99: .p99_ms, errors}' \
+        | tee -a "$RESULTS"
+    done
   done
 done
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -86,7 +95,7 @@ wait_until "a triad leader" 60 grep -q "^export TRIAD_MASTERS" "$WORK/triad-dev.
 eval "$(grep '^export TRIAD_MASTERS' "$WORK/triad-dev.log")"
 for c in $CONCURRENCY; do
   for r in $(seq "$RUNS"); do
-    for api in unary stream; do
+    for api in unary-any unary stream; do
       "$TRIAD" bench submit --api "$api" --concurrency "$c" --duration "$DURATION" -o json \
         | jq -c --arg sys "triad-$api" '{sys: $sys, c: (.extra.CONCURRENCY|tonumber), rate: .rate_per_sec, p50: .p50_ms, p99: .p99_ms, errors}' \
         | tee -a "$RESULTS"
@@ -97,18 +106,25 @@ done
 # ---- medians ----------------------------------------------------------------------------------
 echo
 echo "medians of $RUNS runs of $DURATION, TLS=$TLS ($(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg))"
-printf '%-12s %-26s %-26s %-26s %s\n' CONCURRENCY "etcd puts/s (p50/p99 ms)" "triad unary (p50/p99)" "triad stream (p50/p99)" "unary/etcd stream/etcd"
+printf '%-6s %-22s %-22s %-22s %-22s %-22s %s\n' CONC "etcd any (p50/p99 ms)" "etcd leader" \
+  "triad unary any master" "triad unary leader" "triad stream" "any/etcd leader/etcd stream/etcd"
 jq -s -r '
   def median: sort | .[(length/2|floor)];
   def fig($rs): [($rs|map(.rate)|median), ($rs|map(.p50)|median), ($rs|map(.p99)|median)];
   group_by(.c)[] as $g
   | [$g[0].c]
     + fig($g | map(select(.sys=="etcd")))
+    + fig($g | map(select(.sys=="etcd-leader")))
+    + fig($g | map(select(.sys=="triad-unary-any")))
     + fig($g | map(select(.sys=="triad-unary")))
     + fig($g | map(select(.sys=="triad-stream")))
   | @tsv' "$RESULTS" |
-while IFS=$'\t' read -r c er e50 e99 ur u50 u99 sr s50 s99; do
-  printf '%-12s %-26s %-26s %-26s %.2f %.2f\n' "$c" "$(printf '%.0f (%.1f/%.1f)' "$er" "$e50" "$e99")" \
-    "$(printf '%.0f (%.1f/%.1f)' "$ur" "$u50" "$u99")" "$(printf '%.0f (%.1f/%.1f)' "$sr" "$s50" "$s99")" \
-    "$(awk -v a="$ur" -v b="$er" 'BEGIN { print a / b }')" "$(awk -v a="$sr" -v b="$er" 'BEGIN { print a / b }')"
+while IFS=$'\t' read -r c er e50 e99 lr l50 l99 ar a50 a99 ur u50 u99 sr s50 s99; do
+  f() { printf '%.0f (%.1f/%.1f)' "$1" "$2" "$3"; }
+  printf '%-6s %-22s %-22s %-22s %-22s %-22s %.2f %.2f %.2f\n' "$c" "$(f "$er" "$e50" "$e99")" \
+    "$(f "$lr" "$l50" "$l99")" "$(f "$ar" "$a50" "$a99")" "$(f "$ur" "$u50" "$u99")" \
+    "$(f "$sr" "$s50" "$s99")" \
+    "$(awk -v a="$ar" -v b="$er" 'BEGIN { print a / b }')" \
+    "$(awk -v a="$ur" -v b="$er" 'BEGIN { print a / b }')" \
+    "$(awk -v a="$sr" -v b="$er" 'BEGIN { print a / b }')"
 done

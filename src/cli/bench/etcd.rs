@@ -71,25 +71,29 @@ pub async fn put(
     load: Load,
     value_size: usize,
 ) -> anyhow::Result<Report> {
-    // One channel (one HTTP/2 connection) per `--connections`, as `bench submit` does.
+    // One channel (one HTTP/2 connection) per `--connections` and endpoint, as `bench submit`
+    // does; with several endpoints (`a,b,c`), worker `w`'s `i`-th put goes to endpoint
+    // `(w + i) % endpoints`, as `bench submit --api unary-any` spreads over masters (issue 19).
+    let endpoints: Vec<&str> =
+        endpoint.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+    anyhow::ensure!(!endpoints.is_empty(), "no etcd endpoint given");
     let channels = (0..load.connections.max(1))
-        .map(|_| etcd_channel(endpoint, tls))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|_| endpoints.iter().map(|e| etcd_channel(e, tls)).collect())
+        .collect::<anyhow::Result<Vec<Vec<_>>>>()?;
     let channels = Arc::new(channels);
     let value = Arc::new(vec![b'x'; value_size]);
     let run = uuid::Uuid::new_v4().simple().to_string();
     // Fail early and clearly when nothing answers there.
-    let probe = put_once(
-        channels[0].clone(),
-        format!("triad-bench/{run}/probe").into_bytes(),
-        value.to_vec(),
-    )
-    .await;
-    probe
-        .map_err(|s| anyhow::anyhow!("etcd at {endpoint} did not accept a put: {}", s.message()))?;
+    for (e, chan) in endpoints.iter().zip(&channels[0]) {
+        let probe =
+            put_once(chan.clone(), format!("triad-bench/{run}/probe").into_bytes(), value.to_vec())
+                .await;
+        probe.map_err(|s| anyhow::anyhow!("etcd at {e} did not accept a put: {}", s.message()))?;
+    }
     let mut report = closed_loop("etcd-put", load, move |w, i| {
+        let per_endpoint = &channels[w % channels.len()];
         let (channel, value, key) = (
-            channels[w % channels.len()].clone(),
+            per_endpoint[(w + i as usize) % per_endpoint.len()].clone(),
             value.clone(),
             format!("triad-bench/{run}/{w}/{i}").into_bytes(),
         );
@@ -97,6 +101,7 @@ pub async fn put(
     })
     .await;
     report.extra.insert("VALUE BYTES".into(), value_size.to_string());
+    report.extra.insert("ENDPOINTS".into(), endpoints.len().to_string());
     Ok(report)
 }
 

@@ -161,6 +161,10 @@ pub enum Api {
     Stream,
     /// One SubmitJob call per submission.
     Unary,
+    /// One SubmitJob call per submission, as a generic gRPC client makes them (issue 19): spread
+    /// round-robin over every master given (two in three land on a follower, which forwards
+    /// them), no leader hint followed, no retry.
+    UnaryAny,
     /// One `POST /v1/jobs` per submission to the HTTP API given by `--http`.
     Http,
 }
@@ -174,6 +178,12 @@ pub async fn submit(
     run_tasks: bool,
 ) -> anyhow::Result<Report> {
     let job = move |key: String| if run_tasks { running_job(key) } else { trivial_job(key, false) };
+    if api == Api::UnaryAny {
+        let mut report = unary_any(&client, load, job).await?;
+        report.extra.insert("API".into(), "unary-any".into());
+        report.extra.insert("TASKS".into(), if run_tasks { "run" } else { "never placed" }.into());
+        return Ok(report);
+    }
     // One client (one HTTP/2 connection) per `--connections`, the workers spread over them.
     let first = leader_client(&client).await?;
     let mut clients = (1..load.connections.max(1))
@@ -183,6 +193,7 @@ pub async fn submit(
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut report = match api {
         Api::Http => anyhow::bail!("--api http needs --http URL"),
+        Api::UnaryAny => unreachable!("handled above"),
         Api::Unary => {
             let clients = Arc::new(clients);
             closed_loop("submit", load, move |w, i| {
@@ -207,6 +218,37 @@ pub async fn submit(
     };
     report.extra.insert("API".into(), format!("{api:?}").to_lowercase());
     report.extra.insert("TASKS".into(), if run_tasks { "run" } else { "never placed" }.into());
+    Ok(report)
+}
+
+/// Deadline of one submission in `--api unary-any` (a generic client's deadline).
+const UNARY_ANY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `--api unary-any`: one channel per master per `--connections`; worker `w`'s `i`-th call goes
+/// to master `(w + i) % masters`, whoever leads, and is not retried (a failure is an error).
+async fn unary_any(
+    client: &Client,
+    load: Load,
+    job: impl Fn(String) -> pb::SubmitJobRequest + Copy + Send + Sync + 'static,
+) -> anyhow::Result<Report> {
+    let masters = client.masters().to_vec();
+    let conns = (0..load.connections.max(1))
+        .map(|_| masters.iter().map(|m| client.dialer().master(m)).collect())
+        .collect::<anyhow::Result<Vec<Vec<_>>>>()?;
+    let conns = Arc::new(conns);
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let mut report = closed_loop("submit", load, move |w, i| {
+        let (conns, key) = (conns.clone(), format!("{run}-{w}-{i}"));
+        async move {
+            let per_master = &conns[w % conns.len()];
+            let chan = per_master[(w + i as usize) % per_master.len()].clone();
+            let mut req = tonic::Request::new(job(key));
+            req.set_timeout(UNARY_ANY_TIMEOUT);
+            Client::jobs(chan).submit_job(req).await.is_ok()
+        }
+    })
+    .await;
+    report.extra.insert("MASTERS".into(), masters.len().to_string());
     Ok(report)
 }
 
