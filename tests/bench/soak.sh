@@ -12,6 +12,7 @@
 # the run) as a percentage around its mean, and the submission errors.
 #
 # Env: OUT (where the CSV and SVG go, default target/soak), SAMPLE_EVERY (5), EXECUTORS (2),
+# WARMUP (minutes excluded from the summary; default a third of the run), WINDOW (300 s: peaks),
 # BASE_PORT (7701), TRIAD_RETENTION_FINISHED_JOB_TTL (60s; the masters inherit it),
 # TRIAD_EXECUTOR_OUTPUT_TTL (10m: the executors' backstop, the leader's DeleteOutput comes first),
 # TRIAD (target/release/triad), KEEP=1 keeps the cluster's data and logs.
@@ -130,11 +131,17 @@ wait "$SUBMIT" || { echo "bench submit failed" >&2; exit 1; }
 "$TRIAD" bench plot "$CSV" "$SVG" >/dev/null
 echo "samples: $CSV  plot: $SVG" >&2
 jq -r '"submitted \(.ops) jobs at \(.rate_per_sec | floor)/s, errors \(.errors), p99 \(.p99_ms) ms"' "$WORK/submit.json"
-# Every column's range after warm-up (the first third of the samples), around its mean.
-awk -F, 'NR == 1 { for (i = 2; i <= NF; i++) name[i] = $i; next }
-  { row[NR] = $0; n = NR }
+# Every column's range after warm-up (WARMUP minutes, default the first third of the run),
+# around its mean; and the same for its per-window peaks (WINDOW seconds, default 300), the
+# measure of a sawtooth (a log that grows between snapshots and is purged after them).
+awk -F, -v warm="${WARMUP:-}" -v minutes="$MINUTES" -v win="${WINDOW:-300}" '
+  NR == 1 { for (i = 2; i <= NF; i++) name[i] = $i; next }
+  { row[NR] = $0; n = NR; t[NR] = $1 + 0 }
   END {
-    from = int((n - 1) / 3) + 2
+    w = (warm == "" ? minutes * 60 / 3 : warm * 60)
+    from = n + 1
+    for (r = 2; r <= n; r++) if (t[r] >= w) { from = r; break }
+    printf "after warm-up (%d s): %d samples\n", w, n - from + 1
     for (i = 2; i in name; i++) {
       lo = ""; hi = ""; sum = 0; k = 0
       for (r = from; r <= n; r++) {
@@ -144,6 +151,16 @@ awk -F, 'NR == 1 { for (i = 2; i <= NF; i++) name[i] = $i; next }
       }
       if (k == 0) continue
       m = sum / k
-      printf "%-14s mean %10.1f  min %10.1f  max %10.1f  range %+.0f%% / %+.0f%%\n", name[i], m, lo, hi, (m ? (lo - m) / m * 100 : 0), (m ? (hi - m) / m * 100 : 0)
+      # Peaks: the maximum of each WINDOW-second window after warm-up, their mean and range.
+      delete pk
+      for (r = from; r <= n; r++) {
+        split(row[r], c, ","); if (c[i] == "") continue
+        wi = int((t[r] - w) / win); v = c[i] + 0
+        if (!(wi in pk) || v > pk[wi]) pk[wi] = v
+      }
+      pl = ""; ph = ""; ps = 0; pn = 0
+      for (wi in pk) { v = pk[wi]; ps += v; pn++; if (pl == "" || v < pl) pl = v; if (ph == "" || v > ph) ph = v }
+      pm = pn ? ps / pn : 0
+      printf "%-14s mean %10.1f  min %10.1f  max %10.1f  range %+.0f%% / %+.0f%%   peaks (%d windows) %+.0f%% / %+.0f%%\n", name[i], m, lo, hi, (m ? (lo - m) / m * 100 : 0), (m ? (hi - m) / m * 100 : 0), pn, (pm ? (pl - pm) / pm * 100 : 0), (pm ? (ph - pm) / pm * 100 : 0)
     }
   }' "$CSV"
