@@ -185,6 +185,27 @@ pub struct Nemesis {
 }
 
 impl Nemesis {
+    /// After `down_ms`, starts every one of `masters` (all killed by the fault) again and ends
+    /// the fault's record: faults that take every master down heal themselves.
+    async fn start_all_after(
+        &self,
+        rec: &mut FaultRecord,
+        masters: &[String],
+        down_ms: u64,
+    ) -> anyhow::Result<()> {
+        tokio::time::sleep(Duration::from_millis(down_ms)).await;
+        {
+            let mut c = self.cluster.lock().await;
+            let t = c.elapsed();
+            for m in masters {
+                c.node_mut(m).proc.start(t)?;
+            }
+        }
+        rec.end_ns = Some(monotonic_ns());
+        rec.end_s = Some(self.since());
+        Ok(())
+    }
+
     fn since(&self) -> f64 {
         self.t0.elapsed().as_secs_f64()
     }
@@ -372,16 +393,7 @@ impl Nemesis {
                         c.node_mut(m).proc.kill().await?;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(down_ms)).await;
-                {
-                    let mut c = self.cluster.lock().await;
-                    let t = c.elapsed();
-                    for m in &masters {
-                        c.node_mut(m).proc.start(t)?;
-                    }
-                }
-                rec.end_ns = Some(monotonic_ns());
-                rec.end_s = Some(self.since());
+                self.start_all_after(&mut rec, &masters, down_ms).await?;
                 Ok((rec, Undo::Nothing))
             }
             Fault::PowerLoss => {
@@ -418,16 +430,7 @@ impl Nemesis {
                     "all masters, down {down_ms} ms; unsynced dropped: {}",
                     dropped.join(", ")
                 );
-                tokio::time::sleep(Duration::from_millis(down_ms)).await;
-                {
-                    let mut c = self.cluster.lock().await;
-                    let t = c.elapsed();
-                    for m in &masters {
-                        c.node_mut(m).proc.start(t)?;
-                    }
-                }
-                rec.end_ns = Some(monotonic_ns());
-                rec.end_s = Some(self.since());
+                self.start_all_after(&mut rec, &masters, down_ms).await?;
                 Ok((rec, Undo::Nothing))
             }
             Fault::ExecutorKill => {

@@ -169,6 +169,17 @@ struct World {
 }
 
 impl World {
+    /// An empty cluster at time 0, its leader's duties not yet started (`lead`).
+    fn new() -> World {
+        let t0 = Instant::now();
+        World {
+            t0,
+            state: State::new(),
+            liveness: Liveness::default(),
+            core: Core::new(Duration::from_millis(DEFAULT_TTL_MS), t0),
+        }
+    }
+
     fn at(&self, ms: u64) -> Instant {
         self.t0 + Duration::from_millis(ms)
     }
@@ -385,13 +396,7 @@ fn summary(s: &State) -> String {
 
 fn run_golden(file: &str) {
     let scenario = Scenario::read("src/master/duties/testdata", file);
-    let t0 = Instant::now();
-    let mut w = World {
-        t0,
-        state: State::new(),
-        liveness: Liveness::default(),
-        core: Core::new(Duration::from_millis(DEFAULT_TTL_MS), t0),
-    };
+    let mut w = World::new();
     let mut out = String::new();
     let mut last = 0;
     for raw in scenario.lines() {
@@ -428,13 +433,7 @@ golden_files!(
 /// lengths; until one runs, rounds know the executors changed.
 #[test]
 fn change_passes_are_deferred_not_lost() {
-    let t0 = Instant::now();
-    let mut w = World {
-        t0,
-        state: State::new(),
-        liveness: Liveness::default(),
-        core: Core::new(Duration::from_millis(DEFAULT_TTL_MS), t0),
-    };
+    let mut w = World::new();
     let mut out = String::new();
     for raw in ["0 register e1 slots=1", "0 lead ttl=10000", "0 beat e1 seq=1"] {
         w.step(&Line::parse(raw).unwrap(), &mut out).unwrap();
