@@ -209,7 +209,9 @@ async fn relay_answers(
 ) -> String {
     let open = tokio::time::timeout(
         FORWARD_TIMEOUT,
-        super::jobs::client(chan).forward_submits(tonic::Request::new(outbound)),
+        pb::job_service_client::JobServiceClient::new(chan)
+            .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES)
+            .forward_submits(tonic::Request::new(outbound)),
     )
     .await;
     let mut inbound = match open {
@@ -240,8 +242,17 @@ fn from_answer(a: Option<pb::SubmitJobsResponse>) -> Answer {
     }
 }
 
+/// The answers of one `ForwardSubmits` stream (on the leader).
+pub type ForwardStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::ForwardedSubmitResult, Status>> + Send + 'static>,
+>;
+
+/// Bytes of submissions one `ForwardSubmits` stream may have in flight on the leader (as a
+/// client's `SubmitJobs` stream may: `jobs::MAX_STREAM_BYTES`).
+pub const MAX_RELAYED_BYTES: usize = 16 << 20;
+
 /// The leader's end of one `ForwardSubmits` stream: each submission judged by `submit` (as its
-/// caller, within its deadline), up to [`MAX_RELAYED`] and [`super::jobs::MAX_STREAM_BYTES`] at
+/// caller, within its deadline), up to [`MAX_RELAYED`] and [`MAX_RELAYED_BYTES`] at
 /// once, answered as each is done. Ends with the follower's side (after the last answer), a
 /// broken request side, or shutdown (the submissions in flight are then dropped: the follower
 /// fails their callers retryably).
@@ -251,7 +262,7 @@ pub fn relay<S, F>(
     node_id: u64,
     permit: tokio::sync::OwnedSemaphorePermit,
     submit: S,
-) -> super::jobs::ForwardStream
+) -> ForwardStream
 where
     S: Fn(pb::ForwardedSubmit) -> F + Send + 'static,
     F: std::future::Future<Output = pb::ForwardedSubmitResult> + Send + 'static,
@@ -272,9 +283,7 @@ where
             if !r.reading && r.in_flight.is_empty() {
                 return None;
             }
-            let read = r.reading
-                && r.in_flight.len() < MAX_RELAYED
-                && r.queued < super::jobs::MAX_STREAM_BYTES;
+            let read = r.reading && r.in_flight.len() < MAX_RELAYED && r.queued < MAX_RELAYED_BYTES;
             tokio::select! {
                 biased;
                 _ = r.shutdown.wait() => {

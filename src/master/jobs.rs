@@ -68,9 +68,7 @@ fn new_uuid() -> Uuid {
 /// The method a submission relayed on `ForwardSubmits` is authorised as.
 const SUBMIT_JOB_PATH: &str = "/triad.v1.JobService/SubmitJob";
 
-/// The answers of one `ForwardSubmits` stream (on the leader).
-pub type ForwardStream =
-    Pin<Box<dyn Stream<Item = Result<pb::ForwardedSubmitResult, Status>> + Send + 'static>>;
+pub use super::forward::ForwardStream;
 
 /// The answers of one `SubmitJobs` stream.
 pub type SubmitStream =
