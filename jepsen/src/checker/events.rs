@@ -35,6 +35,8 @@ pub fn events_complete(history: &[Op], events: Option<&[EventLine]>, caught_up: 
     let mut n_events = 0usize;
     // (epoch, state) after the last event of each job / task.
     let mut jobs: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
+    // Jobs whose last event is a deletion: (the state it was deleted from, when it arrived).
+    let mut deleted: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
     let mut tasks: BTreeMap<(&str, u32), (u64, &str)> = BTreeMap::new();
     for l in lines {
         if l.kind == "reset" {
@@ -56,6 +58,11 @@ pub fn events_complete(history: &[Op], events: Option<&[EventLine]>, caught_up: 
             n_events += 1;
             match e.kind.as_str() {
                 "job" => {
+                    if e.to == "deleted" {
+                        deleted.insert(e.job_id.as_str(), (e.from.as_str(), l.time_ns));
+                    } else {
+                        deleted.remove(e.job_id.as_str());
+                    }
                     let prev = jobs.insert(e.job_id.as_str(), (epoch, e.to.as_str()));
                     match prev {
                         None if epoch == 0 && !e.from.is_empty() => r.violation(format!(
@@ -90,14 +97,21 @@ pub fn events_complete(history: &[Op], events: Option<&[EventLine]>, caught_up: 
     }
     // Every chain ends where the final read says the job is.
     let mut compared = 0usize;
-    if let Some((final_jobs, _)) = final_read(history) {
+    if let Some((final_jobs, invoked)) = final_read(history) {
         for j in final_jobs {
             compared += 1;
+            // The final read is paged, not one snapshot: retention may delete a job after its page
+            // was read. The stream then ends in `deleted`, from the state the read showed, received
+            // once the read had begun; whether that deletion was due is deleted_jobs_were_due's.
+            let deleted_during_read = deleted
+                .get(j.id.as_str())
+                .is_some_and(|(from, at)| *from == j.state && *at >= invoked.time_ns);
             match jobs.get(j.id.as_str()) {
                 None if resets == 0 => r.violation(format!(
                     "job {} ({}) never appeared in the event stream",
                     j.id, j.state
                 )),
+                Some(_) if deleted_during_read => {}
                 Some((_, to)) if *to != j.state => r.violation(format!(
                     "job {}: the stream last showed {to}, the final read shows {}",
                     j.id, j.state
@@ -194,6 +208,30 @@ mod tests {
 
         let v = events_complete(&history("succeeded", "succeeded"), Some(&good()), false);
         assert!(!v.valid);
+    }
+
+    #[test]
+    fn a_deletion_while_the_final_read_runs_is_no_stale_end() {
+        // The final read (invoked at t = 10) saw the job succeeded; retention deleted it after.
+        let deletion = |t: u64, from: &str| EventLine {
+            time_ns: t,
+            ..msg(8, vec![job("a", from, "deleted")])
+        };
+        let mut l = good();
+        l.push(deletion(10, "succeeded"));
+        let v = events_complete(&history("succeeded", "succeeded"), Some(&l), true);
+        assert!(v.valid, "{v:?}");
+        // Deleted before the read began: the read should not have found it.
+        let mut l = good();
+        l.push(deletion(9, "succeeded"));
+        let v = events_complete(&history("succeeded", "succeeded"), Some(&l), true);
+        assert!(v.details.iter().any(|d| d.contains("the stream last showed deleted")), "{v:?}");
+        // Deleted from another state than the read showed: an event is missing.
+        let mut l = good();
+        l.pop();
+        l.push(deletion(10, "running"));
+        let v = events_complete(&history("succeeded", "succeeded"), Some(&l), true);
+        assert!(!v.valid, "{v:?}");
     }
 
     #[test]
