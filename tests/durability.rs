@@ -137,14 +137,11 @@ async fn a_master_whose_disk_fills_exits_with_one_line_and_no_acknowledged_job_i
 
 /// Waits until master `id` exits by itself; its status and the last `error:` line of its log.
 async fn wait_exit(c: &mut Cluster, id: u64) -> (std::process::ExitStatus, String) {
-    let deadline = std::time::Instant::now() + ELECTION;
-    let status = loop {
-        if let Some(status) = c.try_wait(id) {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "master {id} kept running");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = wait_for(&format!("master {id} to exit by itself"), ELECTION, || {
+        let exited = c.try_wait(id);
+        async move { exited }
+    })
+    .await;
     let log = std::fs::read_to_string(&c.master(id).log).unwrap();
     let line = log.lines().rev().find(|l| l.starts_with("error:")).unwrap_or_default().to_string();
     (status, line)

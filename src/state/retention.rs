@@ -238,16 +238,9 @@ impl State {
     /// Where the slice of `crons` crons after `after` ends: its last cron's name, or `None` when
     /// it reached the last cron (the next walk starts from the first again).
     pub fn cron_scan_end(&self, after: Option<&str>, crons: usize) -> Option<String> {
-        let mut seen = 0;
-        let mut last = None;
-        for (name, _) in self.cron_slice(after, crons) {
-            seen += 1;
-            last = Some(name);
-        }
-        let more = last.is_some_and(|l| {
-            self.crons.range((Bound::Excluded(l.clone()), Bound::Unbounded)).next().is_some()
-        });
-        (seen == crons && more).then(|| last.cloned()).flatten()
+        let (last, _) = self.cron_slice(after, crons).last()?;
+        let more = self.crons.range((Bound::Excluded(last.clone()), Bound::Unbounded)).next();
+        more.map(|_| last.clone())
     }
 
     /// The `cron_runs` of a [`Command::CollectGarbage`]: each deleted only if it is, at apply
